@@ -1,0 +1,69 @@
+// mosquitto configurations for the comparison target and for the upstream
+// brokers that both targets forward to.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Qos } from './mqtt-wire';
+
+export interface UpstreamRef {
+  name: string;
+  port: number;
+}
+
+/**
+ * An upstream broker must never be the bottleneck or the place where messages
+ * are lost, or both targets would measure the same receiver: no persistence and
+ * no queue or in-flight limits towards our subscriber.
+ */
+export function upstreamConf(port: number): string {
+  return [
+    `listener ${port} 127.0.0.1`,
+    'allow_anonymous true',
+    'persistence false',
+    'max_queued_messages 0',
+    'max_inflight_messages 0',
+    'log_dest stderr',
+    'log_type error',
+    'log_type warning',
+    'log_type notice',
+    '',
+  ].join('\n');
+}
+
+/**
+ * The mosquitto bridge baseline, in the lossless tuning the team agreed on: an
+ * unlimited queue (a bounded one silently drops QoS 1 messages under load) and
+ * 100 messages in flight towards each upstream. `try_private false` and
+ * mqttv311 make the bridge an ordinary client to the upstream, as our daemon is.
+ */
+export function bridgeConf(port: number, upstreams: UpstreamRef[], qos: Qos): string {
+  const lines = [
+    `listener ${port} 127.0.0.1`,
+    'allow_anonymous true',
+    'persistence false',
+    'max_queued_messages 0',
+    'max_inflight_messages 100',
+    'log_dest stderr',
+    'log_type error',
+    'log_type warning',
+    'log_type notice',
+  ];
+  for (const up of upstreams) {
+    lines.push(
+      '',
+      `connection ${up.name}`,
+      `address 127.0.0.1:${up.port}`,
+      `topic # out ${qos}`,
+      'cleansession true',
+      'bridge_protocol_version mqttv311',
+      'try_private false',
+    );
+  }
+  lines.push('');
+  return lines.join('\n');
+}
+
+export function writeConf(dir: string, name: string, text: string): string {
+  const file = path.join(dir, `${name}.conf`);
+  fs.writeFileSync(file, text);
+  return file;
+}

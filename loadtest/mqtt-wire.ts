@@ -1,0 +1,198 @@
+// Minimal MQTT 3.1.1 wire helpers shared by the load generator, the probe and
+// the receivers. mqtt-packet's parser allocates an object per packet, which at
+// a million packets per run would measure our GC rather than the target, so the
+// hot paths (PUBLISH out, PUBACK in, PUBLISH in) are framed by hand here.
+import * as net from 'node:net';
+import { generate } from 'mqtt-packet';
+
+export const PACKET = {
+  CONNACK: 2,
+  PUBLISH: 3,
+  PUBACK: 4,
+  PUBREC: 5,
+  PUBREL: 6,
+  PUBCOMP: 7,
+  SUBACK: 9,
+  PINGRESP: 13,
+  DISCONNECT: 14,
+} as const;
+
+export type Qos = 0 | 1 | 2;
+
+/** Reserved publisher id for readiness probes; receivers never count it. */
+export const PROBE_ID = 0xffffffff;
+/** publisher id u32 + sequence u32 + send timestamp f64. */
+export const PAYLOAD_HEADER_BYTES = 16;
+
+/** Called with the first byte of the fixed header and the frame body's span. */
+export type FrameHandler = (header: number, buf: Buffer, start: number, length: number) => void;
+
+/**
+ * Splits a byte stream into MQTT frames. Bodies are handed out as spans of the
+ * incoming chunk (no copy); only a frame cut across chunks costs a concat.
+ */
+export class Framer {
+  private rest: Buffer | null = null;
+
+  constructor(public onFrame: FrameHandler) {}
+
+  push(chunk: Buffer): void {
+    const buf = this.rest === null ? chunk : Buffer.concat([this.rest, chunk]);
+    this.rest = null;
+    const end = buf.length;
+    let pos = 0;
+    while (end - pos >= 2) {
+      const header = buf[pos];
+      let len = 0;
+      let mult = 1;
+      let i = pos + 1;
+      let complete = false;
+      while (i < end) {
+        const b = buf[i++];
+        len += (b & 0x7f) * mult;
+        if ((b & 0x80) === 0) {
+          complete = true;
+          break;
+        }
+        mult *= 128;
+        if (i - pos > 4) throw new Error('malformed MQTT remaining length');
+      }
+      if (!complete || end - i < len) break;
+      pos = i + len;
+      this.onFrame(header, buf, i, len);
+    }
+    if (pos < end) this.rest = buf.subarray(pos);
+  }
+}
+
+function varintBytes(n: number): number {
+  return n < 128 ? 1 : n < 16384 ? 2 : n < 2097152 ? 3 : 4;
+}
+
+export function writeVarint(buf: Buffer, offset: number, value: number): number {
+  let v = value;
+  do {
+    let b = v % 128;
+    v = Math.floor(v / 128);
+    if (v > 0) b |= 0x80;
+    buf[offset++] = b;
+  } while (v > 0);
+  return offset;
+}
+
+/** Layout of one PUBLISH frame for a fixed topic and payload size. */
+export interface PublishLayout {
+  /** Complete frame with zeroed packet id, sequence and timestamp. */
+  template: Buffer;
+  /** Offset of the packet id, or -1 at QoS 0. */
+  pidOffset: number;
+  payloadOffset: number;
+}
+
+export function publishLayout(topic: string, qos: Qos, payloadSize: number, publisherId: number): PublishLayout {
+  const topicBytes = Buffer.from(topic, 'utf8');
+  const remaining = 2 + topicBytes.length + (qos > 0 ? 2 : 0) + payloadSize;
+  const template = Buffer.alloc(1 + varintBytes(remaining) + remaining);
+  template[0] = 0x30 | (qos << 1);
+  let p = writeVarint(template, 1, remaining);
+  template.writeUInt16BE(topicBytes.length, p);
+  p += 2;
+  topicBytes.copy(template, p);
+  p += topicBytes.length;
+  const pidOffset = qos > 0 ? p : -1;
+  if (qos > 0) p += 2;
+  template.writeUInt32BE(publisherId >>> 0, p);
+  return { template, pidOffset, payloadOffset: p };
+}
+
+/** Wall-clock milliseconds with sub-ms resolution, comparable across threads and processes. */
+export function wallNow(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+export function topicFor(pattern: string, id: number | string): string {
+  return pattern.split('{id}').join(String(id));
+}
+
+/**
+ * Subscription filter covering every topic the pattern can produce: everything
+ * below the levels that precede the `{id}` level (`load/{id}` -> `load/#`).
+ */
+export function filterFor(pattern: string): string {
+  const levels = pattern.split('/');
+  const idx = levels.findIndex((l) => l.includes('{id}'));
+  if (idx < 0) return pattern;
+  return [...levels.slice(0, idx), '#'].join('/');
+}
+
+export function encodeConnect(clientId: string): Buffer {
+  // keepalive 0: runs can outlast any keepalive and we do not want PINGREQ traffic in the figures.
+  return generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 0, clientId });
+}
+
+export function encodeSubscribe(filter: string, qos: Qos): Buffer {
+  return generate({ cmd: 'subscribe', messageId: 1, subscriptions: [{ topic: filter, qos }] });
+}
+
+export function ackFrame(type: number, pid: number, target: Buffer, offset: number): number {
+  // PUBREL carries the mandatory 0b0010 flags; the other acks have none.
+  target[offset] = (type << 4) | (type === PACKET.PUBREL ? 0x02 : 0);
+  target[offset + 1] = 2;
+  target.writeUInt16BE(pid, offset + 2);
+  return offset + 4;
+}
+
+export const DISCONNECT_FRAME = Buffer.from([0xe0, 0x00]);
+
+/**
+ * Opens a TCP connection and completes the MQTT CONNECT handshake. Frames that
+ * follow the CONNACK (possibly in the same chunk) go to `onFrame`.
+ */
+export function connectRaw(
+  host: string,
+  port: number,
+  clientId: string,
+  onFrame: FrameHandler,
+  timeoutMs = 10_000,
+): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host, port });
+    socket.setNoDelay(true);
+    let settled = false;
+    const fail = (err: Error): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      socket.destroy();
+      reject(err);
+    };
+    const timer = setTimeout(() => fail(new Error(`CONNACK timeout from ${host}:${port} for ${clientId}`)), timeoutMs);
+    const framer = new Framer((header, buf, start, length) => {
+      if (header >> 4 !== PACKET.CONNACK || length < 2) {
+        fail(new Error(`expected CONNACK, got packet type ${header >> 4}`));
+        return;
+      }
+      if (buf[start + 1] !== 0) {
+        fail(new Error(`CONNACK refused with return code ${buf[start + 1]}`));
+        return;
+      }
+      settled = true;
+      clearTimeout(timer);
+      socket.off('error', fail);
+      socket.off('close', onEarlyClose);
+      framer.onFrame = onFrame;
+      resolve(socket);
+    });
+    const onEarlyClose = (): void => fail(new Error(`connection to ${host}:${port} closed before CONNACK`));
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        framer.push(chunk);
+      } catch (err) {
+        socket.destroy(err as Error);
+      }
+    });
+    socket.once('error', fail);
+    socket.once('close', onEarlyClose);
+    socket.once('connect', () => socket.write(encodeConnect(clientId)));
+  });
+}

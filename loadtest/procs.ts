@@ -1,0 +1,266 @@
+// Child process management. Every spawned process and temp dir goes into a
+// registry that is torn down synchronously on 'exit', so no mosquitto or daemon
+// survives the harness however it ends (normal exit, throw, Ctrl-C, SIGTERM).
+import { ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+export interface Managed {
+  name: string;
+  child: ChildProcess;
+  logPath: string;
+  /** Resolves once the process has exited, with its code or killing signal. */
+  exited: Promise<ExitInfo>;
+  /** SIGTERM, then SIGKILL after `graceMs`. */
+  stop(graceMs?: number): Promise<ExitInfo>;
+}
+
+export interface ExitInfo {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** True when we had to escalate to SIGKILL. */
+  killed: boolean;
+}
+
+const children = new Set<ChildProcess>();
+const tempDirs = new Set<string>();
+const usedPorts = new Set<number>();
+let handlersInstalled = false;
+
+function killAll(): void {
+  for (const child of children) {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  }
+  children.clear();
+  for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true });
+  tempDirs.clear();
+}
+
+export function installCleanupHandlers(): void {
+  if (handlersInstalled) return;
+  handlersInstalled = true;
+  process.on('exit', killAll);
+  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+    process.on(signal, () => {
+      process.stderr.write(`\n${signal}: stopping children\n`);
+      process.exit(code);
+    });
+  }
+}
+
+export function makeTempDir(prefix: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${prefix}-`));
+  tempDirs.add(dir);
+  return dir;
+}
+
+/** Leaves the dir on disk after exit (logs of a failed run are worth keeping). */
+export function keepTempDir(dir: string): void {
+  tempDirs.delete(dir);
+}
+
+export function removeTempDir(dir: string): void {
+  fs.rmSync(dir, { recursive: true, force: true });
+  tempDirs.delete(dir);
+}
+
+/**
+ * Asks the kernel for a free loopback port. Ports already handed out in this
+ * run are skipped so two processes started back to back never collide.
+ */
+export async function allocatePort(): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const srv = net.createServer();
+      srv.once('error', reject);
+      srv.listen(0, '127.0.0.1', () => {
+        const addr = srv.address();
+        srv.close(() => (addr && typeof addr === 'object' ? resolve(addr.port) : reject(new Error('no port'))));
+      });
+    });
+    if (!usedPorts.has(port)) {
+      usedPorts.add(port);
+      return port;
+    }
+  }
+  throw new Error('could not find a free port');
+}
+
+export function spawnManaged(
+  name: string,
+  command: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; logPath: string; pipeStdout?: boolean },
+): Managed {
+  const logFd = fs.openSync(opts.logPath, 'a');
+  // Output goes straight to a file unless we must read it: a full pipe nobody drains would stall the child.
+  const child = spawn(command, args, {
+    env: opts.env ?? process.env,
+    stdio: ['ignore', opts.pipeStdout ? 'pipe' : logFd, logFd],
+  });
+  fs.closeSync(logFd);
+  children.add(child);
+  let killed = false;
+  const exited = new Promise<ExitInfo>((resolve) => {
+    child.once('exit', (code, signal) => {
+      children.delete(child);
+      resolve({ code, signal, killed });
+    });
+    child.once('error', () => {
+      children.delete(child);
+      resolve({ code: null, signal: null, killed });
+    });
+  });
+  const stop = async (graceMs = 5000): Promise<ExitInfo> => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => {
+        killed = true;
+        child.kill('SIGKILL');
+      }, graceMs);
+      const info = await exited;
+      clearTimeout(timer);
+      return { ...info, killed };
+    }
+    return exited;
+  };
+  return { name, child, logPath: opts.logPath, exited, stop };
+}
+
+export function logTail(logPath: string, lines = 15): string {
+  try {
+    return fs.readFileSync(logPath, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '(no log)';
+  }
+}
+
+/** Resolves when `port` accepts a TCP connection; rejects early if `proc` dies. */
+export async function waitForPort(port: number, proc: Managed, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  // A holder object because TS would narrow a plain `let` to null across the callback.
+  const state: { dead: ExitInfo | null } = { dead: null };
+  void proc.exited.then((info) => (state.dead = info));
+  while (Date.now() < deadline) {
+    if (state.dead !== null) {
+      throw new Error(`${proc.name} exited (${describeExit(state.dead)}) before listening on ${port}:\n${logTail(proc.logPath)}`);
+    }
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect({ host: '127.0.0.1', port });
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await sleep(50);
+  }
+  throw new Error(`${proc.name} did not listen on ${port} within ${timeoutMs} ms:\n${logTail(proc.logPath)}`);
+}
+
+/**
+ * Reads the child's piped stdout as JSON lines (copying everything to its log
+ * file) until `match` accepts one. Draining continues after the match.
+ */
+export function waitForLogLine(
+  proc: Managed,
+  match: (line: Record<string, unknown>) => boolean,
+  timeoutMs = 20_000,
+): Promise<Record<string, unknown>> {
+  const stdout = proc.child.stdout;
+  if (!stdout) return Promise.reject(new Error(`${proc.name} stdout is not piped`));
+  const log = fs.createWriteStream(proc.logPath, { flags: 'a' });
+  return new Promise((resolve, reject) => {
+    let partial = '';
+    let done = false;
+    const finish = (err: Error | null, line?: Record<string, unknown>): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      if (err) reject(err);
+      else if (line) resolve(line);
+    };
+    const timer = setTimeout(
+      () => finish(new Error(`${proc.name}: no matching log line within ${timeoutMs} ms:\n${logTail(proc.logPath)}`)),
+      timeoutMs,
+    );
+    stdout.on('data', (chunk: Buffer) => {
+      log.write(chunk);
+      if (done) return;
+      const lines = (partial + chunk.toString('utf8')).split('\n');
+      partial = lines.pop() ?? '';
+      for (const text of lines) {
+        try {
+          const parsed: unknown = JSON.parse(text);
+          if (parsed && typeof parsed === 'object' && match(parsed as Record<string, unknown>)) {
+            finish(null, parsed as Record<string, unknown>);
+            return;
+          }
+        } catch {
+          // Non-JSON output (a stack trace, a stray console.log) is only for the log file.
+        }
+      }
+    });
+    stdout.once('end', () => log.end());
+    void proc.exited.then((info) =>
+      finish(new Error(`${proc.name} exited (${describeExit(info)}) before it was ready:\n${logTail(proc.logPath)}`)),
+    );
+  });
+}
+
+export function describeExit(info: ExitInfo): string {
+  const how = info.signal ? `signal ${info.signal}` : `code ${info.code}`;
+  return info.killed ? `${how}, needed SIGKILL` : how;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+export function mosquittoBinary(): string {
+  if (process.env.MOSQUITTO_BIN) return process.env.MOSQUITTO_BIN;
+  // Debian installs it outside a normal user's PATH.
+  return fs.existsSync('/usr/sbin/mosquitto') ? '/usr/sbin/mosquitto' : 'mosquitto';
+}
+
+/** Starts mosquitto on an already written config and waits until it listens. */
+export async function startMosquitto(name: string, confPath: string, port: number, dir: string): Promise<Managed> {
+  const proc = spawnManaged(name, mosquittoBinary(), ['-c', confPath], { logPath: path.join(dir, `${name}.log`) });
+  await waitForPort(port, proc);
+  return proc;
+}
+
+export interface DaemonOptions {
+  /** Path of the built daemon entry point (dist/src/cli.js). */
+  entry: string;
+  port: number;
+  brokers: { name: string; port: number }[];
+  shards: number;
+  logLevel: string;
+  dir: string;
+}
+
+/** Starts the fan-out daemon and waits for its `mqtt-fanout ready` log line. */
+export async function startDaemon(opts: DaemonOptions): Promise<Managed> {
+  if (!fs.existsSync(opts.entry)) throw new Error(`daemon entry ${opts.entry} does not exist (build first)`);
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    FANOUT_PORT: String(opts.port),
+    FANOUT_HOST: '127.0.0.1',
+    FANOUT_BROKERS: opts.brokers.map((b) => `${b.name}=mqtt://127.0.0.1:${b.port}`).join(','),
+    FANOUT_LOG_LEVEL: opts.logLevel,
+    FANOUT_SHARDS: String(opts.shards),
+  };
+  const proc = spawnManaged('mqtt-fanout', process.execPath, [opts.entry], {
+    env,
+    logPath: path.join(opts.dir, 'mqtt-fanout.log'),
+    pipeStdout: true,
+  });
+  await waitForLogLine(proc, (line) => line.msg === 'mqtt-fanout ready');
+  // The ready line is the contract, but a port check costs nothing and catches a daemon bound elsewhere.
+  await waitForPort(opts.port, proc, 5000);
+  return proc;
+}

@@ -1,0 +1,222 @@
+// The writer of one upstream broker: a worker thread that drains every shard's ring for this
+// broker into its pool of broker connections and sends the broker's acknowledgements back on
+// the shards' ack rings. A record is taken from a ring only when its connection can send it,
+// so a slow or absent broker fills the rings, and full rings pause the devices.
+
+import type { MessagePort } from 'node:worker_threads';
+import type { Logger } from 'pino';
+import type { BrokerConfig, Config } from '../config/types';
+import { Doorbell } from '../ring/doorbell';
+import { RingConsumer, RingProducer, type RingBuffers } from '../ring/spsc';
+import { ACK_RECORD, FLAG_RETAIN, FLAG_V5, NO_TOKEN, UPLINK_HEADER } from '../ring/records';
+import { BrokerConnection } from './connection';
+import type { WriterContext } from './context';
+
+export interface WriterOptions {
+  config: Config;
+  broker: BrokerConfig;
+  index: number;
+  uplinkRings: RingBuffers[];
+  ackRings: RingBuffers[];
+  doorbell: SharedArrayBuffer;
+  shardDoorbells: SharedArrayBuffer[];
+  port: MessagePort;
+  log: Logger;
+}
+
+export type ToWriter = { t: 'drain' };
+export type FromWriter = { t: 'drained'; broker: string; leftInRings: number; leftInflight: number };
+
+/** Records taken per ring before moving to the next, for fairness between shards. */
+const SLICE = 512;
+/** Records taken per pump before yielding to the event loop (acks, timers). */
+const BUDGET = 8192;
+
+export class Writer implements WriterContext {
+  readonly log: Logger;
+  now = Date.now();
+  readonly pool: BrokerConnection[];
+  droppedTooLarge = 0;
+
+  private readonly rings: RingConsumer[];
+  private readonly acks: RingProducer[];
+  private readonly ackPending: boolean[];
+  private readonly overflow: number[][];
+  private readonly shardBells: Doorbell[];
+  private readonly doorbell: Doorbell;
+  private scheduled = false;
+  private waiting = false;
+  private stopped = false;
+  private tick: NodeJS.Timeout | null = null;
+  private readonly pumpBound = (): void => this.pump();
+
+  constructor(private readonly opts: WriterOptions) {
+    this.log = opts.log;
+    this.rings = opts.uplinkRings.map((r) => new RingConsumer(r));
+    this.acks = opts.ackRings.map((r) => new RingProducer(r));
+    this.ackPending = this.acks.map(() => false);
+    this.overflow = this.acks.map(() => []);
+    this.shardBells = opts.shardDoorbells.map((s) => new Doorbell(s));
+    this.doorbell = new Doorbell(opts.doorbell);
+    this.pool = [];
+    for (let i = 0; i < opts.broker.pool; i++) this.pool.push(new BrokerConnection(this, opts.broker, opts.config, i));
+  }
+
+  start(): void {
+    for (const c of this.pool) c.connect();
+    this.tick = setInterval(() => {
+      this.now = Date.now();
+      for (const c of this.pool) c.onTick(this.now);
+      this.schedulePump();
+    }, 1000);
+    this.opts.port.on('message', (m: ToWriter) => {
+      if (m.t === 'drain') void this.drain();
+    });
+    this.schedulePump();
+  }
+
+  schedulePump(): void {
+    if (this.scheduled || this.stopped) return;
+    this.scheduled = true;
+    setImmediate(this.pumpBound);
+  }
+
+  private pump(): void {
+    this.scheduled = false;
+    this.doorbell.awake();
+    this.flushOverflow();
+    let budget = BUDGET;
+    let stalled = false;
+    let progressed = true;
+    while (budget > 0 && progressed) {
+      progressed = false;
+      for (let s = 0; s < this.rings.length; s++) {
+        const r = this.take(s, Math.min(SLICE, budget));
+        if (r < 0) {
+          stalled = true;
+        } else if (r > 0) {
+          budget -= r;
+          progressed = true;
+        }
+      }
+    }
+    for (const c of this.pool) c.flush();
+    this.commitAcks();
+    if (budget === 0) {
+      this.schedulePump();
+    } else if (!stalled) {
+      this.sleep();
+    }
+    // When stalled on a connection, its ack, drain or reconnect calls schedulePump().
+  }
+
+  /** Moves up to `max` records from shard `s`'s ring to the connections. Returns the count,
+   *  or -1 when the next record's connection cannot take it now. */
+  private take(s: number, max: number): number {
+    const ring = this.rings[s];
+    const buf = ring.buffer;
+    const view = ring.dataView;
+    const pool = this.pool;
+    let n = 0;
+    let result = 0;
+    while (n < max) {
+      const at = ring.next();
+      if (at < 0) break;
+      const flags = buf[at + 1];
+      const qos = flags & 3;
+      const key = view.getUint32(at + 12, true);
+      const conn = pool[(key + s) % pool.length];
+      if (!conn.canAccept(qos)) {
+        ring.unreadLast();
+        result = -1;
+        break;
+      }
+      const topicLen = view.getUint16(at + 2, true);
+      const propsLen = view.getUint32(at + 4, true);
+      const token = view.getUint32(at + 8, true);
+      const topicAt = at + UPLINK_HEADER;
+      const propsAt = topicAt + topicLen;
+      const payloadAt = propsAt + propsLen;
+      const payloadLen = ring.lastLength - UPLINK_HEADER - topicLen - propsLen;
+      const ok = conn.publish(qos, (flags & FLAG_RETAIN) !== 0 && this.opts.broker.retain === 'forward', token, s,
+        buf, topicAt, topicLen, propsAt, (flags & FLAG_V5) !== 0 ? propsLen : 0, buf, payloadAt, payloadLen);
+      if (!ok) {
+        this.droppedTooLarge++;
+        this.log.warn({ broker: this.opts.broker.name, size: ring.lastLength }, 'message larger than the broker accepts: refused');
+        if (token !== NO_TOKEN) this.ack(s, token, 0x95);
+      }
+      n++;
+    }
+    if (ring.release()) this.shardBells[s].ring();
+    return result < 0 && n === 0 ? -1 : n;
+  }
+
+  private sleep(): void {
+    if (this.waiting || this.stopped) return;
+    const seen = this.doorbell.prepare();
+    for (const r of this.rings) {
+      if (r.hasData()) {
+        this.schedulePump();
+        return;
+      }
+    }
+    this.waiting = true;
+    void this.doorbell.wait(seen, 1000).then(() => {
+      this.waiting = false;
+      this.schedulePump();
+    });
+  }
+
+  ack(shard: number, token: number, reason: number): void {
+    const ring = this.acks[shard];
+    const at = this.overflow[shard].length === 0 ? ring.reserve(ACK_RECORD) : -1;
+    if (at < 0) {
+      // The shard is behind on acks: keep them in order here until it frees room.
+      this.overflow[shard].push(token, reason);
+      return;
+    }
+    ring.dataView.setUint32(at, token, true);
+    ring.buffer[at + 4] = reason;
+    this.ackPending[shard] = true;
+  }
+
+  private flushOverflow(): void {
+    for (let s = 0; s < this.overflow.length; s++) {
+      const q = this.overflow[s];
+      let i = 0;
+      while (i < q.length) {
+        const at = this.acks[s].reserve(ACK_RECORD);
+        if (at < 0) break;
+        this.acks[s].dataView.setUint32(at, q[i], true);
+        this.acks[s].buffer[at + 4] = q[i + 1];
+        this.ackPending[s] = true;
+        i += 2;
+      }
+      if (i > 0) q.splice(0, i);
+    }
+  }
+
+  commitAcks(): void {
+    for (let s = 0; s < this.acks.length; s++) {
+      if (!this.ackPending[s]) continue;
+      this.ackPending[s] = false;
+      if (this.acks[s].commit()) this.shardBells[s].ring();
+    }
+  }
+
+  /** Shutdown: send what the rings hold, wait for the broker's acks, then say goodbye. */
+  private async drain(): Promise<void> {
+    const deadline = Date.now() + this.opts.config.shutdownTimeoutMs / 2;
+    const pending = (): number => this.rings.reduce((n, r) => n + r.used(), 0);
+    const inflight = (): number => this.pool.reduce((n, c) => n + c.inflight, 0);
+    while ((pending() > 0 || inflight() > 0) && Date.now() < deadline) {
+      this.schedulePump();
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    this.stopped = true;
+    if (this.tick) clearInterval(this.tick);
+    const m: FromWriter = { t: 'drained', broker: this.opts.broker.name, leftInRings: pending(), leftInflight: inflight() };
+    await Promise.all(this.pool.map((c) => c.close()));
+    this.opts.port.postMessage(m);
+  }
+}

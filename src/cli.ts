@@ -1,0 +1,40 @@
+#!/usr/bin/env node
+// Entry point: configuration from the environment, then the daemon until SIGTERM/SIGINT.
+
+import { loadConfig, ConfigError } from './config/index';
+import { createMainLogger } from './log';
+import { startDaemon } from './main';
+
+async function run(): Promise<void> {
+  let config;
+  try {
+    config = loadConfig(process.env);
+  } catch (err) {
+    if ((err as ConfigError).code === 'FANOUT_ERR_CONFIG') {
+      process.stderr.write(`mqtt-fanout: ${(err as Error).message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const log = createMainLogger(config.logLevel);
+  let daemon;
+  try {
+    daemon = await startDaemon(config, log);
+  } catch (err) {
+    if ((err as ConfigError).code === 'FANOUT_ERR_CONFIG') {
+      process.stderr.write(`mqtt-fanout: ${(err as Error).message}\n`);
+      process.exit(2);
+    }
+    log.logger.fatal({ err }, 'start-up failed');
+    await log.flush();
+    process.exit(1);
+  }
+  const shutdown = (signal: string): void => {
+    log.logger.info({ signal }, 'signal received');
+    void daemon.stop().then(() => log.flush()).then(() => process.exit(0));
+  };
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+  process.once('SIGINT', () => shutdown('SIGINT'));
+}
+
+void run();

@@ -1,0 +1,219 @@
+// FANOUT_BROKERS grammar: comma-separated `name=url` entries, each url being
+// mqtt[s]://[user[:password]@]host[:port][?param=value&...]. Parsing is hand-written rather
+// than delegated to WHATWG URL so every failure can name the exact part that is wrong, and
+// so a password can never reach an error message unredacted.
+
+import { isIP, isIPv6 } from 'node:net';
+import type { BrokerConfig } from './types';
+
+export const BROKERS_ALLOWED =
+  'a comma-separated list of name=url, url being mqtt[s]://[user[:password]@]host[:port][?param=value&...]';
+
+const NAME_RE = /^[A-Za-z0-9_-]{1,32}$/;
+const NAME_ALLOWED = '1 to 32 characters from [A-Za-z0-9_-]';
+const LABEL_RE = /^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/;
+const SCHEME_RE = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//;
+// Userinfo runs to the last '@' before any '/', '?' or '#', as in WHATWG URL, so a raw '@' in
+// a password still parses; anything after host[:port] other than a query is rejected.
+const URL_RE = /^(mqtts?):\/\/(?:([^/?#]*)@)?(\[[^\]]*\]|[^:/?#[\]@]*)(?::([^/?#]*))?(?:\?([^#]*))?$/s;
+const URL_ALLOWED = 'mqtt://[user[:password]@]host[:port][?param=value&...] or mqtts://...';
+const DEFAULT_PORT = { mqtt: 1883, mqtts: 8883 } as const;
+
+/** The integer rule shared with FANOUT_* variables: plain decimal digits only, within range. */
+export function parseDecimal(raw: string, min: number, max: number): number | undefined {
+  if (!/^[0-9]+$/.test(raw)) return undefined;
+  const value = Number(raw);
+  return value >= min && value <= max ? value : undefined;
+}
+
+/** RFC 1123 host name (underscores tolerated, as many internal DNS zones use them). */
+export function isHostName(host: string): boolean {
+  return host.length <= 253 && host.split('.').every((label) => LABEL_RE.test(label));
+}
+
+/** Replaces the password of a URL (or of a `name=url` entry) with `***`. Deliberately greedy
+ *  up to the last '@' so malformed URLs are over-redacted rather than leaked. */
+export function redactUrl(url: string): string {
+  return url.replace(/^(.*?:\/\/[^:@]*):.*@/s, '$1:***@');
+}
+
+/** redactUrl applied to each entry of a comma-separated list, for showing any raw value. */
+export function redactList(value: string): string {
+  return value.split(',').map(redactUrl).join(',');
+}
+
+type ParamKey = 'maxQos' | 'retain' | 'pool' | 'protocolVersion' | 'keepalive' | 'inflight';
+
+interface ParamSpec<T> {
+  /** Name in the URL query (differs from the BrokerConfig field for `protocol`). */
+  readonly name: string;
+  /** Raw text run through parse() when the parameter is absent, so defaults cannot be invalid. */
+  readonly default: string;
+  readonly allowed: string;
+  readonly description: string;
+  readonly parse: (raw: string) => T | undefined;
+}
+
+const integerParam = (min: number, max: number) => ({
+  allowed: `an integer from ${min} to ${max}`,
+  parse: (raw: string) => parseDecimal(raw, min, max),
+});
+
+const PARAMS: { readonly [K in ParamKey]: ParamSpec<BrokerConfig[K]> } = {
+  maxQos: {
+    name: 'maxQos', default: '2', allowed: '0, 1 or 2',
+    description: 'Highest QoS used towards this broker; publishes above it are downgraded.',
+    parse: (raw) => (raw === '0' ? 0 : raw === '1' ? 1 : raw === '2' ? 2 : undefined),
+  },
+  retain: {
+    name: 'retain', default: 'forward', allowed: 'forward or strip',
+    description: 'forward passes the retain flag on; strip clears it.',
+    parse: (raw) => (raw === 'forward' || raw === 'strip' ? raw : undefined),
+  },
+  pool: {
+    name: 'pool', default: '4', ...integerParam(1, 64),
+    description: 'Connections opened to this broker.',
+  },
+  protocolVersion: {
+    name: 'protocol', default: '3.1.1', allowed: '3.1.1 (or 4) or 5 (or 5.0)',
+    description: 'MQTT protocol version spoken to this broker.',
+    parse: (raw) => (raw === '3.1.1' || raw === '4' ? 4 : raw === '5' || raw === '5.0' ? 5 : undefined),
+  },
+  keepalive: {
+    name: 'keepalive', default: '60', ...integerParam(0, 65535),
+    description: 'Keep-alive towards this broker in seconds; 0 disables it.',
+  },
+  inflight: {
+    name: 'inflight', default: '1000', ...integerParam(1, 65535),
+    description: "Unacknowledged QoS 1/2 publishes per connection, further capped by the broker's Receive Maximum.",
+  },
+};
+
+const PARAM_KEYS = Object.keys(PARAMS) as ParamKey[];
+const PARAM_NAMES = PARAM_KEYS.map((key) => PARAMS[key].name).join(', ');
+
+/** The URL parameters as documentation rows, in the same shape as describeEnv(). */
+export function describeBrokerParams(): Array<{ name: string; default: string; allowed: string; description: string }> {
+  return PARAM_KEYS.map((key) => {
+    const { name, default: def, allowed, description } = PARAMS[key];
+    return { name, default: def, allowed, description };
+  });
+}
+
+/** Failure of a single entry: `entry` is already redacted and is what error messages show. */
+export type BrokerListResult =
+  | { readonly ok: true; readonly brokers: BrokerConfig[] }
+  | { readonly ok: false; readonly entry: string; readonly reason: string };
+
+class EntryError extends Error {}
+
+export function parseBrokerList(value: string): BrokerListResult {
+  const brokers: BrokerConfig[] = [];
+  const names = new Set<string>();
+  for (const raw of value.split(',')) {
+    const entry = raw.trim();
+    try {
+      const broker = parseEntry(entry);
+      if (names.has(broker.name)) throw new EntryError(`broker name "${broker.name}" is used more than once`);
+      names.add(broker.name);
+      brokers.push(broker);
+    } catch (err) {
+      if (!(err instanceof EntryError)) throw err;
+      return { ok: false, entry: redactUrl(entry), reason: err.message };
+    }
+  }
+  return { ok: true, brokers };
+}
+
+function parseEntry(entry: string): BrokerConfig {
+  if (entry === '') throw new EntryError(`empty entry, expected ${BROKERS_ALLOWED}`);
+  const eq = entry.indexOf('=');
+  if (eq < 0) throw new EntryError(`expected name=url, url being ${URL_ALLOWED}`);
+  const name = entry.slice(0, eq);
+  if (!NAME_RE.test(name)) throw new EntryError(`broker name "${name}" must be ${NAME_ALLOWED}`);
+  try {
+    return { name, ...parseUrl(entry.slice(eq + 1)) };
+  } catch (err) {
+    if (err instanceof EntryError) err.message = `broker "${name}": ${err.message}`;
+    throw err;
+  }
+}
+
+function parseUrl(url: string): Omit<BrokerConfig, 'name'> {
+  const scheme = SCHEME_RE.exec(url)?.[1];
+  if (scheme !== undefined && scheme !== 'mqtt' && scheme !== 'mqtts') {
+    throw new EntryError(`scheme "${scheme}" is not supported, expected mqtt or mqtts`);
+  }
+  const match = URL_RE.exec(url);
+  if (match === null) throw new EntryError(`url must be ${URL_ALLOWED}`);
+  const transport = match[1] as 'mqtt' | 'mqtts';
+  const [, , userinfo, rawHost, rawPort, query]: Array<string | undefined> = match;
+  return {
+    transport,
+    host: parseHost(rawHost ?? ''),
+    port: rawPort === undefined ? DEFAULT_PORT[transport] : parsePort(rawPort),
+    ...parseUserinfo(userinfo),
+    ...parseQuery(query ?? ''),
+    redactedUrl: redactUrl(url),
+  };
+}
+
+function parseHost(raw: string): string {
+  const bracketed = raw.startsWith('[');
+  const host = bracketed ? raw.slice(1, -1) : raw;
+  if (bracketed ? isIPv6(host) : isIP(host) !== 0 || isHostName(host)) return host;
+  throw new EntryError(`host "${raw}" must be a host name, an IPv4 address or an [IPv6] address`);
+}
+
+function parsePort(raw: string): number {
+  const port = parseDecimal(raw, 1, 65535);
+  if (port === undefined) throw new EntryError('port must be an integer from 1 to 65535');
+  return port;
+}
+
+function parseUserinfo(userinfo: string | undefined): { username?: string; password?: string } {
+  if (userinfo === undefined) return {};
+  const colon = userinfo.indexOf(':');
+  const username = decode(colon < 0 ? userinfo : userinfo.slice(0, colon), 'user name');
+  if (colon < 0) return { username };
+  return { username, password: decode(userinfo.slice(colon + 1), 'password') };
+}
+
+function decode(raw: string, what: string): string {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    // Naming the part but never echoing it: it may be the password.
+    throw new EntryError(`${what} is not valid percent-encoding`);
+  }
+}
+
+function parseQuery(query: string): Pick<BrokerConfig, ParamKey> {
+  const given = new Map<string, string>();
+  for (const pair of query.split('&')) {
+    if (pair === '') continue;
+    const eq = pair.indexOf('=');
+    const key = eq < 0 ? pair : pair.slice(0, eq);
+    if (given.has(key)) throw new EntryError(`parameter "${key}" is given more than once`);
+    given.set(key, eq < 0 ? '' : pair.slice(eq + 1));
+  }
+  for (const key of given.keys()) {
+    if (!PARAM_KEYS.some((k) => PARAMS[k].name === key)) {
+      throw new EntryError(`unknown parameter "${key}", known parameters are ${PARAM_NAMES}`);
+    }
+  }
+  const read = <K extends ParamKey>(key: K): BrokerConfig[K] => {
+    const spec: ParamSpec<BrokerConfig[K]> = PARAMS[key];
+    const value = spec.parse(given.get(spec.name) ?? spec.default);
+    if (value === undefined) throw new EntryError(`${spec.name} must be ${spec.allowed}`);
+    return value;
+  };
+  return {
+    maxQos: read('maxQos'),
+    retain: read('retain'),
+    pool: read('pool'),
+    protocolVersion: read('protocolVersion'),
+    keepalive: read('keepalive'),
+    inflight: read('inflight'),
+  };
+}

@@ -1,0 +1,77 @@
+// Renders the README's configuration reference from the variable declarations. Run directly
+// (`node dist/src/config/env-table.js`) it rewrites README.md between the markers in place;
+// test/config/env-table.test.ts fails whenever the committed README differs from it.
+
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { describeBrokerParams, describeEnv } from './index';
+
+export const START_MARKER = '<!-- env-table:start -->';
+export const END_MARKER = '<!-- env-table:end -->';
+/** From dist/src/config/ (compiled) or src/config/ under ts-node alike: find the package root. */
+export const README_PATH = path.join(packageRoot(__dirname), 'README.md');
+
+type Row = { name: string; default: string; allowed: string; description: string };
+
+/** The exact text that belongs between the two markers, surrounding newlines included. */
+export function renderEnvTable(): string {
+  return [
+    '',
+    'All settings are environment variables; an empty value counts as unset. Any other variable',
+    'starting with `FANOUT_` is rejected at start-up, so typos cannot go unnoticed.',
+    '',
+    table('Variable', describeEnv()),
+    '',
+    'Each `FANOUT_BROKERS` URL takes these query parameters, e.g.',
+    '`cloud=mqtts://user:pass@mqtt.example.com?pool=8&maxQos=1`. The default port is 1883 for',
+    '`mqtt` and 8883 for `mqtts`. User and password are percent-decoded, so `,` `/` `?` `#` `@` and `%` in',
+    'them must be percent-encoded.',
+    '',
+    table('Parameter', describeBrokerParams()),
+    '',
+  ].join('\n');
+}
+
+/** Replaces the text between the markers; throws when they are missing or out of order. */
+export function replaceSection(readme: string, section: string): string {
+  const start = readme.indexOf(START_MARKER);
+  const end = readme.indexOf(END_MARKER);
+  if (start < 0 || end < start) throw new Error(`README.md must contain ${START_MARKER} followed by ${END_MARKER}`);
+  return readme.slice(0, start + START_MARKER.length) + section + readme.slice(end);
+}
+
+/** The text currently between the markers, or undefined when they are missing. */
+export function readSection(readme: string): string | undefined {
+  const start = readme.indexOf(START_MARKER);
+  const end = readme.indexOf(END_MARKER);
+  return start < 0 || end < start ? undefined : readme.slice(start + START_MARKER.length, end);
+}
+
+function table(firstColumn: string, rows: readonly Row[]): string {
+  return [
+    `| ${firstColumn} | Default | Allowed | Description |`,
+    '| --- | --- | --- | --- |',
+    ...rows.map((row) => `| \`${row.name}\` | ${[row.default, row.allowed, row.description].map(cell).join(' | ')} |`),
+  ].join('\n');
+}
+
+// `|` would end the cell and `<` `*` could start HTML or emphasis; the rest of the texts is
+// kept unescaped so the README source stays readable.
+function cell(text: string): string {
+  return text.replace(/[\\|<>*]/g, (c) => `\\${c}`);
+}
+
+function packageRoot(dir: string): string {
+  let current = dir;
+  while (!existsSync(path.join(current, 'package.json')) && path.dirname(current) !== current) {
+    current = path.dirname(current);
+  }
+  return current;
+}
+
+if (require.main === module) {
+  const readme = readFileSync(README_PATH, 'utf8');
+  const updated = replaceSection(readme, renderEnvTable());
+  if (updated !== readme) writeFileSync(README_PATH, updated);
+  console.log(`${README_PATH}: environment table ${updated === readme ? 'already up to date' : 'updated'}`);
+}

@@ -1,0 +1,120 @@
+// Public face of the configuration: turns the FANOUT_* environment into one frozen Config or
+// a single-line ConfigError naming the variable, the (redacted) value and what is allowed.
+
+import os from 'node:os';
+import { redactList } from './brokers';
+import { envSchema, SPECS, type ShownParams } from './schema';
+import type { BrokerConfig, Config } from './types';
+
+export type { AckMode, BrokerConfig, Config, LogLevel, QoS, RetainMode } from './types';
+export { describeBrokerParams, redactUrl } from './brokers';
+
+export class ConfigError extends Error {
+  readonly code = 'FANOUT_ERR_CONFIG';
+
+  constructor(
+    /** The offending FANOUT_* variable. */
+    readonly variable: string,
+    /** What the variable held as shown in the message: broker passwords are already `***`. */
+    readonly value: string | undefined,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+const PREFIX = 'FANOUT_';
+const MAX_SUGGESTION_DISTANCE = 3;
+
+/**
+ * Parses, validates and converts the FANOUT_* variables of `env` into a deeply frozen Config.
+ * An empty value counts as unset. Throws a ConfigError on the first problem found, checking
+ * unknown variables (typos) before values so a misspelt name is not reported as a missing one.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts?: { cpus?: number }): Config {
+  rejectUnknown(env);
+  const host = { cpus: opts?.cpus ?? os.availableParallelism(), hostname: os.hostname() };
+  const result = envSchema(host).safeParse(env);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const variable = String(issue.path[0]);
+    const params = issue.code === 'custom' ? (issue.params as ShownParams | undefined) : undefined;
+    const value = params?.shown ?? shown(env[variable]);
+    throw new ConfigError(variable, value, `${variable}=${quote(value)} is invalid: ${issue.message}`);
+  }
+  return deepFreeze(result.data);
+}
+
+/** The variables as documentation rows, straight from the declarations loadConfig uses. */
+export function describeEnv(): Array<{ name: string; default: string; allowed: string; description: string }> {
+  return SPECS.map(({ name, default: def, allowed, description }) => ({ name, default: def, allowed, description }));
+}
+
+/** The config as a plain object safe to log: a broker password is only ever shown as `***`. */
+export function redactedConfig(c: Config): object {
+  return { ...c, brokers: c.brokers.map(redactBroker) };
+}
+
+function redactBroker({ password, ...rest }: BrokerConfig): object {
+  return password === undefined ? rest : { ...rest, password: '***' };
+}
+
+function rejectUnknown(env: NodeJS.ProcessEnv): void {
+  const known = SPECS.map((spec) => spec.name);
+  const unknown = Object.keys(env)
+    .filter((name) => name.startsWith(PREFIX) && env[name] !== '' && env[name] !== undefined && !known.includes(name))
+    .sort();
+  if (unknown.length === 0) return;
+  const variable = unknown[0];
+  const value = shown(env[variable]);
+  const suggestion = closest(variable, known);
+  const hint = suggestion === undefined ? '' : ` (did you mean ${suggestion}?)`;
+  throw new ConfigError(variable, value, `${variable}=${quote(value)} is not a known variable${hint}`);
+}
+
+/** Every shown value goes through redactList, so a URL with a password pasted into the wrong
+ *  variable is not leaked either. */
+function shown(raw: string | undefined): string | undefined {
+  return raw === undefined ? undefined : redactList(raw);
+}
+
+/** JSON quoting keeps the message on one line whatever the value contains. */
+function quote(value: string | undefined): string {
+  return JSON.stringify(value ?? '');
+}
+
+function closest(name: string, candidates: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = MAX_SUGGESTION_DISTANCE + 1;
+  for (const candidate of candidates) {
+    const distance = editDistance(name, candidate);
+    if (distance < bestDistance) {
+      best = candidate;
+      bestDistance = distance;
+    }
+  }
+  return best;
+}
+
+/** Levenshtein distance with a single rolling row. */
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const substitution = previous[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1);
+      current.push(Math.min(previous[j] + 1, current[j - 1] + 1, substitution));
+    }
+    previous = current;
+  }
+  return previous[b.length];
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const child of Object.values(value)) deepFreeze(child);
+  }
+  return value;
+}

@@ -1,0 +1,187 @@
+// The FANOUT_* variables, each declared exactly once: name, documentation and zod parser.
+// loadConfig() validates with envSchema() built from these declarations and the README table
+// is rendered from them too, so behaviour and documentation cannot drift apart.
+
+import { isIP } from 'node:net';
+import { z } from 'zod';
+import { BROKERS_ALLOWED, isHostName, parseBrokerList, parseDecimal } from './brokers';
+import type { Config } from './types';
+
+/** Facts about the machine that some defaults derive from; injected to keep tests stable. */
+export interface HostFacts {
+  readonly cpus: number;
+  readonly hostname: string;
+}
+
+/** A value rule: the zod parser from raw text and the human text of what it accepts. */
+export interface Kind<T> {
+  /** Completes "expected ..." in error messages and fills the Allowed column of the README. */
+  readonly allowed: string;
+  readonly schema: z.ZodType<T, z.ZodTypeDef, string>;
+}
+
+export interface VarSpec<T> extends Kind<T> {
+  readonly name: string;
+  readonly description: string;
+  /** Documented default. Without `fallback` it is run through `schema`, so it cannot be invalid. */
+  readonly default: string;
+  /** Computes the default when it depends on the machine or is not expressible as raw text. */
+  readonly fallback?: (host: HostFacts) => T;
+}
+
+/** Custom issues may carry the value to show instead of the raw one (a redacted broker entry). */
+export interface ShownParams {
+  readonly shown: string;
+}
+
+const expected = (allowed: string): string => `expected ${allowed}`;
+
+/** `fatal` stops zod before cross-variable checks run on a half-parsed environment. */
+function fail(ctx: z.RefinementCtx, message: string, params?: ShownParams): never {
+  ctx.addIssue({ code: z.ZodIssueCode.custom, message, params, fatal: true });
+  return z.NEVER;
+}
+
+function rule<T>(allowed: string, convert: (raw: string) => T | undefined): Kind<T> {
+  return {
+    allowed,
+    schema: z.string().transform((raw, ctx) => convert(raw) ?? fail(ctx, expected(allowed))),
+  };
+}
+
+export function integer(min: number, max: number, allowed = `an integer from ${min} to ${max}`): Kind<number> {
+  return rule(allowed, (raw) => parseDecimal(raw, min, max));
+}
+
+export function oneOf<const T extends readonly [string, ...string[]]>(values: T): Kind<T[number]> {
+  const allowed = `${values.slice(0, -1).join(', ')} or ${values[values.length - 1]}`;
+  return { allowed, schema: z.enum(values, { message: expected(allowed) }) };
+}
+
+const TRUTHY = new Set(['true', '1', 'yes']);
+
+export function boolean(): Kind<boolean> {
+  const words = oneOf(['true', 'false', '1', '0', 'yes', 'no']);
+  return { allowed: words.allowed, schema: words.schema.transform((word) => TRUTHY.has(word)) };
+}
+
+const hostOrIp = rule('a host name, an IPv4 or an IPv6 address', (raw) =>
+  isIP(raw) !== 0 || isHostName(raw) ? raw : undefined,
+);
+
+const powerOfTwo = rule('a power of two from 65536 to 1073741824', (raw) => {
+  const n = parseDecimal(raw, 65536, 1073741824);
+  return n !== undefined && (n & (n - 1)) === 0 ? n : undefined;
+});
+
+const PROXY_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
+
+export function defaultProxyId(hostname: string): string {
+  return `fanout-${hostname.replace(/[^A-Za-z0-9_-]/g, '-')}`.slice(0, 64);
+}
+
+// Any brace left after removing {clientId} is most likely a mistyped placeholder, which would
+// silently make every connection share one retained status topic.
+const statusTopic = rule('an MQTT topic name without + or #, which may contain {clientId} (no other braces)', (raw) =>
+  Buffer.byteLength(raw) <= 65535 && !/[+#{}\0]/.test(raw.replaceAll('{clientId}', '')) ? raw : undefined,
+);
+
+const brokerList: Kind<Config['brokers']> = {
+  allowed: BROKERS_ALLOWED,
+  schema: z.string().transform((raw, ctx) => {
+    const result = parseBrokerList(raw);
+    return result.ok ? result.brokers : fail(ctx, result.reason, { shown: result.entry });
+  }),
+};
+
+type EnvKey = Exclude<keyof Config, 'embeddedBroker'>;
+
+/** One declaration per Config field (embeddedBroker follows from FANOUT_BROKERS), in README order. */
+export const VARIABLES: { readonly [K in EnvKey]: VarSpec<Config[K]> } = {
+  host: { name: 'FANOUT_HOST', default: '0.0.0.0', ...hostOrIp,
+    description: 'Address the MQTT listener for devices binds to.' },
+  port: { name: 'FANOUT_PORT', default: '1883', ...integer(0, 65535),
+    description: 'TCP port of the MQTT listener for devices; 0 picks a free port.' },
+  shards: { name: 'FANOUT_SHARDS', default: 'number of CPUs, at most 64', ...integer(1, 64),
+    fallback: (host) => Math.min(64, Math.max(1, host.cpus)),
+    description: 'Shard worker threads the device connections are spread over.' },
+  brokers: { name: 'FANOUT_BROKERS', default: 'none: an embedded broker is started', ...brokerList,
+    fallback: () => [],
+    description: 'Upstream brokers every publish is forwarded to; see the URL parameters below.' },
+  maxPacketSize: { name: 'FANOUT_MAX_PACKET_SIZE', default: '262144', ...integer(64, 268435455),
+    description: 'Largest MQTT packet accepted from a device, in bytes.' },
+  maxInflight: { name: 'FANOUT_MAX_INFLIGHT', default: '100', ...integer(1, 65535),
+    description: 'Unacknowledged QoS 1/2 publishes allowed per device connection.' },
+  pendingThrottleMs: { name: 'FANOUT_PENDING_THROTTLE_MS', default: '10', ...integer(0, 60000),
+    description: 'Pause between re-sent batches after a broker reconnect, in milliseconds.' },
+  ringBytes: { name: 'FANOUT_RING_BYTES', default: '4194304', ...powerOfTwo,
+    description: 'Size of the shared-memory ring buffer per shard and broker, in bytes.' },
+  ack: { name: 'FANOUT_ACK', default: 'all', ...oneOf(['all', 'any', 'local']),
+    description: 'When a device publish is acknowledged: once all brokers, any one broker, '
+      + 'or only the proxy itself (local) took it.' },
+  logLevel: { name: 'FANOUT_LOG_LEVEL', default: 'info',
+    ...oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+    description: 'Least severe level that is logged.' },
+  proxyId: { name: 'FANOUT_PROXY_ID', default: 'fanout- + host name, sanitized, at most 64 characters',
+    ...rule('1 to 64 characters from [A-Za-z0-9_-]', (raw) => (PROXY_ID_RE.test(raw) ? raw : undefined)),
+    fallback: (host) => defaultProxyId(host.hostname),
+    description: 'Prefix of the client ids used towards brokers: {proxyId}-{broker}-{n}.' },
+  statusTopic: { name: 'FANOUT_STATUS_TOPIC', default: 'fanout/status/{clientId}', ...statusTopic,
+    description: 'Retained status topic of each broker connection; {clientId} is replaced by its client id.' },
+  connectTimeoutMs: { name: 'FANOUT_CONNECT_TIMEOUT_MS', default: '10000', ...integer(100, 600000),
+    description: 'Time a new device socket has to send CONNECT before it is closed, in milliseconds.' },
+  shutdownTimeoutMs: { name: 'FANOUT_SHUTDOWN_TIMEOUT_MS', default: '10000', ...integer(0, 600000),
+    description: 'Time a graceful shutdown may take before the process exits anyway, in milliseconds.' },
+  reconnectMinMs: { name: 'FANOUT_RECONNECT_MIN_MS', default: '100',
+    ...integer(10, 600000, 'an integer from 10 to 600000, at most FANOUT_RECONNECT_MAX_MS'),
+    description: 'Shortest delay before reconnecting to a broker, in milliseconds.' },
+  reconnectMaxMs: { name: 'FANOUT_RECONNECT_MAX_MS', default: '10000',
+    ...integer(10, 3600000, 'an integer from 10 to 3600000, at least FANOUT_RECONNECT_MIN_MS'),
+    description: 'Longest delay between attempts to reconnect to a broker, in milliseconds.' },
+};
+
+const ENTRIES: ReadonlyArray<readonly [EnvKey, VarSpec<unknown>]> = (Object.keys(VARIABLES) as EnvKey[]).map(
+  (key) => [key, VARIABLES[key]],
+);
+
+/** The declarations in README order. */
+export const SPECS: readonly VarSpec<unknown>[] = ENTRIES.map(([, spec]) => spec);
+
+function defaultValue<T>(spec: VarSpec<T>, host: HostFacts): T {
+  return spec.fallback ? spec.fallback(host) : spec.schema.parse(spec.default);
+}
+
+/**
+ * Parses an environment into a Config (not yet frozen). Issues come in declaration order and
+ * carry the variable name as path[0]; only the environment's FANOUT_* keys are read.
+ */
+export function envSchema(host: HostFacts): z.ZodType<Config, z.ZodTypeDef, unknown> {
+  const blankToUndefined = (value: unknown): unknown => (value === '' ? undefined : value);
+  const shape = Object.fromEntries(
+    SPECS.map((spec) => [spec.name, z.preprocess(blankToUndefined, spec.schema.optional())]),
+  );
+  return z
+    .object(shape)
+    .superRefine((vars, ctx) => checkReconnectOrder(vars, ctx, host))
+    .transform((vars): Config => {
+      const values = Object.fromEntries(
+        ENTRIES.map(([key, spec]) => [key, vars[spec.name] ?? defaultValue(spec, host)]),
+      ) as Omit<Config, 'embeddedBroker'>;
+      return { ...values, embeddedBroker: vars[VARIABLES.brokers.name] === undefined };
+    });
+}
+
+function checkReconnectOrder(vars: Record<string, unknown>, ctx: z.RefinementCtx, host: HostFacts): void {
+  const { reconnectMinMs: minSpec, reconnectMaxMs: maxSpec } = VARIABLES;
+  const setMax = vars[maxSpec.name] as number | undefined;
+  const min = (vars[minSpec.name] as number | undefined) ?? defaultValue(minSpec, host);
+  const max = setMax ?? defaultValue(maxSpec, host);
+  if (min <= max) return;
+  // The defaults are consistent, so blame whichever of the two the operator actually set.
+  const [spec, otherValue] = setMax !== undefined ? [maxSpec, min] : [minSpec, max];
+  ctx.addIssue({
+    code: z.ZodIssueCode.custom,
+    path: [spec.name],
+    message: `${expected(spec.allowed)} (which is ${otherValue})`,
+  });
+}

@@ -1,0 +1,45 @@
+// Logging: JSON lines through pino. The supervisor's logger writes through a pino transport, a
+// thread of its own, so no socket-owning thread ever waits on stdout. Workers hand their lines
+// to the supervisor (logs are per event, never per message), which passes them on unchanged.
+
+import pino, { type Logger } from 'pino';
+import type { MessagePort } from 'node:worker_threads';
+import type { LogLevel } from './config/types';
+
+export interface LogLine {
+  t: 'log';
+  line: string;
+}
+
+export interface MainLog {
+  logger: Logger;
+  /** Writes a line produced by a worker's logger. */
+  relay(line: string): void;
+  /** Flushes the transport; call before exiting. */
+  flush(): Promise<void>;
+}
+
+export function createMainLogger(level: LogLevel): MainLog {
+  const stream = pino.transport({ target: 'pino/file', options: { destination: 1 } });
+  const logger = pino({ level, base: { pid: process.pid }, redact: ['password', '*.password'] }, stream);
+  return {
+    logger,
+    relay: (line) => stream.write(line),
+    flush: () => new Promise((resolve) => {
+      logger.flush();
+      stream.end();
+      stream.once('close', () => resolve());
+      setTimeout(resolve, 1000).unref();
+    }),
+  };
+}
+
+export function createWorkerLogger(level: LogLevel, port: MessagePort, thread: string): Logger {
+  const destination = {
+    write(line: string): void {
+      const m: LogLine = { t: 'log', line };
+      port.postMessage(m);
+    },
+  };
+  return pino({ level, base: { pid: process.pid, thread }, redact: ['password', '*.password'] }, destination);
+}

@@ -1,0 +1,161 @@
+// The supervisor: builds the rings, starts the listener, the broker writers and the shards,
+// keeps the client-id registry, relays worker logs, and runs the graceful shutdown.
+
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import type { Config, BrokerConfig } from './config/types';
+import { ConfigError } from './config/index';
+import { createMainLogger, type MainLog } from './log';
+import { createRing, type RingBuffers } from './ring/spsc';
+import { createDoorbell } from './ring/doorbell';
+import { ClientRegistry } from './registry';
+import { startEmbeddedBroker, type EmbeddedBroker } from './embedded';
+import type { FromShard, ToShard } from './shard/shard';
+import type { FromWriter, ToWriter } from './broker/writer';
+
+const WORKERS = path.join(__dirname, '..', 'workers');
+
+export interface Daemon {
+  readonly port: number;
+  readonly brokers: readonly BrokerConfig[];
+  stop(): Promise<void>;
+}
+
+export async function startDaemon(config: Config, log: MainLog = createMainLogger(config.logLevel)): Promise<Daemon> {
+  const logger = log.logger;
+  if (config.ringBytes < 2 * (config.maxPacketSize + 64)) {
+    throw new ConfigError('FANOUT_RING_BYTES', String(config.ringBytes),
+      `FANOUT_RING_BYTES="${config.ringBytes}" is invalid: expected at least twice FANOUT_MAX_PACKET_SIZE (${config.maxPacketSize})`);
+  }
+  // libuv then accepts one connection per wake-up, letting idle shards take their share.
+  process.env.UV_TCP_SINGLE_ACCEPT = '1';
+
+  let embedded: EmbeddedBroker | null = null;
+  let brokers = config.brokers;
+  if (config.embeddedBroker) {
+    embedded = await startEmbeddedBroker();
+    brokers = [embedded.broker];
+    logger.info({ broker: embedded.broker.redactedUrl }, 'FANOUT_BROKERS not set: started an embedded broker (aedes) as the only upstream');
+  }
+  const cfg: Config = Object.freeze({ ...config, brokers });
+
+  const onWorkerMessage = (m: { t: string; line?: string }): boolean => {
+    if (m.t === 'log') {
+      log.relay(m.line!);
+      return true;
+    }
+    return false;
+  };
+  const watch = (w: Worker, name: string): Worker => {
+    w.on('error', (err) => logger.fatal({ err, thread: name }, 'worker thread failed'));
+    w.on('exit', (code) => {
+      if (!stopping) {
+        logger.fatal({ thread: name, code }, 'worker thread exited unexpectedly; stopping');
+        void log.flush().then(() => process.exit(1));
+      }
+    });
+    return w;
+  };
+  let stopping = false;
+
+  // Rings and doorbells: one uplink and one ack ring per shard x broker.
+  const shards = cfg.shards;
+  const uplink: RingBuffers[][] = [];
+  const acks: RingBuffers[][] = [];
+  const ackBytes = Math.max(65536, cfg.ringBytes / 4);
+  for (let s = 0; s < shards; s++) {
+    uplink.push(brokers.map(() => createRing(cfg.ringBytes)));
+    acks.push(brokers.map(() => createRing(ackBytes)));
+  }
+  const shardBells = Array.from({ length: shards }, () => createDoorbell());
+  const writerBells = brokers.map(() => createDoorbell());
+
+  // The listening socket.
+  const control = new SharedArrayBuffer(4);
+  const listener = watch(new Worker(path.join(WORKERS, 'listener.worker.js'), { workerData: { host: cfg.host, port: cfg.port, control } }), 'listener');
+  const listening = await new Promise<{ fd: number; port: number }>((resolve, reject) => {
+    listener.on('message', (m: { t: string; fd: number; port: number; message?: string; code?: string }) => {
+      if (m.t === 'listening') resolve(m);
+      else if (m.t === 'error') reject(new Error(`cannot listen on ${cfg.host}:${cfg.port}: ${m.message}`));
+    });
+  });
+
+  const writers = brokers.map((broker, b) => {
+    const w = watch(new Worker(path.join(WORKERS, 'writer.worker.js'), {
+      workerData: {
+        config: cfg, broker, index: b, uplinkRings: uplink.map((r) => r[b]), ackRings: acks.map((r) => r[b]),
+        doorbell: writerBells[b], shardDoorbells: shardBells,
+      },
+    }), `writer-${broker.name}`);
+    return w;
+  });
+
+  const shardWorkers: Worker[] = [];
+  const registry = new ClientRegistry((owner) => {
+    const m: ToShard = { t: 'kick', conn: owner.conn };
+    shardWorkers[owner.shard]?.postMessage(m);
+  });
+  let readyCount = 0;
+  const allReady = new Promise<void>((resolve) => {
+    for (let s = 0; s < shards; s++) {
+      const w = watch(new Worker(path.join(WORKERS, 'shard.worker.js'), {
+        workerData: {
+          config: cfg, index: s, listenFd: listening.fd, uplinkRings: uplink[s], ackRings: acks[s],
+          doorbell: shardBells[s], writerDoorbells: writerBells,
+        },
+      }), `shard-${s}`);
+      w.on('message', (m: FromShard | { t: 'log'; line: string }) => {
+        if (onWorkerMessage(m)) return;
+        const msg = m as FromShard;
+        if (msg.t === 'claim') registry.claim(msg.clientId, { shard: msg.shard, conn: msg.conn });
+        else if (msg.t === 'release') registry.release(msg.clientId, { shard: msg.shard, conn: msg.conn });
+        else if (msg.t === 'ready' && ++readyCount === shards) resolve();
+      });
+      shardWorkers.push(w);
+    }
+  });
+  for (const w of writers) w.on('message', (m: { t: string; line?: string }) => onWorkerMessage(m));
+  await allReady;
+  logger.info({ port: listening.port, host: cfg.host, shards, brokers: brokers.map((b) => b.name) }, 'mqtt-fanout ready');
+
+  const stop = async (): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    const deadline = setTimeout(() => {
+      logger.warn('shutdown took too long; exiting anyway');
+      void log.flush().then(() => process.exit(0));
+    }, cfg.shutdownTimeoutMs + 2000);
+    deadline.unref();
+    logger.info('shutting down: draining devices');
+    await Promise.all(shardWorkers.map((w) => request<FromShard>(w, { t: 'drain' }, 'drained')));
+    await Promise.all(shardWorkers.map((w) => w.terminate()));
+    Atomics.store(new Int32Array(control), 0, 1);
+    Atomics.notify(new Int32Array(control), 0);
+    const results = await Promise.all(writers.map((w) => request<FromWriter>(w, { t: 'drain' } as ToWriter, 'drained')));
+    for (const r of results) {
+      if (r.t === 'drained' && (r.leftInRings > 0 || r.leftInflight > 0)) {
+        logger.warn({ broker: r.broker, leftInRings: r.leftInRings, leftInflight: r.leftInflight }, 'broker did not take everything before the shutdown deadline');
+      }
+    }
+    await Promise.all([...writers, listener].map((w) => w.terminate()));
+    await embedded?.close();
+    logger.info('stopped');
+    clearTimeout(deadline);
+  };
+
+  return { port: listening.port, brokers, stop };
+}
+
+function request<T extends { t: string }>(w: Worker, message: unknown, reply: string): Promise<T> {
+  return new Promise((resolve) => {
+    const onMessage = (m: T): void => {
+      if (m.t === reply) {
+        w.off('message', onMessage);
+        resolve(m);
+      }
+    };
+    w.on('message', onMessage);
+    w.once('exit', () => resolve({ t: reply } as T));
+    w.postMessage(message);
+  });
+}

@@ -1,0 +1,121 @@
+// CONNECT decoding (mqtt-packet is the parser of record) and CONNACK encoding, for both
+// protocol levels. Kept off the hot path: it runs once per connection.
+
+import * as mqttPacket from 'mqtt-packet';
+import { readVarint, varintEnd } from './framer';
+import { isValidMqttString } from './properties';
+import {
+  CONNACK, CONNACK_V4_BAD_PROTOCOL, CONNACK_V4_ID_REJECTED, RC_CLIENT_ID_NOT_VALID, RC_MALFORMED,
+  RC_UNSUPPORTED_PROTOCOL,
+} from './constants';
+
+export interface ConnectOk {
+  ok: true;
+  version: 3 | 4 | 5;
+  packet: mqttPacket.IConnectPacket;
+}
+
+export interface ConnectRefused {
+  ok: false;
+  /** Protocol level to answer with, or 0 to close without CONNACK. */
+  version: 0 | 4 | 5;
+  /** CONNACK return/reason code. */
+  code: number;
+  reason: string;
+}
+
+export type ConnectResult = ConnectOk | ConnectRefused;
+
+/** Decodes a CONNECT whose fixed header starts at packet[packetStart] and whose body is
+ *  packet[bodyStart, bodyEnd). */
+export function decodeConnect(packet: Buffer, packetStart: number, bodyStart: number, bodyEnd: number): ConnectResult {
+  // Protocol name and level are read by hand first, so an unsupported level gets the CONNACK
+  // code the client's own version understands rather than a generic parse error.
+  if (bodyStart + 2 > bodyEnd) return refuse(0, 0, 'truncated CONNECT');
+  const nameLen = packet.readUInt16BE(bodyStart);
+  const levelAt = bodyStart + 2 + nameLen;
+  if (levelAt >= bodyEnd) return refuse(0, 0, 'truncated CONNECT');
+  const name = packet.toString('latin1', bodyStart + 2, levelAt);
+  const level = packet[levelAt];
+  if (name !== 'MQTT' && name !== 'MQIsdp') return refuse(0, 0, `unknown protocol name ${JSON.stringify(name)}`);
+  const expected = name === 'MQIsdp' ? 3 : level === 5 ? 5 : 4;
+  if (level !== expected) {
+    return level === 5 || level > 5
+      ? refuse(level === 5 ? 5 : 4, level === 5 ? RC_UNSUPPORTED_PROTOCOL : CONNACK_V4_BAD_PROTOCOL, `unsupported protocol level ${level}`)
+      : refuse(4, CONNACK_V4_BAD_PROTOCOL, `unsupported protocol level ${level}`);
+  }
+  const version = level as 3 | 4 | 5;
+  const answerAs: 4 | 5 = version === 5 ? 5 : 4;
+
+  let parsed: mqttPacket.Packet | undefined;
+  let error: Error | undefined;
+  const parser = mqttPacket.parser();
+  parser.on('packet', (p: mqttPacket.Packet) => { parsed = p; });
+  parser.on('error', (e: Error) => { error ??= e; });
+  parser.parse(packet.subarray(packetStart, bodyEnd));
+  if (error || !parsed || parsed.cmd !== 'connect') {
+    return refuse(answerAs === 5 ? 5 : 0, RC_MALFORMED, `malformed CONNECT: ${error?.message ?? 'incomplete'}`);
+  }
+  const connect = parsed as mqttPacket.IConnectPacket;
+
+  // mqtt-packet decodes strings leniently; the client id must be well-formed UTF-8 [MQTT-1.5.4].
+  let idAt = levelAt + 1 + 1 + 2;
+  if (version === 5) {
+    const propLen = readVarint(packet, idAt, bodyEnd);
+    idAt = varintEnd + propLen;
+  }
+  const idLen = packet.readUInt16BE(idAt);
+  if (!isValidMqttString(packet, idAt + 2, idAt + 2 + idLen)) {
+    return refuse(answerAs === 5 ? 5 : 0, RC_MALFORMED, 'client id is not valid UTF-8');
+  }
+  if (!isCleanString(connect.will?.topic) || !isCleanString(connect.username)) {
+    return refuse(answerAs === 5 ? 5 : 0, RC_MALFORMED, 'string field is not valid UTF-8');
+  }
+  if (connect.will && /[+#]/.test(connect.will.topic)) {
+    return refuse(answerAs, answerAs === 5 ? 0x90 : CONNACK_V4_ID_REJECTED, 'will topic contains a wildcard');
+  }
+  const id = connect.clientId;
+  if (version === 3 && (id.length === 0 || Buffer.byteLength(id) > 23)) {
+    return refuse(4, CONNACK_V4_ID_REJECTED, 'MQTT 3.1 client id must be 1-23 bytes');
+  }
+  if (id.length === 0 && version === 4 && !connect.clean) {
+    return refuse(4, CONNACK_V4_ID_REJECTED, 'empty client id requires clean session');
+  }
+  return { ok: true, version, packet: connect };
+}
+
+function isCleanString(s: string | undefined): boolean {
+  return s === undefined || (!s.includes('\u0000') && !s.includes('\ufffd'));
+}
+
+function refuse(version: 0 | 4 | 5, code: number, reason: string): ConnectRefused {
+  return { ok: false, version, code: code || (version === 5 ? RC_MALFORMED : 0), reason };
+}
+
+export interface ConnackOptions {
+  sessionPresent: boolean;
+  receiveMaximum: number;
+  maximumPacketSize: number;
+  topicAliasMaximum: number;
+  assignedClientIdentifier?: string;
+}
+
+/** CONNACK for protocol level `version` (3 and 4 share the 3.1.1 form). */
+export function encodeConnack(version: number, code: number, opts?: ConnackOptions): Buffer {
+  if (version !== 5) return Buffer.from([CONNACK << 4, 2, opts?.sessionPresent ? 1 : 0, code]);
+  const properties: mqttPacket.IConnackPacket['properties'] = {};
+  if (opts && code === 0) {
+    properties.receiveMaximum = opts.receiveMaximum;
+    properties.maximumPacketSize = opts.maximumPacketSize;
+    properties.topicAliasMaximum = opts.topicAliasMaximum;
+    properties.wildcardSubscriptionAvailable = false;
+    properties.sharedSubscriptionAvailable = false;
+    properties.subscriptionIdentifiersAvailable = false;
+    properties.retainAvailable = true;
+    if (opts.assignedClientIdentifier) properties.assignedClientIdentifier = opts.assignedClientIdentifier;
+  }
+  return mqttPacket.generate(
+    { cmd: 'connack', returnCode: code, reasonCode: code, sessionPresent: !!opts?.sessionPresent, properties },
+    { protocolVersion: 5 },
+  );
+}

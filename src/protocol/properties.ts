@@ -1,0 +1,105 @@
+// MQTT 5 property walking for the PUBLISH fast path: validates identifiers and lengths without
+// building objects, and finds the Topic Alias (which is per connection and must not travel on).
+
+import { isUtf8 } from 'node:buffer';
+import { readVarint, varintEnd } from './framer';
+
+// Value kinds by property identifier: 1 byte, 2 u16, 4 u32, 'v' varint, 's' UTF-8 string,
+// 'b' binary, 'p' string pair. Only the identifiers MQTT 5 allows somewhere are listed.
+const KIND: Record<number, '1' | '2' | '4' | 'v' | 's' | 'b' | 'p'> = {
+  0x01: '1', 0x02: '4', 0x03: 's', 0x08: 's', 0x09: 'b', 0x0b: 'v', 0x11: '4', 0x12: 's',
+  0x13: '2', 0x15: 's', 0x16: 'b', 0x17: '1', 0x18: '4', 0x19: '1', 0x1a: 's', 0x1c: 's',
+  0x1f: 's', 0x21: '2', 0x22: '2', 0x23: '2', 0x24: '1', 0x25: '1', 0x26: 'p', 0x27: '4',
+  0x28: '1', 0x29: '1', 0x2a: '1',
+};
+
+/** Properties a client may put on a PUBLISH [MQTT-3.3.2.3]. */
+const PUBLISH_ALLOWED = new Set([0x01, 0x02, 0x03, 0x08, 0x09, 0x23, 0x26]);
+
+export const PROP_TOPIC_ALIAS = 0x23;
+
+export interface PropertyScan {
+  /** 0 when valid, else the MQTT 5 reason code to close with. */
+  error: number;
+  topicAlias: number;
+  /** Offsets of the Topic Alias property inside the buffer, to cut it out; -1 if absent. */
+  aliasStart: number;
+}
+
+/** Walks the properties in buf[start, end) of a client PUBLISH. */
+export function scanPublishProperties(buf: Buffer, start: number, end: number, out: PropertyScan): void {
+  out.error = 0;
+  out.topicAlias = 0;
+  out.aliasStart = -1;
+  const seen = new Set<number>();
+  let pos = start;
+  while (pos < end) {
+    const id = buf[pos];
+    const kind = KIND[id];
+    if (kind === undefined || !PUBLISH_ALLOWED.has(id)) {
+      out.error = 0x82;
+      return;
+    }
+    if (id !== 0x26) {
+      if (seen.has(id)) {
+        out.error = 0x82;
+        return;
+      }
+      seen.add(id);
+    }
+    const valueAt = pos + 1;
+    const next = skipValue(buf, valueAt, end, kind);
+    if (next < 0) {
+      out.error = 0x81;
+      return;
+    }
+    if (id === PROP_TOPIC_ALIAS) {
+      out.topicAlias = buf.readUInt16BE(valueAt);
+      if (out.topicAlias === 0) {
+        out.error = 0x94;
+        return;
+      }
+      out.aliasStart = pos;
+    }
+    if (id === 0x01 && buf[valueAt] > 1) {
+      out.error = 0x82;
+      return;
+    }
+    pos = next;
+  }
+}
+
+function skipValue(buf: Buffer, pos: number, end: number, kind: string): number {
+  switch (kind) {
+    case '1': return pos + 1 <= end ? pos + 1 : -1;
+    case '2': return pos + 2 <= end ? pos + 2 : -1;
+    case '4': return pos + 4 <= end ? pos + 4 : -1;
+    case 'v': return readVarint(buf, pos, end) < 0 ? -1 : varintEnd;
+    case 's':
+    case 'b': return skipLengthPrefixed(buf, pos, end, kind === 's');
+    case 'p': {
+      const k = skipLengthPrefixed(buf, pos, end, true);
+      return k < 0 ? -1 : skipLengthPrefixed(buf, k, end, true);
+    }
+  }
+  return -1;
+}
+
+function skipLengthPrefixed(buf: Buffer, pos: number, end: number, utf8: boolean): number {
+  if (pos + 2 > end) return -1;
+  const n = buf.readUInt16BE(pos);
+  const stop = pos + 2 + n;
+  if (stop > end) return -1;
+  if (utf8 && !isValidMqttString(buf, pos + 2, stop)) return -1;
+  return stop;
+}
+
+/** UTF-8 well-formed and free of U+0000 [MQTT-1.5.4-1, MQTT-1.5.4-2]. */
+export function isValidMqttString(buf: Buffer, start: number, end: number): boolean {
+  for (let i = start; i < end; i++) {
+    const c = buf[i];
+    if (c === 0) return false;
+    if (c >= 0x80) return isUtf8(buf.subarray(start, end));
+  }
+  return true;
+}

@@ -1,0 +1,20 @@
+// Record layouts carried by the rings.
+//
+// Uplink (shard -> writer), one per device PUBLISH per broker:
+//   0 u8  kind (REC_PUBLISH)
+//   1 u8  flags: bits 0-1 QoS, bit 2 retain, bit 3 the publisher speaks MQTT 5
+//   2 u16 topic length
+//   4 u32 MQTT 5 property bytes length (Topic Alias already removed)
+//   8 u32 ack token (NO_TOKEN when the shard waits for no acknowledgement)
+//  12 u32 device key: keeps one device's messages on one broker connection, in order
+//  16 topic | properties | payload
+//
+// Ack (writer -> shard): u32 token, u8 reason code (0 = accepted by the broker).
+
+export const REC_PUBLISH = 1;
+export const UPLINK_HEADER = 16;
+export const NO_TOKEN = 0xffffffff;
+export const ACK_RECORD = 8;
+
+export const FLAG_RETAIN = 4;
+export const FLAG_V5 = 8;

@@ -1,0 +1,383 @@
+// One device connection on a shard: the MQTT 3.1.1 / 5.0 server side of the protocol. Publishes
+// go to the brokers through the shard's rings; the device is acknowledged when the brokers
+// have acknowledged (FANOUT_ACK). When a ring or the device's inflight window is full the
+// packet in hand is kept and the socket paused: backpressure instead of loss.
+
+import type { Socket } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import * as mqttPacket from 'mqtt-packet';
+import { Framer, FRAME_INCOMPLETE, FRAME_READY, FRAME_TOO_LARGE } from '../protocol/framer';
+import { decodePublish } from '../protocol/publish';
+import { decodeConnect, encodeConnack } from '../protocol/connect';
+import * as C from '../protocol/constants';
+import { NO_TOKEN } from '../ring/records';
+import { Uplink } from './uplink';
+import type { AckTarget } from './inflight';
+import type { ShardContext } from './context';
+
+const NEW = 0;
+const CONNECTED = 1;
+const CLOSED = 2;
+
+/** Topic aliases a MQTT 5 device may use towards us (advertised in CONNACK). */
+export const TOPIC_ALIAS_MAX = 64;
+
+export class DeviceConnection implements AckTarget {
+  state = NEW;
+  version = 4;
+  clientId = '';
+  claimed = false;
+  keepaliveMs = 0;
+  lastRx: number;
+  /** Set while paused for backpressure: the packet in hand waits here. */
+  blocked = false;
+  /** A will to publish if the connection ends without DISCONNECT: an encoded PUBLISH. */
+  will: Buffer | null = null;
+  willDelayMs = 0;
+  takenOver = false;
+
+  private readonly framer: Framer;
+  private pendingHeader = -1;
+  private pendingBuf: Buffer | null = null;
+  private pendingStart = 0;
+  private pendingEnd = 0;
+  private inflightCount = 0;
+  private qos1: Set<number> | null = null;
+  private qos2: Map<number, number> | null = null;
+  private aliases: (Buffer | undefined)[] | null = null;
+  private out: Buffer | null = null;
+  private outLen = 0;
+  private dirty = false;
+  private cleanDisconnect = false;
+
+  constructor(private readonly ctx: ShardContext, readonly socket: Socket, readonly id: number) {
+    this.framer = new Framer(ctx.config.maxPacketSize);
+    this.lastRx = ctx.now;
+  }
+
+  onData(chunk: Buffer): void {
+    this.lastRx = this.ctx.now;
+    this.framer.push(chunk);
+    if (!this.blocked) this.process();
+  }
+
+  /** Called by the shard when the reason for a pause may be gone. */
+  resume(): void {
+    if (!this.blocked || this.state === CLOSED) return;
+    this.blocked = false;
+    if (this.pendingBuf !== null) {
+      const buf = this.pendingBuf;
+      this.pendingBuf = null;
+      if (!this.handle(this.pendingHeader, buf, this.pendingStart, this.pendingEnd)) {
+        this.block(this.pendingHeader, buf, this.pendingStart, this.pendingEnd);
+        return;
+      }
+    }
+    this.process();
+    if (!this.blocked && this.state !== CLOSED) this.socket.resume();
+  }
+
+  private process(): void {
+    const f = this.framer;
+    while (this.state !== CLOSED && !this.blocked) {
+      const r = f.next();
+      if (r === FRAME_READY) {
+        if (!this.handle(f.header, f.buf, f.start, f.end)) this.block(f.header, f.buf, f.start, f.end);
+      } else if (r === FRAME_INCOMPLETE) {
+        return;
+      } else {
+        const tooLarge = r === FRAME_TOO_LARGE;
+        this.protocolClose(tooLarge ? C.RC_PACKET_TOO_LARGE : C.RC_MALFORMED, tooLarge ? 'packet too large' : 'bad remaining length');
+      }
+    }
+  }
+
+  private block(header: number, buf: Buffer, start: number, end: number): void {
+    this.pendingHeader = header;
+    this.pendingBuf = buf;
+    this.pendingStart = start;
+    this.pendingEnd = end;
+    this.blocked = true;
+    this.socket.pause();
+    this.ctx.blocked(this);
+  }
+
+  /** Returns false when the packet cannot be taken now (backpressure); it is retried later. */
+  private handle(header: number, buf: Buffer, start: number, end: number): boolean {
+    const type = header >> 4;
+    if (this.state === NEW) {
+      if (type !== C.CONNECT) {
+        this.destroy(`${type} before CONNECT`);
+        return true;
+      }
+      this.onConnect(buf, end - this.framer.size, start, end);
+      return true;
+    }
+    if (type === C.PUBLISH) return this.onPublish(header, buf, start, end);
+    if ((header & 0x0f) !== C.REQUIRED_FLAGS[type]) {
+      this.protocolClose(C.RC_MALFORMED, `reserved flags set on packet type ${type}`);
+      return true;
+    }
+    switch (type) {
+      case C.PUBREL: this.onPubrel(buf, start, end); break;
+      case C.PINGREQ: this.send(C.PINGRESP_PACKET); break;
+      case C.PUBACK:
+      case C.PUBREC:
+      case C.PUBCOMP:
+        // Answers to downlink deliveries; this connection sends none yet.
+        break;
+      case C.SUBSCRIBE:
+      case C.UNSUBSCRIBE: this.onSubscription(type, buf, end - this.framer.size, end); break;
+      case C.DISCONNECT: this.onDisconnect(buf, start, end); break;
+      case C.CONNECT: this.protocolClose(C.RC_PROTOCOL_ERROR, 'second CONNECT'); break;
+      default: this.protocolClose(C.RC_PROTOCOL_ERROR, `unexpected packet type ${type}`);
+    }
+    return true;
+  }
+
+  private onConnect(buf: Buffer, packetStart: number, start: number, end: number): void {
+    const res = decodeConnect(buf, packetStart, start, end);
+    if (!res.ok) {
+      this.ctx.log.debug({ conn: this.id, reason: res.reason }, 'CONNECT refused');
+      if (res.version === 0) this.destroy(res.reason);
+      else this.refuse(res.version, res.code);
+      return;
+    }
+    const p = res.packet;
+    this.version = res.version;
+    const v5 = res.version === 5;
+    if (v5 && p.properties?.authenticationMethod) {
+      this.refuse(5, 0x8c);
+      return;
+    }
+    let assigned: string | undefined;
+    this.clientId = p.clientId;
+    if (this.clientId.length === 0) {
+      this.clientId = assigned = `fanout-${randomBytes(9).toString('base64url')}`;
+    }
+    this.keepaliveMs = (p.keepalive ?? 0) * 1000;
+    if (p.will) {
+      const props = p.will.properties ? { ...p.will.properties } : undefined;
+      if (props) {
+        this.willDelayMs = (props.willDelayInterval ?? 0) * 1000;
+        delete props.willDelayInterval;
+      }
+      const qos = p.will.qos ?? 0;
+      this.will = mqttPacket.generate({
+        cmd: 'publish', topic: p.will.topic, payload: p.will.payload, qos, retain: !!p.will.retain, dup: false,
+        messageId: qos > 0 ? 1 : undefined, properties: props,
+      }, { protocolVersion: v5 ? 5 : 4 });
+    }
+    this.state = CONNECTED;
+    this.send(encodeConnack(this.version, 0, {
+      sessionPresent: false,
+      receiveMaximum: this.ctx.config.maxInflight,
+      maximumPacketSize: this.ctx.config.maxPacketSize,
+      topicAliasMaximum: TOPIC_ALIAS_MAX,
+      assignedClientIdentifier: assigned,
+    }));
+    this.ctx.claim(this);
+  }
+
+  private onPublish(header: number, buf: Buffer, start: number, end: number): boolean {
+    const ctx = this.ctx;
+    const v = ctx.view;
+    const rc = decodePublish(header, buf, start, end, this.version, v);
+    if (rc !== 0) {
+      this.protocolClose(rc, 'invalid PUBLISH');
+      return true;
+    }
+    const m = ctx.msg;
+    m.topic = buf;
+    m.topicStart = v.topicStart;
+    m.topicLen = v.topicEnd - v.topicStart;
+    m.src = buf;
+    m.propsA = v.propsStart;
+    m.propsAEnd = v.propsEnd;
+    m.propsB = m.propsBEnd = 0;
+    if (v.topicAlias !== 0) {
+      if (v.topicAlias > TOPIC_ALIAS_MAX) {
+        this.protocolClose(C.RC_TOPIC_ALIAS_INVALID, 'topic alias out of range');
+        return true;
+      }
+      this.aliases ??= [];
+      if (m.topicLen > 0) {
+        this.aliases[v.topicAlias] = Buffer.from(buf.subarray(v.topicStart, v.topicEnd));
+      } else {
+        const t = this.aliases[v.topicAlias];
+        if (t === undefined) {
+          this.protocolClose(C.RC_PROTOCOL_ERROR, 'unknown topic alias');
+          return true;
+        }
+        m.topic = t;
+        m.topicStart = 0;
+        m.topicLen = t.length;
+      }
+      m.propsAEnd = v.aliasStart;
+      m.propsB = v.aliasStart + 3;
+      m.propsBEnd = v.propsEnd;
+    }
+    const qos = v.qos;
+    const id = v.messageId;
+    if (qos === 2 && this.qos2 !== null) {
+      const state = this.qos2.get(id);
+      if (state !== undefined) {
+        // A retransmission: already forwarded once [MQTT-4.3.3-9].
+        if (state === 1) this.sendAck(C.PUBREC, id, 0);
+        return true;
+      }
+    } else if (qos === 1 && this.qos1 !== null && this.qos1.has(id)) {
+      return true;
+    }
+    const tracked = qos > 0 && ctx.config.ack !== 'local';
+    if (tracked && this.inflightCount >= ctx.config.maxInflight) return false;
+    m.qos = qos;
+    m.retain = v.retain;
+    m.v5 = this.version === 5;
+    m.payloadStart = v.payloadStart;
+    m.payloadEnd = v.payloadEnd;
+    m.deviceKey = this.id;
+    if (!ctx.uplink.fits(Uplink.recordSize(m))) return false;
+    m.token = NO_TOKEN;
+    if (tracked) {
+      m.token = ctx.inflight.allocate(this, id, qos);
+      this.inflightCount++;
+      if (qos === 1) (this.qos1 ??= new Set()).add(id);
+    }
+    if (qos === 2) (this.qos2 ??= new Map()).set(id, tracked ? 0 : 1);
+    ctx.uplink.write(m);
+    ctx.counters.publishesIn++;
+    if (qos > 0 && !tracked) this.sendAck(qos === 1 ? C.PUBACK : C.PUBREC, id, 0);
+    return true;
+  }
+
+  uplinkAcked(messageId: number, qos: number, reason: number): void {
+    if (qos === 1) this.qos1?.delete(messageId);
+    else this.qos2?.set(messageId, 1);
+    if (this.state !== CONNECTED) return;
+    this.sendAck(qos === 1 ? C.PUBACK : C.PUBREC, messageId, reason);
+  }
+
+  uplinkSettled(): void {
+    this.inflightCount--;
+    if (this.blocked && this.state !== CLOSED) this.ctx.wake(this);
+  }
+
+  private onPubrel(buf: Buffer, start: number, end: number): void {
+    if (end - start < 2) {
+      this.protocolClose(C.RC_MALFORMED, 'short PUBREL');
+      return;
+    }
+    const id = buf.readUInt16BE(start);
+    const state = this.qos2?.get(id);
+    if (state === 0) return; // not PUBREC'd yet: the device is ahead of the protocol
+    if (state === 1) this.qos2!.delete(id);
+    this.sendAck(C.PUBCOMP, id, state === undefined ? C.RC_PACKET_ID_NOT_FOUND : 0);
+  }
+
+  private onSubscription(type: number, buf: Buffer, packetStart: number, end: number): void {
+    const packet = this.ctx.parse(this.version, buf.subarray(packetStart, end));
+    if (packet === null || (packet.cmd !== 'subscribe' && packet.cmd !== 'unsubscribe')) {
+      this.protocolClose(C.RC_MALFORMED, 'malformed SUBSCRIBE/UNSUBSCRIBE');
+      return;
+    }
+    const v5 = this.version === 5;
+    if (type === C.SUBSCRIBE && packet.cmd === 'subscribe') {
+      // Downlink is not served by this build: every filter is refused, as the spec allows.
+      const granted = packet.subscriptions.map(() => (v5 ? C.RC_IMPLEMENTATION_SPECIFIC : 0x80));
+      this.send(mqttPacket.generate({ cmd: 'suback', messageId: packet.messageId, granted }, { protocolVersion: v5 ? 5 : 4 }));
+    } else if (packet.cmd === 'unsubscribe') {
+      const granted = v5 ? packet.unsubscriptions.map(() => 0x11) : [];
+      this.send(mqttPacket.generate({ cmd: 'unsuback', messageId: packet.messageId, granted } as mqttPacket.IUnsubackPacket, { protocolVersion: v5 ? 5 : 4 }));
+    }
+  }
+
+  private onDisconnect(buf: Buffer, start: number, end: number): void {
+    const reason = this.version === 5 && end > start ? buf[start] : 0;
+    this.cleanDisconnect = reason !== C.RC_DISCONNECT_WITH_WILL;
+    this.flush();
+    this.socket.end();
+    this.state = CLOSED;
+  }
+
+  private sendAck(type: number, id: number, reason: number): void {
+    const out = this.reserve(5);
+    this.outLen = this.version === 5 ? C.writeAckV5(out, this.outLen, type, id, reason) : C.writeAck(out, this.outLen, type, id);
+  }
+
+  send(packet: Buffer): void {
+    const out = this.reserve(packet.length);
+    this.outLen += packet.copy(out, this.outLen);
+  }
+
+  private reserve(n: number): Buffer {
+    if (this.out === null || this.outLen + n > this.out.length) {
+      const next = Buffer.allocUnsafe(Math.max(256, (this.outLen + n) * 2));
+      if (this.out !== null) this.out.copy(next, 0, 0, this.outLen);
+      this.out = next;
+    }
+    if (!this.dirty) {
+      this.dirty = true;
+      this.ctx.dirty(this);
+    }
+    return this.out;
+  }
+
+  /** Writes everything queued for the device in one socket write. */
+  flush(): void {
+    this.dirty = false;
+    if (this.outLen === 0 || this.out === null) return;
+    const chunk = this.out.subarray(0, this.outLen);
+    this.out = null;
+    this.outLen = 0;
+    if (!this.socket.destroyed) this.socket.write(chunk);
+  }
+
+  /** Another connection took this client id. */
+  takeover(): void {
+    this.takenOver = true;
+    this.protocolClose(C.RC_SESSION_TAKEN_OVER, 'session taken over');
+  }
+
+  /** Ends the connection for a protocol reason: MQTT 5 devices are told why [MQTT-4.13]. */
+  protocolClose(reason: number, why: string): void {
+    if (this.state === CLOSED) return;
+    this.ctx.log.debug({ conn: this.id, clientId: this.clientId, reason, why }, 'closing device connection');
+    if (this.version === 5 && this.state === CONNECTED) this.send(C.disconnectV5(reason));
+    this.flush();
+    this.state = CLOSED;
+    this.framer.reset();
+    this.socket.end(() => this.socket.destroy());
+  }
+
+  /** Graceful end at shutdown: MQTT 5 devices get "server shutting down". */
+  shutdown(): void {
+    this.protocolClose(C.RC_SERVER_SHUTTING_DOWN, 'shutting down');
+  }
+
+  private refuse(version: number, code: number): void {
+    this.send(encodeConnack(version, code));
+    this.flush();
+    this.state = CLOSED;
+    this.socket.end(() => this.socket.destroy());
+  }
+
+  destroy(why: string): void {
+    if (this.state !== CLOSED) this.ctx.log.debug({ conn: this.id, why }, 'dropping connection');
+    this.state = CLOSED;
+    this.framer.reset();
+    this.socket.destroy();
+  }
+
+  /** Socket closed, for whatever reason. Returns the will to publish, if one is due. */
+  closed(): Buffer | null {
+    const wasConnected = this.clientId !== '' && this.will !== null;
+    this.state = CLOSED;
+    this.framer.reset();
+    this.pendingBuf = null;
+    if (!wasConnected || this.cleanDisconnect) return null;
+    // An MQTT 5 session resumed elsewhere before the will delay cancels the will [MQTT-3.1.3.2].
+    if (this.takenOver && this.version === 5 && this.willDelayMs > 0) return null;
+    return this.will;
+  }
+}

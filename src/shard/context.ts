@@ -1,0 +1,39 @@
+// What a device connection needs from its shard. Kept as an interface so connections can be
+// driven by tests without threads.
+
+import type { Logger } from 'pino';
+import type { Packet } from 'mqtt-packet';
+import type { Config } from '../config/types';
+import type { PublishView } from '../protocol/publish';
+import type { InflightTable } from './inflight';
+import type { Uplink, UplinkMessage } from './uplink';
+import type { DeviceConnection } from './connection';
+
+export interface ShardCounters {
+  publishesIn: number;
+  connections: number;
+  backpressurePauses: number;
+  willsPublished: number;
+}
+
+export interface ShardContext {
+  readonly config: Config;
+  readonly log: Logger;
+  readonly uplink: Uplink;
+  readonly inflight: InflightTable;
+  readonly counters: ShardCounters;
+  /** Scratch objects reused for every publish on this shard. */
+  readonly view: PublishView;
+  readonly msg: UplinkMessage;
+  /** Cached clock (ms), refreshed by the shard's timer. */
+  now: number;
+  /** Parses a complete non-PUBLISH packet with mqtt-packet; null when malformed. */
+  parse(version: number, packet: Buffer): Packet | null;
+  claim(conn: DeviceConnection): void;
+  /** The connection paused on backpressure. */
+  blocked(conn: DeviceConnection): void;
+  /** The connection's own reason to pause may be gone (an inflight slot freed). */
+  wake(conn: DeviceConnection): void;
+  /** The connection has bytes to flush at the end of this turn. */
+  dirty(conn: DeviceConnection): void;
+}

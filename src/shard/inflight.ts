@@ -1,0 +1,84 @@
+// The shard's table of device publishes waiting for broker acknowledgements. A slot index is the
+// token carried through the rings; it is reused only after every broker has answered, so an
+// acknowledgement can never reach the wrong message.
+
+import type { AckMode } from '../config/types';
+
+export interface AckTarget {
+  /** Called once when the device may be acknowledged (per FANOUT_ACK). */
+  uplinkAcked(messageId: number, qos: number, reason: number): void;
+  /** Called once when every broker has answered and the slot is free again. */
+  uplinkSettled(messageId: number, qos: number): void;
+}
+
+export class InflightTable {
+  private remaining: Int32Array;
+  private messageId: Uint16Array;
+  private qos: Uint8Array;
+  private acked: Uint8Array;
+  private reason: Uint8Array;
+  private owners: (AckTarget | null)[];
+  private freeList: Int32Array;
+  private freeCount = 0;
+  private size = 0;
+  active = 0;
+
+  constructor(private readonly brokers: number, private readonly mode: AckMode, initial = 1024) {
+    this.remaining = new Int32Array(initial);
+    this.messageId = new Uint16Array(initial);
+    this.qos = new Uint8Array(initial);
+    this.acked = new Uint8Array(initial);
+    this.reason = new Uint8Array(initial);
+    this.owners = new Array<AckTarget | null>(initial).fill(null);
+    this.freeList = new Int32Array(initial);
+  }
+
+  allocate(owner: AckTarget, messageId: number, qos: number): number {
+    let slot: number;
+    if (this.freeCount > 0) {
+      slot = this.freeList[--this.freeCount];
+    } else {
+      if (this.size === this.remaining.length) this.grow();
+      slot = this.size++;
+    }
+    this.remaining[slot] = this.brokers;
+    this.messageId[slot] = messageId;
+    this.qos[slot] = qos;
+    this.acked[slot] = 0;
+    this.reason[slot] = 0;
+    this.owners[slot] = owner;
+    this.active++;
+    return slot;
+  }
+
+  /** Applies one broker's answer for `slot`. */
+  ack(slot: number, reason: number): void {
+    if (slot >= this.size || this.remaining[slot] <= 0) return;
+    const owner = this.owners[slot]!;
+    if (reason !== 0 && this.reason[slot] === 0) this.reason[slot] = reason;
+    const left = --this.remaining[slot];
+    if (this.acked[slot] === 0 && (left === 0 || this.mode === 'any')) {
+      this.acked[slot] = 1;
+      owner.uplinkAcked(this.messageId[slot], this.qos[slot], this.reason[slot]);
+    }
+    if (left === 0) {
+      this.owners[slot] = null;
+      this.freeList[this.freeCount++] = slot;
+      this.active--;
+      owner.uplinkSettled(this.messageId[slot], this.qos[slot]);
+    }
+  }
+
+  private grow(): void {
+    const n = this.remaining.length * 2;
+    const grow32 = (a: Int32Array) => { const b = new Int32Array(n); b.set(a); return b; };
+    this.remaining = grow32(this.remaining);
+    this.freeList = grow32(this.freeList);
+    const m = new Uint16Array(n); m.set(this.messageId); this.messageId = m;
+    const q = new Uint8Array(n); q.set(this.qos); this.qos = q;
+    const a = new Uint8Array(n); a.set(this.acked); this.acked = a;
+    const r = new Uint8Array(n); r.set(this.reason); this.reason = r;
+    this.owners.length = n;
+    this.owners.fill(null, this.size);
+  }
+}

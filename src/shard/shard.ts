@@ -1,0 +1,302 @@
+// A shard: one worker thread that accepts device connections from the shared listening socket,
+// speaks MQTT with them, writes their publishes into one ring per broker and applies the
+// brokers' acknowledgements coming back on the ack rings.
+
+import * as net from 'node:net';
+import type { MessagePort } from 'node:worker_threads';
+import type { Logger } from 'pino';
+import type { Packet } from 'mqtt-packet';
+import type { Config } from '../config/types';
+import { Doorbell } from '../ring/doorbell';
+import { RingConsumer, RingProducer, type RingBuffers } from '../ring/spsc';
+import { NO_TOKEN } from '../ring/records';
+import { PublishView, decodePublish } from '../protocol/publish';
+import { PacketParser } from '../protocol/slow-parse';
+import * as C from '../protocol/constants';
+import { InflightTable } from './inflight';
+import { Uplink, type UplinkMessage } from './uplink';
+import { DeviceConnection } from './connection';
+import type { ShardContext, ShardCounters } from './context';
+
+export interface ShardOptions {
+  config: Config;
+  index: number;
+  listenFd: number;
+  uplinkRings: RingBuffers[];
+  ackRings: RingBuffers[];
+  doorbell: SharedArrayBuffer;
+  writerDoorbells: SharedArrayBuffer[];
+  port: MessagePort;
+  log: Logger;
+}
+
+/** Messages the supervisor sends to a shard. */
+export type ToShard = { t: 'kick'; conn: number } | { t: 'drain' };
+/** Messages a shard sends to the supervisor. */
+export type FromShard =
+  | { t: 'ready'; shard: number }
+  | { t: 'claim'; shard: number; conn: number; clientId: string }
+  | { t: 'release'; shard: number; conn: number; clientId: string }
+  | { t: 'drained'; shard: number };
+
+export class Shard implements ShardContext {
+  readonly config: Config;
+  readonly log: Logger;
+  readonly uplink: Uplink;
+  readonly inflight: InflightTable;
+  readonly counters: ShardCounters = { publishesIn: 0, connections: 0, backpressurePauses: 0, willsPublished: 0 };
+  readonly view = new PublishView();
+  readonly msg: UplinkMessage = {
+    qos: 0, retain: false, v5: false, token: NO_TOKEN, deviceKey: 0, topic: Buffer.alloc(0), topicStart: 0,
+    topicLen: 0, src: Buffer.alloc(0), propsA: 0, propsAEnd: 0, propsB: 0, propsBEnd: 0, payloadStart: 0, payloadEnd: 0,
+  };
+  now = Date.now();
+
+  private readonly index: number;
+  private readonly port: MessagePort;
+  private readonly acks: RingConsumer[];
+  private readonly ackWriters: Doorbell[];
+  private readonly doorbell: Doorbell;
+  private readonly parser = new PacketParser();
+  private readonly conns = new Map<number, DeviceConnection>();
+  private readonly pendingWills = new Map<number, { timer: NodeJS.Timeout; conn: DeviceConnection }>();
+  private willQueue: { bytes: Buffer; version: number }[] = [];
+  private blockedConns = new Set<DeviceConnection>();
+  private woken: DeviceConnection[] = [];
+  private dirtyConns: DeviceConnection[] = [];
+  private server: net.Server | null = null;
+  private tick: NodeJS.Timeout | null = null;
+  private nextId = 1;
+  private draining = false;
+  private stopped = false;
+
+  constructor(private readonly opts: ShardOptions) {
+    this.config = opts.config;
+    this.log = opts.log;
+    this.index = opts.index;
+    this.port = opts.port;
+    const writerBells = opts.writerDoorbells.map((sab) => new Doorbell(sab));
+    this.uplink = new Uplink(opts.uplinkRings.map((r) => new RingProducer(r)), writerBells);
+    this.acks = opts.ackRings.map((r) => new RingConsumer(r));
+    this.ackWriters = writerBells;
+    this.doorbell = new Doorbell(opts.doorbell);
+    this.inflight = new InflightTable(opts.uplinkRings.length, opts.config.ack);
+  }
+
+  start(): void {
+    this.server = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
+    this.server.on('error', (err) => this.log.error({ err }, 'listener error'));
+    this.server.listen({ fd: this.opts.listenFd }, () => this.send({ t: 'ready', shard: this.index }));
+    this.tick = setInterval(() => this.onTick(), 1000);
+    this.port.on('message', (m: ToShard) => this.onMessage(m));
+    void this.ackLoop();
+  }
+
+  private accept(socket: net.Socket): void {
+    if (this.draining) {
+      socket.destroy();
+      return;
+    }
+    const id = this.nextId;
+    this.nextId = (this.nextId + 1) >>> 0 || 1;
+    const conn = new DeviceConnection(this, socket, id);
+    this.conns.set(id, conn);
+    this.counters.connections++;
+    socket.on('data', (chunk: Buffer) => {
+      conn.onData(chunk);
+      this.endOfTurn();
+    });
+    socket.on('error', () => { /* 'close' follows and does the cleanup */ });
+    socket.on('close', () => this.onClose(conn));
+  }
+
+  private onClose(conn: DeviceConnection): void {
+    this.conns.delete(conn.id);
+    this.blockedConns.delete(conn);
+    this.counters.connections--;
+    const will = conn.closed();
+    if (will !== null && !this.draining) {
+      if (conn.willDelayMs > 0) {
+        const timer = setTimeout(() => {
+          this.pendingWills.delete(conn.id);
+          this.publishWill(will, conn.version);
+          this.release(conn);
+        }, conn.willDelayMs);
+        this.pendingWills.set(conn.id, { timer, conn });
+        return;
+      }
+      this.publishWill(will, conn.version);
+    }
+    this.release(conn);
+  }
+
+  private publishWill(bytes: Buffer, version: number): void {
+    if (!this.tryWill(bytes, version)) this.willQueue.push({ bytes, version });
+    this.endOfTurn();
+  }
+
+  private tryWill(bytes: Buffer, version: number): boolean {
+    const v = this.view;
+    const headerLen = bytes[1] < 128 ? 2 : bytes[2] < 128 ? 3 : bytes[3] < 128 ? 4 : 5;
+    if (decodePublish(bytes[0], bytes, headerLen, bytes.length, version, v) !== 0) return true;
+    const m = this.msg;
+    m.qos = v.qos;
+    m.retain = v.retain;
+    m.v5 = version === 5;
+    m.token = NO_TOKEN;
+    m.deviceKey = 0;
+    m.topic = m.src = bytes;
+    m.topicStart = v.topicStart;
+    m.topicLen = v.topicEnd - v.topicStart;
+    m.propsA = v.propsStart;
+    m.propsAEnd = v.propsEnd;
+    m.propsB = m.propsBEnd = 0;
+    m.payloadStart = v.payloadStart;
+    m.payloadEnd = v.payloadEnd;
+    if (!this.uplink.fits(Uplink.recordSize(m))) return false;
+    this.uplink.write(m);
+    this.counters.willsPublished++;
+    return true;
+  }
+
+  private onMessage(m: ToShard): void {
+    if (m.t === 'kick') {
+      const pending = this.pendingWills.get(m.conn);
+      if (pending !== undefined) {
+        clearTimeout(pending.timer);
+        this.pendingWills.delete(m.conn);
+        return;
+      }
+      this.conns.get(m.conn)?.takeover();
+      this.endOfTurn();
+    } else if (m.t === 'drain') {
+      void this.drain();
+    }
+  }
+
+  claim(conn: DeviceConnection): void {
+    conn.claimed = true;
+    this.send({ t: 'claim', shard: this.index, conn: conn.id, clientId: conn.clientId });
+  }
+
+  private release(conn: DeviceConnection): void {
+    if (!conn.claimed) return;
+    conn.claimed = false;
+    this.send({ t: 'release', shard: this.index, conn: conn.id, clientId: conn.clientId });
+  }
+
+  parse(version: number, packet: Buffer): Packet | null {
+    return this.parser.parse(version, packet);
+  }
+
+  blocked(conn: DeviceConnection): void {
+    this.counters.backpressurePauses++;
+    this.blockedConns.add(conn);
+  }
+
+  wake(conn: DeviceConnection): void {
+    this.woken.push(conn);
+  }
+
+  dirty(conn: DeviceConnection): void {
+    this.dirtyConns.push(conn);
+  }
+
+  /** Once per event-loop turn of work: publish ring records, flush device sockets. */
+  private endOfTurn(): void {
+    this.uplink.commit();
+    const dirty = this.dirtyConns;
+    if (dirty.length > 0) {
+      this.dirtyConns = [];
+      for (const c of dirty) c.flush();
+    }
+  }
+
+  /** Waits on the doorbell for acknowledgements and ring space, never blocking the loop. */
+  private async ackLoop(): Promise<void> {
+    while (!this.stopped) {
+      this.doorbell.awake();
+      this.drainAcks();
+      const seen = this.doorbell.prepare();
+      if (this.anyAcks()) continue;
+      await this.doorbell.wait(seen, 1000);
+    }
+  }
+
+  private anyAcks(): boolean {
+    for (const a of this.acks) if (a.hasData()) return true;
+    return false;
+  }
+
+  private drainAcks(): void {
+    for (let b = 0; b < this.acks.length; b++) {
+      const ring = this.acks[b];
+      const view = ring.dataView;
+      const buf = ring.buffer;
+      let at: number;
+      let n = 0;
+      while ((at = ring.next()) >= 0) {
+        this.inflight.ack(view.getUint32(at, true), buf[at + 4]);
+        if (++n === 4096) {
+          if (ring.release()) this.ackWriters[b].ring();
+          n = 0;
+        }
+      }
+      if (ring.release()) this.ackWriters[b].ring();
+    }
+    this.retryBlocked();
+    this.endOfTurn();
+  }
+
+  private retryBlocked(): void {
+    while (this.willQueue.length > 0 && this.tryWill(this.willQueue[0].bytes, this.willQueue[0].version)) this.willQueue.shift();
+    const woken = this.woken;
+    if (woken.length > 0) {
+      this.woken = [];
+      for (const c of woken) {
+        this.blockedConns.delete(c);
+        c.resume();
+      }
+    }
+    if (this.blockedConns.size > 0) {
+      const all = this.blockedConns;
+      this.blockedConns = new Set();
+      for (const c of all) c.resume();
+    }
+  }
+
+  private onTick(): void {
+    this.now = Date.now();
+    const connectDeadline = this.now - this.config.connectTimeoutMs;
+    for (const c of this.conns.values()) {
+      if (c.state === 0) {
+        if (c.lastRx < connectDeadline) c.destroy('no CONNECT in time');
+      } else if (c.keepaliveMs > 0 && this.now - c.lastRx > c.keepaliveMs * 1.5) {
+        c.protocolClose(C.RC_KEEP_ALIVE_TIMEOUT, 'keep-alive timeout');
+      }
+    }
+    // The doorbell wait has a timeout, but a missed wake-up must not stall blocked devices.
+    if (this.blockedConns.size > 0 || this.willQueue.length > 0) this.drainAcks();
+    this.endOfTurn();
+  }
+
+  /** Stop accepting and reading, let accepted messages be acknowledged, then say goodbye. */
+  private async drain(): Promise<void> {
+    this.draining = true;
+    for (const c of this.conns.values()) c.socket.pause();
+    const deadline = Date.now() + this.config.shutdownTimeoutMs / 2;
+    while (this.inflight.active > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    this.endOfTurn();
+    for (const c of this.conns.values()) c.shutdown();
+    for (const p of this.pendingWills.values()) clearTimeout(p.timer);
+    this.stopped = true;
+    if (this.tick) clearInterval(this.tick);
+    this.send({ t: 'drained', shard: this.index });
+  }
+
+  private send(m: FromShard): void {
+    this.port.postMessage(m);
+  }
+}

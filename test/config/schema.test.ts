@@ -1,0 +1,232 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import os from 'node:os';
+import { ConfigError, loadConfig, type Config } from '../../src/config';
+import { boolean, defaultProxyId } from '../../src/config/schema';
+
+function configError(env: NodeJS.ProcessEnv, opts?: { cpus?: number }): ConfigError {
+  try {
+    loadConfig(env, opts);
+  } catch (err) {
+    assert.ok(err instanceof ConfigError, `expected a ConfigError, got ${String(err)}`);
+    return err;
+  }
+  assert.fail(`expected ${JSON.stringify(env)} to be rejected`);
+}
+
+/** The message must name the variable, quote the value it got and say what is allowed. */
+function assertRejected(variable: string, value: string, allowed: string, env: NodeJS.ProcessEnv = { [variable]: value }): void {
+  const err = configError(env);
+  assert.equal(err.variable, variable);
+  assert.equal(err.value, value);
+  assert.ok(err.message.startsWith(`${variable}=${JSON.stringify(value)} is invalid: `), err.message);
+  assert.ok(err.message.includes(allowed), `"${err.message}" lacks "${allowed}"`);
+}
+
+const DEFAULTS = {
+  host: '0.0.0.0',
+  port: 1883,
+  shards: 4,
+  brokers: [],
+  maxPacketSize: 262144,
+  maxInflight: 100,
+  pendingThrottleMs: 10,
+  ringBytes: 4194304,
+  ack: 'all',
+  logLevel: 'info',
+  proxyId: defaultProxyId(os.hostname()),
+  statusTopic: 'fanout/status/{clientId}',
+  connectTimeoutMs: 10000,
+  shutdownTimeoutMs: 10000,
+  reconnectMinMs: 100,
+  reconnectMaxMs: 10000,
+  embeddedBroker: true,
+};
+
+test('an empty environment yields the documented defaults', () => {
+  assert.deepEqual(loadConfig({}, { cpus: 4 }), DEFAULTS);
+});
+
+const NAMES = [
+  'FANOUT_HOST', 'FANOUT_PORT', 'FANOUT_SHARDS', 'FANOUT_BROKERS', 'FANOUT_MAX_PACKET_SIZE', 'FANOUT_MAX_INFLIGHT',
+  'FANOUT_PENDING_THROTTLE_MS', 'FANOUT_RING_BYTES', 'FANOUT_ACK', 'FANOUT_LOG_LEVEL', 'FANOUT_PROXY_ID',
+  'FANOUT_STATUS_TOPIC', 'FANOUT_CONNECT_TIMEOUT_MS', 'FANOUT_SHUTDOWN_TIMEOUT_MS', 'FANOUT_RECONNECT_MIN_MS',
+  'FANOUT_RECONNECT_MAX_MS',
+];
+
+test('an empty value counts as unset', () => {
+  assert.deepEqual(loadConfig(Object.fromEntries(NAMES.map((name) => [name, ''])), { cpus: 4 }), DEFAULTS);
+});
+
+test('other variables are ignored', () => {
+  assert.deepEqual(loadConfig({ PATH: '/bin', PORT: 'x', fanout_port: 'x' }, { cpus: 4 }), DEFAULTS);
+});
+
+test('the shard default follows the CPU count within 1..64', () => {
+  assert.equal(loadConfig({}, { cpus: 1 }).shards, 1);
+  assert.equal(loadConfig({}, { cpus: 0 }).shards, 1);
+  assert.equal(loadConfig({}, { cpus: 128 }).shards, 64);
+  assert.equal(loadConfig({}).shards, Math.min(64, os.availableParallelism()));
+});
+
+test('the proxy id default is the sanitized host name, at most 64 characters', () => {
+  assert.equal(defaultProxyId('edge-1.example.com'), 'fanout-edge-1-example-com');
+  assert.equal(defaultProxyId('héllo wörld'), 'fanout-h-llo-w-rld');
+  assert.equal(defaultProxyId('x'.repeat(100)), `fanout-${'x'.repeat(57)}`);
+  assert.match(loadConfig({}).proxyId, /^fanout-[A-Za-z0-9_-]{0,57}$/);
+});
+
+test('every variable is converted to its typed field', () => {
+  const config = loadConfig({
+    FANOUT_HOST: '::1',
+    FANOUT_PORT: '0',
+    FANOUT_SHARDS: '64',
+    FANOUT_MAX_PACKET_SIZE: '64',
+    FANOUT_MAX_INFLIGHT: '65535',
+    FANOUT_PENDING_THROTTLE_MS: '60000',
+    FANOUT_RING_BYTES: '1073741824',
+    FANOUT_ACK: 'local',
+    FANOUT_LOG_LEVEL: 'silent',
+    FANOUT_PROXY_ID: 'edge_01-a',
+    FANOUT_STATUS_TOPIC: 'site/7/{clientId}/status',
+    FANOUT_CONNECT_TIMEOUT_MS: '100',
+    FANOUT_SHUTDOWN_TIMEOUT_MS: '0',
+    FANOUT_RECONNECT_MIN_MS: '10',
+    FANOUT_RECONNECT_MAX_MS: '10',
+  }, { cpus: 2 });
+  assert.deepEqual(config, {
+    ...DEFAULTS,
+    host: '::1', port: 0, shards: 64, maxPacketSize: 64, maxInflight: 65535, pendingThrottleMs: 60000,
+    ringBytes: 1073741824, ack: 'local', logLevel: 'silent', proxyId: 'edge_01-a',
+    statusTopic: 'site/7/{clientId}/status', connectTimeoutMs: 100, shutdownTimeoutMs: 0,
+    reconnectMinMs: 10, reconnectMaxMs: 10,
+  });
+});
+
+const INTEGERS: ReadonlyArray<[string, keyof Config, number, number]> = [
+  ['FANOUT_PORT', 'port', 0, 65535],
+  ['FANOUT_SHARDS', 'shards', 1, 64],
+  ['FANOUT_MAX_PACKET_SIZE', 'maxPacketSize', 64, 268435455],
+  ['FANOUT_MAX_INFLIGHT', 'maxInflight', 1, 65535],
+  ['FANOUT_PENDING_THROTTLE_MS', 'pendingThrottleMs', 0, 60000],
+  ['FANOUT_CONNECT_TIMEOUT_MS', 'connectTimeoutMs', 100, 600000],
+  ['FANOUT_SHUTDOWN_TIMEOUT_MS', 'shutdownTimeoutMs', 0, 600000],
+];
+
+test('integers accept plain decimal digits within range only', () => {
+  for (const [variable, key, min, max] of INTEGERS) {
+    const allowed = `expected an integer from ${min} to ${max}`;
+    for (const bad of [String(min - 1), String(max + 1), '1e3', '12abc', ' 5', '5 ', '+5', '0x10', '1.0', 'NaN', '9'.repeat(400)]) {
+      assertRejected(variable, bad, allowed);
+    }
+    assert.equal(loadConfig({ [variable]: String(min) })[key], min);
+    assert.equal(loadConfig({ [variable]: String(max) })[key], max);
+  }
+  assert.equal(loadConfig({ FANOUT_PORT: '08080' }).port, 8080);
+});
+
+test('reconnect delays have their own ranges', () => {
+  assertRejected('FANOUT_RECONNECT_MIN_MS', '9', 'expected an integer from 10 to 600000');
+  assertRejected('FANOUT_RECONNECT_MIN_MS', '600001', 'expected an integer from 10 to 600000');
+  assertRejected('FANOUT_RECONNECT_MAX_MS', '3600001', 'expected an integer from 10 to 3600000');
+  assert.equal(loadConfig({ FANOUT_RECONNECT_MAX_MS: '3600000' }).reconnectMaxMs, 3600000);
+});
+
+test('the reconnect maximum may not be below the minimum; the variable that was set is blamed', () => {
+  const both = { FANOUT_RECONNECT_MIN_MS: '5000', FANOUT_RECONNECT_MAX_MS: '4999' };
+  assertRejected('FANOUT_RECONNECT_MAX_MS', '4999', 'at least FANOUT_RECONNECT_MIN_MS (which is 5000)', both);
+  assertRejected('FANOUT_RECONNECT_MAX_MS', '50', 'at least FANOUT_RECONNECT_MIN_MS (which is 100)');
+  assertRejected('FANOUT_RECONNECT_MIN_MS', '20000', 'at most FANOUT_RECONNECT_MAX_MS (which is 10000)');
+});
+
+test('the ring size must be a power of two within range', () => {
+  const allowed = 'expected a power of two from 65536 to 1073741824';
+  for (const bad of ['65535', '100000', '32768', '2147483648', '0']) assertRejected('FANOUT_RING_BYTES', bad, allowed);
+  assert.equal(loadConfig({ FANOUT_RING_BYTES: '65536' }).ringBytes, 65536);
+});
+
+test('enumerations accept exactly the listed words', () => {
+  for (const bad of ['ALL', 'some', ' all']) assertRejected('FANOUT_ACK', bad, 'expected all, any or local');
+  for (const bad of ['INFO', 'verbose']) {
+    assertRejected('FANOUT_LOG_LEVEL', bad, 'expected fatal, error, warn, info, debug, trace or silent');
+  }
+  assert.equal(loadConfig({ FANOUT_ACK: 'any', FANOUT_LOG_LEVEL: 'trace' }).ack, 'any');
+});
+
+test('the listen host must be a host name or an IP address', () => {
+  for (const good of ['localhost', '127.0.0.1', '::', 'fe80::1', 'edge-1.example.com', 'svc_a.local']) {
+    assert.equal(loadConfig({ FANOUT_HOST: good }).host, good);
+  }
+  for (const bad of ['bad host', 'a..b', '-x.com', '[::1]', 'h:1883', `${'a'.repeat(64)}.com`]) {
+    assertRejected('FANOUT_HOST', bad, 'expected a host name, an IPv4 or an IPv6 address');
+  }
+});
+
+test('the proxy id is 1 to 64 characters from [A-Za-z0-9_-]', () => {
+  assert.equal(loadConfig({ FANOUT_PROXY_ID: 'a'.repeat(64) }).proxyId, 'a'.repeat(64));
+  for (const bad of ['a'.repeat(65), 'a.b', 'a b', 'é']) {
+    assertRejected('FANOUT_PROXY_ID', bad, 'expected 1 to 64 characters from [A-Za-z0-9_-]');
+  }
+});
+
+test('the status topic has no wildcards and no placeholder but {clientId}', () => {
+  const allowed = 'expected an MQTT topic name without + or #, which may contain {clientId} (no other braces)';
+  for (const bad of ['status/+', 'status/#', 'a/{clientid}', 'a/{id}', 'a/{', 'a\0b', 'x'.repeat(65536)]) {
+    assertRejected('FANOUT_STATUS_TOPIC', bad, allowed);
+  }
+  assert.equal(loadConfig({ FANOUT_STATUS_TOPIC: '{clientId}' }).statusTopic, '{clientId}');
+});
+
+test('an unknown FANOUT_ variable is rejected with the closest known name', () => {
+  const err = configError({ FANOUT_PROT: '1' });
+  assert.equal(err.message, 'FANOUT_PROT="1" is not a known variable (did you mean FANOUT_PORT?)');
+  assert.equal(err.variable, 'FANOUT_PROT');
+  assert.equal(err.value, '1');
+  assert.match(configError({ FANOUT_LOGLEVEL: 'info' }).message, /\(did you mean FANOUT_LOG_LEVEL\?\)$/);
+  assert.match(configError({ FANOUT_SHARD: '2' }).message, /\(did you mean FANOUT_SHARDS\?\)$/);
+});
+
+test('an unknown variable far from every known name gets no suggestion', () => {
+  assert.equal(configError({ FANOUT_COLOUR: 'red' }).message, 'FANOUT_COLOUR="red" is not a known variable');
+});
+
+test('an unknown variable that is empty counts as unset', () => {
+  assert.equal(loadConfig({ FANOUT_PROT: '' }).port, 1883);
+});
+
+test('the first problem is reported: unknown names first, then variables in declaration order', () => {
+  assert.equal(configError({ FANOUT_PORT: 'x', FANOUT_ZZZ: '1', FANOUT_AAA: '1' }).variable, 'FANOUT_AAA');
+  assert.equal(configError({ FANOUT_ACK: 'x', FANOUT_PORT: 'x', FANOUT_HOST: '!' }).variable, 'FANOUT_HOST');
+  assert.equal(configError({ FANOUT_RECONNECT_MAX_MS: '50', FANOUT_ACK: 'x' }).variable, 'FANOUT_ACK');
+});
+
+test('a ConfigError is a one-line Error with code, variable and value', () => {
+  const err = configError({ FANOUT_PORT: '70000' });
+  assert.ok(err instanceof Error);
+  assert.equal(err.name, 'ConfigError');
+  assert.equal(err.code, 'FANOUT_ERR_CONFIG');
+  assert.equal(err.message, 'FANOUT_PORT="70000" is invalid: expected an integer from 0 to 65535');
+  const multiline = configError({ FANOUT_ACK: 'all\nFANOUT_PORT=1' });
+  assert.equal(multiline.message, 'FANOUT_ACK="all\\nFANOUT_PORT=1" is invalid: expected all, any or local');
+});
+
+test('the config is deeply frozen', () => {
+  const config = loadConfig({ FANOUT_BROKERS: 'a=mqtt://h' });
+  const mutable = config as unknown as Record<string, unknown> & { brokers: Array<Record<string, unknown>> };
+  assert.throws(() => { mutable.port = 1; }, TypeError);
+  assert.throws(() => { mutable.extra = 1; }, TypeError);
+  assert.throws(() => { mutable.brokers.push({}); }, TypeError);
+  assert.throws(() => { mutable.brokers[0].pool = 9; }, TypeError);
+  assert.equal(config.port, 1883);
+});
+
+test('the boolean rule accepts true/false/1/0/yes/no only', () => {
+  const { schema, allowed } = boolean();
+  assert.equal(allowed, 'true, false, 1, 0, yes or no');
+  for (const word of ['true', '1', 'yes']) assert.equal(schema.parse(word), true);
+  for (const word of ['false', '0', 'no']) assert.equal(schema.parse(word), false);
+  for (const word of ['TRUE', 'on', '']) {
+    const result = schema.safeParse(word);
+    assert.ok(!result.success && result.error.issues[0].message === `expected ${allowed}`);
+  }
+});
