@@ -11,13 +11,17 @@ import { createDoorbell } from './ring/doorbell';
 import { ClientRegistry } from './registry';
 import { startEmbeddedBroker, type EmbeddedBroker } from './embedded';
 import type { FromShard, ToShard } from './shard/shard';
+import { assertPortFree, loadReuseport, type ListenPlan } from './ingress/listen';
 import type { FromWriter, ToWriter } from './broker/writer';
+import { createStats, readShardStats, type ShardField } from './metrics/stats';
 
 const WORKERS = path.join(__dirname, '..', 'workers');
 
 export interface Daemon {
   readonly port: number;
   readonly brokers: readonly BrokerConfig[];
+  /** Per-shard counters (connections, publishes, ...), read from shared memory. */
+  shardStats(): Record<ShardField, number>[];
   stop(): Promise<void>;
 }
 
@@ -69,16 +73,26 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   }
   const shardBells = Array.from({ length: shards }, () => createDoorbell());
   const writerBells = brokers.map(() => createDoorbell());
+  const stats = createStats(shards);
 
-  // The listening socket.
+  // The device listener: SO_REUSEPORT per shard where possible, else one shared descriptor.
+  await assertPortFree(cfg.host, cfg.port);
+  let listener: Worker | null = null;
   const control = new SharedArrayBuffer(4);
-  const listener = watch(new Worker(path.join(WORKERS, 'listener.worker.js'), { workerData: { host: cfg.host, port: cfg.port, control } }), 'listener');
-  const listening = await new Promise<{ fd: number; port: number }>((resolve, reject) => {
-    listener.on('message', (m: { t: string; fd: number; port: number; message?: string; code?: string }) => {
-      if (m.t === 'listening') resolve(m);
-      else if (m.t === 'error') reject(new Error(`cannot listen on ${cfg.host}:${cfg.port}: ${m.message}`));
+  let plan: ListenPlan;
+  if (loadReuseport() !== null) {
+    plan = { kind: 'reuseport', host: cfg.host, port: cfg.port };
+  } else {
+    logger.warn('node-unix-socket did not load: shards share one listening socket, and the kernel may spread connections unevenly');
+    listener = watch(new Worker(path.join(WORKERS, 'listener.worker.js'), { workerData: { host: cfg.host, port: cfg.port, control } }), 'listener');
+    const shared = await new Promise<{ fd: number }>((resolve, reject) => {
+      listener!.on('message', (m: { t: string; fd: number; message?: string }) => {
+        if (m.t === 'listening') resolve(m);
+        else if (m.t === 'error') reject(new Error(`cannot listen on ${cfg.host}:${cfg.port}: ${m.message}`));
+      });
     });
-  });
+    plan = { kind: 'shared', fd: shared.fd };
+  }
 
   const writers = brokers.map((broker, b) => {
     const w = watch(new Worker(path.join(WORKERS, 'writer.worker.js'), {
@@ -95,28 +109,29 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     const m: ToShard = { t: 'kick', conn: owner.conn };
     shardWorkers[owner.shard]?.postMessage(m);
   });
-  let readyCount = 0;
-  const allReady = new Promise<void>((resolve) => {
-    for (let s = 0; s < shards; s++) {
-      const w = watch(new Worker(path.join(WORKERS, 'shard.worker.js'), {
-        workerData: {
-          config: cfg, index: s, listenFd: listening.fd, uplinkRings: uplink[s], ackRings: acks[s],
-          doorbell: shardBells[s], writerDoorbells: writerBells,
-        },
-      }), `shard-${s}`);
-      w.on('message', (m: FromShard | { t: 'log'; line: string }) => {
-        if (onWorkerMessage(m)) return;
-        const msg = m as FromShard;
-        if (msg.t === 'claim') registry.claim(msg.clientId, { shard: msg.shard, conn: msg.conn });
-        else if (msg.t === 'release') registry.release(msg.clientId, { shard: msg.shard, conn: msg.conn });
-        else if (msg.t === 'ready' && ++readyCount === shards) resolve();
-      });
-      shardWorkers.push(w);
-    }
+  const startShard = (s: number, listen: ListenPlan): Promise<number> => new Promise((resolve, reject) => {
+    const w = watch(new Worker(path.join(WORKERS, 'shard.worker.js'), {
+      workerData: {
+        config: cfg, index: s, listen, uplinkRings: uplink[s], ackRings: acks[s],
+        doorbell: shardBells[s], writerDoorbells: writerBells, stats,
+      },
+    }), `shard-${s}`);
+    w.on('message', (m: FromShard | { t: 'log'; line: string }) => {
+      if (onWorkerMessage(m)) return;
+      const msg = m as FromShard;
+      if (msg.t === 'claim') registry.claim(msg.clientId, { shard: msg.shard, conn: msg.conn });
+      else if (msg.t === 'release') registry.release(msg.clientId, { shard: msg.shard, conn: msg.conn });
+      else if (msg.t === 'ready') resolve(msg.port);
+      else if (msg.t === 'failed') reject(new Error(`cannot listen on ${cfg.host}:${cfg.port}: ${msg.message}`));
+    });
+    shardWorkers[s] = w;
   });
+  // The first shard binds the port (possibly 0 = any); the others join the port it got.
+  const port = await startShard(0, plan);
+  if (plan.kind === 'reuseport') plan = { ...plan, port };
+  await Promise.all(Array.from({ length: shards - 1 }, (_, i) => startShard(i + 1, plan)));
   for (const w of writers) w.on('message', (m: { t: string; line?: string }) => onWorkerMessage(m));
-  await allReady;
-  logger.info({ port: listening.port, host: cfg.host, shards, brokers: brokers.map((b) => b.name) }, 'mqtt-fanout ready');
+  logger.info({ port, host: cfg.host, shards, listen: plan.kind, brokers: brokers.map((b) => b.name) }, 'mqtt-fanout ready');
 
   const stop = async (): Promise<void> => {
     if (stopping) return;
@@ -137,13 +152,13 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
         logger.warn({ broker: r.broker, leftInRings: r.leftInRings, leftInflight: r.leftInflight }, 'broker did not take everything before the shutdown deadline');
       }
     }
-    await Promise.all([...writers, listener].map((w) => w.terminate()));
+    await Promise.all([...writers, ...(listener ? [listener] : [])].map((w) => w.terminate()));
     await embedded?.close();
     logger.info('stopped');
     clearTimeout(deadline);
   };
 
-  return { port: listening.port, brokers, stop };
+  return { port, brokers, stop, shardStats: () => readShardStats(stats, shards) };
 }
 
 function request<T extends { t: string }>(w: Worker, message: unknown, reply: string): Promise<T> {

@@ -246,7 +246,7 @@ export class DeviceConnection implements AckTarget {
     }
     if (qos === 2) (this.qos2 ??= new Map()).set(id, tracked ? 0 : 1);
     ctx.uplink.write(m);
-    ctx.counters.publishesIn++;
+    ctx.stats.add('publishesIn');
     if (qos > 0 && !tracked) this.sendAck(qos === 1 ? C.PUBACK : C.PUBREC, id, 0);
     return true;
   }
@@ -342,6 +342,7 @@ export class DeviceConnection implements AckTarget {
   /** Ends the connection for a protocol reason: MQTT 5 devices are told why [MQTT-4.13]. */
   protocolClose(reason: number, why: string): void {
     if (this.state === CLOSED) return;
+    if (reason >= 0x80 && reason !== C.RC_SESSION_TAKEN_OVER && reason !== C.RC_SERVER_SHUTTING_DOWN) this.ctx.stats.add('protocolErrors');
     this.ctx.log.debug({ conn: this.id, clientId: this.clientId, reason, why }, 'closing device connection');
     if (this.version === 5 && this.state === CONNECTED) this.send(C.disconnectV5(reason));
     this.flush();

@@ -8,20 +8,14 @@ import type { PublishView } from '../protocol/publish';
 import type { InflightTable } from './inflight';
 import type { Uplink, UplinkMessage } from './uplink';
 import type { DeviceConnection } from './connection';
-
-export interface ShardCounters {
-  publishesIn: number;
-  connections: number;
-  backpressurePauses: number;
-  willsPublished: number;
-}
+import type { ShardStats } from '../metrics/stats';
 
 export interface ShardContext {
   readonly config: Config;
   readonly log: Logger;
   readonly uplink: Uplink;
   readonly inflight: InflightTable;
-  readonly counters: ShardCounters;
+  readonly stats: ShardStats;
   /** Scratch objects reused for every publish on this shard. */
   readonly view: PublishView;
   readonly msg: UplinkMessage;

@@ -16,16 +16,19 @@ import * as C from '../protocol/constants';
 import { InflightTable } from './inflight';
 import { Uplink, type UplinkMessage } from './uplink';
 import { DeviceConnection } from './connection';
-import type { ShardContext, ShardCounters } from './context';
+import type { ShardContext } from './context';
+import { ShardStats } from '../metrics/stats';
+import { listenShard, type ListenPlan } from '../ingress/listen';
 
 export interface ShardOptions {
   config: Config;
   index: number;
-  listenFd: number;
+  listen: ListenPlan;
   uplinkRings: RingBuffers[];
   ackRings: RingBuffers[];
   doorbell: SharedArrayBuffer;
   writerDoorbells: SharedArrayBuffer[];
+  stats: SharedArrayBuffer;
   port: MessagePort;
   log: Logger;
 }
@@ -34,7 +37,8 @@ export interface ShardOptions {
 export type ToShard = { t: 'kick'; conn: number } | { t: 'drain' };
 /** Messages a shard sends to the supervisor. */
 export type FromShard =
-  | { t: 'ready'; shard: number }
+  | { t: 'ready'; shard: number; port: number }
+  | { t: 'failed'; shard: number; message: string }
   | { t: 'claim'; shard: number; conn: number; clientId: string }
   | { t: 'release'; shard: number; conn: number; clientId: string }
   | { t: 'drained'; shard: number };
@@ -44,7 +48,7 @@ export class Shard implements ShardContext {
   readonly log: Logger;
   readonly uplink: Uplink;
   readonly inflight: InflightTable;
-  readonly counters: ShardCounters = { publishesIn: 0, connections: 0, backpressurePauses: 0, willsPublished: 0 };
+  readonly stats: ShardStats;
   readonly view = new PublishView();
   readonly msg: UplinkMessage = {
     qos: 0, retain: false, v5: false, token: NO_TOKEN, deviceKey: 0, topic: Buffer.alloc(0), topicStart: 0,
@@ -80,13 +84,17 @@ export class Shard implements ShardContext {
     this.acks = opts.ackRings.map((r) => new RingConsumer(r));
     this.ackWriters = writerBells;
     this.doorbell = new Doorbell(opts.doorbell);
+    this.stats = new ShardStats(opts.stats, opts.index);
     this.inflight = new InflightTable(opts.uplinkRings.length, opts.config.ack);
   }
 
   start(): void {
     this.server = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
     this.server.on('error', (err) => this.log.error({ err }, 'listener error'));
-    this.server.listen({ fd: this.opts.listenFd }, () => this.send({ t: 'ready', shard: this.index }));
+    listenShard(this.server, this.opts.listen).then(
+      (port) => this.send({ t: 'ready', shard: this.index, port }),
+      (err: Error) => this.send({ t: 'failed', shard: this.index, message: err.message }),
+    );
     this.tick = setInterval(() => this.onTick(), 1000);
     this.port.on('message', (m: ToShard) => this.onMessage(m));
     void this.ackLoop();
@@ -101,7 +109,7 @@ export class Shard implements ShardContext {
     this.nextId = (this.nextId + 1) >>> 0 || 1;
     const conn = new DeviceConnection(this, socket, id);
     this.conns.set(id, conn);
-    this.counters.connections++;
+    this.stats.add('connections');
     socket.on('data', (chunk: Buffer) => {
       conn.onData(chunk);
       this.endOfTurn();
@@ -113,7 +121,7 @@ export class Shard implements ShardContext {
   private onClose(conn: DeviceConnection): void {
     this.conns.delete(conn.id);
     this.blockedConns.delete(conn);
-    this.counters.connections--;
+    this.stats.add('connections', -1);
     const will = conn.closed();
     if (will !== null && !this.draining) {
       if (conn.willDelayMs > 0) {
@@ -155,7 +163,7 @@ export class Shard implements ShardContext {
     m.payloadEnd = v.payloadEnd;
     if (!this.uplink.fits(Uplink.recordSize(m))) return false;
     this.uplink.write(m);
-    this.counters.willsPublished++;
+    this.stats.add('willsPublished');
     return true;
   }
 
@@ -167,7 +175,11 @@ export class Shard implements ShardContext {
         this.pendingWills.delete(m.conn);
         return;
       }
-      this.conns.get(m.conn)?.takeover();
+      const conn = this.conns.get(m.conn);
+      if (conn !== undefined) {
+        this.stats.add('takeovers');
+        conn.takeover();
+      }
       this.endOfTurn();
     } else if (m.t === 'drain') {
       void this.drain();
@@ -190,7 +202,7 @@ export class Shard implements ShardContext {
   }
 
   blocked(conn: DeviceConnection): void {
-    this.counters.backpressurePauses++;
+    this.stats.add('backpressurePauses');
     this.blockedConns.add(conn);
   }
 
@@ -283,6 +295,9 @@ export class Shard implements ShardContext {
   /** Stop accepting and reading, let accepted messages be acknowledged, then say goodbye. */
   private async drain(): Promise<void> {
     this.draining = true;
+    // A shard's own SO_REUSEPORT socket can be closed; a shared descriptor must stay open for
+    // the other shards (new connections are refused in accept() instead).
+    if (this.opts.listen.kind === 'reuseport') this.server?.close();
     for (const c of this.conns.values()) c.socket.pause();
     const deadline = Date.now() + this.config.shutdownTimeoutMs / 2;
     while (this.inflight.active > 0 && Date.now() < deadline) {
