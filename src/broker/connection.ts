@@ -135,8 +135,8 @@ export class BrokerConnection {
       }
       this.onPacket(f.header, f.buf, f.start, f.end);
     }
-    this.flush();
-    this.ctx.commitAcks();
+    // Acks and answers go out once per event-loop turn, with everything else of that turn.
+    this.ctx.schedulePump();
   }
 
   private onPacket(header: number, buf: Buffer, start: number, end: number): void {

@@ -8,8 +8,7 @@ export interface WriterContext {
   now: number;
   /** Queues an acknowledgement for `token` back to shard `shard`. */
   ack(shard: number, token: number, reason: number): void;
-  /** Publishes queued acknowledgements to the shards. */
-  commitAcks(): void;
-  /** A connection can take records again (connected, drained, window opened). */
+  /** Runs the writer's turn soon: take ring records, flush connections, publish acks. Called
+   *  when a connection can take records again or has acks or answers to send. */
   schedulePump(): void;
 }

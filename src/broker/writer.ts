@@ -83,7 +83,6 @@ export class Writer implements WriterContext {
 
   private pump(): void {
     this.scheduled = false;
-    this.doorbell.awake();
     this.flushOverflow();
     let budget = BUDGET;
     let stalled = false;
@@ -151,18 +150,23 @@ export class Writer implements WriterContext {
     return result < 0 && n === 0 ? -1 : n;
   }
 
+  /** Parks until a shard rings. After prepare() every ring() notifies, so a record committed
+   *  before it is seen by the check below and one committed after it wakes the wait. */
   private sleep(): void {
-    if (this.waiting || this.stopped) return;
+    if (this.stopped) return;
     const seen = this.doorbell.prepare();
     for (const r of this.rings) {
       if (r.hasData()) {
+        this.doorbell.awake();
         this.schedulePump();
         return;
       }
     }
+    if (this.waiting) return; // the wait already armed is woken by the next ring()
     this.waiting = true;
     void this.doorbell.wait(seen, 1000).then(() => {
       this.waiting = false;
+      this.doorbell.awake();
       this.schedulePump();
     });
   }

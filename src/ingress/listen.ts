@@ -20,6 +20,8 @@ let reuseport: ReuseportModule | null | undefined;
 export function loadReuseport(): ReuseportModule | null {
   if (reuseport === undefined) {
     try {
+      // Loaded lazily: a platform without its prebuilt binary falls back instead of failing.
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
       reuseport = require('node-unix-socket') as ReuseportModule;
     } catch {
       reuseport = null;

@@ -5,7 +5,7 @@ import * as mqttPacket from 'mqtt-packet';
 import { readVarint, varintEnd } from './framer';
 import { isValidMqttString } from './properties';
 import {
-  CONNACK, CONNACK_V4_BAD_PROTOCOL, CONNACK_V4_ID_REJECTED, RC_CLIENT_ID_NOT_VALID, RC_MALFORMED,
+  CONNACK, CONNACK_V4_BAD_PROTOCOL, CONNACK_V4_ID_REJECTED, RC_MALFORMED,
   RC_UNSUPPORTED_PROTOCOL,
 } from './constants';
 

@@ -112,7 +112,7 @@ export class Shard implements ShardContext {
     this.stats.add('connections');
     socket.on('data', (chunk: Buffer) => {
       conn.onData(chunk);
-      this.endOfTurn();
+      this.scheduleTurn();
     });
     socket.on('error', () => { /* 'close' follows and does the cleanup */ });
     socket.on('close', () => this.onClose(conn));
@@ -214,8 +214,19 @@ export class Shard implements ShardContext {
     this.dirtyConns.push(conn);
   }
 
-  /** Once per event-loop turn of work: publish ring records, flush device sockets. */
+  private turnScheduled = false;
+  private readonly endOfTurnBound = (): void => this.endOfTurn();
+
+  /** Coalesces the work of every socket event of one event-loop turn into one endOfTurn(). */
+  private scheduleTurn(): void {
+    if (this.turnScheduled) return;
+    this.turnScheduled = true;
+    setImmediate(this.endOfTurnBound);
+  }
+
+  /** Publish ring records (one doorbell per writer), flush device sockets (one write each). */
   private endOfTurn(): void {
+    this.turnScheduled = false;
     this.uplink.commit();
     const dirty = this.dirtyConns;
     if (dirty.length > 0) {
