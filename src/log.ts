@@ -43,3 +43,25 @@ export function createWorkerLogger(level: LogLevel, port: MessagePort, thread: s
   };
   return pino({ level, base: { pid: process.pid, thread }, redact: ['password', '*.password'] }, destination);
 }
+
+/**
+ * A warning that may fire per message (drops, refusals): logged at most once per interval per
+ * key, with the number of occurrences since the last line, so a flood cannot flood the log.
+ */
+export class RateLimitedLog {
+  private readonly last = new Map<string, { at: number; suppressed: number }>();
+
+  constructor(private readonly logger: Logger, private readonly intervalMs = 5000) {}
+
+  warn(key: string, fields: Record<string, unknown>, msg: string): void {
+    const now = Date.now();
+    const entry = this.last.get(key);
+    if (entry !== undefined && now - entry.at < this.intervalMs) {
+      entry.suppressed++;
+      return;
+    }
+    const occurrences = 1 + (entry?.suppressed ?? 0);
+    this.last.set(key, { at: now, suppressed: 0 });
+    this.logger.warn({ ...fields, occurrences }, msg);
+  }
+}

@@ -37,6 +37,9 @@ export class BrokerConnection {
   maxPacketSize = 0x0fffffff;
   inflight = 0;
   reconnects = 0;
+  qos0BytesLost = 0;
+  /** A QoS 0 message was written since the socket last had nothing buffered. */
+  private qos0Pending = false;
 
   private socket: net.Socket | null = null;
   private readonly framer = new Framer(0x0fffffff + 5);
@@ -100,6 +103,7 @@ export class BrokerConnection {
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => {
       this.writable = true;
+      this.qos0Pending = false;
       this.ctx.schedulePump();
     });
     socket.on('error', (err) => {
@@ -112,6 +116,14 @@ export class BrokerConnection {
   private onClose(socket: net.Socket): void {
     if (socket !== this.socket) return;
     const wasUp = this.state === UP;
+    const unsent = socket.writableLength + this.outLen;
+    if (unsent > 0 && this.qos0Pending) {
+      // QoS 1/2 messages among those bytes are re-sent; QoS 0 ones are gone, and said so.
+      this.qos0BytesLost += unsent;
+      this.ctx.warnings.warn(`lost-${this.clientId}`, { broker: this.broker.name, clientId: this.clientId, unsentBytes: unsent },
+        'broker connection lost with unsent data: QoS 0 messages in it are lost');
+    }
+    this.qos0Pending = false;
     this.state = DOWN;
     this.socket = null;
     this.outLen = 0; // unsent bytes belong to packets still tracked in `packets`, or to QoS 0
@@ -285,8 +297,9 @@ export class BrokerConnection {
       this.stages[id] = AWAIT_ACK;
       this.order[id] = this.sequence++;
       this.inflight++;
-    } else if (token !== NO_TOKEN) {
-      this.ctx.ack(shard, token, 0);
+    } else {
+      this.qos0Pending = true;
+      if (token !== NO_TOKEN) this.ctx.ack(shard, token, 0);
     }
     return true;
   }

@@ -1,9 +1,11 @@
 // What a broker connection needs from its writer.
 
 import type { Logger } from 'pino';
+import type { RateLimitedLog } from '../log';
 
 export interface WriterContext {
   readonly log: Logger;
+  readonly warnings: RateLimitedLog;
   /** Cached clock (ms), refreshed by the writer's timer. */
   now: number;
   /** Queues an acknowledgement for `token` back to shard `shard`. */

@@ -11,6 +11,7 @@ import { RingConsumer, RingProducer, type RingBuffers } from '../ring/spsc';
 import { ACK_RECORD, FLAG_RETAIN, FLAG_V5, NO_TOKEN, UPLINK_HEADER } from '../ring/records';
 import { BrokerConnection } from './connection';
 import type { WriterContext } from './context';
+import { RateLimitedLog } from '../log';
 
 export interface WriterOptions {
   config: Config;
@@ -34,6 +35,7 @@ const BUDGET = 8192;
 
 export class Writer implements WriterContext {
   readonly log: Logger;
+  readonly warnings: RateLimitedLog;
   now = Date.now();
   readonly pool: BrokerConnection[];
   droppedTooLarge = 0;
@@ -52,6 +54,7 @@ export class Writer implements WriterContext {
 
   constructor(private readonly opts: WriterOptions) {
     this.log = opts.log;
+    this.warnings = new RateLimitedLog(opts.log);
     this.rings = opts.uplinkRings.map((r) => new RingConsumer(r));
     this.acks = opts.ackRings.map((r) => new RingProducer(r));
     this.ackPending = this.acks.map(() => false);
@@ -141,7 +144,8 @@ export class Writer implements WriterContext {
         buf, topicAt, topicLen, propsAt, (flags & FLAG_V5) !== 0 ? propsLen : 0, buf, payloadAt, payloadLen);
       if (!ok) {
         this.droppedTooLarge++;
-        this.log.warn({ broker: this.opts.broker.name, size: ring.lastLength }, 'message larger than the broker accepts: refused');
+        this.warnings.warn('too-large', { broker: this.opts.broker.name, size: ring.lastLength, total: this.droppedTooLarge },
+          'message larger than the broker accepts: not forwarded (MQTT 5 devices get PUBACK 0x95)');
         if (token !== NO_TOKEN) this.ack(s, token, 0x95);
       }
       n++;

@@ -49,6 +49,7 @@ export class DeviceConnection implements AckTarget {
   private outLen = 0;
   private dirty = false;
   private cleanDisconnect = false;
+  private writeBlocked = false;
 
   constructor(private readonly ctx: ShardContext, readonly socket: Socket, readonly id: number) {
     this.framer = new Framer(ctx.config.maxPacketSize);
@@ -74,7 +75,7 @@ export class DeviceConnection implements AckTarget {
       }
     }
     this.process();
-    if (!this.blocked && this.state !== CLOSED) this.socket.resume();
+    if (!this.blocked && !this.writeBlocked && this.state !== CLOSED) this.socket.resume();
   }
 
   private process(): void {
@@ -330,7 +331,17 @@ export class DeviceConnection implements AckTarget {
     const chunk = this.out.subarray(0, this.outLen);
     this.out = null;
     this.outLen = 0;
-    if (!this.socket.destroyed) this.socket.write(chunk);
+    if (this.socket.destroyed) return;
+    if (!this.socket.write(chunk) && !this.writeBlocked) {
+      // The device does not read what we send: stop reading it until it does, so its
+      // acknowledgements cannot pile up in memory.
+      this.writeBlocked = true;
+      this.socket.pause();
+      this.socket.once('drain', () => {
+        this.writeBlocked = false;
+        if (!this.blocked && this.state !== CLOSED) this.socket.resume();
+      });
+    }
   }
 
   /** Another connection took this client id. */
