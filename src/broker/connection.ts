@@ -43,7 +43,11 @@ export class BrokerConnection {
 
   private socket: net.Socket | null = null;
   private readonly framer = new Framer(0x0fffffff + 5);
-  private readonly packets: (Buffer | undefined)[] = new Array(65536);
+  // An unacknowledged packet stays where it was encoded: in an output slab that is never
+  // written to again once flushed. Slab, offset and length per packet id, no per-message view.
+  private readonly slabs: (Buffer | undefined)[] = new Array(65536);
+  private readonly starts = new Uint32Array(65536);
+  private readonly lengths = new Uint32Array(65536);
   private readonly tokens = new Uint32Array(65536);
   private readonly shards = new Uint8Array(65536);
   private readonly stages = new Uint8Array(65536);
@@ -126,7 +130,10 @@ export class BrokerConnection {
     this.qos0Pending = false;
     this.state = DOWN;
     this.socket = null;
-    this.outLen = 0; // unsent bytes belong to packets still tracked in `packets`, or to QoS 0
+    // Unsent bytes belong to packets still tracked for re-sending, or to QoS 0. The slab they are
+    // in must not be written over: start a new one.
+    this.out = Buffer.allocUnsafe(OUT_CHUNK);
+    this.outLen = 0;
     this.resending = false;
     if (this.closing) return;
     if (wasUp) this.ctx.log.warn({ broker: this.broker.name, clientId: this.clientId, inflight: this.inflight }, 'broker connection lost');
@@ -234,19 +241,25 @@ export class BrokerConnection {
     ids.sort((a, b) => ((this.order[a] - this.order[b]) | 0));
     this.resending = true;
     const batch = Math.max(1, Math.min(this.maxInflight, 256));
+    const socket = this.socket;
     let i = 0;
     const step = (): void => {
-      if (this.state !== UP) return;
+      if (this.state !== UP || this.socket !== socket) return; // a newer connection re-sends itself
       for (const end = Math.min(ids.length, i + batch); i < end; i++) {
         const id = ids[i];
-        const pkt = this.packets[id];
+        const slab = this.slabs[id];
         if (this.stages[id] === AWAIT_COMP && sessionPresent) {
           this.writeAck(C.PUBREL, id);
-        } else if (pkt !== undefined) {
+        } else if (slab !== undefined) {
           this.stages[id] = AWAIT_ACK;
-          const copy = Buffer.from(pkt);
-          copy[0] |= 0x08; // DUP: this is a retransmission [MQTT-3.3.1-1]
-          this.append(copy);
+          const len = this.lengths[id];
+          if (this.outLen + len > this.out.length) this.flush(len);
+          const at = this.outLen;
+          this.outLen += slab.copy(this.out, at, this.starts[id], this.starts[id] + len);
+          this.out[at] |= 0x08; // DUP: this is a retransmission [MQTT-3.3.1-1]
+          // The re-sent copy is the one to keep: the old slab may be released.
+          this.slabs[id] = this.out;
+          this.starts[id] = at;
         }
       }
       this.flush();
@@ -291,7 +304,9 @@ export class BrokerConnection {
     pos += src.copy(this.out, pos, payloadStart, payloadStart + payloadLen);
     this.outLen = pos;
     if (q > 0) {
-      this.packets[id] = this.out.subarray(start, pos);
+      this.slabs[id] = this.out;
+      this.starts[id] = start;
+      this.lengths[id] = pos - start;
       this.tokens[id] = token;
       this.shards[id] = shard;
       this.stages[id] = AWAIT_ACK;
@@ -313,7 +328,7 @@ export class BrokerConnection {
   private free(id: number): void {
     if (this.tokens[id] !== NO_TOKEN) this.answer(id, 0);
     this.stages[id] = FREE;
-    this.packets[id] = undefined;
+    this.slabs[id] = undefined;
     this.inflight--;
     this.ctx.schedulePump();
   }
@@ -336,7 +351,7 @@ export class BrokerConnection {
       if (this.out.length < Math.max(nextNeed, 512)) this.out = Buffer.allocUnsafe(Math.max(OUT_CHUNK, nextNeed));
       if (!this.socket.write(chunk)) this.writable = false;
       this.lastTx = this.ctx.now;
-    } else if (nextNeed > this.out.length - this.outLen) {
+    } else if (this.outLen > 0 || nextNeed > this.out.length) {
       this.out = Buffer.allocUnsafe(Math.max(OUT_CHUNK, nextNeed));
     }
     this.outLen = 0;
