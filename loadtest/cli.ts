@@ -34,10 +34,12 @@ async function runOne(opts: Options, round: number, kind: TargetKind, qos: Qos, 
   } catch (err) {
     record.error = (err as Error).message;
   }
-  if (target) record.notes.push(...(await target.stop(record.error !== null)));
+  const r = record.result;
+  // Logs of a run that lost messages or devices are the first thing anyone will want to read.
+  const suspicious = record.error !== null || (r !== null && (r.endedBy !== 'complete' || r.publisher.errors.length > 0));
+  if (target) record.notes.push(...(await target.stop(suspicious)));
   progress.clear();
   if (process.stderr.isTTY) {
-    const r = record.result;
     const missing = r ? r.brokers.map((b) => `${b.broker}=${b.missing}`).join(' ') : '';
     process.stderr.write(r ? `${label} ${Math.round(r.msgPerSec)} msg/s, missing ${missing}\n` : `${label} FAILED\n`);
   }

@@ -142,7 +142,20 @@ export function ackFrame(type: number, pid: number, target: Buffer, offset: numb
   return offset + 4;
 }
 
-export const DISCONNECT_FRAME = Buffer.from([0xe0, 0x00]);
+const DISCONNECT_FRAME = Buffer.from([0xe0, 0x00]);
+
+/** Sends DISCONNECT and resolves once the peer closed (or after `graceMs`, by force). */
+export function disconnect(socket: net.Socket | null, graceMs = 2000): Promise<void> {
+  return new Promise((resolve) => {
+    if (!socket || socket.destroyed) return resolve();
+    const timer = setTimeout(() => socket.destroy(), graceMs);
+    socket.once('close', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    socket.end(DISCONNECT_FRAME);
+  });
+}
 
 /**
  * Opens a TCP connection and completes the MQTT CONNECT handshake. Frames that

@@ -36,7 +36,7 @@ bridge doing the same job, alternating targets with fresh processes per run.
   --threads N        publisher worker threads               [2]
   --topic PATTERN    device topic, {id} = device number     [load/{id}]
   --json FILE        write every raw figure as JSON
-  --idle-timeout S   end a run after S seconds without progress [10]
+  --idle-timeout S   end a run after S s without progress   [10]
   --keep-logs        keep each run's temp dir (configs, logs)
   -h, --help         this text
 

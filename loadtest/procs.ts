@@ -13,6 +13,8 @@ export interface Managed {
   logPath: string;
   /** Resolves once the process has exited, with its code or killing signal. */
   exited: Promise<ExitInfo>;
+  /** Set once the process has exited; null while it runs. */
+  exitInfo: ExitInfo | null;
   /** SIGTERM, then SIGKILL after `graceMs`. */
   stop(graceMs?: number): Promise<ExitInfo>;
 }
@@ -104,52 +106,41 @@ export function spawnManaged(
   children.add(child);
   let killed = false;
   const exited = new Promise<ExitInfo>((resolve) => {
-    child.once('exit', (code, signal) => {
+    const done = (code: number | null, signal: NodeJS.Signals | null): void => {
       children.delete(child);
-      resolve({ code, signal, killed });
-    });
-    child.once('error', () => {
-      children.delete(child);
-      resolve({ code: null, signal: null, killed });
-    });
+      resolve((managed.exitInfo = { code, signal, killed }));
+    };
+    child.once('exit', done);
+    // spawn failure (e.g. ENOENT): there will be no 'exit'.
+    child.once('error', () => done(null, null));
   });
   const stop = async (graceMs = 5000): Promise<ExitInfo> => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => {
-        killed = true;
-        child.kill('SIGKILL');
-      }, graceMs);
-      const info = await exited;
-      clearTimeout(timer);
-      return { ...info, killed };
-    }
-    return exited;
+    if (managed.exitInfo) return managed.exitInfo;
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => {
+      killed = true;
+      child.kill('SIGKILL');
+    }, graceMs);
+    const info = await exited;
+    clearTimeout(timer);
+    return info;
   };
-  return { name, child, logPath: opts.logPath, exited, stop };
+  const managed: Managed = { name, child, logPath: opts.logPath, exited, exitInfo: null, stop };
+  return managed;
 }
 
 export function logTail(logPath: string, lines = 15): string {
-  try {
-    return fs.readFileSync(logPath, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
-  } catch {
-    return '(no log)';
-  }
+  const text = fs.existsSync(logPath) ? fs.readFileSync(logPath, 'utf8') : '(no log)';
+  return text.trimEnd().split('\n').slice(-lines).join('\n');
 }
 
 /** Resolves when `port` accepts a TCP connection; rejects early if `proc` dies. */
 export async function waitForPort(port: number, proc: Managed, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  // A holder object because TS would narrow a plain `let` to null across the callback.
-  const state: { dead: ExitInfo | null } = { dead: null };
-  void proc.exited.then((info) => (state.dead = info));
   while (Date.now() < deadline) {
-    if (state.dead !== null) {
-      throw new Error(`${proc.name} exited (${describeExit(state.dead)}) before listening on ${port}:\n${logTail(proc.logPath)}`);
-    }
+    if (proc.exitInfo) throw new Error(`${proc.name} exited (${describeExit(proc.exitInfo)}) before listening on ${port}:\n${logTail(proc.logPath)}`);
     const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect({ host: '127.0.0.1', port });
-      s.once('connect', () => {
+      const s = net.connect({ host: '127.0.0.1', port }, () => {
         s.destroy();
         resolve(true);
       });
@@ -165,28 +156,21 @@ export async function waitForPort(port: number, proc: Managed, timeoutMs = 10_00
  * Reads the child's piped stdout as JSON lines (copying everything to its log
  * file) until `match` accepts one. Draining continues after the match.
  */
-export function waitForLogLine(
-  proc: Managed,
-  match: (line: Record<string, unknown>) => boolean,
-  timeoutMs = 20_000,
-): Promise<Record<string, unknown>> {
+export function waitForLogLine(proc: Managed, match: (line: Record<string, unknown>) => boolean, timeoutMs = 20_000): Promise<Record<string, unknown>> {
   const stdout = proc.child.stdout;
   if (!stdout) return Promise.reject(new Error(`${proc.name} stdout is not piped`));
   const log = fs.createWriteStream(proc.logPath, { flags: 'a' });
   return new Promise((resolve, reject) => {
     let partial = '';
     let done = false;
-    const finish = (err: Error | null, line?: Record<string, unknown>): void => {
+    const finish = (err: Error | null, line: Record<string, unknown> = {}): void => {
       if (done) return;
       done = true;
       clearTimeout(timer);
       if (err) reject(err);
-      else if (line) resolve(line);
+      else resolve(line);
     };
-    const timer = setTimeout(
-      () => finish(new Error(`${proc.name}: no matching log line within ${timeoutMs} ms:\n${logTail(proc.logPath)}`)),
-      timeoutMs,
-    );
+    const timer = setTimeout(() => finish(new Error(`${proc.name}: no matching log line within ${timeoutMs} ms:\n${logTail(proc.logPath)}`)), timeoutMs);
     stdout.on('data', (chunk: Buffer) => {
       log.write(chunk);
       if (done) return;
@@ -205,9 +189,7 @@ export function waitForLogLine(
       }
     });
     stdout.once('end', () => log.end());
-    void proc.exited.then((info) =>
-      finish(new Error(`${proc.name} exited (${describeExit(info)}) before it was ready:\n${logTail(proc.logPath)}`)),
-    );
+    void proc.exited.then((info) => finish(new Error(`${proc.name} exited (${describeExit(info)}) before it was ready:\n${logTail(proc.logPath)}`)));
   });
 }
 
@@ -254,11 +236,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Managed> {
     FANOUT_LOG_LEVEL: opts.logLevel,
     FANOUT_SHARDS: String(opts.shards),
   };
-  const proc = spawnManaged('mqtt-fanout', process.execPath, [opts.entry], {
-    env,
-    logPath: path.join(opts.dir, 'mqtt-fanout.log'),
-    pipeStdout: true,
-  });
+  const proc = spawnManaged('mqtt-fanout', process.execPath, [opts.entry], { env, logPath: path.join(opts.dir, 'mqtt-fanout.log'), pipeStdout: true });
   await waitForLogLine(proc, (line) => line.msg === 'mqtt-fanout ready');
   // The ready line is the contract, but a port check costs nothing and catches a daemon bound elsewhere.
   await waitForPort(opts.port, proc, 5000);

@@ -5,16 +5,8 @@
 import * as net from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { encodeHistogram, newHistogram, recordMs } from './latency';
-import {
-  ackFrame,
-  connectRaw,
-  DISCONNECT_FRAME,
-  PACKET,
-  publishLayout,
-  PublishLayout,
-  topicFor,
-} from './mqtt-wire';
-import type { PublisherStats, PublisherWorkerConfig, ToWorker, FromWorker } from './publisher';
+import { ackFrame, connectRaw, disconnect, PACKET, publishLayout, PublishLayout, topicFor } from './mqtt-wire';
+import type { FromWorker, PublisherStats, PublisherWorkerConfig, ToWorker } from './publisher';
 
 const cfg = workerData as PublisherWorkerConfig;
 const port = parentPort;
@@ -221,21 +213,7 @@ function stats(): PublisherStats {
 
 async function closeAll(): Promise<void> {
   closing = true;
-  await Promise.all(
-    devices.map(
-      (d) =>
-        new Promise<void>((resolve) => {
-          const s = d.socket;
-          if (!s || s.destroyed) return resolve();
-          const timer = setTimeout(() => s.destroy(), 2000);
-          s.once('close', () => {
-            clearTimeout(timer);
-            resolve();
-          });
-          s.end(DISCONNECT_FRAME);
-        }),
-    ),
-  );
+  await Promise.all(devices.map((d) => disconnect(d.socket)));
 }
 
 let progressTimer: NodeJS.Timeout | null = null;

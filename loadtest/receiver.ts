@@ -6,12 +6,15 @@ import { LatencySummary, newHistogram, recordMs, summarize, Histogram } from './
 import {
   ackFrame,
   connectRaw,
-  DISCONNECT_FRAME,
+  disconnect,
   encodeSubscribe,
   PACKET,
   PAYLOAD_HEADER_BYTES,
   PROBE_ID,
 } from './mqtt-wire';
+
+const ACK_BATCH = 256;
+const ACK_DELAY_MS = 2;
 
 export interface BrokerTally {
   broker: string;
@@ -50,6 +53,7 @@ export class Receiver {
   private socket: net.Socket | null = null;
   private pendingAcks: number[] = [];
   private pendingRel: number[] = [];
+  private ackTimer: NodeJS.Timeout | null = null;
   private onSuback: ((ok: boolean) => void) | null = null;
   private closing = false;
   error: string | null = null;
@@ -64,8 +68,8 @@ export class Receiver {
     const r = new Receiver(opts);
     const socket = await connectRaw('127.0.0.1', opts.port, opts.clientId, (h, b, s, l) => r.onFrame(h, b, s, l));
     r.socket = socket;
-    // Registered after connectRaw's own 'data' listener, so it runs once the chunk is framed: one ack write per chunk.
-    socket.on('data', () => r.flushAcks());
+    // Registered after connectRaw's own 'data' listener, so it runs once the chunk is framed.
+    socket.on('data', () => r.scheduleAcks());
     socket.on('error', (err) => (r.error ??= err.message));
     socket.on('close', () => {
       if (!r.closing) r.error ??= `connection to ${opts.broker} closed`;
@@ -134,7 +138,21 @@ export class Receiver {
     recordMs(this.hist, now - buf.readDoubleBE(p + 8));
   }
 
+  /**
+   * Upstreams allow unlimited messages in flight, so a PUBACK that waits a
+   * millisecond throttles nothing, while acking every (often one-message) chunk
+   * costs the upstream a read per message on the cores the target needs.
+   */
+  private scheduleAcks(): void {
+    if (this.pendingAcks.length + this.pendingRel.length >= ACK_BATCH) this.flushAcks();
+    else if (this.ackTimer === null) this.ackTimer = setTimeout(() => this.flushAcks(), ACK_DELAY_MS);
+  }
+
   private flushAcks(): void {
+    if (this.ackTimer !== null) {
+      clearTimeout(this.ackTimer);
+      this.ackTimer = null;
+    }
     const n = this.pendingAcks.length + this.pendingRel.length;
     if (n === 0 || !this.socket || this.socket.destroyed) return;
     const out = Buffer.allocUnsafe(n * 4);
@@ -162,15 +180,7 @@ export class Receiver {
 
   async close(): Promise<void> {
     this.closing = true;
-    const s = this.socket;
-    if (!s || s.destroyed) return;
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => s.destroy(), 2000);
-      s.once('close', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      s.end(DISCONNECT_FRAME);
-    });
+    this.flushAcks();
+    await disconnect(this.socket);
   }
 }

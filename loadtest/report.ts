@@ -23,6 +23,7 @@ interface Summary {
   runs: number;
   failed: number;
   msgPerSec: number;
+  deliveredPerSec: number;
   ackP50Ms: number;
   ackP99Ms: number;
   e2eP50Ms: number;
@@ -43,7 +44,7 @@ const ms = (n: number): string => (Number.isFinite(n) ? n.toFixed(2) : '-');
 const perBroker = (m: Record<string, number>): string =>
   Object.entries(m)
     .map(([b, n]) => `${b}=${int(n)}`)
-    .join(' ');
+    .join(' ') || '-';
 
 function table(head: string[], rows: string[][], leftCols: number): string {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
@@ -71,6 +72,7 @@ export function summarize(records: RunRecord[]): Summary[] {
       runs: group.length,
       failed: group.length - ok.length,
       msgPerSec: median(ok.map((r) => r.msgPerSec)),
+      deliveredPerSec: median(ok.map((r) => r.deliveredPerSec)),
       ackP50Ms: qos > 0 ? median(ok.map((r) => r.publisher.ack.p50Ms)) : NaN,
       ackP99Ms: qos > 0 ? median(ok.map((r) => r.publisher.ack.p99Ms)) : NaN,
       e2eP50Ms: median(ok.map((r) => r.e2e.p50Ms)),
@@ -82,27 +84,29 @@ export function summarize(records: RunRecord[]): Summary[] {
   return out;
 }
 
-/** fanout msg/s over mosquitto msg/s per QoS, from the medians. */
+/** fanout over mosquitto per QoS, from the medians (`qos1` for msg/s, `qos1 deliv` for deliv/s). */
 export function ratios(summaries: Summary[]): Record<string, number> {
   const out: Record<string, number> = {};
   for (const s of summaries.filter((x) => x.target === 'fanout')) {
     const base = summaries.find((x) => x.target === 'mosquitto' && x.qos === s.qos);
     if (base && base.msgPerSec > 0) out[`qos${s.qos}`] = s.msgPerSec / base.msgPerSec;
+    if (base && base.deliveredPerSec > 0) out[`qos${s.qos} deliv`] = s.deliveredPerSec / base.deliveredPerSec;
   }
   return out;
 }
 
 export function renderReport(records: RunRecord[]): string {
-  const head = ['round', 'target', 'qos', 'msg/s', 'ack p50', 'ack p99', 'e2e p50', 'e2e p99', 'missing', 'duplicates', 'end'];
+  const head = ['round', 'target', 'qos', 'msg/s', 'deliv/s', 'ack p50', 'ack p99', 'e2e p50', 'e2e p99', 'missing', 'duplicates', 'end'];
   const rows = records.map((r) => {
     const x = r.result;
-    if (!x) return [String(r.round), r.target, String(r.qos), '-', '-', '-', '-', '-', '-', '-', 'FAILED'];
+    if (!x) return [String(r.round), r.target, String(r.qos), '-', '-', '-', '-', '-', '-', '-', '-', 'FAILED'];
     const ackOk = r.qos > 0 && x.publisher.ack.count > 0;
     return [
       String(r.round),
       r.target,
       String(r.qos),
       int(x.msgPerSec),
+      int(x.deliveredPerSec),
       ackOk ? ms(x.publisher.ack.p50Ms) : '-',
       ackOk ? ms(x.publisher.ack.p99Ms) : '-',
       ms(x.e2e.p50Ms),
@@ -113,12 +117,13 @@ export function renderReport(records: RunRecord[]): string {
     ];
   });
   const sums = summarize(records);
-  const medHead = ['target', 'qos', 'runs', 'msg/s', 'ack p50', 'ack p99', 'e2e p50', 'e2e p99', 'missing', 'duplicates'];
+  const medHead = ['target', 'qos', 'runs', 'msg/s', 'deliv/s', 'ack p50', 'ack p99', 'e2e p50', 'e2e p99', 'missing', 'duplicates'];
   const medRows = sums.map((s) => [
     s.target,
     String(s.qos),
     s.failed ? `${s.runs - s.failed}/${s.runs}` : String(s.runs),
     int(s.msgPerSec),
+    int(s.deliveredPerSec),
     ms(s.ackP50Ms),
     ms(s.ackP99Ms),
     ms(s.e2eP50Ms),
@@ -127,15 +132,21 @@ export function renderReport(records: RunRecord[]): string {
     perBroker(s.duplicates),
   ]);
   const parts = [
-    'Runs (latencies in ms; QoS 1/2 msg/s = device acks / publish time, QoS 0 msg/s = slowest broker deliveries / time to its last delivery)',
+    'Runs. msg/s: QoS 1/2 device acks / first send..last ack; QoS 0 = deliv/s.',
+    '      deliv/s: slowest broker\'s deliveries / first send..its last delivery. Latencies in ms.',
     table(head, rows, 3),
     '',
     'Medians over rounds',
     table(medHead, medRows, 2),
   ];
   const rat = ratios(sums);
+  const ratioLine = (deliv: boolean): string =>
+    Object.entries(rat)
+      .filter(([k]) => k.endsWith(' deliv') === deliv)
+      .map(([k, v]) => `${k.split(' ')[0]} ${v.toFixed(2)}x`)
+      .join(', ');
   if (Object.keys(rat).length > 0) {
-    parts.push('', `fanout/mosquitto msg/s: ${Object.entries(rat).map(([q, v]) => `${q} ${v.toFixed(2)}x`).join(', ')}`);
+    parts.push('', `fanout/mosquitto msg/s:   ${ratioLine(false)}`, `fanout/mosquitto deliv/s: ${ratioLine(true)}`);
   }
   const problems = records.flatMap((r) => {
     const tag = `round ${r.round} ${r.target} qos${r.qos}`;

@@ -36,6 +36,12 @@ export interface Target {
    * The temp dir (configs, logs) survives when `keep` is set or a note was made.
    */
   stop(keep?: boolean): Promise<string[]>;
+  /**
+   * Processes that died while the target should be running. Lets a run fail at
+   * once with the cause instead of idling out (something outside the harness
+   * killing brokers by name looks exactly like message loss otherwise).
+   */
+  casualties(): string[];
 }
 
 export function daemonEntry(): string {
@@ -91,7 +97,9 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
       const conf = writeConf(dir, 'bridge', bridgeConf(devicePort, upstreams, opts.qos));
       procs.push(await startMosquitto('bridge', conf, devicePort, dir));
     }
-    return { kind, devicePort, upstreams, dir, stop };
+    const casualties = (): string[] =>
+      procs.flatMap((p) => (p.exitInfo ? [`${p.name} exited during the run (${describeExit(p.exitInfo)}); log ${p.logPath}`] : []));
+    return { kind, devicePort, upstreams, dir, stop, casualties };
   } catch (err) {
     const notes = await stop(true);
     throw new Error(`${(err as Error).message}\n${notes.join('\n')}`, { cause: err });

@@ -30,8 +30,14 @@ export interface Progress {
 }
 
 export interface ScenarioResult {
-  /** See report.ts for how msg/s is defined per QoS. */
+  /** The headline figure; see throughput() for its definition per QoS. */
   msgPerSec: number;
+  /**
+   * Slowest broker's distinct deliveries over first send to its last delivery,
+   * at every QoS: a bridge that acks devices before forwarding can show a high
+   * msg/s while its upstreams fall behind.
+   */
+  deliveredPerSec: number;
   endedBy: 'complete' | 'idle-timeout';
   /** From the first PUBLISH to the event that ends the measurement, ms. */
   durationMs: number;
@@ -114,8 +120,14 @@ export async function runUplink(target: Target, job: UplinkJob, onProgress?: (p:
         received: receivers.map((r) => r.distinct),
       });
       if (pool.allDone && receivers.every((r) => r.complete)) break;
+      const dead = target.casualties();
+      if (dead.length) throw new Error(dead.join('; '));
       const broken = receivers.find((r) => r.error !== null);
-      if (broken) throw new Error(`receiver ${broken.opts.broker}: ${broken.error}`);
+      if (broken) {
+        // A dead broker usually shows as a closed socket first; give its exit event a moment to name the cause.
+        await sleep(300);
+        throw new Error([`receiver ${broken.opts.broker}: ${broken.error}`, ...target.casualties()].join('; '));
+      }
       if (Date.now() - lastProgressAt > job.idleTimeoutS * 1000) {
         endedBy = 'idle-timeout';
         break;
@@ -129,7 +141,8 @@ export async function runUplink(target: Target, job: UplinkJob, onProgress?: (p:
     const e2e = summarize(e2eHist);
     e2eHist.destroy();
     const { msgPerSec, durationMs } = throughput(job.qos, publisher, brokers);
-    return { msgPerSec, endedBy, durationMs, publisher, brokers, e2e };
+    const deliveredPerSec = throughput(0, publisher, brokers).msgPerSec;
+    return { msgPerSec, deliveredPerSec, endedBy, durationMs, publisher, brokers, e2e };
   } finally {
     if (pool) await pool.terminate();
     await Promise.all(receivers.map((r) => r.close()));

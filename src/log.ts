@@ -25,10 +25,10 @@ export function createMainLogger(level: LogLevel): MainLog {
   return {
     logger,
     relay: (line) => stream.write(line),
+    // The transport ends itself on process exit; ending it here would make any later line
+    // (a worker's last words) fail with "SonicBoom destroyed".
     flush: () => new Promise((resolve) => {
-      logger.flush();
-      stream.end();
-      stream.once('close', () => resolve());
+      logger.flush(() => resolve());
       setTimeout(resolve, 1000).unref();
     }),
   };
