@@ -64,15 +64,27 @@ export function decodeConnect(packet: Buffer, packetStart: number, bodyStart: nu
     const propLen = readVarint(packet, idAt, bodyEnd);
     idAt = varintEnd + propLen;
   }
-  const idLen = packet.readUInt16BE(idAt);
-  if (!isValidMqttString(packet, idAt + 2, idAt + 2 + idLen)) {
-    return refuse(answerAs === 5 ? 5 : 0, RC_MALFORMED, 'client id is not valid UTF-8');
+  // Client id, will topic and user name are checked on the raw bytes.
+  const flags = packet[levelAt + 1];
+  let at = idAt;
+  const badString = (): boolean => {
+    const len = packet.readUInt16BE(at);
+    const ok = isValidMqttString(packet, at + 2, at + 2 + len);
+    at += 2 + len;
+    return !ok;
+  };
+  if (badString()) return refuse(answerAs === 5 ? 5 : 0, RC_MALFORMED, 'client id is not valid UTF-8');
+  if (flags & 0x04) {
+    if (version === 5) {
+      const willPropsLen = readVarint(packet, at, bodyEnd); // mqtt-packet parsed it: in bounds
+      at = varintEnd + willPropsLen;
+    }
+    if (badString()) return refuse(answerAs === 5 ? 5 : 0, RC_MALFORMED, 'will topic is not valid UTF-8');
+    at += 2 + packet.readUInt16BE(at);
   }
-  if (!isCleanString(connect.will?.topic) || !isCleanString(connect.username)) {
-    return refuse(answerAs === 5 ? 5 : 0, RC_MALFORMED, 'string field is not valid UTF-8');
-  }
+  if ((flags & 0x80) && badString()) return refuse(answerAs === 5 ? 5 : 0, RC_MALFORMED, 'user name is not valid UTF-8');
   if (connect.will && /[+#]/.test(connect.will.topic)) {
-    return refuse(answerAs, answerAs === 5 ? 0x90 : CONNACK_V4_ID_REJECTED, 'will topic contains a wildcard');
+    return refuse(answerAs === 5 ? 5 : 0, 0x90, 'will topic contains a wildcard');
   }
   const id = connect.clientId;
   if (version === 3 && (id.length === 0 || Buffer.byteLength(id) > 23)) {
@@ -82,10 +94,6 @@ export function decodeConnect(packet: Buffer, packetStart: number, bodyStart: nu
     return refuse(4, CONNACK_V4_ID_REJECTED, 'empty client id requires clean session');
   }
   return { ok: true, version, packet: connect };
-}
-
-function isCleanString(s: string | undefined): boolean {
-  return s === undefined || (!s.includes('\u0000') && !s.includes('\ufffd'));
 }
 
 function refuse(version: 0 | 4 | 5, code: number, reason: string): ConnectRefused {

@@ -36,8 +36,12 @@ export function scanPublishProperties(buf: Buffer, start: number, end: number, o
   while (pos < end) {
     const id = buf[pos];
     const kind = KIND[id];
-    if (kind === undefined || !PUBLISH_ALLOWED.has(id)) {
-      out.error = 0x82;
+    if (kind === undefined || (!PUBLISH_ALLOWED.has(id) && id !== 0x0b)) {
+      out.error = 0x81; // an identifier not valid in PUBLISH is a malformed packet [MQTT-2.2.2]
+      return;
+    }
+    if (id === 0x0b) {
+      out.error = 0x82; // Subscription Identifier from a client is a protocol error [MQTT-3.3.4-6]
       return;
     }
     if (id !== 0x26) {
@@ -99,7 +103,11 @@ export function isValidMqttString(buf: Buffer, start: number, end: number): bool
   for (let i = start; i < end; i++) {
     const c = buf[i];
     if (c === 0) return false;
-    if (c >= 0x80) return isUtf8(buf.subarray(start, end));
+    if (c >= 0x80) {
+      // isUtf8 accepts U+0000, so the rest still needs the NUL check.
+      const nul = buf.indexOf(0, i);
+      return (nul < 0 || nul >= end) && isUtf8(buf.subarray(start, end));
+    }
   }
   return true;
 }

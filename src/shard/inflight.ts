@@ -55,9 +55,13 @@ export class InflightTable {
   ack(slot: number, reason: number): void {
     if (slot >= this.size || this.remaining[slot] <= 0) return;
     const owner = this.owners[slot]!;
-    if (reason !== 0 && this.reason[slot] === 0) this.reason[slot] = reason;
+    if (reason >= 0x80 && this.reason[slot] === 0) this.reason[slot] = reason;
     const left = --this.remaining[slot];
-    if (this.acked[slot] === 0 && (left === 0 || this.mode === 'any')) {
+    // 'all': answer when every broker has; 'any': at the first broker that accepted, or with
+    // the first refusal once every broker has refused.
+    const accepted = reason < 0x80;
+    if (this.acked[slot] === 0 && (left === 0 || (this.mode === 'any' && accepted))) {
+      if (this.mode === 'any' && accepted) this.reason[slot] = 0;
       this.acked[slot] = 1;
       owner.uplinkAcked(this.messageId[slot], this.qos[slot], this.reason[slot]);
     }
