@@ -9,6 +9,7 @@ import * as mqttPacket from 'mqtt-packet';
 import type { BrokerConfig, Config } from '../config/types';
 import { Framer, FRAME_READY, FRAME_INCOMPLETE } from '../protocol/framer';
 import { encodePublishHead, publishSize } from '../protocol/publish';
+import { copyBytes } from '../protocol/bytes';
 import * as C from '../protocol/constants';
 import { NO_TOKEN } from '../ring/records';
 import { nextBackoff } from './backoff';
@@ -300,8 +301,8 @@ export class BrokerConnection {
     const start = this.outLen;
     const pl = this.v5 ? propsLen : 0;
     let pos = encodePublishHead(this.out, start, q, retain && this.retainAvailable, id, topicSrc, topicStart, topicLen, this.v5, pl, payloadLen);
-    if (pl > 0) pos += src.copy(this.out, pos, propsStart, propsStart + pl);
-    pos += src.copy(this.out, pos, payloadStart, payloadStart + payloadLen);
+    if (pl > 0) pos += copyBytes(src, propsStart, propsStart + pl, this.out, pos);
+    pos += copyBytes(src, payloadStart, payloadStart + payloadLen, this.out, pos);
     this.outLen = pos;
     if (q > 0) {
       this.slabs[id] = this.out;

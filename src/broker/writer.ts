@@ -34,6 +34,8 @@ const SLICE = 512;
 const BUDGET = 8192;
 /** Poll interval while records keep arriving (see nap()). */
 const NAP_MS = 1;
+/** How long after the last record taken the writer keeps polling rather than parking. */
+const BUSY_WINDOW_MS = 5;
 
 export class Writer implements WriterContext {
   readonly log: Logger;
@@ -51,6 +53,7 @@ export class Writer implements WriterContext {
   private scheduled = false;
   private waiting = false;
   private napping = false;
+  private lastBusy = 0;
   private stopped = false;
   private tick: NodeJS.Timeout | null = null;
   private readonly pumpBound = (): void => this.pump();
@@ -110,7 +113,9 @@ export class Writer implements WriterContext {
     if (budget === 0) {
       this.schedulePump();
     } else if (!stalled) {
-      if (budget < BUDGET) this.nap();
+      this.now = Date.now();
+      if (budget < BUDGET) this.lastBusy = this.now;
+      if (this.now - this.lastBusy <= BUSY_WINDOW_MS) this.nap();
       else this.sleep();
     }
     // When stalled on a connection, its ack, drain or reconnect calls schedulePump().

@@ -5,6 +5,7 @@
 import { readVarint, varintEnd, varintSize, writeVarint } from './framer';
 import { isValidMqttString, scanPublishProperties, type PropertyScan } from './properties';
 import { PUBLISH, RC_MALFORMED, RC_PROTOCOL_ERROR, RC_TOPIC_NAME_INVALID } from './constants';
+import { copyBytes } from './bytes';
 
 /** Result of decodePublish; one instance is reused per shard. Offsets index into `buf`. */
 export class PublishView implements PropertyScan {
@@ -104,7 +105,7 @@ export function encodePublishHead(
   pos = writeVarint(out, pos, rem);
   out[pos++] = topicLen >> 8;
   out[pos++] = topicLen & 0xff;
-  pos += topicSrc.copy(out, pos, topicStart, topicStart + topicLen);
+  pos += copyBytes(topicSrc, topicStart, topicStart + topicLen, out, pos);
   if (qos > 0) {
     out[pos++] = id >> 8;
     out[pos++] = id & 0xff;
@@ -121,7 +122,7 @@ export function encodePublish(
   payloadStart: number, payloadLen: number,
 ): number {
   pos = encodePublishHead(out, pos, qos, retain, id, src, topicStart, topicLen, v5, v5 ? propsLen : 0, payloadLen);
-  if (v5) pos += src.copy(out, pos, propsStart, propsStart + propsLen);
-  pos += src.copy(out, pos, payloadStart, payloadStart + payloadLen);
+  if (v5) pos += copyBytes(src, propsStart, propsStart + propsLen, out, pos);
+  pos += copyBytes(src, payloadStart, payloadStart + payloadLen, out, pos);
   return pos;
 }

@@ -4,6 +4,7 @@
 import { Doorbell } from '../ring/doorbell';
 import { RingProducer } from '../ring/spsc';
 import { FLAG_RETAIN, FLAG_V5, REC_PUBLISH, UPLINK_HEADER } from '../ring/records';
+import { copyBytes } from '../protocol/bytes';
 
 export interface UplinkMessage {
   qos: number;
@@ -61,10 +62,10 @@ export class Uplink {
       view.setUint32(at + 8, m.token, true);
       view.setUint32(at + 12, m.deviceKey, true);
       at += UPLINK_HEADER;
-      at += m.topic.copy(buf, at, m.topicStart, m.topicStart + m.topicLen);
-      if (m.propsAEnd > m.propsA) at += m.src.copy(buf, at, m.propsA, m.propsAEnd);
-      if (m.propsBEnd > m.propsB) at += m.src.copy(buf, at, m.propsB, m.propsBEnd);
-      m.src.copy(buf, at, m.payloadStart, m.payloadEnd);
+      at += copyBytes(m.topic, m.topicStart, m.topicStart + m.topicLen, buf, at);
+      if (m.propsAEnd > m.propsA) at += copyBytes(m.src, m.propsA, m.propsAEnd, buf, at);
+      if (m.propsBEnd > m.propsB) at += copyBytes(m.src, m.propsB, m.propsBEnd, buf, at);
+      copyBytes(m.src, m.payloadStart, m.payloadEnd, buf, at);
       this.dirty[i] = true;
     }
   }
