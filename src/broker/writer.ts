@@ -154,8 +154,9 @@ export class Writer implements WriterContext {
       if (!ok) {
         this.droppedTooLarge++;
         this.warnings.warn('too-large', { broker: this.opts.broker.name, size: ring.lastLength, total: this.droppedTooLarge },
-          'message larger than the broker accepts: not forwarded (MQTT 5 devices get PUBACK 0x95)');
-        if (token !== NO_TOKEN) this.ack(s, token, 0x95);
+          'message larger than the broker accepts: not forwarded (MQTT 5 devices get reason 0x83)');
+        // 0x95 is not a valid PUBACK/PUBREC reason; 0x83 (implementation specific error) is.
+        if (token !== NO_TOKEN) this.ack(s, token, 0x83);
       }
       n++;
     }

@@ -53,11 +53,11 @@ export class DeviceConnection implements AckTarget {
 
   constructor(private readonly ctx: ShardContext, readonly socket: Socket, readonly id: number) {
     this.framer = new Framer(ctx.config.maxPacketSize);
-    this.lastRx = ctx.now;
+    this.lastRx = Date.now();
   }
 
   onData(chunk: Buffer): void {
-    this.lastRx = this.ctx.now;
+    this.lastRx = Date.now();
     this.framer.push(chunk);
     if (!this.blocked) this.process();
   }
@@ -160,7 +160,10 @@ export class DeviceConnection implements AckTarget {
     if (p.will) {
       const props = p.will.properties ? { ...p.will.properties } : undefined;
       if (props) {
-        this.willDelayMs = (props.willDelayInterval ?? 0) * 1000;
+        // The will is due when its delay has passed or the session ends, whichever is first
+        // [MQTT-3.1.3-9]; without a session store, the session lasts its expiry interval.
+        const expiry = p.properties?.sessionExpiryInterval ?? 0;
+        this.willDelayMs = Math.min(props.willDelayInterval ?? 0, expiry) * 1000;
         delete props.willDelayInterval;
       }
       const qos = p.will.qos ?? 0;

@@ -300,6 +300,7 @@ export class Shard implements ShardContext {
 
   private onTick(): void {
     this.now = Date.now();
+    // lastRx is stamped with Date.now(), not this.now, so these deadlines are exact to the tick.
     const connectDeadline = this.now - this.config.connectTimeoutMs;
     for (const c of this.conns.values()) {
       if (c.state === 0) {

@@ -1,0 +1,269 @@
+// Malformed and illegal input on raw sockets: every case closes the offending connection (MQTT 5
+// connections are first told why with a DISCONNECT reason code), nothing of it is forwarded, and
+// the daemon goes on serving normal clients. Then a seeded fuzz loop over random bytes.
+
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Collector, closeClient, connectClient, publish, RawClient, waitPoolOnline } from '../helpers/clients';
+import { DaemonProcess } from '../helpers/daemon';
+import { Mosquitto } from '../helpers/mosquitto';
+import { Scope, sleep } from '../helpers/wait';
+
+const MAX_PACKET = 1024;
+
+/** Encodes an MQTT variable byte integer. */
+function varint(n: number): number[] {
+  const out: number[] = [];
+  do {
+    let b = n % 128;
+    n = Math.floor(n / 128);
+    if (n > 0) b |= 0x80;
+    out.push(b);
+  } while (n > 0);
+  return out;
+}
+
+/** A packet: first byte, then the remaining length, then `body`. */
+function packet(first: number, ...body: Array<number[] | Buffer>): Buffer {
+  const b = Buffer.concat(body.map((p) => Buffer.from(p)));
+  return Buffer.concat([Buffer.from([first, ...varint(b.length)]), b]);
+}
+
+/** A 2-byte-length-prefixed string. */
+function str(s: string | Buffer): Buffer {
+  const b = Buffer.isBuffer(s) ? s : Buffer.from(s);
+  return Buffer.concat([Buffer.from([b.length >> 8, b.length & 0xff]), b]);
+}
+
+/** A PUBLISH body: topic, packet id for QoS > 0, empty property list for MQTT 5, payload. */
+function publishBody(version: 4 | 5, topic: string | Buffer, qos: number, payload = 'x'): Buffer {
+  return Buffer.concat([str(topic), qos > 0 ? Buffer.from([0, 1]) : Buffer.alloc(0), version === 5 ? Buffer.from([0]) : Buffer.alloc(0), Buffer.from(payload)]);
+}
+
+function connectBytes(level: number, clientId: string, name = 'MQTT'): Buffer {
+  return packet(0x10, str(name), [level, 0x02, 0x00, 0x3c], level === 5 ? [0] : [], str(clientId));
+}
+
+interface Case {
+  name: string;
+  /** Bytes sent after a successful CONNECT. */
+  bytes: (version: 4 | 5) => Buffer;
+  /** DISCONNECT reason code an MQTT 5 connection must get. */
+  reason: number;
+  /** A topic that must not reach the broker, if the case is a PUBLISH. */
+  topic?: string;
+  /** Protocol levels the case applies to (default both). */
+  versions?: Array<4 | 5>;
+}
+
+/** An MQTT 5 PUBLISH body with the given raw property bytes. */
+function publishBodyV5(topic: string, qos: number, props: number[], payload = 'x'): Buffer {
+  return Buffer.concat([str(topic), qos > 0 ? Buffer.from([0, 1]) : Buffer.alloc(0), Buffer.from([...varint(props.length), ...props]), Buffer.from(payload)]);
+}
+
+let seq = 0;
+const tag = (): string => `${process.pid}-${++seq}`;
+
+describe('malformed input', { timeout: 150_000 }, () => {
+  const scope = new Scope();
+  let b1: Mosquitto;
+  let b2: Mosquitto;
+  let daemon: DaemonProcess;
+  let at: Collector;
+
+  before(async () => {
+    b1 = scope.use(await Mosquitto.start());
+    // b2 speaks MQTT 5, so device properties are forwarded there as they are.
+    b2 = scope.use(await Mosquitto.start());
+    daemon = scope.use(await DaemonProcess.start({
+      FANOUT_BROKERS: `b1=${b1.url({ pool: 1 })},b2=${b2.url({ pool: 1, protocol: 5 })}`,
+      FANOUT_MAX_PACKET_SIZE: MAX_PACKET,
+      FANOUT_LOG_LEVEL: 'debug',
+    }));
+    await waitPoolOnline(b1.port, daemon.proxyId, 'b1', 1);
+    await waitPoolOnline(b2.port, daemon.proxyId, 'b2', 1);
+    at = scope.use(await Collector.start(b1.port, 'mal/#', { qos: 1 }));
+  });
+  after(() => scope.close());
+
+  /** A normal device can still connect and its publish reaches the broker; and nothing on
+   *  `forbidden` topics did (the fence publish comes later, on the same broker connection). */
+  async function assertStillServes(forbidden: string[] = []): Promise<void> {
+    assert.ok(daemon.running, 'the daemon process died');
+    const client = await connectClient(daemon.port, { clientId: `mal-ok-${tag()}` });
+    try {
+      const topic = `mal/ok/${tag()}`;
+      await publish(client, topic, 'still served', { qos: 1 });
+      await at.waitForCount(1, (m) => m.topic === topic, 10_000, 'the normal publish at the broker');
+    } finally {
+      await closeClient(client);
+    }
+    for (const t of forbidden) assert.equal(at.count((m) => m.topic === t), 0, `the invalid PUBLISH on ${t} was forwarded`);
+  }
+
+  const cases: Case[] = [
+    {
+      name: 'remaining length with 5 continuation bytes',
+      bytes: () => Buffer.from([0x30, 0xff, 0xff, 0xff, 0xff, 0x01, 0x00, 0x01, 0x61]),
+      reason: 0x81,
+    },
+    {
+      name: 'PUBREL with reserved flags 0000 (must be 0010)',
+      bytes: (v) => packet(0x60, [0x00, 0x01], v === 5 ? [0x00] : []),
+      reason: 0x81,
+    },
+    {
+      name: 'SUBSCRIBE with reserved flags 0000 (must be 0010)',
+      bytes: (v) => packet(0x80, [0x00, 0x01], v === 5 ? [0x00] : [], str('mal/sub'), [0x00]),
+      reason: 0x81,
+    },
+    ...(['mal/q3'].map((topic): Case => ({
+      name: 'PUBLISH with QoS 3', topic, bytes: (v) => packet(0x36, publishBody(v, topic, 1)), reason: 0x81,
+    }))),
+    {
+      name: 'PUBLISH with invalid UTF-8 in the topic',
+      bytes: (v) => packet(0x30, publishBody(v, Buffer.from([0x6d, 0x61, 0x6c, 0x2f, 0xc3, 0x28]), 0)),
+      reason: 0x81,
+    },
+    {
+      name: 'PUBLISH with a U+0000 in the topic',
+      bytes: (v) => packet(0x30, publishBody(v, Buffer.from('mal/nul\u0000x'), 0)),
+      reason: 0x81,
+    },
+    ...(['mal/wild/+', 'mal/wild/#'].map((topic): Case => ({
+      name: `PUBLISH with a wildcard in the topic (${topic})`, topic, bytes: (v) => packet(0x32, publishBody(v, topic, 1)), reason: 0x90,
+    }))),
+    {
+      name: 'a second CONNECT',
+      bytes: (v) => connectBytes(v, `mal-second-${tag()}`),
+      reason: 0x82,
+    },
+    ...(['mal/big'].map((topic): Case => ({
+      name: `a PUBLISH larger than FANOUT_MAX_PACKET_SIZE (${MAX_PACKET})`, topic,
+      bytes: (v) => packet(0x32, publishBody(v, topic, 1, 'x'.repeat(MAX_PACKET + 100))),
+      reason: 0x95,
+    }))),
+    ...(['mal/id0'].map((topic): Case => ({
+      name: 'PUBLISH QoS 1 with packet identifier 0', topic,
+      bytes: (v) => packet(0x32, str(topic), [0, 0], v === 5 ? [0] : [], Buffer.from('x')),
+      reason: 0x82,
+    }))),
+    ...(['mal/alias0'].map((topic): Case => ({
+      name: 'PUBLISH with Topic Alias 0', topic, versions: [5],
+      bytes: () => packet(0x30, publishBodyV5(topic, 0, [0x23, 0x00, 0x00])),
+      reason: 0x94,
+    }))),
+    ...(['mal/alias65'].map((topic): Case => ({
+      name: 'PUBLISH with Topic Alias 65, above the Topic Alias Maximum (64) of the CONNACK', topic, versions: [5],
+      bytes: () => packet(0x30, publishBodyV5(topic, 0, [0x23, 0x00, 0x41])),
+      reason: 0x94,
+    }))),
+    {
+      name: 'PUBLISH with an empty topic and a Topic Alias never set',
+      versions: [5],
+      bytes: () => packet(0x30, publishBodyV5('', 0, [0x23, 0x00, 0x05])),
+      reason: 0x82,
+    },
+  ];
+
+  for (const c of cases) {
+    for (const version of c.versions ?? [4, 5] as const) {
+      test(`${c.name} (MQTT ${version === 4 ? '3.1.1' : '5'}): connection closed${version === 5 ? `, DISCONNECT 0x${c.reason.toString(16)}` : ''}; daemon still serves`, async (t) => {
+        const raw = await RawClient.connected(daemon.port, version, { clientId: `mal-${tag()}` });
+        t.after(() => raw.destroy());
+        raw.send(c.bytes(version));
+        await raw.waitClosed(5000);
+        const disconnect = raw.disconnectReason();
+        if (version === 5) assert.equal(disconnect, c.reason, `DISCONNECT reason; ${raw.describe()}`);
+        else assert.equal(disconnect, undefined, `an MQTT 3.1.1 client got a DISCONNECT; ${raw.describe()}`);
+        await assertStillServes(c.topic ? [c.topic] : []);
+      });
+    }
+  }
+
+  for (const version of [4, 5] as const) {
+    test(`a PUBLISH of exactly FANOUT_MAX_PACKET_SIZE (${MAX_PACKET}) bytes is accepted and forwarded (MQTT ${version === 4 ? '3.1.1' : '5'})`, async (t) => {
+      const raw = await RawClient.connected(daemon.port, version, { clientId: `mal-max-${tag()}` });
+      t.after(() => raw.destroy());
+      const topic = `mal/max/${tag()}`;
+      // 1 header byte + 2 length bytes + body.
+      const payloadLen = MAX_PACKET - 3 - 2 - Buffer.byteLength(topic) - 2 - (version === 5 ? 1 : 0);
+      const bytes = packet(0x32, publishBody(version, topic, 1, 'y'.repeat(payloadLen)));
+      assert.equal(bytes.length, MAX_PACKET);
+      raw.send(bytes);
+      const [m] = await at.waitForCount(1, (x) => x.topic === topic, 10_000, 'the maximum-size message at the broker');
+      assert.equal(m.payload.length, payloadLen);
+      await raw.waitForPacket('puback', 5000);
+      assert.equal(raw.closed, false, `closed: ${raw.describe()}`);
+    });
+  }
+
+  test('PUBLISH before CONNECT: closed without an answer; daemon still serves', async (t) => {
+    const raw = await RawClient.open(daemon.port);
+    t.after(() => raw.destroy());
+    raw.send(packet(0x30, publishBody(4, 'mal/early', 0)));
+    await raw.waitClosed(5000);
+    assert.equal(raw.bytes.length, 0, `got an answer: ${raw.describe()}`);
+    await assertStillServes(['mal/early']);
+  });
+
+  for (const level of [2, 6, 255]) {
+    test(`CONNECT "MQTT" with unsupported protocol level ${level}: CONNACK 0x01 and closed; daemon still serves`, async (t) => {
+      const raw = await RawClient.open(daemon.port, 4);
+      t.after(() => raw.destroy());
+      raw.send(connectBytes(level, `mal-level-${tag()}`));
+      const connack = await raw.waitForPacket('connack', 5000) as { returnCode?: number };
+      assert.equal(connack.returnCode, 0x01, raw.describe());
+      await raw.waitClosed(5000);
+      await assertStillServes();
+    });
+  }
+
+  test('fuzz: 300 random byte strings after a valid CONNECT, each on its own connection; the daemon survives and serves', async (t) => {
+    const seed = Number(process.env.FUZZ_SEED ?? Date.now() % 2 ** 31);
+    let state = seed >>> 0;
+    // mulberry32: reproducible with FUZZ_SEED.
+    const rand = (): number => {
+      state = (state + 0x6d2b79f5) >>> 0;
+      let x = state;
+      x = Math.imul(x ^ (x >>> 15), x | 1);
+      x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+      return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+    };
+    const byte = (): number => Math.floor(rand() * 256);
+    const open: RawClient[] = [];
+    t.after(() => open.forEach((c) => c.destroy()));
+    let closedByDaemon = 0;
+    const one = async (i: number): Promise<void> => {
+      const version = rand() < 0.5 ? 4 : 5;
+      const c = await RawClient.connected(daemon.port, version, { clientId: `mal-fuzz-${seed}-${i}` });
+      open.push(c);
+      const len = 1 + Math.floor(rand() * 64);
+      const bytes = Buffer.from(Array.from({ length: len }, byte));
+      // Half of the strings start like a real packet type with a plausible length.
+      if (rand() < 0.5) {
+        bytes[0] = (Math.floor(rand() * 16) << 4) | Math.floor(rand() * 16);
+        if (len > 1) bytes[1] = Math.floor(rand() * len);
+      }
+      c.send(bytes);
+      await Promise.race([c.waitClosed(300).then(() => { closedByDaemon++; }, () => undefined), sleep(300)]);
+      c.destroy();
+    };
+    const batch = 25;
+    for (let i = 0; i < 300; i += batch) {
+      await Promise.all(Array.from({ length: batch }, (_, k) => one(i + k)));
+      assert.ok(daemon.running, `the daemon died during the fuzz loop (FUZZ_SEED=${seed}); stderr: ${daemon.stderr}`);
+    }
+    t.diagnostic(`FUZZ_SEED=${seed}: ${closedByDaemon} of 300 connections closed by the daemon`);
+    await assertStillServes();
+    assert.ok(daemon.running, `the daemon died (FUZZ_SEED=${seed})`);
+    const fatal = daemon.lines.filter((l) => l.level >= 50);
+    assert.deepEqual(fatal, [], `fatal log lines (FUZZ_SEED=${seed})`);
+    // Whatever the daemon accepted from a device, it must not have sent a broker anything that
+    // made the broker drop the connection.
+    for (const [name, b] of [['b1', b1], ['b2', b2]] as const) {
+      const ids = b.connectedClientIds().filter((id) => id.startsWith(`${daemon.proxyId}-`));
+      assert.deepEqual(ids, [`${daemon.proxyId}-${name}-0`], `${name}: the daemon's connection had to reconnect (FUZZ_SEED=${seed}); broker log tail: ${b.log.slice(-1500)}`);
+    }
+  });
+});
