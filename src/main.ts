@@ -2,6 +2,7 @@
 // keeps the client-id registry, relays worker logs, and runs the graceful shutdown.
 
 import * as path from 'node:path';
+import * as dns from 'node:dns/promises';
 import { Worker } from 'node:worker_threads';
 import type { Config, BrokerConfig } from './config/types';
 import { ConfigError } from './config/index';
@@ -81,9 +82,11 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   const control = new SharedArrayBuffer(4);
   let plan: ListenPlan;
   if (loadReuseport() !== null) {
-    plan = { kind: 'reuseport', host: cfg.host, port: cfg.port };
+    // The native call takes an address, not a name.
+    const { address } = await dns.lookup(cfg.host);
+    plan = { kind: 'reuseport', host: address, port: cfg.port };
   } else {
-    logger.warn('node-unix-socket did not load: shards share one listening socket, and the kernel may spread connections unevenly');
+    logger.warn('no SO_REUSEPORT binary (node-unix-socket) for this platform: shards share one listening socket, and the kernel may spread connections unevenly');
     listener = watch(new Worker(path.join(WORKERS, 'listener.worker.js'), { workerData: { host: cfg.host, port: cfg.port, control } }), 'listener');
     const shared = await new Promise<{ fd: number }>((resolve, reject) => {
       listener!.on('message', (m: { t: string; fd: number; message?: string }) => {

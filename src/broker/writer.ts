@@ -54,6 +54,8 @@ export class Writer implements WriterContext {
   private waiting = false;
   private napping = false;
   private lastBusy = 0;
+  /** Connections (and the QoS asked) that could not take a ring's next record this turn. */
+  private readonly stalledOn: (BrokerConnection | number)[] = [];
   private stopped = false;
   private tick: NodeJS.Timeout | null = null;
   private readonly pumpBound = (): void => this.pump();
@@ -94,15 +96,13 @@ export class Writer implements WriterContext {
     this.scheduled = false;
     this.flushOverflow();
     let budget = BUDGET;
-    let stalled = false;
     let progressed = true;
+    this.stalledOn.length = 0;
     while (budget > 0 && progressed) {
       progressed = false;
       for (let s = 0; s < this.rings.length; s++) {
         const r = this.take(s, Math.min(SLICE, budget));
-        if (r < 0) {
-          stalled = true;
-        } else if (r > 0) {
+        if (r > 0) {
           budget -= r;
           progressed = true;
         }
@@ -112,24 +112,32 @@ export class Writer implements WriterContext {
     this.commitAcks();
     if (budget === 0) {
       this.schedulePump();
-    } else if (!stalled) {
+    } else if (this.stalledOn.length > 0) {
+      // A connection that was only full for this turn's output is free again after the flush;
+      // one that waits for acks, 'drain' or a reconnect calls schedulePump() itself.
+      for (let i = 0; i < this.stalledOn.length; i += 2) {
+        if ((this.stalledOn[i] as BrokerConnection).canAccept(this.stalledOn[i + 1] as number)) {
+          this.schedulePump();
+          break;
+        }
+      }
+    } else {
       this.now = Date.now();
       if (budget < BUDGET) this.lastBusy = this.now;
       if (this.now - this.lastBusy <= BUSY_WINDOW_MS) this.nap();
       else this.sleep();
     }
-    // When stalled on a connection, its ack, drain or reconnect calls schedulePump().
   }
 
-  /** Moves up to `max` records from shard `s`'s ring to the connections. Returns the count,
-   *  or -1 when the next record's connection cannot take it now. */
+  /** Moves up to `max` records from shard `s`'s ring to the connections and returns the count.
+   *  A record whose connection cannot take it now stays at the head of the ring, and the
+   *  connection is noted in stalledOn. */
   private take(s: number, max: number): number {
     const ring = this.rings[s];
     const buf = ring.buffer;
     const view = ring.dataView;
     const pool = this.pool;
     let n = 0;
-    let result = 0;
     while (n < max) {
       const at = ring.next();
       if (at < 0) break;
@@ -139,7 +147,7 @@ export class Writer implements WriterContext {
       const conn = pool[(key + s) % pool.length];
       if (!conn.canAccept(qos)) {
         ring.unreadLast();
-        result = -1;
+        this.stalledOn.push(conn, qos);
         break;
       }
       const topicLen = view.getUint16(at + 2, true);
@@ -161,7 +169,7 @@ export class Writer implements WriterContext {
       n++;
     }
     if (ring.release()) this.shardBells[s].ring();
-    return result < 0 && n === 0 ? -1 : n;
+    return n;
   }
 
   /** Busy: look at the rings again in NAP_MS without asking shards to notify. A cross-thread

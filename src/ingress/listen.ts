@@ -1,7 +1,8 @@
 // How shards get their share of device connections. Node 20 cannot hand an accepted socket to
 // another thread, so each shard must accept for itself:
-//  - preferred: every shard binds its own SO_REUSEPORT socket on the same port (node-unix-socket
-//    sets the option Node 20 lacks) and the kernel spreads connections by hash, evenly;
+//  - preferred: every shard binds its own SO_REUSEPORT socket on the same port (the prebuilt
+//    node-unix-socket binary sets the option Node 20 lacks) and the kernel spreads connections
+//    by hash, evenly; the host must be an IP address (main resolves names first);
 //  - fallback, where that native module does not load: one socket shared by descriptor, every
 //    shard accepting from it (uneven under load; the start-up log says which is in use).
 
@@ -11,28 +12,31 @@ export type ListenPlan =
   | { kind: 'reuseport'; host: string; port: number }
   | { kind: 'shared'; fd: number };
 
-interface ReuseportModule {
-  createReuseportFd(port: number, host: string): number;
+interface ReuseportAddon {
+  socketNewSoReuseportFd(domain: 'ipv4' | 'ipv6', port: number, host: string): number;
 }
 
-let reuseport: ReuseportModule | null | undefined;
+let addon: ReuseportAddon | null | undefined;
 
-export function loadReuseport(): ReuseportModule | null {
-  if (reuseport === undefined) {
+/** The prebuilt node-unix-socket binary for this platform (an optional dependency: published
+ *  for linux-x64 glibc), or null where there is none. */
+export function loadReuseport(): ReuseportAddon | null {
+  if (addon === undefined) {
     try {
-      // Loaded lazily: a platform without its prebuilt binary falls back instead of failing.
       // eslint-disable-next-line @typescript-eslint/no-require-imports
-      reuseport = require('node-unix-socket') as ReuseportModule;
+      addon = require(`node-unix-socket-${process.platform}-${process.arch}-gnu`) as ReuseportAddon;
     } catch {
-      reuseport = null;
+      addon = null;
     }
   }
-  return reuseport;
+  return addon;
 }
 
 /** Starts `server` listening per the plan; resolves with the bound port. */
 export function listenShard(server: net.Server, plan: ListenPlan): Promise<number> {
-  const fd = plan.kind === 'shared' ? plan.fd : loadReuseport()!.createReuseportFd(plan.port, plan.host);
+  const fd = plan.kind === 'shared'
+    ? plan.fd
+    : loadReuseport()!.socketNewSoReuseportFd(net.isIPv6(plan.host) ? 'ipv6' : 'ipv4', plan.port, plan.host);
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen({ fd, backlog: 4096 }, () => {
