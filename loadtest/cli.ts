@@ -1,48 +1,31 @@
-// Entry point: alternate the targets round by round (A B A B ...) so slow
-// drift of the machine (thermal, page cache, other tenants) hits both alike.
-import { HELP, Options, parseOptions, UsageError } from './options';
+// Entry point: `cli.js [scenario] [options]`. Alternates the targets round by
+// round (A B A B ...) so slow drift of the machine (thermal, page cache, other
+// tenants) hits both alike.
+import { HELP, NotAvailableError, Options, parseOptions, UsageError } from './options';
+import { ProgressLine, RunRecord, writeJson } from './output';
 import { installCleanupHandlers } from './procs';
-import { ProgressLine, renderReport, RunRecord, writeJson } from './report';
+import { SCENARIO_DEFS, ScenarioDef, UPSTREAM_COUNT } from './scenarios';
 import { startTarget, Target, TargetKind } from './targets';
-import { runUplink } from './uplink';
 import type { Qos } from './mqtt-wire';
 
-const UPSTREAMS = 2;
-
-async function runOne(opts: Options, round: number, kind: TargetKind, qos: Qos, progress: ProgressLine): Promise<RunRecord> {
-  const label = `[round ${round}/${opts.rounds} ${kind} qos${qos}]`;
-  const record: RunRecord = { round, target: kind, qos, error: null, result: null, notes: [] };
+async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, kind: TargetKind, qos: Qos | null, progress: ProgressLine): Promise<RunRecord> {
+  const label = `[${opts.scenario} round ${round}/${opts.rounds} ${kind}${qos === null ? '' : ` qos${qos}`}]`;
+  const record: RunRecord = { scenario: opts.scenario, round, target: kind, qos, shards: kind === 'fanout' ? opts.shards : null, error: null, result: null, notes: [] };
   let target: Target | null = null;
   progress.write(`${label} starting`);
   try {
-    target = await startTarget(kind, { upstreams: UPSTREAMS, qos, shards: 2, daemonLogLevel: 'info', keepLogs: opts.keepLogs });
-    record.result = await runUplink(
-      target,
-      {
-        devices: opts.devices,
-        messages: opts.messages,
-        payload: opts.payload,
-        qos,
-        inflight: opts.inflight,
-        threads: opts.threads,
-        topicPattern: opts.topic,
-        idleTimeoutS: opts.idleTimeoutS,
-        runTag: `lt${process.pid}r${round}${kind[0]}q${qos}-`,
-      },
-      (p) => progress.update(label, p),
-    );
+    const setup = def.targetSetup(opts, qos);
+    target = await startTarget(kind, { upstreams: UPSTREAM_COUNT, qos: setup.qos, recoverable: setup.recoverable, shards: opts.shards, daemonLogLevel: 'info', keepLogs: opts.keepLogs });
+    const runTag = `lt${process.pid}r${round}${kind[0]}${qos ?? 'x'}-`;
+    record.result = await def.run(target, opts, qos, { runTag, label, progress });
   } catch (err) {
     record.error = (err as Error).message;
   }
-  const r = record.result;
   // Logs of a run that lost messages or devices are the first thing anyone will want to read.
-  const suspicious = record.error !== null || (r !== null && (r.endedBy !== 'complete' || r.publisher.errors.length > 0));
+  const suspicious = record.error !== null || (record.result !== null && def.suspicious(record.result));
   if (target) record.notes.push(...(await target.stop(suspicious)));
   progress.clear();
-  if (process.stderr.isTTY) {
-    const missing = r ? r.brokers.map((b) => `${b.broker}=${b.missing}`).join(' ') : '';
-    process.stderr.write(r ? `${label} ${Math.round(r.msgPerSec)} msg/s, missing ${missing}\n` : `${label} FAILED\n`);
-  }
+  progress.line(`${label} ${record.result !== null ? def.line(record.result) : 'FAILED'}`);
   return record;
 }
 
@@ -51,6 +34,10 @@ async function main(): Promise<number> {
   try {
     opts = parseOptions(process.argv.slice(2));
   } catch (err) {
+    if (err instanceof NotAvailableError) {
+      process.stderr.write(`${err.message}\n`);
+      return 2;
+    }
     if (!(err instanceof UsageError)) throw err;
     process.stderr.write(`${err.message}\n\n${HELP}`);
     return 2;
@@ -60,16 +47,17 @@ async function main(): Promise<number> {
     return 0;
   }
   installCleanupHandlers();
+  const def = SCENARIO_DEFS[opts.scenario];
   const startedAt = new Date();
   const progress = new ProgressLine();
   const records: RunRecord[] = [];
   for (let round = 1; round <= opts.rounds; round++) {
-    for (const qos of opts.qos) {
-      for (const kind of opts.targets) records.push(await runOne(opts, round, kind, qos, progress));
+    for (const qos of def.variants(opts)) {
+      for (const kind of opts.targets) records.push(await runOne(def, opts, round, kind, qos, progress));
     }
   }
-  process.stdout.write(renderReport(records));
-  if (opts.json) writeJson(opts.json, opts, records, startedAt);
+  process.stdout.write(def.render(records));
+  if (opts.json) writeJson(opts.json, opts, records, startedAt, def.summary(records));
   return records.some((r) => r.error !== null) ? 1 : 0;
 }
 

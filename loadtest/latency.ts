@@ -12,6 +12,8 @@ export interface LatencySummary {
   p99Ms: number;
   p999Ms: number;
   maxMs: number;
+  /** The whole histogram (µs), HdrHistogram compressed base64, for the JSON output. */
+  hdr: string;
 }
 
 export function newHistogram(): Histogram {
@@ -43,5 +45,6 @@ export function summarize(h: Histogram): LatencySummary {
     p99Ms: ms(99),
     p999Ms: ms(99.9),
     maxMs: h.maxValue / 1000,
+    hdr: h.totalCount > 0 ? encodeHistogram(h) : '',
   };
 }

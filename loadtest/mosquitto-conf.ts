@@ -14,11 +14,14 @@ export interface UpstreamRef {
  * are lost, or both targets would measure the same receiver: no persistence and
  * no queue or in-flight limits towards our subscriber.
  */
-export function upstreamConf(port: number): string {
+export function upstreamConf(port: number, persist: { dir: string; file: string } | null = null): string {
   return [
     `listener ${port} 127.0.0.1`,
     'allow_anonymous true',
-    'persistence false',
+    ...(persist === null
+      ? ['persistence false']
+      : // Saved only on SIGUSR1 (and exit): one snapshot holding the receiver's session, no disk I/O during the run.
+        ['persistence true', `persistence_location ${persist.dir}/`, `persistence_file ${persist.file}`, 'autosave_interval 0']),
     'max_queued_messages 0',
     'max_inflight_messages 0',
     'log_dest stderr',
@@ -34,8 +37,13 @@ export function upstreamConf(port: number): string {
  * unlimited queue (a bounded one silently drops QoS 1 messages under load) and
  * 100 messages in flight towards each upstream. `try_private false` and
  * mqttv311 make the bridge an ordinary client to the upstream, as our daemon is.
+ *
+ * `durable` (broker-outage) extends "lossless" to an upstream going away: the
+ * bridge keeps its queue for the lost upstream (local_cleansession false; with
+ * the default it discards it on reconnect) and retries after 1..10 s
+ * (restart_timeout; seconds are its finest unit, fanout's backoff is 0.1..10 s).
  */
-export function bridgeConf(port: number, upstreams: UpstreamRef[], qos: Qos): string {
+export function bridgeConf(port: number, upstreams: UpstreamRef[], qos: Qos, durable = false): string {
   const lines = [
     `listener ${port} 127.0.0.1`,
     'allow_anonymous true',
@@ -53,7 +61,7 @@ export function bridgeConf(port: number, upstreams: UpstreamRef[], qos: Qos): st
       `connection ${up.name}`,
       `address 127.0.0.1:${up.port}`,
       `topic # out ${qos}`,
-      'cleansession true',
+      ...(durable ? ['cleansession false', 'local_cleansession false', 'restart_timeout 1 10'] : ['cleansession true']),
       'bridge_protocol_version mqttv311',
       'try_private false',
     );

@@ -1,9 +1,9 @@
-// Minimal MQTT 3.1.1 wire helpers shared by the load generator, the probe and
-// the receivers. mqtt-packet's parser allocates an object per packet, which at
-// a million packets per run would measure our GC rather than the target, so the
-// hot paths (PUBLISH out, PUBACK in, PUBLISH in) are framed by hand here.
+// Minimal MQTT 3.1.1 / 5.0 wire helpers shared by the load generator, the probe
+// and the receivers. mqtt-packet's parser allocates an object per packet, which
+// at a million packets per run would measure our GC rather than the target, so
+// the hot paths (PUBLISH out, PUBACK in, PUBLISH in) are framed by hand here.
 import * as net from 'node:net';
-import { generate } from 'mqtt-packet';
+import { generate, parser, IConnackPacket, Packet } from 'mqtt-packet';
 
 export const PACKET = {
   CONNACK: 2,
@@ -13,11 +13,14 @@ export const PACKET = {
   PUBREL: 6,
   PUBCOMP: 7,
   SUBACK: 9,
+  PINGREQ: 12,
   PINGRESP: 13,
   DISCONNECT: 14,
 } as const;
 
 export type Qos = 0 | 1 | 2;
+/** MQTT protocol level: 4 = 3.1.1, 5 = 5.0. */
+export type ProtocolLevel = 4 | 5;
 
 /** Reserved publisher id for readiness probes; receivers never count it. */
 export const PROBE_ID = 0xffffffff;
@@ -89,9 +92,11 @@ export interface PublishLayout {
   payloadOffset: number;
 }
 
-export function publishLayout(topic: string, qos: Qos, payloadSize: number, publisherId: number): PublishLayout {
+/** MQTT 5 adds a property length (0: no properties) after the packet id. */
+export function publishLayout(topic: string, qos: Qos, payloadSize: number, publisherId: number, protocol: ProtocolLevel = 4): PublishLayout {
   const topicBytes = Buffer.from(topic, 'utf8');
-  const remaining = 2 + topicBytes.length + (qos > 0 ? 2 : 0) + payloadSize;
+  const props = protocol === 5 ? 1 : 0;
+  const remaining = 2 + topicBytes.length + (qos > 0 ? 2 : 0) + props + payloadSize;
   const template = Buffer.alloc(1 + varintBytes(remaining) + remaining);
   template[0] = 0x30 | (qos << 1);
   let p = writeVarint(template, 1, remaining);
@@ -101,6 +106,7 @@ export function publishLayout(topic: string, qos: Qos, payloadSize: number, publ
   p += topicBytes.length;
   const pidOffset = qos > 0 ? p : -1;
   if (qos > 0) p += 2;
+  p += props; // the property length byte is already 0
   template.writeUInt32BE(publisherId >>> 0, p);
   return { template, pidOffset, payloadOffset: p };
 }
@@ -125,9 +131,25 @@ export function filterFor(pattern: string): string {
   return [...levels.slice(0, idx), '#'].join('/');
 }
 
-export function encodeConnect(clientId: string): Buffer {
-  // keepalive 0: runs can outlast any keepalive and we do not want PINGREQ traffic in the figures.
-  return generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 0, clientId });
+export interface ConnectSettings {
+  protocol?: ProtocolLevel;
+  /** Seconds; 0 (the default) disables keep-alive, so no PINGREQ traffic lands in the figures. */
+  keepalive?: number;
+  /** Clean session (3.1.1) / clean start (5); default true. */
+  clean?: boolean;
+}
+
+export function encodeConnect(clientId: string, s: ConnectSettings = {}): Buffer {
+  const protocolVersion = s.protocol ?? 4;
+  return generate({
+    cmd: 'connect',
+    protocolId: 'MQTT',
+    protocolVersion,
+    clean: s.clean ?? true,
+    keepalive: s.keepalive ?? 0,
+    clientId,
+    ...(protocolVersion === 5 ? { properties: {} } : {}),
+  });
 }
 
 export function encodeSubscribe(filter: string, qos: Qos): Buffer {
@@ -142,7 +164,16 @@ export function ackFrame(type: number, pid: number, target: Buffer, offset: numb
   return offset + 4;
 }
 
+export const PINGREQ_FRAME = Buffer.from([0xc0, 0x00]);
 const DISCONNECT_FRAME = Buffer.from([0xe0, 0x00]);
+
+/**
+ * MQTT 5 acks may carry a reason code after the packet id; 0x80 and above
+ * means the publish was refused. A 3.1.1 ack (length 2) never refuses.
+ */
+export function ackRefused(buf: Buffer, start: number, length: number): boolean {
+  return length >= 3 && buf[start + 2] >= 0x80;
+}
 
 /** Sends DISCONNECT and resolves once the peer closed (or after `graceMs`, by force). */
 export function disconnect(socket: net.Socket | null, graceMs = 2000): Promise<void> {
@@ -157,46 +188,88 @@ export function disconnect(socket: net.Socket | null, graceMs = 2000): Promise<v
   });
 }
 
+/** Why a connection attempt failed: the server said no, it never answered, or anything else. */
+export type ConnectFailure = 'refused' | 'timeout' | 'error';
+
+export class ConnectError extends Error {
+  constructor(
+    message: string,
+    readonly kind: ConnectFailure,
+  ) {
+    super(message);
+  }
+}
+
+export interface ConnackInfo {
+  sessionPresent: boolean;
+  /** MQTT 5 Receive Maximum, 65535 when absent (3.1.1 has no such limit). */
+  receiveMaximum: number;
+}
+
+/** Decodes a CONNACK body; MQTT 5 properties go through mqtt-packet (once per connection, not hot). */
+export function parseConnack(buf: Buffer, start: number, length: number, protocol: ProtocolLevel): { code: number; info: ConnackInfo } {
+  const info: ConnackInfo = { sessionPresent: (buf[start] & 1) === 1, receiveMaximum: 65535 };
+  const code = buf[start + 1];
+  if (protocol === 5 && length > 2 && code === 0) {
+    const frame = Buffer.alloc(1 + varintBytes(length) + length);
+    frame[0] = PACKET.CONNACK << 4;
+    buf.copy(frame, writeVarint(frame, 1, length), start, start + length);
+    const p = parser({ protocolVersion: 5 });
+    p.on('packet', (pkt: Packet) => {
+      const max = (pkt as IConnackPacket).properties?.receiveMaximum;
+      if (typeof max === 'number' && max > 0) info.receiveMaximum = max;
+    });
+    p.parse(frame);
+  }
+  return { code, info };
+}
+
+export interface ConnectOptions extends ConnectSettings {
+  timeoutMs?: number;
+  onConnack?: (info: ConnackInfo) => void;
+}
+
 /**
  * Opens a TCP connection and completes the MQTT CONNECT handshake. Frames that
- * follow the CONNACK (possibly in the same chunk) go to `onFrame`.
+ * follow the CONNACK (possibly in the same chunk) go to `onFrame`. Rejects
+ * with a ConnectError whose `kind` tells refusals from timeouts and errors.
  */
-export function connectRaw(
-  host: string,
-  port: number,
-  clientId: string,
-  onFrame: FrameHandler,
-  timeoutMs = 10_000,
-): Promise<net.Socket> {
+export function connectRaw(host: string, port: number, clientId: string, onFrame: FrameHandler, opts: ConnectOptions = {}): Promise<net.Socket> {
+  const timeoutMs = opts.timeoutMs ?? 10_000;
+  const protocol = opts.protocol ?? 4;
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host, port });
     socket.setNoDelay(true);
     let settled = false;
-    const fail = (err: Error): void => {
+    const fail = (err: ConnectError): void => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       socket.destroy();
       reject(err);
     };
-    const timer = setTimeout(() => fail(new Error(`CONNACK timeout from ${host}:${port} for ${clientId}`)), timeoutMs);
+    const onError = (err: NodeJS.ErrnoException): void =>
+      fail(new ConnectError(err.message, err.code === 'ECONNREFUSED' ? 'refused' : 'error'));
+    const timer = setTimeout(() => fail(new ConnectError(`CONNACK timeout from ${host}:${port} for ${clientId}`, 'timeout')), timeoutMs);
     const framer = new Framer((header, buf, start, length) => {
       if (header >> 4 !== PACKET.CONNACK || length < 2) {
-        fail(new Error(`expected CONNACK, got packet type ${header >> 4}`));
+        fail(new ConnectError(`expected CONNACK, got packet type ${header >> 4}`, 'error'));
         return;
       }
-      if (buf[start + 1] !== 0) {
-        fail(new Error(`CONNACK refused with return code ${buf[start + 1]}`));
+      const { code, info } = parseConnack(buf, start, length, protocol);
+      if (code !== 0) {
+        fail(new ConnectError(`CONNACK refused with ${protocol === 5 ? 'reason' : 'return'} code ${code}`, 'refused'));
         return;
       }
       settled = true;
       clearTimeout(timer);
-      socket.off('error', fail);
+      socket.off('error', onError);
       socket.off('close', onEarlyClose);
       framer.onFrame = onFrame;
+      opts.onConnack?.(info);
       resolve(socket);
     });
-    const onEarlyClose = (): void => fail(new Error(`connection to ${host}:${port} closed before CONNACK`));
+    const onEarlyClose = (): void => fail(new ConnectError(`connection to ${host}:${port} closed before CONNACK`, 'error'));
     socket.on('data', (chunk: Buffer) => {
       try {
         framer.push(chunk);
@@ -204,8 +277,8 @@ export function connectRaw(
         socket.destroy(err as Error);
       }
     });
-    socket.once('error', fail);
+    socket.once('error', onError);
     socket.once('close', onEarlyClose);
-    socket.once('connect', () => socket.write(encodeConnect(clientId)));
+    socket.once('connect', () => socket.write(encodeConnect(clientId, opts)));
   });
 }

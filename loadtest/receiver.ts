@@ -3,18 +3,23 @@
 // totals (a duplicate would otherwise hide a loss).
 import type * as net from 'node:net';
 import { LatencySummary, newHistogram, recordMs, summarize, Histogram } from './latency';
-import {
-  ackFrame,
-  connectRaw,
-  disconnect,
-  encodeSubscribe,
-  PACKET,
-  PAYLOAD_HEADER_BYTES,
-  PROBE_ID,
-} from './mqtt-wire';
+import { ackFrame, connectRaw, disconnect, encodeSubscribe, PACKET, PAYLOAD_HEADER_BYTES, PROBE_ID } from './mqtt-wire';
+import { sleep } from './procs';
 
 const ACK_BATCH = 256;
 const ACK_DELAY_MS = 2;
+const RECONNECT_EVERY_MS = 20;
+
+export interface GroupTally {
+  group: number;
+  expected: number;
+  distinct: number;
+  missing: number;
+  duplicates: number;
+  /** Wall-clock ms of the group's last new message; 0 if none. */
+  lastReceiveAt: number;
+  e2e: LatencySummary;
+}
 
 export interface BrokerTally {
   broker: string;
@@ -28,7 +33,11 @@ export interface BrokerTally {
   foreign: number;
   /** Wall-clock ms of the last new message; 0 if none. */
   lastReceiveAt: number;
+  /** Times the subscriber lost its broker and connected again (broker-outage). */
+  reconnects: number;
   e2e: LatencySummary;
+  /** Per publisher group (mixed: group = QoS); absent with a single group. */
+  groups?: GroupTally[];
 }
 
 export interface ReceiverOptions {
@@ -36,8 +45,16 @@ export interface ReceiverOptions {
   port: number;
   filter: string;
   devices: number;
+  /** Sequence numbers per publisher the bitmap has room for. */
   messages: number;
   clientId: string;
+  /** Publishers fall into `groups` groups by id modulo groups (mixed: 3, the QoS). Default 1. */
+  groups?: number;
+  /**
+   * Persistent session and reconnecting when the broker goes away, for an
+   * upstream that is killed on purpose; otherwise a lost connection is an error.
+   */
+  survive?: boolean;
 }
 
 export class Receiver {
@@ -47,8 +64,15 @@ export class Receiver {
   foreign = 0;
   lastReceiveAt = 0;
   probeSeen = false;
+  reconnects = 0;
+  /** Wall-clock arrival of the first message sent at or after watchFrom (see watchSentAfter); 0 if none yet. */
+  firstAfterAt = 0;
   readonly hist: Histogram = newHistogram();
-  readonly expected: number;
+  private readonly groupCount: number;
+  private readonly groupDistinct: number[];
+  private readonly groupDuplicates: number[];
+  private readonly groupLast: number[];
+  private readonly groupHists: Histogram[];
   private readonly seen: Uint8Array;
   private socket: net.Socket | null = null;
   private pendingAcks: number[] = [];
@@ -56,41 +80,74 @@ export class Receiver {
   private ackTimer: NodeJS.Timeout | null = null;
   private onSuback: ((ok: boolean) => void) | null = null;
   private closing = false;
+  private watchFrom = Infinity;
   error: string | null = null;
 
   private constructor(readonly opts: ReceiverOptions) {
-    this.expected = opts.devices * opts.messages;
-    this.seen = new Uint8Array(Math.ceil(this.expected / 8));
+    this.seen = new Uint8Array(Math.ceil((opts.devices * opts.messages) / 8));
+    this.groupCount = opts.groups ?? 1;
+    this.groupDistinct = new Array<number>(this.groupCount).fill(0);
+    this.groupDuplicates = new Array<number>(this.groupCount).fill(0);
+    this.groupLast = new Array<number>(this.groupCount).fill(0);
+    this.groupHists = this.groupCount > 1 ? Array.from({ length: this.groupCount }, newHistogram) : [];
   }
 
   /** Connects and resolves once the subscription is acknowledged. */
   static async connect(opts: ReceiverOptions): Promise<Receiver> {
     const r = new Receiver(opts);
-    const socket = await connectRaw('127.0.0.1', opts.port, opts.clientId, (h, b, s, l) => r.onFrame(h, b, s, l));
-    r.socket = socket;
+    await r.open();
+    return r;
+  }
+
+  private async open(): Promise<void> {
+    const { opts } = this;
+    const socket = await connectRaw('127.0.0.1', opts.port, opts.clientId, (h, b, s, l) => this.onFrame(h, b, s, l), { clean: !opts.survive });
+    this.socket = socket;
+    // Acks owed to an earlier connection mean nothing to this one.
+    this.pendingAcks = [];
+    this.pendingRel = [];
     // Registered after connectRaw's own 'data' listener, so it runs once the chunk is framed.
-    socket.on('data', () => r.scheduleAcks());
-    socket.on('error', (err) => (r.error ??= err.message));
+    socket.on('data', () => this.scheduleAcks());
+    socket.on('error', (err) => {
+      if (!opts.survive) this.error ??= err.message;
+    });
     socket.on('close', () => {
-      if (!r.closing) r.error ??= `connection to ${opts.broker} closed`;
+      if (this.closing || this.socket !== socket) return;
+      if (opts.survive) void this.reconnect();
+      else this.error ??= `connection to ${opts.broker} closed`;
     });
     const ok = await new Promise<boolean>((resolve) => {
       const timer = setTimeout(() => resolve(false), 10_000);
-      r.onSuback = (granted) => {
+      this.onSuback = (granted) => {
         clearTimeout(timer);
         resolve(granted);
       };
+      // Also after a reconnect: a broker that lost the session still gets the subscription back.
       socket.write(encodeSubscribe(opts.filter, 1));
     });
     if (!ok) {
       socket.destroy();
       throw new Error(`subscription to ${opts.filter} on ${opts.broker} failed`);
     }
-    return r;
   }
 
-  get complete(): boolean {
-    return this.distinct === this.expected;
+  private async reconnect(): Promise<void> {
+    this.socket = null;
+    while (!this.closing) {
+      try {
+        await this.open();
+        this.reconnects++;
+        return;
+      } catch {
+        await sleep(RECONNECT_EVERY_MS);
+      }
+    }
+  }
+
+  /** From now on, note when the first message sent at or after `wallMs` arrives (firstAfterAt). */
+  watchSentAfter(wallMs: number): void {
+    this.watchFrom = wallMs;
+    this.firstAfterAt = 0;
   }
 
   private onFrame(header: number, buf: Buffer, start: number, length: number): void {
@@ -124,18 +181,25 @@ export class Receiver {
       return;
     }
     this.received++;
+    const group = pub % this.groupCount;
     const bit = pub * this.opts.messages + seq;
     const byte = bit >>> 3;
     const mask = 1 << (bit & 7);
     if (this.seen[byte] & mask) {
       this.duplicates++;
+      this.groupDuplicates[group]++;
       return;
     }
     this.seen[byte] |= mask;
     this.distinct++;
+    this.groupDistinct[group]++;
     const now = performance.timeOrigin + performance.now();
     this.lastReceiveAt = now;
-    recordMs(this.hist, now - buf.readDoubleBE(p + 8));
+    this.groupLast[group] = now;
+    const sentAt = buf.readDoubleBE(p + 8);
+    if (sentAt >= this.watchFrom && this.firstAfterAt === 0) this.firstAfterAt = now;
+    recordMs(this.hist, now - sentAt);
+    if (this.groupCount > 1) recordMs(this.groupHists[group], now - sentAt);
   }
 
   /**
@@ -164,18 +228,38 @@ export class Receiver {
     this.socket.write(out);
   }
 
-  tally(): BrokerTally {
-    return {
+  /** `expected` per group: messages the publishers sent (or were to send). */
+  tally(expected: number[]): BrokerTally {
+    const total = expected.reduce((a, b) => a + b, 0);
+    const t: BrokerTally = {
       broker: this.opts.broker,
-      expected: this.expected,
+      expected: total,
       received: this.received,
       distinct: this.distinct,
-      missing: this.expected - this.distinct,
+      missing: total - this.distinct,
       duplicates: this.duplicates,
       foreign: this.foreign,
       lastReceiveAt: this.lastReceiveAt,
+      reconnects: this.reconnects,
       e2e: summarize(this.hist),
     };
+    if (this.groupCount > 1) {
+      t.groups = this.groupHists.map((h, g) => ({
+        group: g,
+        expected: expected[g] ?? 0,
+        distinct: this.groupDistinct[g],
+        missing: (expected[g] ?? 0) - this.groupDistinct[g],
+        duplicates: this.groupDuplicates[g],
+        lastReceiveAt: this.groupLast[g],
+        e2e: summarize(h),
+      }));
+    }
+    return t;
+  }
+
+  destroy(): void {
+    this.hist.destroy();
+    for (const h of this.groupHists) h.destroy();
   }
 
   async close(): Promise<void> {

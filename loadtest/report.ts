@@ -1,63 +1,47 @@
-// Output: one aligned plain-text table (per run, then medians and the
-// fanout/mosquitto ratio), an optional JSON file with every raw figure, and a
-// single self-overwriting progress line when a human is watching stderr.
-import * as fs from 'node:fs';
-import type { Qos } from './mqtt-wire';
-import type { Options } from './options';
+// Report of the uplink scenario (and the shared part of mixed and
+// broker-outage): per run, then medians over rounds and the fanout/mosquitto
+// ratio, in three tables: throughput and loss, latency, resources.
+import {
+  int,
+  latencyCells,
+  latencyHead,
+  machineLine,
+  median,
+  medianLatency,
+  medianResources,
+
+  perBroker,
+  RESOURCE_LEGEND,
+  resourceCells,
+  resourceHead,
+  table,
+} from './format';
+import type { LatencySummary } from './latency';
+import type { RunRecord } from './output';
+import type { ResourceReport } from './proc-usage';
 import type { TargetKind } from './targets';
-import type { Progress, ScenarioResult } from './uplink';
+import type { ScenarioResult } from './uplink';
 
-export interface RunRecord {
-  round: number;
+export interface UplinkSummary {
   target: TargetKind;
-  qos: Qos;
-  /** Set when the run could not be measured (target failed to start, probe timed out, ...). */
-  error: string | null;
-  result: ScenarioResult | null;
-  notes: string[];
-}
-
-interface Summary {
-  target: TargetKind;
-  qos: Qos;
+  qos: number | null;
+  shards: number | null;
   runs: number;
   failed: number;
   msgPerSec: number;
   deliveredPerSec: number;
-  ackP50Ms: number;
-  ackP99Ms: number;
-  e2eP50Ms: number;
-  e2eP99Ms: number;
+  ack: LatencySummary | null;
+  e2e: LatencySummary | null;
+  resources: ResourceReport | null;
   missing: Record<string, number>;
   duplicates: Record<string, number>;
 }
 
-function median(xs: number[]): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-}
+const qosCell = (q: number | null): string => (q === null ? 'mix' : String(q));
+const shardCell = (s: number | null): string => (s === null ? '-' : String(s));
 
-const int = (n: number): string => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '-');
-const ms = (n: number): string => (Number.isFinite(n) ? n.toFixed(2) : '-');
-const perBroker = (m: Record<string, number>): string =>
-  Object.entries(m)
-    .map(([b, n]) => `${b}=${int(n)}`)
-    .join(' ') || '-';
-
-function table(head: string[], rows: string[][], leftCols: number): string {
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]): string =>
-    cells
-      .map((c, i) => (i < leftCols ? c.padEnd(widths[i]) : c.padStart(widths[i])))
-      .join('  ')
-      .trimEnd();
-  return [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
-}
-
-export function summarize(records: RunRecord[]): Summary[] {
-  const out: Summary[] = [];
+export function summarize(records: RunRecord<ScenarioResult>[]): UplinkSummary[] {
+  const out: UplinkSummary[] = [];
   const keys = [...new Set(records.map((r) => `${r.target}|${r.qos}`))];
   for (const key of keys) {
     const group = records.filter((r) => `${r.target}|${r.qos}` === key);
@@ -69,14 +53,14 @@ export function summarize(records: RunRecord[]): Summary[] {
     out.push({
       target: group[0].target,
       qos,
+      shards: group[0].shards,
       runs: group.length,
       failed: group.length - ok.length,
       msgPerSec: median(ok.map((r) => r.msgPerSec)),
       deliveredPerSec: median(ok.map((r) => r.deliveredPerSec)),
-      ackP50Ms: qos > 0 ? median(ok.map((r) => r.publisher.ack.p50Ms)) : NaN,
-      ackP99Ms: qos > 0 ? median(ok.map((r) => r.publisher.ack.p99Ms)) : NaN,
-      e2eP50Ms: median(ok.map((r) => r.e2e.p50Ms)),
-      e2eP99Ms: median(ok.map((r) => r.e2e.p99Ms)),
+      ack: qos !== 0 ? medianLatency(ok.map((r) => r.publisher.ack)) : null,
+      e2e: medianLatency(ok.map((r) => r.e2e)),
+      resources: medianResources(ok.map((r) => r.resources)),
       missing: byBroker('missing'),
       duplicates: byBroker('duplicates'),
     });
@@ -85,106 +69,100 @@ export function summarize(records: RunRecord[]): Summary[] {
 }
 
 /** fanout over mosquitto per QoS, from the medians (`qos1` for msg/s, `qos1 deliv` for deliv/s). */
-export function ratios(summaries: Summary[]): Record<string, number> {
+export function ratios(summaries: UplinkSummary[]): Record<string, number> {
   const out: Record<string, number> = {};
   for (const s of summaries.filter((x) => x.target === 'fanout')) {
     const base = summaries.find((x) => x.target === 'mosquitto' && x.qos === s.qos);
-    if (base && base.msgPerSec > 0) out[`qos${s.qos}`] = s.msgPerSec / base.msgPerSec;
-    if (base && base.deliveredPerSec > 0) out[`qos${s.qos} deliv`] = s.deliveredPerSec / base.deliveredPerSec;
+    const key = `qos${qosCell(s.qos)}`;
+    if (base && base.msgPerSec > 0) out[key] = s.msgPerSec / base.msgPerSec;
+    if (base && base.deliveredPerSec > 0) out[`${key} deliv`] = s.deliveredPerSec / base.deliveredPerSec;
   }
   return out;
 }
 
-export function renderReport(records: RunRecord[]): string {
-  const head = ['round', 'target', 'qos', 'msg/s', 'deliv/s', 'ack p50', 'ack p99', 'e2e p50', 'e2e p99', 'missing', 'duplicates', 'end'];
-  const rows = records.map((r) => {
+function ratioLines(rat: Record<string, number>): string[] {
+  if (Object.keys(rat).length === 0) return [];
+  const line = (deliv: boolean): string =>
+    Object.entries(rat)
+      .filter(([k]) => k.endsWith(' deliv') === deliv)
+      .map(([k, v]) => `${k.split(' ')[0]} ${v.toFixed(2)}x`)
+      .join(', ');
+  return ['', `fanout/mosquitto msg/s:   ${line(false)}`, `fanout/mosquitto deliv/s: ${line(true)}`];
+}
+
+/** Per-run problems worth a line: errors, device errors, unacked or refused publishes, exit notes. */
+export function problems(records: RunRecord<ScenarioResult>[]): string[] {
+  return records.flatMap((r) => {
+    const tag = `round ${r.round} ${r.target}${r.qos === null ? '' : ` qos${r.qos}`}`;
+    const lines = r.error ? [`${tag}: ${r.error}`] : [];
     const x = r.result;
-    if (!x) return [String(r.round), r.target, String(r.qos), '-', '-', '-', '-', '-', '-', '-', '-', 'FAILED'];
-    const ackOk = r.qos > 0 && x.publisher.ack.count > 0;
+    if (x && x.publisher.errors.length) lines.push(`${tag}: ${x.publisher.errors.length} device error(s), first: ${x.publisher.errors[0]}`);
+    if (x && x.publisher.unexpectedAcks) lines.push(`${tag}: ${x.publisher.unexpectedAcks} unexpected acks`);
+    if (x && x.publisher.refused) lines.push(`${tag}: ${int(x.publisher.refused)} publishes refused (MQTT 5 reason code >= 0x80)`);
+    const ackable = x ? x.publisher.byQos.filter((q) => q.qos > 0).reduce((n, q) => n + q.sent, 0) : 0;
+    const acked = x ? x.publisher.acked + x.publisher.refused : 0;
+    if (x && acked < ackable) lines.push(`${tag}: only ${int(acked)} of ${int(ackable)} QoS 1/2 publishes acked`);
+    if (x && x.publisher.expected > x.publisher.sent) lines.push(`${tag}: only ${int(x.publisher.sent)} of ${int(x.publisher.expected)} sent`);
+    return [...lines, ...r.notes.map((n) => `${tag}: ${n}`)];
+  });
+}
+
+export function renderReport(records: RunRecord<ScenarioResult>[]): string {
+  const key = (r: RunRecord<ScenarioResult>): string[] => [String(r.round), r.target, qosCell(r.qos)];
+  const runHead = ['round', 'target', 'qos', 'shards', 'msg/s', 'deliv/s', 'missing', 'duplicates', 'end'];
+  const runRows = records.map((r) => {
+    const x = r.result;
+    if (!x) return [...key(r), shardCell(r.shards), '-', '-', '-', '-', 'FAILED'];
     return [
-      String(r.round),
-      r.target,
-      String(r.qos),
+      ...key(r),
+      shardCell(r.shards),
       int(x.msgPerSec),
       int(x.deliveredPerSec),
-      ackOk ? ms(x.publisher.ack.p50Ms) : '-',
-      ackOk ? ms(x.publisher.ack.p99Ms) : '-',
-      ms(x.e2e.p50Ms),
-      ms(x.e2e.p99Ms),
       perBroker(Object.fromEntries(x.brokers.map((b) => [b.broker, b.missing]))),
       perBroker(Object.fromEntries(x.brokers.map((b) => [b.broker, b.duplicates]))),
       x.endedBy,
     ];
   });
+  const latHead = ['round', 'target', 'qos', ...latencyHead('ack'), ...latencyHead('e2e')];
+  const latRows = records.map((r) => [...key(r), ...latencyCells(r.qos !== 0 ? r.result?.publisher.ack : null), ...latencyCells(r.result?.e2e)]);
+  const resHead = ['round', 'target', 'qos', ...resourceHead('msg')];
+  const resRows = records.map((r) => [...key(r), ...resourceCells(r.result?.resources)]);
+
   const sums = summarize(records);
-  const medHead = ['target', 'qos', 'runs', 'msg/s', 'deliv/s', 'ack p50', 'ack p99', 'e2e p50', 'e2e p99', 'missing', 'duplicates'];
+  const sumKey = (s: UplinkSummary): string[] => [s.target, qosCell(s.qos), s.failed ? `${s.runs - s.failed}/${s.runs}` : String(s.runs)];
+  const medHead = ['target', 'qos', 'runs', 'shards', 'msg/s', 'deliv/s', ...resourceHead('msg'), 'missing', 'duplicates'];
   const medRows = sums.map((s) => [
-    s.target,
-    String(s.qos),
-    s.failed ? `${s.runs - s.failed}/${s.runs}` : String(s.runs),
+    ...sumKey(s),
+    shardCell(s.shards),
     int(s.msgPerSec),
     int(s.deliveredPerSec),
-    ms(s.ackP50Ms),
-    ms(s.ackP99Ms),
-    ms(s.e2eP50Ms),
-    ms(s.e2eP99Ms),
+    ...resourceCells(s.resources),
     perBroker(s.missing),
     perBroker(s.duplicates),
   ]);
+  const medLatHead = ['target', 'qos', 'runs', ...latencyHead('ack'), ...latencyHead('e2e')];
+  const medLatRows = sums.map((s) => [...sumKey(s), ...latencyCells(s.ack), ...latencyCells(s.e2e)]);
   const parts = [
-    'Runs. msg/s: QoS 1/2 device acks / first send..last ack; QoS 0 = deliv/s.',
-    '      deliv/s: slowest broker\'s deliveries / first send..its last delivery. Latencies in ms.',
-    table(head, rows, 3),
+    machineLine(records.map((r) => r.shards)),
+    '',
+    'Runs. msg/s: QoS 1/2 device acks / first send..last ack; QoS 0 (and mixed) = deliv/s.',
+    "      deliv/s: slowest broker's deliveries / first send..its last delivery.",
+    table(runHead, runRows, 3),
+    '',
+    'Latency, ms. ack: publish to PUBACK/PUBCOMP at the device; e2e: publish to arrival at an upstream subscriber.',
+    table(latHead, latRows, 3),
+    '',
+    'Resources. ' + RESOURCE_LEGEND('msg', 'first publish..last delivery, per device message delivered'),
+    table(resHead, resRows, 3),
     '',
     'Medians over rounds',
-    table(medHead, medRows, 2),
+    table(medHead, medRows, 3),
+    '',
+    table(medLatHead, medLatRows, 3),
+    ...ratioLines(ratios(sums)),
   ];
-  const rat = ratios(sums);
-  const ratioLine = (deliv: boolean): string =>
-    Object.entries(rat)
-      .filter(([k]) => k.endsWith(' deliv') === deliv)
-      .map(([k, v]) => `${k.split(' ')[0]} ${v.toFixed(2)}x`)
-      .join(', ');
-  if (Object.keys(rat).length > 0) {
-    parts.push('', `fanout/mosquitto msg/s:   ${ratioLine(false)}`, `fanout/mosquitto deliv/s: ${ratioLine(true)}`);
-  }
-  const problems = records.flatMap((r) => {
-    const tag = `round ${r.round} ${r.target} qos${r.qos}`;
-    const lines = r.error ? [`${tag}: ${r.error}`] : [];
-    const x = r.result;
-    if (x && x.publisher.errors.length) lines.push(`${tag}: ${x.publisher.errors.length} device error(s), first: ${x.publisher.errors[0]}`);
-    if (x && x.publisher.unexpectedAcks) lines.push(`${tag}: ${x.publisher.unexpectedAcks} unexpected acks`);
-    if (x && r.qos > 0 && x.publisher.acked < x.publisher.expected) lines.push(`${tag}: only ${int(x.publisher.acked)} of ${int(x.publisher.expected)} acked`);
-    return [...lines, ...r.notes.map((n) => `${tag}: ${n}`)];
-  });
-  if (problems.length) parts.push('', 'Notes', ...problems);
+  const notes = problems(records);
+  if (notes.length) parts.push('', 'Notes', ...notes);
   return parts.join('\n') + '\n';
 }
 
-export function writeJson(file: string, opts: Options, records: RunRecord[], startedAt: Date): void {
-  const sums = summarize(records);
-  const doc = { startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), options: opts, runs: records, medians: sums, ratios: ratios(sums) };
-  // NaN is not JSON; null says "no figure" without breaking parsers.
-  fs.writeFileSync(file, JSON.stringify(doc, (_k, v: unknown) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2) + '\n');
-}
-
-/** A single stderr line rewritten in place; silent unless stderr is a terminal. */
-export class ProgressLine {
-  private readonly enabled = process.stderr.isTTY === true;
-  private last = 0;
-
-  update(label: string, p: Progress): void {
-    if (!this.enabled || Date.now() - this.last < 200) return;
-    this.last = Date.now();
-    const recv = p.received.map((n, i) => `b${i + 1} ${int(n)}`).join(' ');
-    this.write(`${label} ${p.elapsedS.toFixed(1)}s sent ${int(p.sent)} acked ${int(p.acked)} recv ${recv}`);
-  }
-
-  write(text: string): void {
-    if (this.enabled) process.stderr.write(`\r\x1b[K${text.slice(0, (process.stderr.columns || 120) - 1)}`);
-  }
-
-  clear(): void {
-    if (this.enabled) process.stderr.write('\r\x1b[K');
-  }
-}

@@ -1,9 +1,11 @@
 // The two systems under comparison, each with its own pair of upstream
 // brokers, started fresh for every run so no state (queues, sessions, heap)
 // carries from one measurement into the next.
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { bridgeConf, upstreamConf, UpstreamRef, writeConf } from './mosquitto-conf';
 import type { Qos } from './mqtt-wire';
+import type { WatchedProc } from './proc-usage';
 import {
   allocatePort,
   describeExit,
@@ -11,6 +13,7 @@ import {
   makeTempDir,
   Managed,
   removeTempDir,
+  sleep,
   startDaemon,
   startMosquitto,
 } from './procs';
@@ -19,11 +22,19 @@ export type TargetKind = 'fanout' | 'mosquitto';
 
 export interface TargetOptions {
   upstreams: number;
+  /** QoS the bridge forwards at (`topic # out Q`); mixed runs need 2. */
   qos: Qos;
+  /** FANOUT_SHARDS of the daemon. */
   shards: number;
   daemonLogLevel: string;
   /** Keep the temp dir (configs and logs) after the run. */
   keepLogs: boolean;
+  /**
+   * Upstream that will be killed and restarted (broker-outage). It persists
+   * sessions to a snapshot (see snapshotUpstream) and the bridge keeps its
+   * queues across reconnects; null for every other scenario.
+   */
+  recoverable?: string | null;
 }
 
 export interface Target {
@@ -31,6 +42,10 @@ export interface Target {
   devicePort: number;
   upstreams: UpstreamRef[];
   dir: string;
+  /** FANOUT_SHARDS of the daemon; null for the bridge. */
+  shards: number | null;
+  /** The front process (daemon or bridge) and the upstreams, for CPU and RSS figures. */
+  watched(): WatchedProc[];
   /**
    * Stops every process; returns notes on anything that did not exit cleanly.
    * The temp dir (configs, logs) survives when `keep` is set or a note was made.
@@ -42,6 +57,12 @@ export interface Target {
    * killing brokers by name looks exactly like message loss otherwise).
    */
   casualties(): string[];
+  /** Makes the recoverable upstream write its sessions to disk (SIGUSR1) and waits for the file. */
+  snapshotUpstream(name: string): Promise<void>;
+  /** SIGKILLs an upstream; resolves once it is gone. */
+  killUpstream(name: string): Promise<void>;
+  /** Starts a killed upstream again on the same port and config; resolves with its pid once it listens. */
+  restartUpstream(name: string): Promise<number>;
 }
 
 export function daemonEntry(): string {
@@ -49,20 +70,26 @@ export function daemonEntry(): string {
   return path.resolve(__dirname, '..', 'src', 'cli.js');
 }
 
-async function startUpstreams(count: number, dir: string, procs: Managed[]): Promise<UpstreamRef[]> {
-  const refs: UpstreamRef[] = [];
-  for (let i = 1; i <= count; i++) {
-    const ref = { name: `b${i}`, port: await allocatePort() };
-    const conf = writeConf(dir, `upstream-${ref.name}`, upstreamConf(ref.port));
-    procs.push(await startMosquitto(`upstream-${ref.name}`, conf, ref.port, dir));
-    refs.push(ref);
-  }
-  return refs;
+interface UpstreamProc {
+  ref: UpstreamRef;
+  conf: string;
+  /** Snapshot file of a recoverable upstream. */
+  dbFile: string | null;
+}
+
+function persistDir(dir: string): string {
+  // A mosquitto started as root drops to the `mosquitto` user, which must reach and write this dir.
+  const p = path.join(dir, 'persist');
+  fs.mkdirSync(p, { mode: 0o777 });
+  fs.chmodSync(p, 0o777);
+  fs.chmodSync(dir, 0o711);
+  return p;
 }
 
 export async function startTarget(kind: TargetKind, opts: TargetOptions): Promise<Target> {
   const dir = makeTempDir(`loadtest-${kind}`);
   const procs: Managed[] = [];
+  const ups = new Map<string, UpstreamProc>();
   // The front process (daemon or bridge) stops first so it cannot log upstream disconnects as failures.
   const stop = async (keep = false): Promise<string[]> => {
     const notes: string[] = [];
@@ -79,8 +106,22 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
     }
     return notes;
   };
+  const find = (name: string): { up: UpstreamProc; proc: Managed | undefined } => {
+    const up = ups.get(name);
+    if (!up) throw new Error(`no upstream ${name}`);
+    return { up, proc: procs.find((p) => p.name === `upstream-${name}`) };
+  };
   try {
-    const upstreams = await startUpstreams(opts.upstreams, dir, procs);
+    const recoverable = opts.recoverable ?? null;
+    const upstreams: UpstreamRef[] = [];
+    for (let i = 1; i <= opts.upstreams; i++) {
+      const ref = { name: `b${i}`, port: await allocatePort() };
+      const persist = ref.name === recoverable ? { dir: persistDir(dir), file: `${ref.name}.db` } : null;
+      const conf = writeConf(dir, `upstream-${ref.name}`, upstreamConf(ref.port, persist));
+      procs.push(await startMosquitto(`upstream-${ref.name}`, conf, ref.port, dir));
+      ups.set(ref.name, { ref, conf, dbFile: persist ? path.join(persist.dir, persist.file) : null });
+      upstreams.push(ref);
+    }
     const devicePort = await allocatePort();
     if (kind === 'fanout') {
       procs.push(
@@ -94,12 +135,55 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
         }),
       );
     } else {
-      const conf = writeConf(dir, 'bridge', bridgeConf(devicePort, upstreams, opts.qos));
+      const conf = writeConf(dir, 'bridge', bridgeConf(devicePort, upstreams, opts.qos, recoverable !== null));
       procs.push(await startMosquitto('bridge', conf, devicePort, dir));
     }
+    const front = procs[procs.length - 1];
+    const watched = (): WatchedProc[] =>
+      procs.flatMap((p) => (p.child.pid === undefined ? [] : [{ name: p.name, role: p === front ? ('target' as const) : ('upstream' as const), pid: p.child.pid }]));
     const casualties = (): string[] =>
       procs.flatMap((p) => (p.exitInfo ? [`${p.name} exited during the run (${describeExit(p.exitInfo)}); log ${p.logPath}`] : []));
-    return { kind, devicePort, upstreams, dir, stop, casualties };
+    const snapshotUpstream = async (name: string): Promise<void> => {
+      const { up, proc } = find(name);
+      if (!up.dbFile || !proc?.child.pid) throw new Error(`upstream ${name} is not recoverable or not running`);
+      const before = fs.existsSync(up.dbFile) ? fs.statSync(up.dbFile).mtimeMs : -1;
+      process.kill(proc.child.pid, 'SIGUSR1');
+      // mosquitto writes <file>.new and renames it, so an existing file is a complete one.
+      const deadline = Date.now() + 5000;
+      while (!fs.existsSync(up.dbFile) || fs.statSync(up.dbFile).mtimeMs === before) {
+        if (Date.now() > deadline) throw new Error(`upstream ${name} wrote no snapshot to ${up.dbFile} within 5 s`);
+        await sleep(20);
+      }
+    };
+    const killUpstream = async (name: string): Promise<void> => {
+      const { proc } = find(name);
+      if (!proc) throw new Error(`upstream ${name} is not running`);
+      // Out of the registry first: an intended death is no casualty and needs no exit note.
+      procs.splice(procs.indexOf(proc), 1);
+      proc.child.kill('SIGKILL');
+      await proc.exited;
+    };
+    const restartUpstream = async (name: string): Promise<number> => {
+      const { up, proc } = find(name);
+      if (proc) throw new Error(`upstream ${name} is still running`);
+      const started = await startMosquitto(`upstream-${name}`, up.conf, up.ref.port, dir);
+      // Upstreams stay ahead of the front process so stop() still stops the front first.
+      procs.splice(procs.indexOf(front), 0, started);
+      return started.child.pid ?? 0;
+    };
+    return {
+      kind,
+      devicePort,
+      upstreams,
+      dir,
+      shards: kind === 'fanout' ? opts.shards : null,
+      watched,
+      stop,
+      casualties,
+      snapshotUpstream,
+      killUpstream,
+      restartUpstream,
+    };
   } catch (err) {
     const notes = await stop(true);
     throw new Error(`${(err as Error).message}\n${notes.join('\n')}`, { cause: err });

@@ -1,25 +1,38 @@
 // Scenario "uplink": devices publish, every upstream broker must receive
-// everything. Other scenarios (downlink, connect-storm, idle, broker-outage)
-// are meant to sit beside this file with the same shape: take a started
-// Target and a job, return a ScenarioResult.
-import { LatencySummary, newHistogram, summarize } from './latency';
-import { connectRaw, filterFor, PROBE_ID, publishLayout, Qos, topicFor } from './mqtt-wire';
-import { PublisherPool, PublisherResult } from './publisher';
+// everything. "mixed" (QoS 0/1/2 devices at once) and "broker-outage" (an
+// upstream killed mid-stream) are this same stream with other settings and
+// hooks; connect-storm and idle sit beside it with the same shape: take a
+// started Target and a job, return a result.
+import { LatencySummary, mergeEncoded, newHistogram, summarize } from './latency';
+import { connectRaw, filterFor, PROBE_ID, ProtocolLevel, publishLayout, Qos, topicFor } from './mqtt-wire';
+import { PublisherPool, PublisherResult, QosMode } from './publisher';
+import { ResourceReport, resourceReport, UsageMeter } from './proc-usage';
 import { BrokerTally, Receiver } from './receiver';
 import { sleep } from './procs';
 import type { Target } from './targets';
 
 export interface UplinkJob {
   devices: number;
+  /** Per device; the bitmap capacity when durationS bounds the run instead. */
   messages: number;
   payload: number;
-  qos: Qos;
+  qos: QosMode;
   inflight: number;
   threads: number;
   topicPattern: string;
   idleTimeoutS: number;
   /** Distinguishes client ids between runs against long-lived brokers. */
   runTag: string;
+  protocol?: ProtocolLevel;
+  keepalive?: number;
+  /** Total msg/s, paced per device; 0 = as fast as the window allows. */
+  rate?: number;
+  /** Unpaced time-bound run: devices stop sending after this many seconds. 0 = send `messages`. */
+  durationS?: number;
+  /** Connections per second while connecting the devices; 0 = as fast as possible. */
+  ramp?: number;
+  /** Handshakes in flight while connecting the devices. */
+  concurrency?: number;
 }
 
 export interface Progress {
@@ -27,6 +40,37 @@ export interface Progress {
   sent: number;
   acked: number;
   received: number[];
+}
+
+/** A run in progress, for hooks that act on it (broker-outage). */
+export interface RunningUplink {
+  target: Target;
+  receivers: Receiver[];
+  meter: UsageMeter | null;
+  /** Wall-clock ms when the devices were told to start. */
+  startedAt: number;
+}
+
+export interface UplinkHooks {
+  onProgress?: (p: Progress) => void;
+  /** Upstreams whose subscriber keeps a persistent session and reconnects (they will be killed). */
+  survivors?: string[];
+  /** After the probe proved the path, before the devices connect. */
+  beforeStart?: (run: RunningUplink) => Promise<void>;
+  /** Runs beside the stream from its start; the run does not end before it resolves. */
+  during?: (run: RunningUplink) => Promise<void>;
+}
+
+export interface QosBreakdown {
+  qos: Qos;
+  devices: number;
+  msgPerSec: number;
+  deliveredPerSec: number;
+  sent: number;
+  acked: number;
+  ack: LatencySummary;
+  e2e: LatencySummary;
+  brokers: { broker: string; expected: number; distinct: number; missing: number; duplicates: number }[];
 }
 
 export interface ScenarioResult {
@@ -45,6 +89,10 @@ export interface ScenarioResult {
   brokers: BrokerTally[];
   /** End-to-end latency over every broker's deliveries. */
   e2e: LatencySummary;
+  /** CPU per device message delivered (mean distinct over upstreams) and peak RSS, from first publish to the end. */
+  resources: ResourceReport;
+  /** Per QoS, when devices published at different QoS (mixed). */
+  byQos?: QosBreakdown[];
 }
 
 /**
@@ -72,9 +120,13 @@ async function probe(target: Target, job: UplinkJob, receivers: Receiver[], time
   }
 }
 
-export async function runUplink(target: Target, job: UplinkJob, onProgress?: (p: Progress) => void): Promise<ScenarioResult> {
+export async function runUplink(target: Target, job: UplinkJob, hooks: UplinkHooks | ((p: Progress) => void) = {}): Promise<ScenarioResult> {
+  const h: UplinkHooks = typeof hooks === 'function' ? { onProgress: hooks } : hooks;
+  const groups = job.qos === 'mixed' ? 3 : 1;
+  const timeBound = (job.durationS ?? 0) > 0;
   const receivers: Receiver[] = [];
   let pool: PublisherPool | null = null;
+  let meter: UsageMeter | null = null;
   try {
     for (const up of target.upstreams) {
       receivers.push(
@@ -85,10 +137,14 @@ export async function runUplink(target: Target, job: UplinkJob, onProgress?: (p:
           devices: job.devices,
           messages: job.messages,
           clientId: `${job.runTag}recv-${up.name}`,
+          groups,
+          survive: h.survivors?.includes(up.name) ?? false,
         }),
       );
     }
     await probe(target, job, receivers);
+    const running: RunningUplink = { target, receivers, meter: null, startedAt: 0 };
+    await h.beforeStart?.(running);
     pool = await PublisherPool.connect({
       host: '127.0.0.1',
       port: target.devicePort,
@@ -100,26 +156,45 @@ export async function runUplink(target: Target, job: UplinkJob, onProgress?: (p:
       topicPattern: job.topicPattern,
       threads: job.threads,
       clientPrefix: `${job.runTag}dev-`,
+      protocol: job.protocol ?? 4,
+      keepalive: job.keepalive ?? 0,
+      rate: job.rate ?? 0,
+      durationMs: (job.durationS ?? 0) * 1000,
+      ramp: job.ramp ?? 0,
+      concurrency: job.concurrency ?? 128,
     });
+    meter = running.meter = new UsageMeter(target.watched()).start();
     const started = Date.now();
+    running.startedAt = performance.timeOrigin + performance.now();
     pool.begin();
+    let duringDone = h.during === undefined;
+    let duringError: unknown = null;
+    h.during?.(running).then(
+      () => (duringDone = true),
+      (err: unknown) => {
+        duringError = err ?? new Error('broker-outage hook failed');
+        duringDone = true;
+      },
+    );
+    const expectedTotal = (): number => (timeBound ? (pool?.allDone ? pool.finalSent : Infinity) : job.devices * job.messages);
     let endedBy: ScenarioResult['endedBy'] = 'complete';
     let lastTotal = -1;
     let lastProgressAt = Date.now();
     for (;;) {
       await sleep(100);
+      if (duringError) throw duringError;
       const total = pool.sent + pool.acked + receivers.reduce((n, r) => n + r.received + r.foreign, 0);
       if (total !== lastTotal) {
         lastTotal = total;
         lastProgressAt = Date.now();
       }
-      onProgress?.({
+      h.onProgress?.({
         elapsedS: (Date.now() - started) / 1000,
         sent: pool.sent,
         acked: pool.acked,
         received: receivers.map((r) => r.distinct),
       });
-      if (pool.allDone && receivers.every((r) => r.complete)) break;
+      if (duringDone && pool.allDone && receivers.every((r) => r.distinct >= expectedTotal())) break;
       const dead = target.casualties();
       if (dead.length) throw new Error(dead.join('; '));
       const broken = receivers.find((r) => r.error !== null);
@@ -128,26 +203,71 @@ export async function runUplink(target: Target, job: UplinkJob, onProgress?: (p:
         await sleep(300);
         throw new Error([`receiver ${broken.opts.broker}: ${broken.error}`, ...target.casualties()].join('; '));
       }
-      if (Date.now() - lastProgressAt > job.idleTimeoutS * 1000) {
+      if (duringDone && Date.now() - lastProgressAt > job.idleTimeoutS * 1000) {
         endedBy = 'idle-timeout';
         break;
       }
     }
+    const procs = meter.stop();
+    const windowS = (Date.now() - started) / 1000;
+    meter = null;
     const publisher = await pool.close();
     pool = null;
-    const brokers = receivers.map((r) => r.tally());
+    const expectedFor = (qos: Qos): number => {
+      const q = publisher.byQos.find((x) => x.qos === qos);
+      if (!q) return 0;
+      return timeBound ? q.sent : q.devices * job.messages;
+    };
+    const expected = groups === 3 ? [expectedFor(0), expectedFor(1), expectedFor(2)] : [publisher.expected];
+    const brokers = receivers.map((r) => r.tally(expected));
     const e2eHist = newHistogram();
     for (const r of receivers) e2eHist.add(r.hist);
     const e2e = summarize(e2eHist);
     e2eHist.destroy();
-    const { msgPerSec, durationMs } = throughput(job.qos, publisher, brokers);
-    const deliveredPerSec = throughput(0, publisher, brokers).msgPerSec;
-    return { msgPerSec, deliveredPerSec, endedBy, durationMs, publisher, brokers, e2e };
+    const deliveredPerSec = throughput(0, 0, publisher.firstSendAt, 0, brokers).msgPerSec;
+    // A mixed run's headline is everything delivered, whatever its QoS.
+    const { msgPerSec, durationMs } =
+      job.qos === 'mixed'
+        ? throughput(0, 0, publisher.firstSendAt, 0, brokers)
+        : throughput(job.qos, publisher.acked, publisher.firstSendAt, publisher.lastAckAt, brokers);
+    const delivered = brokers.reduce((n, b) => n + b.distinct, 0) / Math.max(1, brokers.length);
+    const resources = resourceReport(procs, 'msg', delivered, windowS);
+    const result: ScenarioResult = { msgPerSec, deliveredPerSec, endedBy, durationMs, publisher, brokers, e2e, resources };
+    if (job.qos === 'mixed') result.byQos = publisher.byQos.map((q) => breakdown(q, brokers));
+    return result;
   } finally {
+    meter?.stop();
     if (pool) await pool.terminate();
     await Promise.all(receivers.map((r) => r.close()));
-    for (const r of receivers) r.hist.destroy();
+    for (const r of receivers) r.destroy();
   }
+}
+
+function breakdown(q: PublisherResult['byQos'][number], brokers: BrokerTally[]): QosBreakdown {
+  const per = brokers.map((b) => ({ broker: b.broker, group: b.groups?.find((x) => x.group === q.qos) }));
+  // The brokers' histograms of this QoS, merged from their encoded form.
+  const hist = newHistogram();
+  for (const p of per) if (p.group?.e2e.hdr) mergeEncoded(hist, p.group.e2e.hdr);
+  const e2e = summarize(hist);
+  hist.destroy();
+  const rates = per.map((p) => ({ distinct: p.group?.distinct ?? 0, lastReceiveAt: p.group?.lastReceiveAt ?? 0 }));
+  return {
+    qos: q.qos,
+    devices: q.devices,
+    msgPerSec: throughput(q.qos, q.acked, q.firstSendAt, q.lastAckAt, rates).msgPerSec,
+    deliveredPerSec: throughput(0, 0, q.firstSendAt, 0, rates).msgPerSec,
+    sent: q.sent,
+    acked: q.acked,
+    ack: q.ack,
+    e2e,
+    brokers: per.map(({ broker, group }) => ({
+      broker,
+      expected: group?.expected ?? 0,
+      distinct: group?.distinct ?? 0,
+      missing: group?.missing ?? 0,
+      duplicates: group?.duplicates ?? 0,
+    })),
+  };
 }
 
 /**
@@ -155,15 +275,21 @@ export async function runUplink(target: Target, job: UplinkJob, onProgress?: (p:
  * a device experiences. QoS 0 has no acks, so the slowest broker's deliveries
  * over first send to its last delivery.
  */
-function throughput(qos: Qos, pub: PublisherResult, brokers: BrokerTally[]): { msgPerSec: number; durationMs: number } {
-  if (pub.firstSendAt === 0) return { msgPerSec: 0, durationMs: 0 };
+function throughput(
+  qos: Qos,
+  acked: number,
+  firstSendAt: number,
+  lastAckAt: number,
+  brokers: { distinct: number; lastReceiveAt: number }[],
+): { msgPerSec: number; durationMs: number } {
+  if (firstSendAt === 0) return { msgPerSec: 0, durationMs: 0 };
   if (qos > 0) {
-    const durationMs = pub.lastAckAt - pub.firstSendAt;
-    return { msgPerSec: durationMs > 0 ? (pub.acked * 1000) / durationMs : 0, durationMs };
+    const durationMs = lastAckAt - firstSendAt;
+    return { msgPerSec: durationMs > 0 ? (acked * 1000) / durationMs : 0, durationMs };
   }
   let worst = { msgPerSec: Infinity, durationMs: 0 };
   for (const b of brokers) {
-    const durationMs = b.lastReceiveAt > 0 ? b.lastReceiveAt - pub.firstSendAt : 0;
+    const durationMs = b.lastReceiveAt > 0 ? b.lastReceiveAt - firstSendAt : 0;
     const rate = durationMs > 0 ? (b.distinct * 1000) / durationMs : 0;
     if (rate < worst.msgPerSec) worst = { msgPerSec: rate, durationMs };
   }

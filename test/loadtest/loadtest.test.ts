@@ -1,10 +1,20 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parser, IPublishPacket, Packet } from 'mqtt-packet';
-import { ackFrame, filterFor, Framer, PACKET, publishLayout, topicFor, writeVarint } from '../../loadtest/mqtt-wire';
-import { bridgeConf } from '../../loadtest/mosquitto-conf';
-import { parseOptions, UsageError } from '../../loadtest/options';
-import { startTarget } from '../../loadtest/targets';
+import * as os from 'node:os';
+import { parser, IConnectPacket, IPublishPacket, Packet } from 'mqtt-packet';
+import { runBrokerOutage } from '../../loadtest/broker-outage';
+import { runConnectStorm } from '../../loadtest/connect-storm';
+import { runIdle } from '../../loadtest/idle';
+import { ackFrame, encodeConnect, filterFor, Framer, PACKET, parseConnack, publishLayout, topicFor, writeVarint } from '../../loadtest/mqtt-wire';
+import { bridgeConf, upstreamConf } from '../../loadtest/mosquitto-conf';
+import { MAX_CONNECTIONS, NotAvailableError, parseOptions, UsageError } from '../../loadtest/options';
+import type { RunRecord } from '../../loadtest/output';
+import { readCpuSeconds, readRssKB, UsageMeter } from '../../loadtest/proc-usage';
+import { renderIdle, renderStorm } from '../../loadtest/report-connections';
+import { renderMixed } from '../../loadtest/report-mixed';
+import { renderOutage } from '../../loadtest/report-outage';
+import { connectionJob, uplinkJob } from '../../loadtest/scenarios';
+import { startTarget, Target } from '../../loadtest/targets';
 import { runUplink } from '../../loadtest/uplink';
 
 function frames(bytes: Buffer, chunkSize: number): { type: number; body: Buffer }[] {
@@ -12,6 +22,35 @@ function frames(bytes: Buffer, chunkSize: number): { type: number; body: Buffer 
   const framer = new Framer((header, buf, start, length) => out.push({ type: header >> 4, body: Buffer.from(buf.subarray(start, start + length)) }));
   for (let i = 0; i < bytes.length; i += chunkSize) framer.push(bytes.subarray(i, i + chunkSize));
   return out;
+}
+
+function parseAll(frame: Buffer, protocolVersion: 4 | 5): Packet[] {
+  const packets: Packet[] = [];
+  const p = parser({ protocolVersion });
+  p.on('packet', (pkt: Packet) => packets.push(pkt));
+  p.on('error', (err: Error) => assert.fail(err));
+  p.parse(frame);
+  return packets;
+}
+
+function opts(argv: string[]): NonNullable<ReturnType<typeof parseOptions>> {
+  const o = parseOptions(argv);
+  assert.ok(o);
+  return o;
+}
+
+/** A record as cli.ts makes it, for the renderers. */
+function record<R>(target: Target, result: R): RunRecord<R> {
+  return { scenario: 'uplink', round: 1, target: target.kind, qos: null, shards: target.shards, error: null, result, notes: [] };
+}
+
+async function withMosquitto<T>(setup: { qos?: 0 | 1 | 2; recoverable?: string }, body: (t: Target) => Promise<T>): Promise<T> {
+  const target = await startTarget('mosquitto', { upstreams: 2, qos: setup.qos ?? 1, recoverable: setup.recoverable ?? null, shards: 2, daemonLogLevel: 'info', keepLogs: false });
+  try {
+    return await body(target);
+  } finally {
+    assert.deepEqual(await target.stop(), []);
+  }
 }
 
 test('Framer reassembles frames cut at every possible boundary', () => {
@@ -31,26 +70,36 @@ test('Framer reassembles frames cut at every possible boundary', () => {
   }
 });
 
-test('publishLayout builds frames a standard parser accepts', () => {
-  for (const qos of [0, 1, 2] as const) {
-    const { template, pidOffset, payloadOffset } = publishLayout(topicFor('devices/{id}/telemetry', 42), qos, 300, 42);
-    const frame = Buffer.from(template);
-    if (pidOffset >= 0) frame.writeUInt16BE(9, pidOffset);
-    frame.writeUInt32BE(5, payloadOffset + 4);
-    const packets: Packet[] = [];
-    const p = parser();
-    p.on('packet', (pkt: Packet) => packets.push(pkt));
-    p.parse(frame);
-    assert.equal(packets.length, 1);
-    const pub = packets[0] as IPublishPacket;
-    assert.equal(pub.topic, 'devices/42/telemetry');
-    assert.equal(pub.qos, qos);
-    const payload = pub.payload as Buffer;
-    assert.equal(payload.length, 300);
-    assert.equal(payload.readUInt32BE(0), 42);
-    assert.equal(payload.readUInt32BE(4), 5);
-    if (qos > 0) assert.equal(pub.messageId, 9);
+test('publishLayout builds 3.1.1 and 5.0 frames a standard parser accepts', () => {
+  for (const protocol of [4, 5] as const) {
+    for (const qos of [0, 1, 2] as const) {
+      const { template, pidOffset, payloadOffset } = publishLayout(topicFor('devices/{id}/telemetry', 42), qos, 300, 42, protocol);
+      const frame = Buffer.from(template);
+      if (pidOffset >= 0) frame.writeUInt16BE(9, pidOffset);
+      frame.writeUInt32BE(5, payloadOffset + 4);
+      const packets = parseAll(frame, protocol);
+      assert.equal(packets.length, 1);
+      const pub = packets[0] as IPublishPacket;
+      assert.equal(pub.topic, 'devices/42/telemetry');
+      assert.equal(pub.qos, qos);
+      const payload = pub.payload as Buffer;
+      assert.equal(payload.length, 300, `protocol ${protocol} qos ${qos}`);
+      assert.equal(payload.readUInt32BE(0), 42);
+      assert.equal(payload.readUInt32BE(4), 5);
+      if (qos > 0) assert.equal(pub.messageId, 9);
+    }
   }
+});
+
+test('CONNECT carries protocol level, keep-alive and clean flag; a 5.0 CONNACK yields its Receive Maximum', () => {
+  const c5 = parseAll(encodeConnect('dev-1', { protocol: 5, keepalive: 30, clean: false }), 5)[0] as IConnectPacket;
+  assert.deepEqual([c5.protocolVersion, c5.keepalive, c5.clean, c5.clientId], [5, 30, false, 'dev-1']);
+  const c4 = parseAll(encodeConnect('dev-2'), 4)[0] as IConnectPacket;
+  assert.deepEqual([c4.protocolVersion, c4.keepalive, c4.clean], [4, 0, true]);
+  // flags 0, reason 0, properties: length 3, Receive Maximum (0x21) = 20
+  const body = Buffer.from([0x00, 0x00, 0x03, 0x21, 0x00, 0x14]);
+  assert.deepEqual(parseConnack(body, 0, body.length, 5), { code: 0, info: { sessionPresent: false, receiveMaximum: 20 } });
+  assert.equal(parseConnack(Buffer.from([0x01, 0x05]), 0, 2, 4).code, 5);
 });
 
 test('filterFor covers every topic the pattern produces', () => {
@@ -59,30 +108,101 @@ test('filterFor covers every topic the pattern produces', () => {
   assert.equal(filterFor('{id}/up'), '#');
 });
 
-test('bridge config carries the lossless tuning for every upstream', () => {
-  const conf = bridgeConf(1000, [{ name: 'b1', port: 1001 }, { name: 'b2', port: 1002 }], 1);
+test('bridge config carries the lossless tuning for every upstream; durable adds the outage settings', () => {
+  const ups = [{ name: 'b1', port: 1001 }, { name: 'b2', port: 1002 }];
+  const conf = bridgeConf(1000, ups, 1);
   for (const line of ['max_queued_messages 0', 'max_inflight_messages 100', 'connection b2', 'address 127.0.0.1:1002']) {
     assert.ok(conf.split('\n').includes(line), line);
   }
   assert.equal(conf.match(/^topic # out 1$/gm)?.length, 2);
   assert.equal(conf.match(/^try_private false$/gm)?.length, 2);
+  assert.equal(conf.match(/^cleansession true$/gm)?.length, 2);
+  const durable = bridgeConf(1000, ups, 1, true);
+  assert.equal(durable.match(/^local_cleansession false$/gm)?.length, 2);
+  assert.equal(durable.match(/^restart_timeout 1 10$/gm)?.length, 2);
+  assert.ok(upstreamConf(1001).includes('persistence false'));
+  assert.ok(upstreamConf(1001, { dir: '/x', file: 'b1.db' }).includes('autosave_interval 0'));
 });
 
 test('options: defaults, validation and help', () => {
-  const o = parseOptions([]);
-  assert.ok(o);
+  const o = opts([]);
+  assert.equal(o.scenario, 'uplink');
   assert.deepEqual([o.devices, o.messages, o.payload, o.inflight, o.rounds, o.threads], [100, 10000, 64, 16, 3, 2]);
   assert.deepEqual(o.qos, [1, 0]);
   assert.deepEqual(o.targets, ['fanout', 'mosquitto']);
+  assert.deepEqual([o.protocol, o.rate, o.ramp, o.keepalive, o.durationS, o.timeBound], [4, 0, 0, 0, null, false]);
+  assert.equal(o.shards, Math.min(64, os.cpus().length));
   assert.equal(parseOptions(['--help']), null);
   assert.throws(() => parseOptions(['--payload', '8']), UsageError);
   assert.throws(() => parseOptions(['--topic', 'load/+']), UsageError);
   assert.throws(() => parseOptions(['--bogus']), UsageError);
 });
 
+test('options: scenario names', () => {
+  assert.equal(opts(['uplink', '--qos', '2']).scenario, 'uplink');
+  for (const name of ['connect-storm', 'idle', 'broker-outage', 'mixed'] as const) assert.equal(opts([name]).scenario, name);
+  // The scenario may stand anywhere among the options.
+  assert.equal(opts(['--rounds', '1', 'idle']).scenario, 'idle');
+  for (const name of ['downlink', 'http']) {
+    assert.throws(() => parseOptions([name]), (err: Error) => err instanceof NotAvailableError && err.message.includes('not available yet: needs the downlink/HTTP features'));
+  }
+  assert.throws(() => parseOptions(['storm']), UsageError);
+  assert.throws(() => parseOptions(['idle', 'mixed']), UsageError);
+  assert.deepEqual(opts(['--target', 'compare']).targets, ['fanout', 'mosquitto']);
+  assert.deepEqual(opts(['mixed']).qos, []);
+  assert.deepEqual(opts(['broker-outage']).qos, [1]);
+});
+
+test('options: the new options and their per-scenario defaults', () => {
+  assert.equal(opts(['--protocol', '5']).protocol, 5);
+  assert.equal(opts(['--protocol', '3.1.1']).protocol, 4);
+  assert.throws(() => parseOptions(['--protocol', '3']), UsageError);
+  const paced = opts(['--rate', '2000', '--devices', '100', '--duration', '5']);
+  assert.deepEqual([paced.rate, paced.messages, paced.durationS, paced.timeBound], [2000, 100, 5, false]);
+  const timed = opts(['--duration', '2.5', '--devices', '10']);
+  assert.deepEqual([timed.durationS, timed.timeBound], [2.5, true]);
+  assert.ok(timed.messages * 10 <= 2e9 && timed.messages > 1000);
+  assert.throws(() => parseOptions(['--duration', '5', '--messages', '10']), UsageError);
+  assert.throws(() => parseOptions(['--duration', '0']), UsageError);
+  assert.throws(() => parseOptions(['--rate', '-1']), UsageError);
+  assert.deepEqual([opts(['--ramp', '500']).ramp, opts(['--keepalive', '30']).keepalive, opts(['--shards', '3']).shards], [500, 30, 3]);
+  assert.throws(() => parseOptions(['--shards', '0']), UsageError);
+  assert.throws(() => parseOptions(['--keepalive', '70000']), UsageError);
+  const storm = opts(['connect-storm']);
+  assert.deepEqual([storm.connections, storm.steps, storm.keepalive], [5000, 5, 60]);
+  assert.equal(opts(['connect-storm', '--connections', String(MAX_CONNECTIONS)]).connections, MAX_CONNECTIONS);
+  assert.throws(() => parseOptions(['connect-storm', '--connections', String(MAX_CONNECTIONS + 1)]), UsageError);
+  const idle = opts(['idle']);
+  assert.deepEqual([idle.connections, idle.holdS, idle.keepalive], [5000, 10, 5]);
+  const outage = opts(['broker-outage']);
+  assert.deepEqual([outage.rate, outage.killAtS, outage.downForS, outage.durationS, outage.messages], [2000, 3, 3, 10, 200]);
+  assert.throws(() => parseOptions(['broker-outage', '--rate', '0']), UsageError);
+  // The stream must still run when b1 is back.
+  assert.throws(() => parseOptions(['broker-outage', '--duration', '5', '--kill-at', '3', '--down-for', '3']), UsageError);
+  // Options of other scenarios are mistakes, not silently ignored.
+  assert.throws(() => parseOptions(['idle', '--devices', '10']), UsageError);
+  assert.throws(() => parseOptions(['uplink', '--hold', '5']), UsageError);
+  assert.throws(() => parseOptions(['mixed', '--qos', '1']), UsageError);
+  assert.throws(() => parseOptions(['uplink', '--kill-at', '1']), UsageError);
+});
+
+test('proc usage: CPU and RSS of a live process, one account across a restart', async () => {
+  assert.ok((readRssKB(process.pid) ?? 0) > 1000);
+  assert.ok((readCpuSeconds(process.pid) ?? -1) >= 0);
+  assert.equal(readRssKB(0x7ffffff0), null);
+  const meter = new UsageMeter([{ name: 'me', role: 'target', pid: process.pid }]).start();
+  const until = Date.now() + 150;
+  while (Date.now() < until) Math.sqrt(Math.random());
+  meter.retire('me');
+  meter.attach('me', process.pid);
+  const [me] = meter.stop();
+  assert.deepEqual(me.pids, [process.pid, process.pid]);
+  assert.ok(me.cpuSeconds >= 0.05, `cpu ${me.cpuSeconds}`);
+  assert.ok(me.peakRssKB > 1000 && me.samples.length >= 2);
+});
+
 test('uplink through a mosquitto bridge delivers everything to both upstreams', { timeout: 60_000 }, async () => {
-  const target = await startTarget('mosquitto', { upstreams: 2, qos: 1, shards: 2, daemonLogLevel: 'info', keepLogs: false });
-  try {
+  await withMosquitto({}, async (target) => {
     const r = await runUplink(target, {
       devices: 4,
       messages: 250,
@@ -98,7 +218,66 @@ test('uplink through a mosquitto bridge delivers everything to both upstreams', 
     assert.equal(r.publisher.acked, 1000);
     assert.deepEqual(r.brokers.map((b) => [b.broker, b.distinct, b.missing, b.duplicates]), [['b1', 1000, 0, 0], ['b2', 1000, 0, 0]]);
     assert.ok(r.msgPerSec > 0 && r.e2e.count === 2000);
-  } finally {
-    assert.deepEqual(await target.stop(), []);
-  }
+    assert.equal(r.resources.unit, 'msg');
+    assert.equal(r.resources.units, 1000);
+    assert.ok(r.resources.targetPeakRssKB > 0 && r.resources.processes.length === 3);
+    assert.ok(Number.isFinite(r.resources.targetCpuUs) && Number.isFinite(r.resources.upstreamCpuUs));
+  });
+});
+
+test('mixed: QoS 0, 1 and 2 devices at once over MQTT 5, reported per QoS', { timeout: 60_000 }, async () => {
+  await withMosquitto({ qos: 2 }, async (target) => {
+    const o = opts(['mixed', '--devices', '6', '--messages', '100', '--protocol', '5', '--rate', '3000']);
+    const r = await runUplink(target, uplinkJob(o, 'mixed', `ltmix${process.pid}-`));
+    assert.equal(r.endedBy, 'complete');
+    assert.deepEqual(r.byQos?.map((q) => [q.qos, q.devices, q.sent, q.qos > 0 ? q.acked : 0]), [[0, 2, 200, 0], [1, 2, 200, 200], [2, 2, 200, 200]]);
+    for (const q of r.byQos ?? []) {
+      assert.ok(q.msgPerSec > 0 && q.e2e.count === 400, `qos ${q.qos}`);
+      assert.deepEqual(q.brokers.map((b) => b.missing), [0, 0]);
+    }
+    const text = renderMixed([record(target, r)]);
+    assert.match(text, /^1\s+mosquitto\s+2\s+2\s+[\d,]+/m);
+  });
+});
+
+test('connect-storm: steps of connections against a mosquitto, with rates and CPU per connection', { timeout: 60_000 }, async () => {
+  await withMosquitto({}, async (target) => {
+    const o = opts(['connect-storm', '--connections', '40', '--steps', '2', '--protocol', '5']);
+    const r = await runConnectStorm(target, { ...connectionJob(o, `ltstorm${process.pid}-`), steps: o.steps });
+    assert.deepEqual([r.ok, r.refused, r.timeouts, r.errors, r.steps.length], [40, 0, 0, 0, 2]);
+    assert.deepEqual(r.steps.map((s) => [s.heldBefore, s.ok]), [[0, 20], [20, 20]]);
+    assert.ok(r.connPerSec > 0 && r.timeToAllMs > 0 && r.connect.count === 40);
+    assert.equal(r.resources.unit, 'conn');
+    const text = renderStorm([record(target, r)]);
+    assert.match(text, /^1\s+mosquitto\s+-\s+40\/40\s+[\d,]+\s+\d+\.\d\d/m);
+  });
+});
+
+test('idle: held connections ping at keep-alive; RSS per connection is reported', { timeout: 60_000 }, async () => {
+  await withMosquitto({}, async (target) => {
+    const o = opts(['idle', '--connections', '30', '--hold', '1.2', '--keepalive', '1']);
+    const r = await runIdle(target, { ...connectionJob(o, `ltidle${process.pid}-`), holdS: o.holdS });
+    assert.equal(r.connected.ok, 30);
+    assert.equal(r.hold.dropped, 0);
+    assert.ok(r.hold.pingsSent >= 30 && r.hold.pongs > 0, `pings ${r.hold.pingsSent} pongs ${r.hold.pongs}`);
+    assert.ok(r.rssBeforeKB > 0 && r.rssAfterKB > 0 && Number.isFinite(r.rssPerConnKB));
+    const text = renderIdle([record(target, r)]);
+    assert.match(text, /^1\s+mosquitto\s+-\s+30\/30\s+1\.2\s+\d+\.\d\s+\d+\.\d\s+-?\d+\.\d\d/m);
+  });
+});
+
+test('broker-outage: b1 killed and restarted mid-stream, nothing missing, recovery measured', { timeout: 60_000 }, async () => {
+  await withMosquitto({ recoverable: 'b1' }, async (target) => {
+    const o = opts(['broker-outage', '--devices', '10', '--rate', '400', '--kill-at', '0.4', '--down-for', '0.4', '--duration', '1.5']);
+    const r = await runBrokerOutage(target, { ...uplinkJob(o, 1, `ltout${process.pid}-`), killAtS: o.killAtS, downForS: o.downForS });
+    assert.equal(r.endedBy, 'complete');
+    assert.deepEqual(r.brokers.map((b) => [b.broker, b.expected, b.missing]), [['b1', 600, 0], ['b2', 600, 0]]);
+    assert.ok(r.outage.killedAtS >= 0.4 && r.outage.restartedAtS >= 0.8, JSON.stringify(r.outage));
+    assert.ok(r.outage.recoveryMs > 0, `recovery ${r.outage.recoveryMs}`);
+    assert.equal(r.outage.reconnects, 1);
+    // b1's CPU is accounted over both of its processes.
+    assert.equal(r.resources.processes.find((p) => p.name === 'upstream-b1')?.pids.length, 2);
+    const text = renderOutage([record(target, r)]);
+    assert.match(text, /^1\s+mosquitto\s+-\s+[\d,]+\s+0\.\d\d\s+\d\.\d\d\s+\d+\.\d{3}\s+b1=0 b2=0/m);
+  });
 });

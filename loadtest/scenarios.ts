@@ -1,0 +1,157 @@
+// Scenario registry: how the options become a job for each scenario, which
+// target set-up it needs, how one run is summed up on the terminal and which
+// report renders its records. cli.ts only loops rounds and targets.
+import { runBrokerOutage, OutageResult, VICTIM } from './broker-outage';
+import { runConnectStorm, StormResult, ConnectionJob } from './connect-storm';
+import { int, fixed } from './format';
+import { runIdle, IdleResult } from './idle';
+import type { Qos } from './mqtt-wire';
+import type { Options, ScenarioName } from './options';
+import type { ProgressLine, RunRecord } from './output';
+import { renderReport, ratios, summarize } from './report';
+import { renderIdle, renderStorm } from './report-connections';
+import { renderMixed } from './report-mixed';
+import { renderOutage } from './report-outage';
+import type { Target } from './targets';
+import { Progress, runUplink, ScenarioResult, UplinkJob } from './uplink';
+
+/** Connection attempts without CONNACK after this long count as timeouts. */
+const CONNECT_TIMEOUT_MS = 10_000;
+
+export interface RunContext {
+  runTag: string;
+  label: string;
+  progress: ProgressLine;
+}
+
+export interface ScenarioDef<R> {
+  /** Run once per entry per round and target: the QoS of uplink runs, [null] otherwise. */
+  variants(opts: Options): (Qos | null)[];
+  /** QoS the bridge forwards at, and the upstream that will be killed. */
+  targetSetup(opts: Options, qos: Qos | null): { qos: Qos; recoverable: string | null };
+  run(target: Target, opts: Options, qos: Qos | null, ctx: RunContext): Promise<R>;
+  /** Keep the logs of such a run: something was lost or failed. */
+  suspicious(r: R): boolean;
+  /** One line per finished run on a terminal. */
+  line(r: R): string;
+  render(records: RunRecord<R>[]): string;
+  /** Aggregates for the JSON file. */
+  summary(records: RunRecord<R>[]): unknown;
+}
+
+/** Upstream mosquittos every target forwards to. */
+export const UPSTREAM_COUNT = 2;
+
+export function uplinkJob(opts: Options, qos: UplinkJob['qos'], runTag: string): UplinkJob {
+  return {
+    devices: opts.devices,
+    messages: opts.messages,
+    payload: opts.payload,
+    qos,
+    inflight: opts.inflight,
+    threads: opts.threads,
+    topicPattern: opts.topic,
+    idleTimeoutS: opts.idleTimeoutS,
+    runTag,
+    protocol: opts.protocol,
+    keepalive: opts.keepalive,
+    rate: opts.rate,
+    durationS: opts.timeBound ? (opts.durationS ?? 0) : 0,
+    ramp: opts.ramp,
+    concurrency: opts.concurrency,
+  };
+}
+
+export function connectionJob(opts: Options, runTag: string): ConnectionJob {
+  return {
+    connections: opts.connections,
+    threads: opts.threads,
+    protocol: opts.protocol,
+    keepalive: opts.keepalive,
+    ramp: opts.ramp,
+    concurrency: opts.concurrency,
+    timeoutMs: CONNECT_TIMEOUT_MS,
+    runTag,
+  };
+}
+
+function streamProgress(ctx: RunContext): (p: Progress) => void {
+  return (p) => {
+    const recv = p.received.map((n, i) => `b${i + 1} ${int(n)}`).join(' ');
+    ctx.progress.update(`${ctx.label} ${p.elapsedS.toFixed(1)}s sent ${int(p.sent)} acked ${int(p.acked)} recv ${recv}`);
+  };
+}
+
+const missingOf = (r: ScenarioResult): string => r.brokers.map((b) => `${b.broker}=${b.missing}`).join(' ');
+const streamSuspicious = (r: ScenarioResult): boolean =>
+  r.endedBy !== 'complete' || r.publisher.errors.length > 0 || r.brokers.some((b) => b.missing > 0);
+
+const uplink: ScenarioDef<ScenarioResult> = {
+  variants: (opts) => opts.qos,
+  targetSetup: (_opts, qos) => ({ qos: qos ?? 1, recoverable: null }),
+  run: (target, opts, qos, ctx) => runUplink(target, uplinkJob(opts, qos ?? 1, ctx.runTag), streamProgress(ctx)),
+  suspicious: streamSuspicious,
+  line: (r) => `${int(r.msgPerSec)} msg/s, missing ${missingOf(r)}, cpu ${fixed(r.resources.targetCpuUs, 1)} µs/msg`,
+  render: renderReport,
+  summary: (records) => {
+    const medians = summarize(records);
+    return { medians, ratios: ratios(medians) };
+  },
+};
+
+const mixed: ScenarioDef<ScenarioResult> = {
+  variants: () => [null],
+  // The bridge must forward QoS 2 as QoS 2: its topic QoS caps what passes.
+  targetSetup: () => ({ qos: 2, recoverable: null }),
+  run: (target, opts, _qos, ctx) => runUplink(target, uplinkJob(opts, 'mixed', ctx.runTag), streamProgress(ctx)),
+  suspicious: streamSuspicious,
+  line: (r) => (r.byQos ?? []).map((q) => `qos${q.qos} ${int(q.msgPerSec)} msg/s`).join(', ') + `, missing ${missingOf(r)}`,
+  render: renderMixed,
+  summary: (records) => ({ medians: summarize(records) }),
+};
+
+const brokerOutage: ScenarioDef<OutageResult> = {
+  variants: () => [1],
+  targetSetup: () => ({ qos: 1, recoverable: VICTIM }),
+  run: (target, opts, _qos, ctx) =>
+    runBrokerOutage(target, { ...uplinkJob(opts, 1, ctx.runTag), killAtS: opts.killAtS, downForS: opts.downForS }, streamProgress(ctx)),
+  suspicious: streamSuspicious,
+  line: (r) => `missing ${missingOf(r)}, recovery ${fixed(r.outage.recoveryMs / 1000, 3)} s`,
+  render: renderOutage,
+  summary: (records) => ({ medians: summarize(records) }),
+};
+
+const connectStorm: ScenarioDef<StormResult> = {
+  variants: () => [null],
+  targetSetup: () => ({ qos: 1, recoverable: null }),
+  run: (target, opts, _qos, ctx) =>
+    runConnectStorm(target, { ...connectionJob(opts, ctx.runTag), steps: opts.steps }, (text) => ctx.progress.update(`${ctx.label} ${text}`)),
+  suspicious: (r) => r.ok < r.connections || r.hold.dropped > 0,
+  line: (r) => `${int(r.ok)}/${int(r.connections)} connected, ${int(r.connPerSec)} conn/s, ${fixed(r.timeToAllMs / 1000, 2)} s`,
+  render: renderStorm,
+  summary: () => null,
+};
+
+const idle: ScenarioDef<IdleResult> = {
+  variants: () => [null],
+  targetSetup: () => ({ qos: 1, recoverable: null }),
+  run: (target, opts, _qos, ctx) =>
+    runIdle(target, { ...connectionJob(opts, ctx.runTag), holdS: opts.holdS }, (text) => ctx.progress.write(`${ctx.label} ${text}`)),
+  suspicious: (r) => r.connected.ok < r.connections || r.hold.dropped > 0,
+  line: (r) => `${int(r.connected.ok)} held, ${fixed(r.rssPerConnKB, 2)} KB/conn`,
+  render: renderIdle,
+  summary: () => null,
+};
+
+function erase<R>(def: ScenarioDef<R>): ScenarioDef<unknown> {
+  return def as unknown as ScenarioDef<unknown>;
+}
+
+export const SCENARIO_DEFS: Record<ScenarioName, ScenarioDef<unknown>> = {
+  uplink: erase(uplink),
+  mixed: erase(mixed),
+  'broker-outage': erase(brokerOutage),
+  'connect-storm': erase(connectStorm),
+  idle: erase(idle),
+};
+
