@@ -108,9 +108,6 @@ export class Shard implements ShardContext {
       socket.destroy();
       return;
     }
-    // Acks must leave at once: with Nagle, a PUBACK waits for the device's delayed ACK of the
-    // previous one (tens of ms). The server's noDelay option is not applied on a listen({ fd }).
-    socket.setNoDelay(true);
     const id = this.nextId;
     this.nextId = (this.nextId + 1) >>> 0 || 1;
     const conn = new DeviceConnection(this, socket, id);
