@@ -122,9 +122,12 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     w.on('message', (m: FromShard | { t: 'log'; line: string }) => {
       if (onWorkerMessage(m)) return;
       const msg = m as FromShard;
-      if (msg.t === 'claim') registry.claim(msg.clientId, { shard: msg.shard, conn: msg.conn });
-      else if (msg.t === 'release') registry.release(msg.clientId, { shard: msg.shard, conn: msg.conn });
-      else if (msg.t === 'ready') resolve(msg.port);
+      if (msg.t === 'registry') {
+        for (const op of msg.ops) {
+          if (op.claim) registry.claim(op.clientId, { shard: msg.shard, conn: op.conn });
+          else registry.release(op.clientId, { shard: msg.shard, conn: op.conn });
+        }
+      } else if (msg.t === 'ready') resolve(msg.port);
       else if (msg.t === 'failed') reject(new Error(`cannot listen on ${cfg.host}:${cfg.port}: ${msg.message}`));
     });
     shardWorkers[s] = w;

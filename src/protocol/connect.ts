@@ -47,12 +47,7 @@ export function decodeConnect(packet: Buffer, packetStart: number, bodyStart: nu
   const version = level as 3 | 4 | 5;
   const answerAs: 4 | 5 = version === 5 ? 5 : 4;
 
-  let parsed: mqttPacket.Packet | undefined;
-  let error: Error | undefined;
-  const parser = mqttPacket.parser();
-  parser.on('packet', (p: mqttPacket.Packet) => { parsed = p; });
-  parser.on('error', (e: Error) => { error ??= e; });
-  parser.parse(packet.subarray(packetStart, bodyEnd));
+  const { packet: parsed, error } = parseWhole(packet.subarray(packetStart, bodyEnd));
   if (error || !parsed || parsed.cmd !== 'connect') {
     return refuse(answerAs === 5 ? 5 : 0, RC_MALFORMED, `malformed CONNECT: ${error?.message ?? 'incomplete'}`);
   }
@@ -94,6 +89,27 @@ export function decodeConnect(packet: Buffer, packetStart: number, bodyStart: nu
     return refuse(4, CONNACK_V4_ID_REJECTED, 'empty client id requires clean session');
   }
   return { ok: true, version, packet: connect };
+}
+
+// One mqtt-packet parser per thread for CONNECTs only: parsing a CONNECT rewrites the parser's
+// protocol settings, so it must not be shared with the parsers of other packets. Creating a
+// parser per connection was a large part of the cost of a connection storm.
+let connectParser: mqttPacket.Parser | null = null;
+let lastPacket: mqttPacket.Packet | undefined;
+let lastError: Error | undefined;
+
+function parseWhole(bytes: Buffer): { packet?: mqttPacket.Packet; error?: Error } {
+  if (connectParser === null) {
+    connectParser = mqttPacket.parser();
+    connectParser.on('packet', (p: mqttPacket.Packet) => { lastPacket = p; });
+    connectParser.on('error', (e: Error) => { lastError ??= e; });
+  }
+  lastPacket = undefined;
+  lastError = undefined;
+  const left = connectParser.parse(bytes);
+  const result = { packet: lastPacket, error: lastError ?? (left !== 0 ? new Error('trailing bytes') : undefined) };
+  if (result.error || !result.packet) connectParser = null; // may hold partial state
+  return result;
 }
 
 function refuse(version: 0 | 4 | 5, code: number, reason: string): ConnectRefused {
