@@ -19,8 +19,6 @@ export interface ShardContext {
   /** Scratch objects reused for every publish on this shard. */
   readonly view: PublishView;
   readonly msg: UplinkMessage;
-  /** Cached clock (ms), refreshed by the shard's timer. */
-  now: number;
   /** Parses a complete non-PUBLISH packet with mqtt-packet; null when malformed. */
   parse(version: number, packet: Buffer): Packet | null;
   claim(conn: DeviceConnection): void;

@@ -63,7 +63,6 @@ export class Shard implements ShardContext {
     qos: 0, retain: false, v5: false, token: NO_TOKEN, deviceKey: 0, topic: Buffer.alloc(0), topicStart: 0,
     topicLen: 0, src: Buffer.alloc(0), propsA: 0, propsAEnd: 0, propsB: 0, propsBEnd: 0, payloadStart: 0, payloadEnd: 0,
   };
-  now = Date.now();
 
   private readonly index: number;
   private readonly port: MessagePort;
@@ -305,13 +304,12 @@ export class Shard implements ShardContext {
   }
 
   private onTick(): void {
-    this.now = Date.now();
-    // lastRx is stamped with Date.now(), not this.now, so these deadlines are exact to the tick.
-    const connectDeadline = this.now - this.config.connectTimeoutMs;
+    const now = Date.now();
+    const connectDeadline = now - this.config.connectTimeoutMs;
     for (const c of this.conns.values()) {
       if (c.state === 0) {
         if (c.lastRx < connectDeadline) c.destroy('no CONNECT in time');
-      } else if (c.keepaliveMs > 0 && this.now - c.lastRx > c.keepaliveMs * 1.5) {
+      } else if (c.keepaliveMs > 0 && now - c.lastRx > c.keepaliveMs * 1.5) {
         c.protocolClose(C.RC_KEEP_ALIVE_TIMEOUT, 'keep-alive timeout');
       }
     }
