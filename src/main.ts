@@ -5,7 +5,6 @@ import * as path from 'node:path';
 import * as dns from 'node:dns/promises';
 import { Worker } from 'node:worker_threads';
 import type { Config, BrokerConfig } from './config/types';
-import { ConfigError } from './config/index';
 import { createMainLogger, type MainLog } from './log';
 import { createRing, type RingBuffers } from './ring/spsc';
 import { createDoorbell } from './ring/doorbell';
@@ -28,10 +27,6 @@ export interface Daemon {
 
 export async function startDaemon(config: Config, log: MainLog = createMainLogger(config.logLevel)): Promise<Daemon> {
   const logger = log.logger;
-  if (config.ringBytes < 2 * (config.maxPacketSize + 64)) {
-    throw new ConfigError('FANOUT_RING_BYTES', String(config.ringBytes),
-      `FANOUT_RING_BYTES="${config.ringBytes}" is invalid: expected at least twice FANOUT_MAX_PACKET_SIZE (${config.maxPacketSize})`);
-  }
   // libuv then accepts one connection per wake-up, letting idle shards take their share.
   process.env.UV_TCP_SINGLE_ACCEPT = '1';
 

@@ -43,7 +43,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts?: { cpus?:
     const value = params?.shown ?? shown(env[variable]);
     throw new ConfigError(variable, value, `${variable}=${quote(value)} is invalid: ${issue.message}`);
   }
-  return deepFreeze(result.data);
+  const config = result.data;
+  // A record must always fit in a ring, or a large publish could never be forwarded.
+  const minRing = 2 * (config.maxPacketSize + 64);
+  if (config.ringBytes < minRing) {
+    const value = String(config.ringBytes);
+    throw new ConfigError('FANOUT_RING_BYTES', value,
+      `FANOUT_RING_BYTES=${quote(value)} is invalid: expected at least twice FANOUT_MAX_PACKET_SIZE plus 128 (${minRing}); raise it or lower FANOUT_MAX_PACKET_SIZE`);
+  }
+  return deepFreeze(config);
 }
 
 /** The variables as documentation rows, straight from the declarations loadConfig uses. */

@@ -115,7 +115,8 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<Config[K]> } = {
   pendingThrottleMs: { name: 'FANOUT_PENDING_THROTTLE_MS', default: '10', ...integer(0, 60000),
     description: 'Pause between re-sent batches after a broker reconnect, in milliseconds.' },
   ringBytes: { name: 'FANOUT_RING_BYTES', default: '4194304', ...powerOfTwo,
-    description: 'Size of the shared-memory ring buffer per shard and broker, in bytes.' },
+    description: 'Size of the shared-memory ring buffer per shard and broker, in bytes; '
+      + 'at least 2 × (FANOUT_MAX_PACKET_SIZE + 64), so any accepted packet fits.' },
   ack: { name: 'FANOUT_ACK', default: 'all', ...oneOf(['all', 'any', 'local']),
     description: 'When a device publish is acknowledged: once all brokers, any one broker, '
       + 'or only the proxy itself (local) took it.' },

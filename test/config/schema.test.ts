@@ -119,8 +119,10 @@ test('integers accept plain decimal digits within range only', () => {
     for (const bad of [String(min - 1), String(max + 1), '1e3', '12abc', ' 5', '5 ', '+5', '0x10', '1.0', 'NaN', '9'.repeat(400)]) {
       assertRejected(variable, bad, allowed);
     }
-    assert.equal(loadConfig({ [variable]: String(min) })[key], min);
-    assert.equal(loadConfig({ [variable]: String(max) })[key], max);
+    // The largest packet size needs a ring that can hold two of them.
+    const ring = variable === 'FANOUT_MAX_PACKET_SIZE' ? { FANOUT_RING_BYTES: '1073741824' } : {};
+    assert.equal(loadConfig({ ...ring, [variable]: String(min) })[key], min);
+    assert.equal(loadConfig({ ...ring, [variable]: String(max) })[key], max);
   }
   assert.equal(loadConfig({ FANOUT_PORT: '08080' }).port, 8080);
 });
@@ -142,7 +144,7 @@ test('the reconnect maximum may not be below the minimum; the variable that was 
 test('the ring size must be a power of two within range', () => {
   const allowed = 'expected a power of two from 65536 to 1073741824';
   for (const bad of ['65535', '100000', '32768', '2147483648', '0']) assertRejected('FANOUT_RING_BYTES', bad, allowed);
-  assert.equal(loadConfig({ FANOUT_RING_BYTES: '65536' }).ringBytes, 65536);
+  assert.equal(loadConfig({ FANOUT_RING_BYTES: '65536', FANOUT_MAX_PACKET_SIZE: '32704' }).ringBytes, 65536);
 });
 
 test('enumerations accept exactly the listed words', () => {
@@ -229,4 +231,13 @@ test('the boolean rule accepts true/false/1/0/yes/no only', () => {
     const result = schema.safeParse(word);
     assert.ok(!result.success && result.error.issues[0].message === `expected ${allowed}`);
   }
+});
+
+test('FANOUT_RING_BYTES must hold two packets of FANOUT_MAX_PACKET_SIZE', () => {
+  assert.throws(
+    () => loadConfig({ FANOUT_RING_BYTES: '65536', FANOUT_MAX_PACKET_SIZE: '262144' }),
+    (err: ConfigError) => err.code === 'FANOUT_ERR_CONFIG' && err.variable === 'FANOUT_RING_BYTES' &&
+      err.message === 'FANOUT_RING_BYTES="65536" is invalid: expected at least twice FANOUT_MAX_PACKET_SIZE plus 128 (524416); raise it or lower FANOUT_MAX_PACKET_SIZE',
+  );
+  assert.equal(loadConfig({ FANOUT_RING_BYTES: '65536', FANOUT_MAX_PACKET_SIZE: '32704' }).ringBytes, 65536);
 });
