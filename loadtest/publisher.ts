@@ -93,15 +93,8 @@ export interface PublisherOptions {
   concurrency: number;
 }
 
-export interface QosResult {
-  qos: Qos;
-  devices: number;
-  sent: number;
-  acked: number;
-  refused: number;
-  firstSendAt: number;
-  lastAckAt: number;
-  lastWriteAt: number;
+/** A QosStats with its histogram decoded into percentiles. */
+export interface QosResult extends Omit<QosStats, 'histogram'> {
   ack: LatencySummary;
 }
 
