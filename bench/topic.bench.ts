@@ -16,19 +16,11 @@
 import { TopicTrie } from '../src/protocol/subscriptions';
 import { matchTopic } from '../src/protocol/topic';
 import { consume, emit, measure, median, si, table } from './common';
+import { mulberry32 as prng } from '../test/helpers/prng';
 
 const REGIONS = ['eu-west', 'eu-central', 'us-east', 'us-west', 'ap-south', 'ap-east', 'sa-east', 'af-south'];
 const TOPICS = 4096;
 
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) | 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function subscriptions(n: number): Array<[string, number]> {
   // The aggregators: a fixed few, whatever the number of devices.

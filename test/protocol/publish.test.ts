@@ -16,6 +16,7 @@ import { isDeepStrictEqual } from 'node:util';
 import * as mqttPacket from 'mqtt-packet';
 import { Framer, FRAME_BAD_LENGTH, FRAME_INCOMPLETE, FRAME_READY, varintSize, writeVarint } from '../../src/protocol/framer';
 import { decodePublish, encodePublish, encodePublishHead, publishSize, PublishView } from '../../src/protocol/publish';
+import { mulberry32, type Rng } from '../helpers/prng';
 
 const SEED = process.env.FUZZ_SEED !== undefined ? Number(process.env.FUZZ_SEED) >>> 0 : 0x6d717474;
 const FUZZ_CASES = process.env.FUZZ_CASES !== undefined ? Number(process.env.FUZZ_CASES) : 20_000;
@@ -27,18 +28,6 @@ const MAX_MQTT_PACKET = 268_435_455 + 5;
 // ---------------------------------------------------------------------------------------------
 // Seeded randomness
 
-type Rng = () => number;
-
-function mulberry32(seed: number): Rng {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const caseRng = (index: number): Rng => mulberry32(SEED ^ Math.imul(index + 1, 0x9e3779b1));
 const int = (r: Rng, n: number): number => Math.floor(r() * n);

@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { levelHash, TopicTrie } from '../../src/protocol/subscriptions';
 import { matchTopic } from '../../src/protocol/topic';
+import { mulberry32 as prng } from '../helpers/prng';
 
 /** Every (filter, value) visit of one match, as sorted "filter\tvalue" strings. */
 function visits<T>(trie: TopicTrie<T>, topic: string): string[] {
@@ -18,16 +19,6 @@ function expectVisits<T>(trie: TopicTrie<T>, topic: string, expected: string[]):
   assert.deepEqual(visits(trie, topic), [...expected].sort(), `topic ${JSON.stringify(topic)}`);
 }
 
-/** mulberry32: small seeded PRNG, so every run tests the same cases. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) | 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 test('add, has, size, filters and remove keep track of (filter, value) pairs', () => {
   const trie = new TopicTrie<string>();

@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { matchTopic, parseShared, RC_TOPIC_FILTER_INVALID, validateTopicFilter } from '../../src/protocol/topic';
 import { RC_SHARED_SUBS_NOT_SUPPORTED } from '../../src/protocol/constants';
+import { mulberry32 as prng } from '../helpers/prng';
 
 const INVALID = RC_TOPIC_FILTER_INVALID;
 const NO_SHARED = RC_SHARED_SUBS_NOT_SUPPORTED;
@@ -212,16 +213,6 @@ function splitMatch(filter: string, topic: string): boolean {
   return f.length === t.length;
 }
 
-/** mulberry32: small seeded PRNG, so every run tests the same cases. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) | 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 test('matchTopic agrees with a split-based matcher on 20,000 random pairs', () => {
   const rnd = prng(0x7091c);

@@ -9,22 +9,13 @@ import assert from 'node:assert/strict';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { createRing, RingConsumer, RingProducer, type RingBuffers } from '../../src/ring/spsc';
 import { createDoorbell, Doorbell } from '../../src/ring/doorbell';
+import { mulberry32 } from '../helpers/prng';
 
 // Layout facts from src/ring/spsc.ts, used only to start the free-running counters near 2^32.
 const CTRL_HEAD = 0; // Int32 index of the producer counter
 const CTRL_TAIL = 16; // Int32 index of the consumer counter
 const WRAP = 0xffffffff;
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Bytes a record of `len` body bytes takes in the ring: u32 length + body padded to 4. */
 function footprint(len: number): number {
