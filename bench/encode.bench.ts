@@ -11,6 +11,7 @@
 
 import * as mqttPacket from 'mqtt-packet';
 import { encodePublish, encodePublishHead, publishSize } from '../src/protocol/publish';
+import { readVarint, varintEnd } from '../src/protocol/framer';
 import { consume, emit, measure, median, si, table } from './common';
 
 interface Case {
@@ -110,15 +111,8 @@ function propertyBytes(props: mqttPacket.IPublishPacket['properties']): Buffer {
   let pos = 1;
   while (pkt[pos] & 0x80) pos++;
   pos += 1 + 3; // remaining length end, topic length + "t"
-  let len = 0;
-  let mul = 1;
-  for (;;) {
-    const b = pkt[pos++];
-    len += (b & 0x7f) * mul;
-    mul *= 128;
-    if ((b & 0x80) === 0) break;
-  }
-  return Buffer.from(pkt.subarray(pos, pos + len));
+  const len = readVarint(pkt, pos, pkt.length);
+  return Buffer.from(pkt.subarray(varintEnd, varintEnd + len));
 }
 
 main();

@@ -76,3 +76,13 @@ export class Scope {
     }
   }
 }
+
+/** A pending Atomics.waitAsync does not keep Node's event loop alive: hold it open meanwhile. */
+export async function alive<T>(p: Promise<T>): Promise<T> {
+  const keep = setInterval(() => {}, 60_000);
+  try {
+    return await p;
+  } finally {
+    clearInterval(keep);
+  }
+}

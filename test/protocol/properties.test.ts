@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as mqttPacket from 'mqtt-packet';
 import { isValidMqttString, PROP_TOPIC_ALIAS, scanPublishProperties, type PropertyScan } from '../../src/protocol/properties';
+import { readVarint, varintEnd } from '../../src/protocol/framer';
 
 function scan(props: Buffer | number[], pad = 0): PropertyScan & { start: number; buf: Buffer } {
   const body = Buffer.isBuffer(props) ? props : Buffer.from(props);
@@ -24,16 +25,8 @@ const str = (s: string): number[] => {
 function generatedProperties(props: NonNullable<mqttPacket.IPublishPacket['properties']>): Buffer {
   const pkt = mqttPacket.generate({ cmd: 'publish', topic: 't', payload: Buffer.alloc(0), qos: 0, retain: false, dup: false, properties: props }, { protocolVersion: 5 });
   // 0x30, remaining length (1 byte here), 00 01 't', property length varint, properties.
-  let pos = 2 + 3;
-  let len = 0;
-  let mul = 1;
-  for (;;) {
-    const b = pkt[pos++];
-    len += (b & 0x7f) * mul;
-    mul *= 128;
-    if ((b & 0x80) === 0) break;
-  }
-  return pkt.subarray(pos, pos + len);
+  const len = readVarint(pkt, 2 + 3, pkt.length);
+  return pkt.subarray(varintEnd, varintEnd + len);
 }
 
 test('finds the Topic Alias and the absolute offset of its property', () => {

@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { createDoorbell, Doorbell } from '../../src/ring/doorbell';
+import { alive } from '../helpers/wait';
 
 type Job =
   | { job: 'ring-on-go'; bell: SharedArrayBuffer; go: SharedArrayBuffer }
@@ -20,16 +21,6 @@ function startWorker(data: Job): { worker: Worker; done: Promise<void> } {
 }
 
 const tick = (): Promise<void> => new Promise((r) => setImmediate(r));
-
-/** A pending Atomics.waitAsync does not keep Node's event loop alive: hold it open meanwhile. */
-async function alive<T>(p: Promise<T>): Promise<T> {
-  const keep = setInterval(() => {}, 60_000);
-  try {
-    return await p;
-  } finally {
-    clearInterval(keep);
-  }
-}
 
 if (isMainThread) {
   test('createDoorbell gives a SharedArrayBuffer a Doorbell can use', () => {

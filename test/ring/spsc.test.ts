@@ -10,6 +10,7 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import { createRing, RingConsumer, RingProducer, type RingBuffers } from '../../src/ring/spsc';
 import { createDoorbell, Doorbell } from '../../src/ring/doorbell';
 import { mulberry32 } from '../helpers/prng';
+import { alive } from '../helpers/wait';
 
 // Layout facts from src/ring/spsc.ts, used only to start the free-running counters near 2^32.
 const CTRL_HEAD = 0; // Int32 index of the producer counter
@@ -55,16 +56,6 @@ function readBody(c: RingConsumer): Buffer | null {
   const at = c.next();
   if (at < 0) return null;
   return Buffer.from(c.buffer.subarray(at, at + c.lastLength));
-}
-
-/** A pending Atomics.waitAsync does not keep Node's event loop alive: hold it open meanwhile. */
-async function alive<T>(p: Promise<T>): Promise<T> {
-  const keep = setInterval(() => {}, 60_000);
-  try {
-    return await p;
-  } finally {
-    clearInterval(keep);
-  }
 }
 
 if (isMainThread) {
