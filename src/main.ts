@@ -3,7 +3,7 @@
 
 import * as path from 'node:path';
 import * as dns from 'node:dns/promises';
-import { Worker } from 'node:worker_threads';
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import type { Config, BrokerConfig } from './config/types';
 import { createMainLogger, type MainLog } from './log';
 import { createRing, type RingBuffers } from './ring/spsc';
@@ -62,10 +62,20 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   const shards = cfg.shards;
   const uplink: RingBuffers[][] = [];
   const acks: RingBuffers[][] = [];
+  const downlink: RingBuffers[][] = [];
+  // Control channels between each shard and each writer (subscriptions): [shard][broker].
+  const shardEnds: MessagePort[][] = [];
+  const writerEnds: MessagePort[][] = brokers.map(() => []);
   const ackBytes = Math.max(65536, cfg.ringBytes / 4);
   for (let s = 0; s < shards; s++) {
     uplink.push(brokers.map(() => createRing(cfg.ringBytes)));
     acks.push(brokers.map(() => createRing(ackBytes)));
+    downlink.push(brokers.map(() => createRing(cfg.ringBytes)));
+    shardEnds.push(brokers.map((_, b) => {
+      const { port1, port2 } = new MessageChannel();
+      writerEnds[b].push(port1);
+      return port2;
+    }));
   }
   const shardBells = Array.from({ length: shards }, () => createDoorbell());
   const writerBells = brokers.map(() => createDoorbell());
@@ -96,8 +106,10 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     const w = watch(new Worker(path.join(WORKERS, 'writer.worker.js'), {
       workerData: {
         config: cfg, broker, index: b, uplinkRings: uplink.map((r) => r[b]), ackRings: acks.map((r) => r[b]),
+        downlinkRings: downlink.map((r) => r[b]), shardPorts: writerEnds[b],
         doorbell: writerBells[b], shardDoorbells: shardBells,
       },
+      transferList: writerEnds[b],
     }), `writer-${broker.name}`);
     return w;
   });
@@ -111,8 +123,10 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     const w = watch(new Worker(path.join(WORKERS, 'shard.worker.js'), {
       workerData: {
         config: cfg, index: s, listen, uplinkRings: uplink[s], ackRings: acks[s],
+        downlinkRings: downlink[s], writerPorts: shardEnds[s],
         doorbell: shardBells[s], writerDoorbells: writerBells, stats,
       },
+      transferList: shardEnds[s],
     }), `shard-${s}`);
     w.on('message', (m: FromShard | { t: 'log'; line: string }) => {
       if (onWorkerMessage(m)) return;

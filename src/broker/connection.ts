@@ -7,7 +7,7 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import * as mqttPacket from 'mqtt-packet';
 import type { BrokerConfig, Config } from '../config/types';
-import { Framer, FRAME_READY, FRAME_INCOMPLETE } from '../protocol/framer';
+import { Framer, FRAME_READY, FRAME_INCOMPLETE, readVarint, varintEnd } from '../protocol/framer';
 import { encodePublishHead, publishSize } from '../protocol/publish';
 import { copyBytes } from '../protocol/bytes';
 import * as C from '../protocol/constants';
@@ -23,6 +23,7 @@ const UP = 2;
 const FREE = 0;
 const AWAIT_ACK = 1; // PUBLISH sent, waiting for PUBACK / PUBREC
 const AWAIT_COMP = 2; // PUBREL sent, waiting for PUBCOMP
+const CONTROL = 3; // SUBSCRIBE / UNSUBSCRIBE sent, waiting for SUBACK / UNSUBACK
 
 const OUT_CHUNK = 64 * 1024;
 /** Stop taking records while this much is queued for the socket in one turn. */
@@ -65,7 +66,11 @@ export class BrokerConnection {
   private lastTx = 0;
   private timer: NodeJS.Timeout | null = null;
   private closing = false;
-  private readonly v5: boolean;
+  readonly v5: boolean;
+  /** QoS 2 messages from the broker passed on and not yet released (PUBREL). */
+  private readonly received2 = new Set<number>();
+  /** A broker PUBLISH the shards' rings could not take yet; the socket is paused meanwhile. */
+  private held: { header: number; buf: Buffer; start: number; end: number } | null = null;
   private readonly statusTopic: string;
 
   constructor(private readonly ctx: WriterContext, private readonly broker: BrokerConfig, private readonly config: Config, readonly index: number) {
@@ -80,6 +85,21 @@ export class BrokerConnection {
   canAccept(qos: number): boolean {
     return this.state === UP && this.writable && !this.resending && this.outLen < OUT_HIGH_WATER &&
       (qos === 0 || this.maxQos === 0 || this.inflight < this.maxInflight);
+  }
+
+  get subscribable(): boolean {
+    return this.state === UP;
+  }
+
+  /** Sends a SUBSCRIBE / UNSUBSCRIBE built around a packet id taken from the publish id space. */
+  sendControl(build: (id: number) => Buffer): number {
+    let id = this.nextId;
+    while (this.stages[id] !== FREE) id = id === 65535 ? 1 : id + 1;
+    this.nextId = id === 65535 ? 1 : id + 1;
+    this.stages[id] = CONTROL;
+    this.append(build(id));
+    this.ctx.schedulePump();
+    return id;
   }
 
   connect(): void {
@@ -101,7 +121,7 @@ export class BrokerConnection {
         // would swallow new messages. Later reconnects resume it so in-flight QoS 2 completes.
         clean: !this.everConnected, keepalive: b.keepalive, username: b.username,
         password: b.password === undefined ? undefined : Buffer.from(b.password), will,
-        properties: this.v5 ? { sessionExpiryInterval: 3600, receiveMaximum: 65535 } : undefined,
+        properties: this.v5 ? { sessionExpiryInterval: 3600, receiveMaximum: 65535, maximumPacketSize: this.ctx.maxIncoming } : undefined,
       }, { protocolVersion: b.protocolVersion }));
       this.lastTx = this.ctx.now;
     });
@@ -131,6 +151,8 @@ export class BrokerConnection {
     this.qos0Pending = false;
     this.state = DOWN;
     this.socket = null;
+    // A held message was not acknowledged: the broker sends it again.
+    this.held = null;
     // Unsent bytes belong to packets still tracked for re-sending, or to QoS 0. The slab they are
     // in must not be written over: start a new one.
     this.out = Buffer.allocUnsafe(OUT_CHUNK);
@@ -145,6 +167,10 @@ export class BrokerConnection {
   private onData(chunk: Buffer): void {
     this.lastRx = this.ctx.now;
     this.framer.push(chunk);
+    if (this.held === null) this.readPackets();
+  }
+
+  private readPackets(): void {
     const f = this.framer;
     for (;;) {
       const r = f.next();
@@ -153,20 +179,35 @@ export class BrokerConnection {
         this.fail('malformed packet from broker');
         return;
       }
-      this.onPacket(f.header, f.buf, f.start, f.end);
+      if (!this.onPacket(f.header, f.buf, f.start, f.end)) {
+        this.held = { header: f.header, buf: f.buf, start: f.start, end: f.end };
+        this.socket?.pause();
+        break;
+      }
     }
     // Acks and answers go out once per event-loop turn, with everything else of that turn.
     this.ctx.schedulePump();
   }
 
-  private onPacket(header: number, buf: Buffer, start: number, end: number): void {
+  /** The shards may have room again: pass on the held PUBLISH and read on. */
+  retryHeld(): void {
+    const h = this.held;
+    if (h === null || this.socket === null) return;
+    if (!this.onPublish(h.header, h.buf, h.start, h.end)) return;
+    this.held = null;
+    this.readPackets();
+    if (this.held === null) this.socket?.resume();
+  }
+
+  /** Returns false only for a PUBLISH the shards cannot take yet. */
+  private onPacket(header: number, buf: Buffer, start: number, end: number): boolean {
     const type = header >> 4;
     switch (type) {
       case C.PUBACK:
       case C.PUBREC: {
         const id = buf.readUInt16BE(start);
         const reason = end - start > 2 ? buf[start + 2] : 0;
-        if (this.stages[id] !== AWAIT_ACK) return;
+        if (this.stages[id] !== AWAIT_ACK) return true;
         this.answer(id, reason);
         if (type === C.PUBREC && reason < 0x80) {
           this.stages[id] = AWAIT_COMP;
@@ -174,33 +215,69 @@ export class BrokerConnection {
         } else {
           this.free(id);
         }
-        return;
+        return true;
       }
       case C.PUBCOMP: {
         const id = buf.readUInt16BE(start);
         if (this.stages[id] === AWAIT_COMP) this.free(id);
-        return;
+        return true;
       }
-      case C.CONNACK: return this.onConnack(buf, end - this.framer.size, end);
-      case C.PINGRESP: return;
+      case C.CONNACK: this.onConnack(buf, end - this.framer.size, end); return true;
+      case C.PINGRESP: return true;
       case C.DISCONNECT: {
         const reason = end > start ? buf[start] : 0;
         this.ctx.log.warn({ broker: this.broker.name, clientId: this.clientId, reason }, 'broker sent DISCONNECT');
         this.socket?.destroy();
-        return;
+        return true;
       }
-      case C.PUBLISH: {
-        // Downlink is not routed by this build; acknowledge so the broker's window never fills.
-        const qos = (header >> 1) & 3;
-        if (qos > 0) {
-          const id = buf.readUInt16BE(start + 2 + buf.readUInt16BE(start));
-          this.writeAck(qos === 1 ? C.PUBACK : C.PUBREC, id);
+      case C.PUBLISH: return this.onPublish(header, buf, start, end);
+      case C.PUBREL: {
+        const id = buf.readUInt16BE(start);
+        this.received2.delete(id);
+        this.writeAck(C.PUBCOMP, id);
+        return true;
+      }
+      case C.SUBACK:
+      case C.UNSUBACK: {
+        const id = buf.readUInt16BE(start);
+        if (this.stages[id] !== CONTROL) return true;
+        this.stages[id] = FREE;
+        if (type === C.SUBACK) {
+          let pos = start + 2;
+          if (this.v5) {
+            const propsLen = readVarint(buf, pos, end);
+            pos = varintEnd + propsLen;
+          }
+          const codes: number[] = [];
+          for (; pos < end; pos++) codes.push(buf[pos]);
+          this.ctx.onSuback(this, id, codes);
         }
-        return;
+        return true;
       }
-      case C.PUBREL: this.writeAck(C.PUBCOMP, buf.readUInt16BE(start)); return;
-      default: return;
+      default: return true;
     }
+  }
+
+  /** A message from the broker for the devices: acknowledged once the shards' rings hold it. */
+  private onPublish(header: number, buf: Buffer, start: number, end: number): boolean {
+    const qos = (header >> 1) & 3;
+    if (qos === 3 || start + 2 > end) {
+      this.fail('malformed PUBLISH from broker');
+      return true;
+    }
+    const id = qos > 0 ? buf.readUInt16BE(start + 2 + buf.readUInt16BE(start)) : 0;
+    // A QoS 2 message passed on already and re-sent before its PUBREL: answer, do not repeat.
+    if (qos === 2 && this.received2.has(id)) {
+      this.writeAck(C.PUBREC, id);
+      return true;
+    }
+    if (!this.ctx.onBrokerPublish(this, header, buf, start, end)) return false;
+    if (qos === 1) this.writeAck(C.PUBACK, id);
+    else if (qos === 2) {
+      this.received2.add(id);
+      this.writeAck(C.PUBREC, id);
+    }
+    return true;
   }
 
   private onConnack(buf: Buffer, packetStart: number, end: number): void {
@@ -228,8 +305,14 @@ export class BrokerConnection {
     this.everConnected = true;
     this.ctx.log.info({ broker: this.broker.name, clientId: this.clientId, resumed, pending: this.inflight }, 'broker connected');
     const ids: number[] = [];
-    for (let id = 1; id < 65536; id++) if (this.stages[id] !== FREE) ids.push(id);
+    for (let id = 1; id < 65536; id++) {
+      // SUBSCRIBEs are not part of the session: the downlink sends them again if needed.
+      if (this.stages[id] === CONTROL) this.stages[id] = FREE;
+      else if (this.stages[id] !== FREE) ids.push(id);
+    }
+    if (!resumed) this.received2.clear();
     this.publishStatus('online');
+    this.ctx.onConnected(this, resumed === true);
     this.resend(ids, resumed);
   }
 

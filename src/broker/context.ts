@@ -2,6 +2,7 @@
 
 import type { Logger } from 'pino';
 import type { RateLimitedLog } from '../log';
+import type { BrokerConnection } from './connection';
 
 export interface WriterContext {
   readonly log: Logger;
@@ -13,4 +14,11 @@ export interface WriterContext {
   /** Runs the writer's turn soon: take ring records, flush connections, publish acks. Called
    *  when a connection can take records again or has acks or answers to send. */
   schedulePump(): void;
+  /** Largest packet taken from the broker (advertised to MQTT 5 brokers). */
+  readonly maxIncoming: number;
+  /** A PUBLISH from the broker; false when the shards cannot take it yet (the caller holds it). */
+  onBrokerPublish(conn: BrokerConnection, header: number, buf: Buffer, start: number, end: number): boolean;
+  onSuback(conn: BrokerConnection, id: number, codes: number[]): void;
+  /** The connection is up; `sessionPresent` from the broker's CONNACK. */
+  onConnected(conn: BrokerConnection, sessionPresent: boolean): void;
 }

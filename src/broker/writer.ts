@@ -11,7 +11,9 @@ import { RingConsumer, RingProducer, type RingBuffers } from '../ring/spsc';
 import { ACK_RECORD, FLAG_RETAIN, FLAG_V5, NO_TOKEN, UPLINK_HEADER } from '../ring/records';
 import { BrokerConnection } from './connection';
 import type { WriterContext } from './context';
+import { WriterDownlink } from './downlink';
 import { RateLimitedLog } from '../log';
+import { buildRouting } from '../shard/build-routing';
 
 export interface WriterOptions {
   config: Config;
@@ -19,6 +21,9 @@ export interface WriterOptions {
   index: number;
   uplinkRings: RingBuffers[];
   ackRings: RingBuffers[];
+  downlinkRings: RingBuffers[];
+  /** One control channel per shard (subscriptions). */
+  shardPorts: MessagePort[];
   doorbell: SharedArrayBuffer;
   shardDoorbells: SharedArrayBuffer[];
   port: MessagePort;
@@ -42,6 +47,8 @@ export class Writer implements WriterContext {
   readonly warnings: RateLimitedLog;
   now = Date.now();
   readonly pool: BrokerConnection[];
+  readonly downlink: WriterDownlink;
+  readonly maxIncoming: number;
   droppedTooLarge = 0;
 
   private readonly rings: RingConsumer[];
@@ -71,7 +78,29 @@ export class Writer implements WriterContext {
     this.doorbell = new Doorbell(opts.doorbell);
     this.pool = [];
     for (let i = 0; i < opts.broker.pool; i++) this.pool.push(new BrokerConnection(this, opts.broker, opts.config, i));
+    const downRings = opts.downlinkRings.map((r) => new RingProducer(r));
+    this.maxIncoming = Math.min(0x0fffffff, Math.floor(opts.config.ringBytes / 2));
+    // Subscriptions live on the first connection of the pool; the others only publish.
+    this.downlink = new WriterDownlink(opts.index, opts.shardPorts, downRings, buildRouting(opts.config),
+      () => this.pool[0], () => this.schedulePump());
   }
+
+  onBrokerPublish(conn: BrokerConnection, header: number, buf: Buffer, start: number, end: number): boolean {
+    if (this.downlink.onPublish(header, buf, start, end, conn.v5)) return true;
+    this.heldDownlink = true;
+    return false;
+  }
+
+  onSuback(conn: BrokerConnection, id: number, codes: number[]): void {
+    if (conn === this.pool[0]) this.downlink.onSuback(id, codes);
+  }
+
+  onConnected(conn: BrokerConnection, sessionPresent: boolean): void {
+    if (conn === this.pool[0]) this.downlink.onConnected(sessionPresent);
+  }
+
+  /** A broker connection holds a message the shards' downlink rings could not take. */
+  private heldDownlink = false;
 
   start(): void {
     for (const c of this.pool) c.connect();
@@ -95,6 +124,11 @@ export class Writer implements WriterContext {
   private pump(): void {
     this.scheduled = false;
     this.flushOverflow();
+    if (this.heldDownlink) {
+      this.heldDownlink = false;
+      for (const c of this.pool) c.retryHeld();
+    }
+    this.downlink.flushControl();
     let budget = BUDGET;
     let progressed = true;
     this.stalledOn.length = 0;
@@ -110,6 +144,7 @@ export class Writer implements WriterContext {
     }
     for (const c of this.pool) c.flush();
     this.commitAcks();
+    this.downlink.commit(this.wakeShard);
     if (budget === 0) {
       this.schedulePump();
     } else if (this.stalledOn.length > 0) {
@@ -190,6 +225,10 @@ export class Writer implements WriterContext {
   private sleep(): void {
     if (this.stopped) return;
     const seen = this.doorbell.prepare();
+    if (this.heldDownlink) {
+      // Parked on full downlink rings: a shard rings when it frees room; poll as a safety net.
+      setTimeout(this.napBound, 50);
+    }
     for (const r of this.rings) {
       if (r.hasData()) {
         this.doorbell.awake();
@@ -205,6 +244,8 @@ export class Writer implements WriterContext {
       this.schedulePump();
     });
   }
+
+  private readonly wakeShard = (s: number): void => this.shardBells[s].ring();
 
   ack(shard: number, token: number, reason: number): void {
     const ring = this.acks[shard];

@@ -1,7 +1,10 @@
 // Per-thread counters in shared memory: each thread writes only its own row, the supervisor
 // (and later the metrics endpoint) reads every row without asking the threads anything.
 
-export const SHARD_FIELDS = ['connections', 'publishesIn', 'backpressurePauses', 'willsPublished', 'takeovers', 'protocolErrors'] as const;
+export const SHARD_FIELDS = [
+  'connections', 'publishesIn', 'backpressurePauses', 'willsPublished', 'takeovers', 'protocolErrors',
+  'messagesOut', 'dropQueueFull', 'dropExpired', 'dropTooLarge', 'dropOfflineQos0', 'sessions', 'subscriptions',
+] as const;
 export type ShardField = (typeof SHARD_FIELDS)[number];
 
 const STRIDE = 16;

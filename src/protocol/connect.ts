@@ -122,6 +122,8 @@ export interface ConnackOptions {
   maximumPacketSize: number;
   topicAliasMaximum: number;
   assignedClientIdentifier?: string;
+  /** Set when the server shortens the session expiry the client asked for [MQTT-3.2.2.3.2]. */
+  sessionExpiryInterval?: number;
 }
 
 /** CONNACK for protocol level `version` (3 and 4 share the 3.1.1 form). */
@@ -132,11 +134,9 @@ export function encodeConnack(version: number, code: number, opts?: ConnackOptio
     properties.receiveMaximum = opts.receiveMaximum;
     properties.maximumPacketSize = opts.maximumPacketSize;
     properties.topicAliasMaximum = opts.topicAliasMaximum;
-    properties.wildcardSubscriptionAvailable = false;
-    properties.sharedSubscriptionAvailable = false;
-    properties.subscriptionIdentifiersAvailable = false;
     properties.retainAvailable = true;
     if (opts.assignedClientIdentifier) properties.assignedClientIdentifier = opts.assignedClientIdentifier;
+    if (opts.sessionExpiryInterval !== undefined) properties.sessionExpiryInterval = opts.sessionExpiryInterval;
   }
   return mqttPacket.generate(
     { cmd: 'connack', returnCode: code, reasonCode: code, sessionPresent: !!opts?.sessionPresent, properties },

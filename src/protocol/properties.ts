@@ -3,6 +3,7 @@
 
 import { isUtf8 } from 'node:buffer';
 import { readVarint, varintEnd } from './framer';
+import { copyBytes } from './bytes';
 
 // Value kinds by property identifier: 1 byte, 2 u16, 4 u32, 'v' varint, 's' UTF-8 string,
 // 'b' binary, 'p' string pair. Only the identifiers MQTT 5 allows somewhere are listed.
@@ -110,4 +111,45 @@ export function isValidMqttString(buf: Buffer, start: number, end: number): bool
     }
   }
   return true;
+}
+
+export const PROP_MESSAGE_EXPIRY = 0x02;
+export const PROP_SUBSCRIPTION_ID = 0x0b;
+
+/** What forwardProperties found besides the bytes it copied. */
+export interface ForwardScan {
+  /** Message Expiry Interval in seconds, or -1 when absent. */
+  expiry: number;
+  /** Subscription Identifiers on the message (reused array). */
+  readonly subIds: number[];
+}
+
+/**
+ * Copies the properties of a PUBLISH received from a broker, buf[start, end), to `out` at `at`,
+ * leaving out the ones that belong to that hop: Subscription Identifiers (ours), Topic Alias and
+ * Message Expiry Interval (re-computed for each device). Returns the bytes written, or -1 when
+ * the properties are malformed.
+ */
+export function forwardProperties(buf: Buffer, start: number, end: number, out: Buffer | null, at: number, scan: ForwardScan): number {
+  scan.expiry = -1;
+  scan.subIds.length = 0;
+  let pos = start;
+  let n = 0;
+  while (pos < end) {
+    const id = buf[pos];
+    const kind = KIND[id];
+    if (kind === undefined) return -1;
+    const next = skipValue(buf, pos + 1, end, kind);
+    if (next < 0) return -1;
+    if (id === PROP_SUBSCRIPTION_ID) {
+      scan.subIds.push(readVarint(buf, pos + 1, end));
+    } else if (id === PROP_MESSAGE_EXPIRY) {
+      scan.expiry = buf.readUInt32BE(pos + 1);
+    } else if (id !== PROP_TOPIC_ALIAS) {
+      if (out !== null) copyBytes(buf, pos, next, out, at + n);
+      n += next - pos;
+    }
+    pos = next;
+  }
+  return n;
 }

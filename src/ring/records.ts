@@ -18,3 +18,18 @@ export const ACK_RECORD = 8;
 
 export const FLAG_RETAIN = 4;
 export const FLAG_V5 = 8;
+
+// Downlink (writer -> shard), one per broker PUBLISH per shard that holds a matching filter:
+//   0 u8  kind (REC_DELIVER)
+//   1 u8  flags: bits 0-1 QoS, bit 2 retain
+//   2 u16 local topic length
+//   4 u32 MQTT 5 property bytes to pass on (no Subscription Identifier, Topic Alias or Message
+//         Expiry Interval: those are per hop)
+//   8 u32 request: 0 for a live message to every matching subscription; else the shard's
+//         subscribe request this retained message answers, and only it
+//  12 u32 Message Expiry Interval in seconds, NO_EXPIRY when absent
+//  16 u32 sequence number of the message on this broker's downlink
+//  20 topic | properties | payload
+export const REC_DELIVER = 2;
+export const DOWNLINK_HEADER = 20;
+export const NO_EXPIRY = 0xffffffff;

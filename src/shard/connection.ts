@@ -7,13 +7,16 @@ import type { Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import * as mqttPacket from 'mqtt-packet';
 import { Framer, FRAME_INCOMPLETE, FRAME_READY, FRAME_TOO_LARGE } from '../protocol/framer';
-import { decodePublish } from '../protocol/publish';
+import { decodePublish, encodePublishHead, publishSize } from '../protocol/publish';
+import { varintSize, writeVarint } from '../protocol/framer';
+import { copyBytes } from '../protocol/bytes';
 import { decodeConnect, encodeConnack } from '../protocol/connect';
 import * as C from '../protocol/constants';
 import { NO_TOKEN } from '../ring/records';
 import { Uplink } from './uplink';
 import type { AckTarget } from './inflight';
 import type { ShardContext } from './context';
+import type { Outgoing, Session, SessionLink } from './session';
 
 const NEW = 0;
 const CONNECTED = 1;
@@ -22,7 +25,7 @@ const CLOSED = 2;
 /** Topic aliases a MQTT 5 device may use towards us (advertised in CONNACK). */
 export const TOPIC_ALIAS_MAX = 64;
 
-export class DeviceConnection implements AckTarget {
+export class DeviceConnection implements AckTarget, SessionLink {
   state = NEW;
   version = 4;
   clientId = '';
@@ -35,6 +38,12 @@ export class DeviceConnection implements AckTarget {
   will: Buffer | null = null;
   willDelayMs = 0;
   takenOver = false;
+  session: Session | null = null;
+  /** The device's limits for what we send it (MQTT 5 CONNECT properties). */
+  receiveMaximum = 65535;
+  private maxOutPacket = 0x0fffffff + 5;
+  private aliasMaxOut = 0;
+  private outAliases: Map<string, number> | null = null;
 
   private readonly framer: Framer;
   private pendingHeader = -1;
@@ -122,11 +131,9 @@ export class DeviceConnection implements AckTarget {
     switch (type) {
       case C.PUBREL: this.onPubrel(buf, start, end); break;
       case C.PINGREQ: this.send(C.PINGRESP_PACKET); break;
-      case C.PUBACK:
-      case C.PUBREC:
-      case C.PUBCOMP:
-        // Answers to downlink deliveries; this connection sends none yet.
-        break;
+      case C.PUBACK: this.onDeliveryAck('puback', buf, start, end); break;
+      case C.PUBREC: this.onDeliveryAck('pubrec', buf, start, end); break;
+      case C.PUBCOMP: this.onDeliveryAck('pubcomp', buf, start, end); break;
       case C.SUBSCRIBE:
       case C.UNSUBSCRIBE: this.onSubscription(type, buf, end - this.framer.size, end); break;
       case C.DISCONNECT: this.onDisconnect(buf, start, end); break;
@@ -157,6 +164,18 @@ export class DeviceConnection implements AckTarget {
       this.clientId = assigned = `fanout-${randomBytes(9).toString('base64url')}`;
     }
     this.keepaliveMs = (p.keepalive ?? 0) * 1000;
+    const cp = p.properties;
+    if (v5) {
+      this.receiveMaximum = cp?.receiveMaximum ?? 65535;
+      if (cp?.maximumPacketSize !== undefined) this.maxOutPacket = cp.maximumPacketSize;
+      this.aliasMaxOut = cp?.topicAliasMaximum ?? 0;
+    } else {
+      this.receiveMaximum = this.ctx.config.maxInflight;
+    }
+    // Session lifetime: MQTT 3.1.1 persistent sessions and MQTT 5 expiry, both capped.
+    const maxExpiry = this.ctx.config.sessionExpiryMaxS;
+    const asked = v5 ? (cp?.sessionExpiryInterval ?? 0) : (p.clean ? 0 : maxExpiry);
+    const expiry = Math.min(asked, maxExpiry);
     if (p.will) {
       const props = p.will.properties ? { ...p.will.properties } : undefined;
       if (props) {
@@ -173,14 +192,18 @@ export class DeviceConnection implements AckTarget {
       }, { protocolVersion: v5 ? 5 : 4 });
     }
     this.state = CONNECTED;
+    const { session, present } = this.ctx.openSession(this, p.clean !== false, expiry * 1000);
+    this.session = session;
     this.send(encodeConnack(this.version, 0, {
-      sessionPresent: false,
+      sessionPresent: present,
       receiveMaximum: this.ctx.config.maxInflight,
       maximumPacketSize: this.ctx.config.maxPacketSize,
       topicAliasMaximum: TOPIC_ALIAS_MAX,
       assignedClientIdentifier: assigned,
+      sessionExpiryInterval: v5 && expiry !== asked ? expiry : undefined,
     }));
     this.ctx.claim(this);
+    session.attach(this, this.id, this.ctx.limits, Date.now());
   }
 
   private onPublish(header: number, buf: Buffer, start: number, end: number): boolean {
@@ -286,18 +309,118 @@ export class DeviceConnection implements AckTarget {
       return;
     }
     const v5 = this.version === 5;
+    const session = this.session!;
+    const protocolVersion = v5 ? 5 : 4;
     if (type === C.SUBSCRIBE && packet.cmd === 'subscribe') {
-      // Downlink is not served by this build: every filter is refused, as the spec allows.
-      const granted = packet.subscriptions.map(() => (v5 ? C.RC_IMPLEMENTATION_SPECIFIC : 0x80));
-      this.send(mqttPacket.generate({ cmd: 'suback', messageId: packet.messageId, granted }, { protocolVersion: v5 ? 5 : 4 }));
+      const subId = v5 ? (packet.properties?.subscriptionIdentifier as number | undefined) ?? 0 : 0;
+      if (v5 && packet.subscriptions.some((s) => s.nl && s.topic.startsWith('$share/'))) {
+        this.protocolClose(C.RC_PROTOCOL_ERROR, 'No Local on a shared subscription'); // [MQTT-3.8.3-4]
+        return;
+      }
+      const messageId = packet.messageId;
+      this.ctx.subs.subscribe(session, v5, subId, packet.subscriptions, (granted) => {
+        if (this.session !== session || this.state !== CONNECTED) return;
+        this.send(mqttPacket.generate({ cmd: 'suback', messageId, granted }, { protocolVersion }));
+      });
     } else if (packet.cmd === 'unsubscribe') {
-      const granted = v5 ? packet.unsubscriptions.map(() => 0x11) : [];
-      this.send(mqttPacket.generate({ cmd: 'unsuback', messageId: packet.messageId, granted } as mqttPacket.IUnsubackPacket, { protocolVersion: v5 ? 5 : 4 }));
+      const codes = packet.unsubscriptions.map((t) => (this.ctx.subs.unsubscribe(session, t) ? 0 : 0x11));
+      const granted = v5 ? codes : [];
+      this.send(mqttPacket.generate({ cmd: 'unsuback', messageId: packet.messageId, granted } as mqttPacket.IUnsubackPacket, { protocolVersion }));
     }
+  }
+
+  /** PUBACK / PUBREC / PUBCOMP for a message we delivered. */
+  private onDeliveryAck(type: 'puback' | 'pubrec' | 'pubcomp', buf: Buffer, start: number, end: number): void {
+    if (end - start < 2) {
+      this.protocolClose(C.RC_MALFORMED, `short ${type.toUpperCase()}`);
+      return;
+    }
+    const id = buf.readUInt16BE(start);
+    const reason = this.version === 5 && end - start > 2 ? buf[start + 2] : 0;
+    const session = this.session;
+    if (session === null) return;
+    if (!session.acked(type, id, reason) && type === 'pubrec') {
+      // Not a message of ours in flight: release the id anyway so the device can reuse it.
+      this.sendAck(C.PUBREL, id, C.RC_PACKET_ID_NOT_FOUND);
+      return;
+    }
+    if (type !== 'pubrec') session.pump(this.ctx.limits, Date.now());
+  }
+
+  /** SessionLink: encodes one delivery into this turn's output. */
+  writePublish(out: Outgoing, id: number, dup: boolean, now: number): boolean {
+    const m = out.msg;
+    const v5 = this.version === 5;
+    let propsLen = 0;
+    let expiry = -1;
+    let alias = 0;
+    let topicLen = m.topicLen;
+    if (v5) {
+      propsLen = m.propsLen;
+      if (m.expiresAt !== 0) {
+        expiry = Math.max(0, Math.ceil((m.expiresAt - now) / 1000));
+        propsLen += 5;
+      }
+      if (out.subIds !== null) for (const sid of out.subIds) propsLen += 1 + varintSize(sid);
+      if (this.aliasMaxOut > 0) {
+        this.outAliases ??= new Map();
+        alias = this.outAliases.get(m.topic) ?? 0;
+        if (alias !== 0) topicLen = 0;
+        else if (this.outAliases.size < this.aliasMaxOut) this.outAliases.set(m.topic, alias = this.outAliases.size + 1);
+        if (alias !== 0) propsLen += 3;
+      }
+    }
+    const size = publishSize(topicLen, out.qos, propsLen, m.payloadLen, v5);
+    if (size > this.maxOutPacket) {
+      if (alias !== 0 && topicLen !== 0) this.outAliases!.delete(m.topic);
+      return false;
+    }
+    const buf = this.reserve(size);
+    const at = this.outLen;
+    let pos = encodePublishHead(buf, at, out.qos, out.retain, id, m.body, m.start, topicLen, v5, propsLen, m.payloadLen);
+    if (v5) {
+      if (expiry >= 0) {
+        buf[pos] = 0x02;
+        buf.writeUInt32BE(expiry, pos + 1);
+        pos += 5;
+      }
+      if (out.subIds !== null) {
+        for (const sid of out.subIds) {
+          buf[pos++] = 0x0b;
+          pos = writeVarint(buf, pos, sid);
+        }
+      }
+      if (alias !== 0) {
+        buf[pos] = 0x23;
+        buf.writeUInt16BE(alias, pos + 1);
+        pos += 3;
+      }
+      pos += copyBytes(m.body, m.propsStart, m.propsStart + m.propsLen, buf, pos);
+    }
+    pos += copyBytes(m.body, m.payloadStart, m.payloadStart + m.payloadLen, buf, pos);
+    if (dup) buf[at] |= 0x08;
+    this.outLen = pos;
+    return true;
+  }
+
+  writePubrel(id: number): void {
+    this.sendAck(C.PUBREL, id, 0);
   }
 
   private onDisconnect(buf: Buffer, start: number, end: number): void {
     const reason = this.version === 5 && end > start ? buf[start] : 0;
+    if (this.version === 5 && end - start > 1 && this.session !== null) {
+      const props = this.ctx.parse(5, buf.subarray(end - this.framer.size, end));
+      const asked = props?.cmd === 'disconnect' ? props.properties?.sessionExpiryInterval : undefined;
+      if (asked !== undefined) {
+        // A session that was to end with the connection cannot be prolonged now [MQTT-3.14.2-2].
+        if (this.session.expiryMs === 0 && asked > 0) {
+          this.protocolClose(C.RC_PROTOCOL_ERROR, 'session expiry set at DISCONNECT');
+          return;
+        }
+        this.session.expiryMs = Math.min(asked, this.ctx.config.sessionExpiryMaxS) * 1000;
+      }
+    }
     this.cleanDisconnect = reason !== C.RC_DISCONNECT_WITH_WILL;
     this.flush();
     this.socket.end();

@@ -9,6 +9,8 @@ import type { InflightTable } from './inflight';
 import type { Uplink, UplinkMessage } from './uplink';
 import type { DeviceConnection } from './connection';
 import type { ShardStats } from '../metrics/stats';
+import type { Session, SessionLimits } from './session';
+import type { ShardSubscriptions } from './subscriptions';
 
 export interface ShardContext {
   readonly config: Config;
@@ -16,6 +18,10 @@ export interface ShardContext {
   readonly uplink: Uplink;
   readonly inflight: InflightTable;
   readonly stats: ShardStats;
+  readonly subs: ShardSubscriptions;
+  readonly limits: SessionLimits;
+  /** The session a CONNECT gets: resumed (present) or new. */
+  openSession(conn: DeviceConnection, clean: boolean, expiryMs: number): { session: Session; present: boolean };
   /** Scratch objects reused for every publish on this shard. */
   readonly view: PublishView;
   readonly msg: UplinkMessage;

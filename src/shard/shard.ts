@@ -19,6 +19,10 @@ import { DeviceConnection } from './connection';
 import type { ShardContext } from './context';
 import { ShardStats } from '../metrics/stats';
 import { listenShard, type ListenPlan } from '../ingress/listen';
+import { Session, type SessionLimits } from './session';
+import { ShardSubscriptions } from './subscriptions';
+import { ShardDownlink } from './downlink';
+import { buildRouting } from './build-routing';
 
 /** Poll interval while acknowledgements keep arriving (see ackLoop). */
 const NAP_MS = 1;
@@ -29,6 +33,9 @@ export interface ShardOptions {
   listen: ListenPlan;
   uplinkRings: RingBuffers[];
   ackRings: RingBuffers[];
+  downlinkRings: RingBuffers[];
+  /** One control channel per broker writer (subscriptions). */
+  writerPorts: MessagePort[];
   doorbell: SharedArrayBuffer;
   writerDoorbells: SharedArrayBuffer[];
   stats: SharedArrayBuffer;
@@ -64,6 +71,12 @@ export class Shard implements ShardContext {
     topicLen: 0, src: Buffer.alloc(0), propsA: 0, propsAEnd: 0, propsB: 0, propsBEnd: 0, payloadStart: 0, payloadEnd: 0,
   };
 
+  readonly subs: ShardSubscriptions;
+  readonly limits: SessionLimits;
+  private readonly sessions = new Map<string, Session>();
+  /** Offline sessions by the id of the connection that last held them (for kicks). */
+  private readonly offline = new Map<number, Session>();
+  private readonly downlink: ShardDownlink;
   private readonly index: number;
   private readonly port: MessagePort;
   private readonly acks: RingConsumer[];
@@ -94,6 +107,71 @@ export class Shard implements ShardContext {
     this.doorbell = new Doorbell(opts.doorbell);
     this.stats = new ShardStats(opts.stats, opts.index);
     this.inflight = new InflightTable(opts.uplinkRings.length, opts.config.ack);
+    this.subs = new ShardSubscriptions(opts.index, opts.writerPorts, buildRouting(opts.config), () => this.scheduleTurn());
+    const stats = this.stats;
+    const warnings = opts.log;
+    this.limits = {
+      maxQueued: opts.config.maxQueuedMessages,
+      dropOldest: opts.config.queueOverflow === 'drop-oldest',
+      dropped(reason, session) {
+        if (reason === 'queue-full') {
+          stats.add('dropQueueFull');
+          warnings.warn({ clientId: session.clientId, queued: session.queued }, 'session queue full: message dropped (FANOUT_MAX_QUEUED_MESSAGES)');
+        } else if (reason === 'expired') stats.add('dropExpired');
+        else if (reason === 'too-large') stats.add('dropTooLarge');
+        else stats.add('dropOfflineQos0');
+      },
+    };
+    this.downlink = new ShardDownlink(opts.downlinkRings.map((r) => new RingConsumer(r)), writerBells, this.subs, this.limits);
+  }
+
+  openSession(conn: DeviceConnection, clean: boolean, expiryMs: number): { session: Session; present: boolean } {
+    let session = this.sessions.get(conn.clientId);
+    if (session !== undefined) {
+      // The client id is back on this shard: end the connection that still has it, if any.
+      const holder = session.link;
+      const expired = holder === null && session.expiresAt <= Date.now();
+      if (holder instanceof DeviceConnection && holder !== conn) {
+        this.stats.add('takeovers');
+        holder.session = null;
+        holder.takeover();
+      }
+      session.link = null;
+      this.offline.delete(session.lastConn);
+      if (clean || expired) {
+        this.endSession(session);
+        session = undefined;
+      }
+    }
+    const present = session !== undefined;
+    if (session === undefined) {
+      session = new Session(conn.clientId);
+      this.sessions.set(conn.clientId, session);
+      this.stats.add('sessions');
+    }
+    session.expiryMs = expiryMs;
+    return { session, present };
+  }
+
+  private endSession(session: Session): void {
+    this.stats.add('subscriptions', -session.subs.size);
+    this.subs.dropSession(session);
+    if (this.sessions.get(session.clientId) === session) this.sessions.delete(session.clientId);
+    this.offline.delete(session.lastConn);
+    this.stats.add('sessions', -1);
+  }
+
+  /** The connection that held `session` is gone: the session ends or waits for the device. */
+  private leaveSession(conn: DeviceConnection): void {
+    const session = conn.session;
+    conn.session = null;
+    if (session === null || session.link !== conn) return;
+    if (session.expiryMs === 0 || conn.takenOver) {
+      this.endSession(session);
+      return;
+    }
+    session.detach(Date.now());
+    this.offline.set(conn.id, session);
   }
 
   start(): void {
@@ -130,6 +208,7 @@ export class Shard implements ShardContext {
     this.conns.delete(conn.id);
     this.blockedConns.delete(conn);
     this.stats.add('connections', -1);
+    this.leaveSession(conn);
     const will = conn.closed();
     if (will !== null && !this.draining) {
       if (conn.willDelayMs > 0) {
@@ -177,6 +256,9 @@ export class Shard implements ShardContext {
 
   private onMessage(m: ToShard): void {
     if (m.t === 'kick') {
+      // The client id connected on another shard: whatever of it is here ends.
+      const parked = this.offline.get(m.conn);
+      if (parked !== undefined) this.endSession(parked);
       const pending = this.pendingWills.get(m.conn);
       if (pending !== undefined) {
         clearTimeout(pending.timer);
@@ -202,6 +284,9 @@ export class Shard implements ShardContext {
   private release(conn: DeviceConnection): void {
     if (!conn.claimed) return;
     conn.claimed = false;
+    // A persistent session keeps the client id claimed, so that a CONNECT on another shard
+    // reaches it (kick) instead of leaving it behind.
+    if (this.offline.get(conn.id) !== undefined) return;
     this.sendRegistry({ claim: false, conn: conn.id, clientId: conn.clientId });
   }
 
@@ -236,6 +321,7 @@ export class Shard implements ShardContext {
   private endOfTurn(): void {
     this.turnScheduled = false;
     this.uplink.commit();
+    this.subs.flush();
     const dirty = this.dirtyConns;
     if (dirty.length > 0) {
       this.dirtyConns = [];
@@ -260,7 +346,7 @@ export class Shard implements ShardContext {
 
   private anyAcks(): boolean {
     for (const a of this.acks) if (a.hasData()) return true;
-    return false;
+    return this.downlink.hasData();
   }
 
   private drainAcks(): number {
@@ -281,6 +367,7 @@ export class Shard implements ShardContext {
       }
       if (ring.release()) this.ackWriters[b].ring();
     }
+    total += this.downlink.drain(Date.now());
     this.retryBlocked();
     this.endOfTurn();
     return total;
@@ -305,6 +392,14 @@ export class Shard implements ShardContext {
 
   private onTick(): void {
     const now = Date.now();
+    for (const [connId, session] of this.offline) {
+      if (session.expiresAt <= now) {
+        this.endSession(session);
+        this.sendRegistry({ claim: false, conn: connId, clientId: session.clientId });
+      }
+    }
+    this.subs.sweep(now);
+    this.stats.add('subscriptions', this.subs.size - this.stats.get('subscriptions'));
     const connectDeadline = now - this.config.connectTimeoutMs;
     for (const c of this.conns.values()) {
       if (c.state === 0) {

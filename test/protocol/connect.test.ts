@@ -211,17 +211,19 @@ function parseConnackV5(b: Buffer): mqttPacket.IConnackPacket {
 test('encodeConnack for 5.0: properties parse back with mqtt-packet', () => {
   const p = parseConnackV5(encodeConnack(5, 0, {
     sessionPresent: false, receiveMaximum: 100, maximumPacketSize: 262144, topicAliasMaximum: 16, assignedClientIdentifier: 'fanout-abc',
+    sessionExpiryInterval: 600,
   }));
   assert.equal(p.reasonCode, 0);
   assert.equal(p.sessionPresent, false);
   assert.deepEqual({ ...p.properties }, {
-    receiveMaximum: 100, maximumPacketSize: 262144, topicAliasMaximum: 16, wildcardSubscriptionAvailable: false,
-    sharedSubscriptionAvailable: false, subscriptionIdentifiersAvailable: false, retainAvailable: true, assignedClientIdentifier: 'fanout-abc',
+    receiveMaximum: 100, maximumPacketSize: 262144, topicAliasMaximum: 16, retainAvailable: true,
+    assignedClientIdentifier: 'fanout-abc', sessionExpiryInterval: 600,
   });
   const noId = parseConnackV5(encodeConnack(5, 0, { sessionPresent: true, receiveMaximum: 1, maximumPacketSize: 64, topicAliasMaximum: 0 }));
   assert.equal(noId.sessionPresent, true);
   assert.equal(noId.properties?.assignedClientIdentifier, undefined);
   assert.equal(noId.properties?.topicAliasMaximum, 0);
+  assert.equal(noId.properties?.sessionExpiryInterval, undefined);
 });
 
 test('encodeConnack for 5.0 refusals carries the reason code and no properties', () => {

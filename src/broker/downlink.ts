@@ -1,0 +1,384 @@
+// The broker -> devices direction of one writer. Shards tell the writer which upstream filters
+// their devices hold; the writer keeps one upstream subscription per distinct filter, whatever
+// the number of shards and devices behind it, and writes every message the broker sends into
+// the downlink ring of each shard that holds a matching filter. The broker is acknowledged once
+// the message is in the rings; a full ring stops reading the broker's socket (backpressure).
+//
+// Retained messages: a subscription already held upstream is subscribed again when a device
+// joins it, which makes the broker send the retained messages again [MQTT-3.8.4-3]. They arrive
+// with the retain flag set (live messages never do: RAP is off upstream [MQTT-3.3.1-9,
+// MQTT-3.3.1-12]) and go only to the devices of that round ("generation") of the subscription,
+// so devices that already held the filter do not receive them twice. MQTT 5 brokers tell the
+// generation exactly (a Subscription Identifier per generation); with MQTT 3.1.1 the latest
+// acknowledged generation of the filter is taken.
+
+import type { MessagePort } from 'node:worker_threads';
+import * as mqttPacket from 'mqtt-packet';
+import { RingProducer } from '../ring/spsc';
+import { DOWNLINK_HEADER, NO_EXPIRY, REC_DELIVER } from '../ring/records';
+import { TopicTrie } from '../protocol/subscriptions';
+import { forwardProperties, type ForwardScan } from '../protocol/properties';
+import { readVarint, varintEnd } from '../protocol/framer';
+import { copyBytes } from '../protocol/bytes';
+import type { DownlinkRouting } from '../shard/routing';
+
+/** A shard's change to the upstream filters it holds. qos -1 releases the filter. */
+export interface SubOp {
+  filter: string;
+  qos: number;
+  /** Non-zero: the shard wants this filter's retained messages, tagged with this request id. */
+  req: number;
+}
+export interface SubAck {
+  filter: string;
+  /** The QoS the shard asked for when this answer was produced. */
+  qos: number;
+  /** Granted QoS, or a failure reason code (>= 0x80). */
+  granted: number;
+}
+export type ShardToWriter = { t: 'subs'; shard: number; ops: SubOp[] };
+export type WriterToShard = { t: 'subacks'; broker: number; acks: SubAck[] };
+
+/** How the downlink reaches the connection that holds the subscriptions. */
+export interface SubscriptionLink {
+  /** True when the connection is up and can take a SUBSCRIBE now. */
+  readonly subscribable: boolean;
+  readonly v5: boolean;
+  /** Sends a SUBSCRIBE / UNSUBSCRIBE built around the packet id it allocates; returns the id. */
+  sendControl(build: (id: number) => Buffer): number;
+}
+
+interface Recipient {
+  shard: number;
+  req: number;
+}
+
+class Upstream {
+  /** QoS each shard wants, -1 where it holds nothing. */
+  readonly want: Int8Array;
+  holders = 0;
+  /** QoS of the last SUBSCRIBE sent, and what the broker granted (-1: not yet). */
+  sentQos = -1;
+  granted = -1;
+  /** Generation of the SUBSCRIBE in flight (0: none) and of the latest acknowledged one. */
+  inflightGen = 0;
+  ackedGen = 0;
+  /** Another SUBSCRIBE is due once the one in flight is answered. */
+  again = false;
+  /** Recipients of retained messages: for the next SUBSCRIBE, and per generation sent. */
+  waiting: Recipient[] = [];
+  readonly gens = new Map<number, Recipient[]>();
+
+  constructor(readonly filter: string, shards: number) {
+    this.want = new Int8Array(shards).fill(-1);
+  }
+
+  maxWant(): number {
+    let q = -1;
+    for (const w of this.want) if (w > q) q = w;
+    return q;
+  }
+}
+
+/** Generations kept for late retained messages (QoS 1/2 ones can lag behind the SUBACK). */
+const KEEP_GENERATIONS = 4;
+const MAX_SUB_ID = 268435455;
+
+export class WriterDownlink {
+  private readonly subs = new Map<string, Upstream>();
+  private readonly trie = new TopicTrie<Upstream>();
+  private readonly byPacket = new Map<number, Upstream[]>();
+  private readonly byGen = new Map<number, Upstream>();
+  private readonly rings: RingProducer[];
+  private readonly dirty: boolean[];
+  private readonly toSubscribe = new Set<Upstream>();
+  private readonly toUnsubscribe = new Set<string>();
+  private nextGen = 1;
+  private seq = 0;
+  private readonly locals: string[] = [];
+  private readonly targets: Int32Array;
+  private readonly scan: ForwardScan = { expiry: -1, subIds: [] };
+  private propsScratch = Buffer.alloc(1024);
+  delivered = 0;
+  dropped = 0;
+  tooLarge = 0;
+
+  constructor(
+    private readonly broker: number,
+    private readonly ports: MessagePort[],
+    rings: RingProducer[],
+    private readonly routing: DownlinkRouting,
+    private readonly link: () => SubscriptionLink,
+    private readonly onChange: () => void,
+  ) {
+    this.rings = rings;
+    this.dirty = rings.map(() => false);
+    this.targets = new Int32Array(rings.length);
+    ports.forEach((p) => p.on('message', (m: ShardToWriter) => this.onShard(m)));
+  }
+
+  get filterCount(): number {
+    return this.subs.size;
+  }
+
+  private onShard(m: ShardToWriter): void {
+    if (m.t !== 'subs') return;
+    const replies: SubAck[] = [];
+    for (const op of m.ops) {
+      let u = this.subs.get(op.filter);
+      if (op.qos < 0) {
+        if (u === undefined || u.want[m.shard] < 0) continue;
+        u.want[m.shard] = -1;
+        if (--u.holders === 0) this.forget(u);
+        continue;
+      }
+      if (u === undefined) {
+        u = new Upstream(op.filter, this.rings.length);
+        this.subs.set(op.filter, u);
+        this.trie.add(op.filter, u);
+      }
+      if (u.want[m.shard] < 0) u.holders++;
+      u.want[m.shard] = op.qos;
+      if (op.req !== 0) u.waiting.push({ shard: m.shard, req: op.req });
+      if (u.granted >= 0 && u.sentQos >= op.qos && op.req === 0) {
+        replies.push({ filter: op.filter, qos: op.qos, granted: Math.min(op.qos, u.granted) });
+      } else {
+        this.toUnsubscribe.delete(op.filter);
+        this.toSubscribe.add(u);
+      }
+    }
+    if (replies.length > 0) this.reply(m.shard, replies);
+    this.onChange();
+  }
+
+  private forget(u: Upstream): void {
+    this.subs.delete(u.filter);
+    this.trie.remove(u.filter, u);
+    this.toSubscribe.delete(u);
+    for (const g of u.gens.keys()) this.byGen.delete(g);
+    if (u.sentQos >= 0) this.toUnsubscribe.add(u.filter);
+  }
+
+  /** Sends the SUBSCRIBE / UNSUBSCRIBE packets due; called on every writer turn. */
+  flushControl(): void {
+    if (this.toSubscribe.size === 0 && this.toUnsubscribe.size === 0) return;
+    const link = this.link();
+    if (!link.subscribable) return;
+    if (this.toUnsubscribe.size > 0) {
+      const filters = [...this.toUnsubscribe];
+      this.toUnsubscribe.clear();
+      link.sendControl((messageId) => mqttPacket.generate({ cmd: 'unsubscribe', messageId, unsubscriptions: filters },
+        { protocolVersion: link.v5 ? 5 : 4 }));
+    }
+    const batch: Upstream[] = [];
+    for (const u of this.toSubscribe) {
+      if (u.inflightGen !== 0) {
+        u.again = true;
+        continue;
+      }
+      batch.push(u);
+    }
+    this.toSubscribe.clear();
+    if (batch.length === 0) return;
+    // MQTT 5: one SUBSCRIBE per filter, each with its generation as Subscription Identifier.
+    const groups = link.v5 ? batch.map((u) => [u]) : [batch];
+    for (const group of groups) {
+      for (const u of group) {
+        const gen = this.allocGen(u);
+        u.inflightGen = gen;
+        u.sentQos = Math.max(0, u.maxWant());
+        if (u.waiting.length > 0) {
+          u.gens.set(gen, u.waiting);
+          u.waiting = [];
+        }
+      }
+      const subscriptions = group.map((u) => ({ topic: u.filter, qos: u.sentQos as 0 | 1 | 2, rh: 0, rap: false, nl: false }));
+      const id = link.sendControl((messageId) => mqttPacket.generate({
+        cmd: 'subscribe', messageId, subscriptions,
+        properties: link.v5 ? { subscriptionIdentifier: group[0].inflightGen } : undefined,
+      }, { protocolVersion: link.v5 ? 5 : 4 }));
+      this.byPacket.set(id, group);
+    }
+  }
+
+  private allocGen(u: Upstream): number {
+    const gen = this.nextGen;
+    this.nextGen = this.nextGen === MAX_SUB_ID ? 1 : this.nextGen + 1;
+    this.byGen.set(gen, u);
+    return gen;
+  }
+
+  /** The broker answered a SUBSCRIBE. */
+  onSuback(id: number, codes: number[]): void {
+    const group = this.byPacket.get(id);
+    if (group === undefined) return;
+    this.byPacket.delete(id);
+    const perShard = new Map<number, SubAck[]>();
+    group.forEach((u, i) => {
+      const code = codes[i] ?? 0x80;
+      const gen = u.inflightGen;
+      u.inflightGen = 0;
+      if (this.subs.get(u.filter) !== u) return; // released meanwhile
+      u.granted = code < 0x80 ? code : -1;
+      if (code < 0x80) u.ackedGen = gen;
+      // Drop generations old enough that no retained message of theirs can still be on the way.
+      for (const g of u.gens.keys()) {
+        if (u.gens.size <= KEEP_GENERATIONS) break;
+        u.gens.delete(g);
+        this.byGen.delete(g);
+      }
+      for (let s = 0; s < u.want.length; s++) {
+        if (u.want[s] < 0) continue;
+        const acks = perShard.get(s) ?? [];
+        acks.push({ filter: u.filter, qos: u.sentQos, granted: code < 0x80 ? Math.min(u.want[s], code) : code });
+        perShard.set(s, acks);
+      }
+      if (u.again) {
+        u.again = false;
+        this.toSubscribe.add(u);
+      }
+    });
+    for (const [s, acks] of perShard) this.reply(s, acks);
+    this.onChange();
+  }
+
+  /** A new broker connection (or session): every filter held is subscribed again. */
+  onConnected(sessionPresent: boolean): void {
+    this.byPacket.clear();
+    for (const u of this.subs.values()) {
+      const lost = u.inflightGen !== 0;
+      u.inflightGen = 0;
+      if (!sessionPresent || lost || u.granted < 0) this.toSubscribe.add(u);
+    }
+    this.onChange();
+  }
+
+  private reply(shard: number, acks: SubAck[]): void {
+    const m: WriterToShard = { t: 'subacks', broker: this.broker, acks };
+    this.ports[shard].postMessage(m);
+  }
+
+  /**
+   * A PUBLISH from the broker, variable header and payload in buf[start, end). Returns false
+   * when a shard's ring cannot take it now: the caller keeps it and retries after retry().
+   */
+  onPublish(header: number, buf: Buffer, start: number, end: number, v5: boolean): boolean {
+    const retain = (header & 1) !== 0;
+    const qos = (header >> 1) & 3;
+    const topicLen = buf.readUInt16BE(start);
+    const topicStart = start + 2;
+    let pos = topicStart + topicLen + (qos > 0 ? 2 : 0);
+    let propsStart = pos;
+    let propsEnd = pos;
+    if (v5) {
+      const n = readVarint(buf, pos, end);
+      propsStart = varintEnd;
+      propsEnd = propsStart + n;
+      pos = propsEnd;
+    }
+    const scan = this.scan;
+    const propsLen = v5 ? forwardProperties(buf, propsStart, propsEnd, null, 0, scan) : 0;
+    if (propsLen < 0) return true; // malformed properties: the connection check catches it
+    const remote = buf.toString('utf8', topicStart, topicStart + topicLen);
+    const targets = this.targets;
+    targets.fill(0);
+    let any = false;
+    // Live messages go to every shard holding a matching filter; retained ones (retain set)
+    // only to the requests of the generation they answer.
+    let recipients: Recipient[] | null = null;
+    if (retain) {
+      recipients = [];
+      if (scan.subIds.length > 0) {
+        for (const g of scan.subIds) {
+          const u = this.byGen.get(g);
+          const list = u?.gens.get(g);
+          if (list) recipients.push(...list);
+        }
+      } else {
+        this.trie.match(remote, (u) => {
+          const list = u.gens.get(u.ackedGen);
+          if (list) recipients!.push(...list);
+        });
+      }
+      any = recipients.length > 0;
+    } else {
+      this.trie.match(remote, (u) => {
+        for (let s = 0; s < targets.length; s++) if (u.want[s] >= 0) targets[s] = 1;
+        any = true;
+      });
+    }
+    if (!any) {
+      this.dropped++;
+      return true;
+    }
+    const locals = this.locals;
+    const n = this.routing.localTopics(this.broker, remote, locals);
+    if (n === 0) return true;
+    const payloadLen = end - pos;
+    if (DOWNLINK_HEADER + topicLen * 4 + propsLen + payloadLen > this.rings[0].capacity / 2) {
+      // Larger than a shard's ring can ever take: MQTT 5 brokers are told the limit in CONNECT.
+      this.tooLarge++;
+      return true;
+    }
+    // Room first, for every record this message makes, so it is written whole or not at all.
+    // Each record costs its length word and padding; one more record's worth covers the space
+    // a wrap at the end of the ring can waste.
+    for (let s = 0; s < targets.length; s++) {
+      let need = 0;
+      let largest = 0;
+      for (let i = 0; i < n; i++) {
+        const one = DOWNLINK_HEADER + Buffer.byteLength(locals[i]) + propsLen + payloadLen + 8;
+        const copies = recipients === null ? targets[s] : recipients.reduce((c, r) => c + (r.shard === s ? 1 : 0), 0);
+        need += one * copies;
+        if (copies > 0 && one > largest) largest = one;
+      }
+      if (need > 0 && !this.rings[s].canFit(need + largest)) return false;
+    }
+    if (propsLen > this.propsScratch.length) this.propsScratch = Buffer.alloc(propsLen * 2);
+    if (propsLen > 0) forwardProperties(buf, propsStart, propsEnd, this.propsScratch, 0, scan);
+    const seq = this.seq = (this.seq + 1) >>> 0;
+    const expiry = scan.expiry < 0 ? NO_EXPIRY : scan.expiry;
+    for (let i = 0; i < n; i++) {
+      if (recipients === null) {
+        for (let s = 0; s < targets.length; s++) {
+          if (targets[s]) this.write(s, 0, qos, retain, locals[i], propsLen, expiry, seq, buf, pos, payloadLen);
+        }
+      } else {
+        for (const r of recipients) this.write(r.shard, r.req, qos, retain, locals[i], propsLen, expiry, seq, buf, pos, payloadLen);
+      }
+    }
+    this.delivered++;
+    return true;
+  }
+
+  private write(s: number, req: number, qos: number, retain: boolean, topic: string, propsLen: number, expiry: number,
+    seq: number, src: Buffer, payloadAt: number, payloadLen: number): void {
+    const ring = this.rings[s];
+    const topicBytes = Buffer.byteLength(topic);
+    let at = ring.reserve(DOWNLINK_HEADER + topicBytes + propsLen + payloadLen);
+    if (at < 0) throw new Error('downlink ring reserve failed after canFit()');
+    const b = ring.buffer;
+    const v = ring.dataView;
+    b[at] = REC_DELIVER;
+    b[at + 1] = qos | (retain ? 4 : 0);
+    v.setUint16(at + 2, topicBytes, true);
+    v.setUint32(at + 4, propsLen, true);
+    v.setUint32(at + 8, req, true);
+    v.setUint32(at + 12, expiry, true);
+    v.setUint32(at + 16, seq, true);
+    at += DOWNLINK_HEADER;
+    at += b.write(topic, at, 'utf8');
+    if (propsLen > 0) at += copyBytes(this.propsScratch, 0, propsLen, b, at);
+    copyBytes(src, payloadAt, payloadAt + payloadLen, b, at);
+    this.dirty[s] = true;
+  }
+
+  /** Makes this turn's records visible; returns the shards to wake. */
+  commit(wake: (shard: number) => void): void {
+    for (let s = 0; s < this.rings.length; s++) {
+      if (!this.dirty[s]) continue;
+      this.dirty[s] = false;
+      if (this.rings[s].commit()) wake(s);
+    }
+  }
+}

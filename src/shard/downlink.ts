@@ -1,0 +1,136 @@
+// Reads what the writers put in this shard's downlink rings and hands each message to the
+// sessions whose subscriptions match: one copy per session at the highest QoS of its matching
+// subscriptions, the QoS capped by the message's [MQTT-3.8.4-8]; members of a shared
+// subscription group take turns.
+
+import { Doorbell } from '../ring/doorbell';
+import { RingConsumer } from '../ring/spsc';
+import { DOWNLINK_HEADER, NO_EXPIRY } from '../ring/records';
+import { matchTopic } from '../protocol/topic';
+import { StoredMessage, type Outgoing, type Session, type SessionLimits } from './session';
+import type { ShardSubscriptions, Sub } from './subscriptions';
+
+export class ShardDownlink {
+  private readonly scratch = new StoredMessage(Buffer.alloc(0), 0, 0, 0, 0, '', 0);
+  private stamp = 0;
+  private readonly matched: Session[] = [];
+  private readonly groups = new Map<string, Sub[]>();
+  private readonly turns = new Map<string, number>();
+  delivered = 0;
+  unmatched = 0;
+
+  constructor(
+    private readonly rings: RingConsumer[],
+    private readonly writerBells: Doorbell[],
+    private readonly subs: ShardSubscriptions,
+    private readonly limits: SessionLimits,
+  ) {}
+
+  hasData(): boolean {
+    for (const r of this.rings) if (r.hasData()) return true;
+    return false;
+  }
+
+  /** Delivers every record waiting; returns how many there were. */
+  drain(now: number): number {
+    let total = 0;
+    for (let b = 0; b < this.rings.length; b++) {
+      const ring = this.rings[b];
+      let n = 0;
+      let at: number;
+      while ((at = ring.next()) >= 0) {
+        this.onRecord(ring, at, now);
+        total++;
+        if (++n === 1024) {
+          if (ring.release()) this.writerBells[b].ring();
+          n = 0;
+        }
+      }
+      if (ring.release()) this.writerBells[b].ring();
+    }
+    return total;
+  }
+
+  private onRecord(ring: RingConsumer, at: number, now: number): void {
+    const buf = ring.buffer;
+    const view = ring.dataView;
+    const flags = buf[at + 1];
+    const qos = flags & 3;
+    const retain = (flags & 4) !== 0;
+    const topicLen = view.getUint16(at + 2, true);
+    const propsLen = view.getUint32(at + 4, true);
+    const req = view.getUint32(at + 8, true);
+    const expiry = view.getUint32(at + 12, true);
+    const start = at + DOWNLINK_HEADER;
+    const m = this.scratch;
+    m.body = buf;
+    m.start = start;
+    m.topicLen = topicLen;
+    m.propsLen = propsLen;
+    m.payloadLen = ring.lastLength - DOWNLINK_HEADER - topicLen - propsLen;
+    m.topic = buf.toString('utf8', start, start + topicLen);
+    m.expiresAt = expiry === NO_EXPIRY ? 0 : now + expiry * 1000;
+    let kept: StoredMessage | null = null;
+    const hand = (session: Session, q: number, r: boolean, subIds: number[] | null): void => {
+      // QoS 0 is written out at once; a QoS 1/2 delivery may wait, so it gets its own copy.
+      const msg = q === 0 ? m : (kept ??= m.keep());
+      const out: Outgoing = { msg, qos: q, retain: r, subIds, stage: 0 };
+      session.deliver(out, this.limits, now);
+      this.delivered++;
+    };
+
+    if (req !== 0) {
+      // A retained message answering one subscription's request, and only that one.
+      const sub = this.subs.requestOf(req);
+      if (sub !== null && matchTopic(sub.filter, m.topic)) {
+        hand(sub.session, Math.min(qos, sub.qos), true, sub.subId > 0 ? [sub.subId] : null);
+      }
+      return;
+    }
+
+    const stamp = ++this.stamp;
+    const matched = this.matched;
+    matched.length = 0;
+    this.subs.trie.match(m.topic, (sub) => {
+      if (sub.group !== null) {
+        const key = `${sub.group}\u0000${sub.filter}`;
+        const members = this.groups.get(key);
+        if (members === undefined) this.groups.set(key, [sub]);
+        else members.push(sub);
+        return;
+      }
+      const s = sub.session;
+      const q = Math.min(qos, sub.qos);
+      if (s.mark !== stamp) {
+        s.mark = stamp;
+        s.dQos = q;
+        s.dSubIds = [];
+        matched.push(s);
+      } else if (q > s.dQos) {
+        s.dQos = q;
+      }
+      if (sub.subId > 0) s.dSubIds.push(sub.subId);
+    });
+    for (const s of matched) hand(s, s.dQos, false, s.dSubIds.length > 0 ? s.dSubIds : null);
+    if (this.groups.size > 0) {
+      for (const [key, members] of this.groups) {
+        const sub = this.pickMember(key, members);
+        hand(sub.session, Math.min(qos, sub.qos), false, sub.subId > 0 ? [sub.subId] : null);
+      }
+      this.groups.clear();
+    }
+    if (matched.length === 0 && this.groups.size === 0) this.unmatched++;
+    void retain;
+  }
+
+  /** Round robin over the group's members, preferring connected ones. */
+  private pickMember(key: string, members: Sub[]): Sub {
+    const turn = (this.turns.get(key) ?? 0) + 1;
+    this.turns.set(key, turn);
+    for (let i = 0; i < members.length; i++) {
+      const sub = members[(turn + i) % members.length];
+      if (sub.session.link !== null) return sub;
+    }
+    return members[turn % members.length];
+  }
+}

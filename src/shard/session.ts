@@ -1,0 +1,187 @@
+// A device's session on its shard: its subscriptions and the messages on their way to it. It
+// outlives the connection when the device asked for a persistent session (MQTT 3.1.1 clean
+// session 0, MQTT 5 session expiry > 0): QoS 1/2 messages then queue while the device is away
+// and the unacknowledged ones are sent again, with DUP, when it comes back [MQTT-4.4.0-1].
+
+import type { Sub } from './subscriptions';
+
+/** A message from a broker, as one shard keeps it: topic | properties | payload in `body`. */
+export class StoredMessage {
+  constructor(
+    public body: Buffer,
+    public start: number,
+    public topicLen: number,
+    public propsLen: number,
+    public payloadLen: number,
+    public topic: string,
+    /** Expiry time (ms since the epoch), 0 when the message does not expire. */
+    public expiresAt: number,
+  ) {}
+
+  get propsStart(): number {
+    return this.start + this.topicLen;
+  }
+
+  get payloadStart(): number {
+    return this.start + this.topicLen + this.propsLen;
+  }
+
+  /** A private copy, for a message that must outlive the ring record it was read from. */
+  keep(): StoredMessage {
+    const len = this.topicLen + this.propsLen + this.payloadLen;
+    const body = Buffer.allocUnsafe(len);
+    body.set(this.body.subarray(this.start, this.start + len));
+    return new StoredMessage(body, 0, this.topicLen, this.propsLen, this.payloadLen, this.topic, this.expiresAt);
+  }
+}
+
+/** One delivery to one session: the message and how this session gets it. */
+export interface Outgoing {
+  msg: StoredMessage;
+  qos: number;
+  retain: boolean;
+  subIds: number[] | null;
+  /** 1: PUBLISH sent, waiting for PUBACK / PUBREC; 2: PUBREL sent, waiting for PUBCOMP. */
+  stage: number;
+}
+
+/** What a session needs from the connection it is attached to. */
+export interface SessionLink {
+  readonly version: number;
+  /** Unacknowledged QoS 1/2 deliveries the device accepts (its Receive Maximum). */
+  readonly receiveMaximum: number;
+  /** Encodes a PUBLISH to the device; false when it exceeds the device's Maximum Packet Size. */
+  writePublish(out: Outgoing, id: number, dup: boolean, now: number): boolean;
+  writePubrel(id: number): void;
+}
+
+export interface SessionLimits {
+  readonly maxQueued: number;
+  readonly dropOldest: boolean;
+  /** Counts a message dropped for `reason`. */
+  dropped(reason: 'queue-full' | 'expired' | 'too-large' | 'offline-qos0', session: Session): void;
+}
+
+export class Session {
+  link: SessionLink | null = null;
+  /** Id of the connection that last held the session. */
+  lastConn = 0;
+  /** How long the session outlives its connection, in ms; 0 ends it with the connection. */
+  expiryMs = 0;
+  /** When an offline session expires (ms since the epoch). */
+  expiresAt = 0;
+  readonly subs = new Map<string, Sub>();
+  readonly inflight = new Map<number, Outgoing>();
+  private queue: Outgoing[] = [];
+  private head = 0;
+  private nextId = 1;
+
+  // Per-delivery scratch for the shard's matching: one copy per session at the highest QoS of
+  // its matching subscriptions, with all their identifiers [MQTT-3.3.4-2, MQTT-3.3.4-3].
+  mark = 0;
+  dQos = 0;
+  dSubIds: number[] = [];
+
+  constructor(readonly clientId: string) {}
+
+  get queued(): number {
+    return this.queue.length - this.head;
+  }
+
+  /** Passes one message on: now when possible, else into the queue (QoS 1/2 only). */
+  deliver(out: Outgoing, limits: SessionLimits, now: number): void {
+    const link = this.link;
+    if (out.qos === 0) {
+      if (link === null) limits.dropped('offline-qos0', this);
+      else if (!link.writePublish(out, 0, false, now)) limits.dropped('too-large', this);
+      return;
+    }
+    if (link !== null && this.queued === 0 && this.inflight.size < link.receiveMaximum) {
+      this.send(link, out, now, limits);
+      return;
+    }
+    if (this.queued >= limits.maxQueued) {
+      limits.dropped('queue-full', this);
+      if (!limits.dropOldest) return;
+      this.queue[this.head++] = undefined as unknown as Outgoing;
+    }
+    this.queue.push(out);
+  }
+
+  private send(link: SessionLink, out: Outgoing, now: number, limits: SessionLimits): void {
+    if (out.msg.expiresAt !== 0 && out.msg.expiresAt <= now) {
+      limits.dropped('expired', this);
+      return;
+    }
+    const id = this.allocId();
+    out.stage = 1;
+    if (!link.writePublish(out, id, false, now)) {
+      // Too large for this device: dropped as the spec says, not retried [MQTT-3.1.2-25].
+      limits.dropped('too-large', this);
+      return;
+    }
+    this.inflight.set(id, out);
+  }
+
+  private allocId(): number {
+    let id = this.nextId;
+    while (this.inflight.has(id)) id = id === 65535 ? 1 : id + 1;
+    this.nextId = id === 65535 ? 1 : id + 1;
+    return id;
+  }
+
+  /** Sends queued messages while the device's window has room. */
+  pump(limits: SessionLimits, now: number): void {
+    const link = this.link;
+    if (link === null) return;
+    while (this.head < this.queue.length && this.inflight.size < link.receiveMaximum) {
+      const out = this.queue[this.head];
+      this.queue[this.head++] = undefined as unknown as Outgoing;
+      this.send(link, out, now, limits);
+    }
+    if (this.head > 1024 && this.head * 2 > this.queue.length) {
+      this.queue = this.queue.slice(this.head);
+      this.head = 0;
+    }
+  }
+
+  /** PUBACK / PUBREC / PUBCOMP from the device. Returns false for an unknown packet id. */
+  acked(type: 'puback' | 'pubrec' | 'pubcomp', id: number, reason: number): boolean {
+    const out = this.inflight.get(id);
+    if (out === undefined) return false;
+    if (type === 'pubrec') {
+      if (out.stage !== 1 || out.qos !== 2) return false;
+      if (reason >= 0x80) {
+        this.inflight.delete(id);
+        return true;
+      }
+      out.stage = 2;
+      this.link?.writePubrel(id);
+      return true;
+    }
+    if ((type === 'puback' && (out.qos !== 1 || out.stage !== 1)) || (type === 'pubcomp' && out.stage !== 2)) return false;
+    this.inflight.delete(id);
+    return true;
+  }
+
+  /** A connection takes the session: unacknowledged deliveries go again, in order, then the queue. */
+  attach(link: SessionLink, connId: number, limits: SessionLimits, now: number): void {
+    this.link = link;
+    this.lastConn = connId;
+    for (const [id, out] of this.inflight) {
+      if (out.stage === 2) link.writePubrel(id);
+      else if (!link.writePublish(out, id, true, now)) this.inflight.delete(id);
+    }
+    this.pump(limits, now);
+  }
+
+  detach(now: number): void {
+    this.link = null;
+    this.expiresAt = now + this.expiryMs;
+  }
+
+  /** Everything the session holds, for moving it to another shard. */
+  pending(): Outgoing[] {
+    return [...this.inflight.values(), ...this.queue.slice(this.head)];
+  }
+}

@@ -1,0 +1,242 @@
+// The subscriptions of one shard's devices. Each device filter is served by upstream filters at
+// the brokers the routes name; the shard counts its holders of each upstream filter and tells
+// the broker's writer only when the first one comes or the last one goes (the writer does the
+// same across shards), so a broker sees one subscription per distinct filter. A device's
+// SUBSCRIBE is answered when the writers have answered for every filter in it.
+
+import type { MessagePort } from 'node:worker_threads';
+import { parseShared, validateTopicFilter } from '../protocol/topic';
+import { TopicTrie } from '../protocol/subscriptions';
+import type { ShardToWriter, SubAck, SubOp, WriterToShard } from '../broker/downlink';
+import type { DownlinkRouting } from './routing';
+import type { Session } from './session';
+
+export interface Sub {
+  readonly session: Session;
+  /** The filter as the device sent it (the session's key for it). */
+  readonly key: string;
+  /** The filter matched against topics (without a `$share/{group}/` prefix). */
+  readonly filter: string;
+  readonly group: string | null;
+  readonly qos: number;
+  readonly noLocal: boolean;
+  readonly retainAsPublished: boolean;
+  readonly subId: number;
+  /** Upstream filters held for it: broker index and filter, and the QoS counted. */
+  readonly refs: { broker: number; upstream: string; qos: number }[];
+}
+
+export interface SubscriptionRequest {
+  topic: string;
+  qos: number;
+  nl?: boolean;
+  rap?: boolean;
+  rh?: number;
+}
+
+/** The answer to a device SUBSCRIBE: granted QoS or failure code per filter. */
+export type SubscribeDone = (codes: number[]) => void;
+
+interface Held {
+  /** Holders per requested QoS. */
+  readonly counts: [number, number, number];
+  /** QoS last asked of the writer, and its answer (-1 until there is one). */
+  asked: number;
+  granted: number;
+  waiters: { qos: number; resolve: (granted: number) => void }[];
+}
+
+/** How long a retained-message request stays answerable. */
+const REQUEST_TTL_MS = 60_000;
+
+export class ShardSubscriptions {
+  /** Every subscription of this shard's sessions, by the filter topics are matched against. */
+  readonly trie = new TopicTrie<Sub>();
+  private readonly held: Map<string, Held>[];
+  private ops: SubOp[][];
+  private readonly requests = new Map<number, { sub: Sub; at: number }>();
+  private nextReq = 1;
+
+  constructor(
+    private readonly shard: number,
+    private readonly writers: MessagePort[],
+    private readonly routing: DownlinkRouting,
+    private readonly schedule: () => void,
+  ) {
+    this.held = writers.map(() => new Map());
+    this.ops = writers.map(() => []);
+    writers.forEach((p) => p.on('message', (m: WriterToShard) => this.onWriter(m)));
+  }
+
+  /** Subscription count (filters held by sessions of this shard). */
+  get size(): number {
+    return this.trie.size;
+  }
+
+  /**
+   * Applies one SUBSCRIBE of `session`. `done` receives a code per filter once every writer
+   * involved answered (at once when none needs asking). Throws nothing: invalid filters get
+   * their failure code (MQTT 3.1.1: 0x80; MQTT 5: 0x8F).
+   */
+  subscribe(session: Session, v5: boolean, subId: number, requests: SubscriptionRequest[], done: SubscribeDone): void {
+    const codes = new Array<number>(requests.length).fill(-1);
+    let left = requests.length;
+    const settle = (i: number, code: number): void => {
+      if (codes[i] !== -1) return;
+      codes[i] = code;
+      if (--left === 0) done(codes);
+    };
+    requests.forEach((r, i) => {
+      const rc = validateTopicFilter(r.topic, { sharedAllowed: true });
+      if (rc !== 0) {
+        settle(i, v5 ? rc : 0x80);
+        return;
+      }
+      const shared = parseShared(r.topic);
+      const filter = shared === null ? r.topic : shared.filter;
+      const previous = session.subs.get(r.topic);
+      const sub: Sub = {
+        session, key: r.topic, filter, group: shared === null ? null : shared.group, qos: Math.min(2, Math.max(0, r.qos)),
+        noLocal: !!r.nl, retainAsPublished: !!r.rap, subId, refs: [],
+      };
+      // Retained messages are sent for a new subscription, and for a repeated one unless MQTT 5
+      // Retain Handling says otherwise [MQTT-3.8.4-3]; never for shared ones [MQTT-4.8.2-6].
+      const rh = r.rh ?? 0;
+      const wantsRetained = shared === null && (rh === 0 || (rh === 1 && previous === undefined));
+      const req = wantsRetained ? this.request(sub) : 0;
+      // Hold the new upstream filters before releasing the old ones, so a repeated SUBSCRIBE
+      // never makes the broker forget and re-learn a filter.
+      let best = -1;
+      let pending = 0;
+      let answered = false;
+      const answer = (g: number): void => {
+        if (g < 0x80 && g > best) best = g;
+        if (--pending === 0 && answered) settle(i, best >= 0 ? best : failure(v5));
+      };
+      for (let b = 0; b < this.writers.length; b++) {
+        for (const f of this.routing.inFilters(b, filter)) {
+          const q = Math.min(sub.qos, f.qos);
+          sub.refs.push({ broker: b, upstream: f.upstream, qos: q });
+          pending++;
+          this.hold(b, f.upstream, q, req, answer);
+        }
+      }
+      if (previous !== undefined) this.drop(previous);
+      session.subs.set(r.topic, sub);
+      this.trie.add(filter, sub);
+      answered = true;
+      // No broker serves this filter: granted, but nothing will arrive on it.
+      if (sub.refs.length === 0) settle(i, sub.qos);
+      else if (pending === 0) settle(i, best >= 0 ? best : failure(v5));
+    });
+    this.schedule();
+  }
+
+  /** Removes the session's subscription `key`; false when it had none. */
+  unsubscribe(session: Session, key: string): boolean {
+    const sub = session.subs.get(key);
+    if (sub === undefined) return false;
+    session.subs.delete(key);
+    this.drop(sub);
+    this.schedule();
+    return true;
+  }
+
+  /** Removes every subscription of a session that ends. */
+  dropSession(session: Session): void {
+    for (const sub of session.subs.values()) this.drop(sub);
+    session.subs.clear();
+    this.schedule();
+  }
+
+  /** The subscription a retained-message record was requested for, if still current. */
+  requestOf(req: number): Sub | null {
+    const r = this.requests.get(req);
+    if (r === undefined || r.sub.session.subs.get(r.sub.key) !== r.sub) return null;
+    return r.sub;
+  }
+
+  private request(sub: Sub): number {
+    const req = this.nextReq;
+    this.nextReq = this.nextReq === 0x7fffffff ? 1 : this.nextReq + 1;
+    this.requests.set(req, { sub, at: Date.now() });
+    return req;
+  }
+
+  /** Forgets retained-message requests old enough that nothing more will answer them. */
+  sweep(now: number): void {
+    for (const [req, r] of this.requests) {
+      if (now - r.at < REQUEST_TTL_MS) break;
+      this.requests.delete(req);
+    }
+  }
+
+  private drop(sub: Sub): void {
+    this.trie.remove(sub.filter, sub);
+    for (const ref of sub.refs) this.release(ref.broker, ref.upstream, ref.qos);
+  }
+
+  private hold(b: number, upstream: string, qos: number, req: number, answer: (granted: number) => void): void {
+    let h = this.held[b].get(upstream);
+    if (h === undefined) {
+      h = { counts: [0, 0, 0], asked: -1, granted: -1, waiters: [] };
+      this.held[b].set(upstream, h);
+    }
+    h.counts[qos]++;
+    const want = maxQos(h);
+    if (req === 0 && h.granted >= 0 && h.asked >= want) {
+      answer(Math.min(qos, h.granted));
+      return;
+    }
+    h.waiters.push({ qos, resolve: answer });
+    if (want > h.asked || req !== 0 || h.asked < 0) {
+      h.asked = Math.max(h.asked, want);
+      this.ops[b].push({ filter: upstream, qos: h.asked, req });
+    }
+  }
+
+  private release(b: number, upstream: string, qos: number): void {
+    const h = this.held[b].get(upstream);
+    if (h === undefined) return;
+    h.counts[qos]--;
+    if (maxQos(h) >= 0) return;
+    this.held[b].delete(upstream);
+    for (const w of h.waiters) w.resolve(0x80);
+    this.ops[b].push({ filter: upstream, qos: -1, req: 0 });
+  }
+
+  private onWriter(m: WriterToShard): void {
+    if (m.t !== 'subacks') return;
+    for (const ack of m.acks) this.onAck(m.broker, ack);
+  }
+
+  private onAck(b: number, ack: SubAck): void {
+    const h = this.held[b].get(ack.filter);
+    if (h === undefined) return;
+    if (ack.granted < 0x80) h.granted = ack.granted;
+    const keep: Held['waiters'] = [];
+    for (const w of h.waiters) {
+      if (w.qos <= ack.qos) w.resolve(ack.granted < 0x80 ? Math.min(w.qos, ack.granted) : ack.granted);
+      else keep.push(w);
+    }
+    h.waiters = keep;
+  }
+
+  /** Sends this turn's changes to the writers, one message per writer. */
+  flush(): void {
+    for (let b = 0; b < this.ops.length; b++) {
+      if (this.ops[b].length === 0) continue;
+      const m: ShardToWriter = { t: 'subs', shard: this.shard, ops: this.ops[b] };
+      this.ops[b] = [];
+      this.writers[b].postMessage(m);
+    }
+  }
+}
+
+function maxQos(h: Held): number {
+  return h.counts[2] > 0 ? 2 : h.counts[1] > 0 ? 1 : h.counts[0] > 0 ? 0 : -1;
+}
+
+function failure(v5: boolean): number {
+  return v5 ? 0x80 : 0x80;
+}
