@@ -115,9 +115,11 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   });
 
   const shardWorkers: Worker[] = [];
-  const registry = new ClientRegistry((owner) => {
-    const m: ToShard = { t: 'kick', conn: owner.conn };
-    shardWorkers[owner.shard]?.postMessage(m);
+  const toShard = (s: number, m: ToShard): void => shardWorkers[s]?.postMessage(m);
+  const registry = new ClientRegistry({
+    kick: (owner) => toShard(owner.shard, { t: 'kick', conn: owner.conn }),
+    fetch: (previous, next, clientId) => toShard(previous.shard, { t: 'export', conn: previous.conn, clientId, to: next.shard, toConn: next.conn }),
+    none: (next) => toShard(next.shard, { t: 'session', conn: next.conn, from: -1, state: null }),
   });
   const startShard = (s: number, listen: ListenPlan): Promise<number> => new Promise((resolve, reject) => {
     const w = watch(new Worker(path.join(WORKERS, 'shard.worker.js'), {
@@ -133,10 +135,11 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       const msg = m as FromShard;
       if (msg.t === 'registry') {
         for (const op of msg.ops) {
-          if (op.claim) registry.claim(op.clientId, { shard: msg.shard, conn: op.conn });
+          if (op.claim) registry.claim(op.clientId, { shard: msg.shard, conn: op.conn }, op.fetch);
           else registry.release(op.clientId, { shard: msg.shard, conn: op.conn });
         }
-      } else if (msg.t === 'ready') resolve(msg.port);
+      } else if (msg.t === 'relay') toShard(msg.to, msg.msg);
+      else if (msg.t === 'ready') resolve(msg.port);
       else if (msg.t === 'failed') reject(new Error(`cannot listen on ${cfg.host}:${cfg.port}: ${msg.message}`));
     });
     shardWorkers[s] = w;

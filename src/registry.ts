@@ -1,21 +1,41 @@
 // Which connection owns each client id, across all shards. A new CONNECT with an id in use
 // takes it over: the previous owner is told to close (MQTT 5: DISCONNECT 0x8E), wherever it is.
-// Runs on the supervisor; CONNECT is rare next to PUBLISH, so postMessage is fast enough here.
+// A CONNECT that wants its persistent session back (clean session 0 / clean start 0) and finds
+// the id owned on another shard has the session moved here instead. Runs on the supervisor;
+// CONNECT is rare next to PUBLISH, so postMessage is fast enough here.
 
 export interface Owner {
   shard: number;
   conn: number;
 }
 
+export interface RegistryActions {
+  /** The previous owner must close; its session, if any, ends. */
+  kick(previous: Owner): void;
+  /** The previous owner hands its session (if any) to `next`. */
+  fetch(previous: Owner, next: Owner, clientId: string): void;
+  /** `next` asked for a session and there is none elsewhere. */
+  none(next: Owner, clientId: string): void;
+}
+
 export class ClientRegistry {
   private readonly owners = new Map<string, Owner>();
 
-  constructor(private readonly kick: (owner: Owner) => void) {}
+  constructor(private readonly actions: RegistryActions) {}
 
-  claim(clientId: string, owner: Owner): void {
+  claim(clientId: string, owner: Owner, fetch = false): void {
     const previous = this.owners.get(clientId);
     this.owners.set(clientId, owner);
-    if (previous !== undefined && (previous.shard !== owner.shard || previous.conn !== owner.conn)) this.kick(previous);
+    const other = previous !== undefined && (previous.shard !== owner.shard || previous.conn !== owner.conn);
+    if (fetch) {
+      if (other && previous.shard !== owner.shard) this.actions.fetch(previous, owner, clientId);
+      else {
+        if (other) this.actions.kick(previous);
+        this.actions.none(owner, clientId);
+      }
+    } else if (other) {
+      this.actions.kick(previous);
+    }
   }
 
   release(clientId: string, owner: Owner): void {

@@ -6,8 +6,11 @@ import { redactList } from './brokers';
 import { envSchema, SPECS, type ShownParams } from './schema';
 import type { BrokerConfig, Config } from './types';
 
-export type { AckMode, BrokerConfig, Config, LogLevel, QoS, RetainMode } from './types';
+export type {
+  AckMode, BrokerConfig, Config, LogLevel, QoS, QueueOverflow, RetainMode, Route, RouteDirection,
+} from './types';
 export { describeBrokerParams, redactUrl } from './brokers';
+export { defaultRoutes, RouteTable, type OutMatch } from './routes';
 
 export class ConfigError extends Error {
   readonly code = 'FANOUT_ERR_CONFIG';

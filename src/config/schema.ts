@@ -5,7 +5,8 @@
 import { isIP } from 'node:net';
 import { z } from 'zod';
 import { BROKERS_ALLOWED, isHostName, parseBrokerList, parseDecimal } from './brokers';
-import type { Config } from './types';
+import { parseRoutes, ROUTES_ALLOWED, RoutesError } from './routes';
+import type { Config, Route } from './types';
 
 /** Facts about the machine that some defaults derive from; injected to keep tests stable. */
 export interface HostFacts {
@@ -94,10 +95,14 @@ const brokerList: Kind<Config['brokers']> = {
   }),
 };
 
-type EnvKey = Exclude<keyof Config, 'embeddedBroker'>;
+/** What each variable converts to on its own. Routes name brokers, so FANOUT_ROUTES stays text
+ *  until envSchema() parses it against FANOUT_BROKERS. */
+type EnvValues = Omit<Config, 'embeddedBroker' | 'routes'> & { readonly routes: string };
+type EnvKey = keyof EnvValues;
 
-/** One declaration per Config field (embeddedBroker follows from FANOUT_BROKERS), in README order. */
-export const VARIABLES: { readonly [K in EnvKey]: VarSpec<Config[K]> } = {
+/** One declaration per Config field, in README order (embeddedBroker follows from FANOUT_BROKERS;
+ *  routes come from FANOUT_ROUTES parsed against it). */
+export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
   host: { name: 'FANOUT_HOST', default: '0.0.0.0', ...hostOrIp,
     description: 'Address the MQTT listener for devices binds to.' },
   port: { name: 'FANOUT_PORT', default: '1883', ...integer(0, 65535),
@@ -107,11 +112,24 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<Config[K]> } = {
     description: 'Shard worker threads the device connections are spread over.' },
   brokers: { name: 'FANOUT_BROKERS', default: 'none: an embedded broker is started', ...brokerList,
     fallback: () => [],
-    description: 'Upstream brokers every publish is forwarded to; see the URL parameters below.' },
+    description: 'Upstream brokers device publishes are forwarded to (all of them unless FANOUT_ROUTES '
+      + 'says otherwise); see the URL parameters below.' },
+  routes: { name: 'FANOUT_ROUTES', default: 'none: every broker gets every publish, the first one also serves subscriptions',
+    allowed: ROUTES_ALLOWED, schema: z.string(), fallback: () => '',
+    description: 'Which topics each broker gets from devices (out) and serves to them (in), '
+      + 'with a QoS cap and prefix remapping per route; see Routes above. Needs FANOUT_BROKERS.' },
   maxPacketSize: { name: 'FANOUT_MAX_PACKET_SIZE', default: '262144', ...integer(64, 268435455),
     description: 'Largest MQTT packet accepted from a device, in bytes.' },
   maxInflight: { name: 'FANOUT_MAX_INFLIGHT', default: '100', ...integer(1, 65535),
     description: 'Unacknowledged QoS 1/2 publishes allowed per device connection.' },
+  maxQueuedMessages: { name: 'FANOUT_MAX_QUEUED_MESSAGES', default: '1000', ...integer(1, 10000000),
+    description: 'QoS 1/2 messages kept per device session while the device is away or its window is full.' },
+  queueOverflow: { name: 'FANOUT_QUEUE_OVERFLOW', default: 'drop-oldest', ...oneOf(['drop-oldest', 'drop-new']),
+    description: 'What a full session queue does with one more message: drop its oldest message '
+      + 'or the new one; drops are counted and logged.' },
+  sessionExpiryMaxS: { name: 'FANOUT_SESSION_EXPIRY_MAX', default: '86400', ...integer(0, 4294967295),
+    description: 'Upper bound of the MQTT 5 session expiry and the expiry of MQTT 3.1.1 persistent '
+      + '(clean session 0) sessions, in seconds.' },
   pendingThrottleMs: { name: 'FANOUT_PENDING_THROTTLE_MS', default: '10', ...integer(0, 60000),
     description: 'Pause between re-sent batches after a broker reconnect, in milliseconds.' },
   ringBytes: { name: 'FANOUT_RING_BYTES', default: '4194304', ...powerOfTwo,
@@ -164,12 +182,31 @@ export function envSchema(host: HostFacts): z.ZodType<Config, z.ZodTypeDef, unkn
   return z
     .object(shape)
     .superRefine((vars, ctx) => checkReconnectOrder(vars, ctx, host))
-    .transform((vars): Config => {
+    .transform((vars, ctx): Config => {
       const values = Object.fromEntries(
         ENTRIES.map(([key, spec]) => [key, vars[spec.name] ?? defaultValue(spec, host)]),
-      ) as Omit<Config, 'embeddedBroker'>;
-      return { ...values, embeddedBroker: vars[VARIABLES.brokers.name] === undefined };
+      ) as EnvValues;
+      const embeddedBroker = vars[VARIABLES.brokers.name] === undefined;
+      return { ...values, embeddedBroker, routes: routesOf(values, embeddedBroker, ctx) };
     });
+}
+
+/** FANOUT_ROUTES parsed against the broker names; [] when unset (RouteTable then applies
+ *  defaultRoutes). Without FANOUT_BROKERS there are no names for routes to use. */
+function routesOf(values: EnvValues, embeddedBroker: boolean, ctx: z.RefinementCtx): Route[] {
+  if (values.routes === '') return [];
+  let message = `routes name brokers of ${VARIABLES.brokers.name}, which is not set `
+    + '(the embedded broker then takes every publish and serves every subscription)';
+  if (!embeddedBroker) {
+    try {
+      return parseRoutes(values.routes, values.brokers.map((broker) => broker.name));
+    } catch (err) {
+      if (!(err instanceof RoutesError)) throw err;
+      message = err.message;
+    }
+  }
+  ctx.addIssue({ code: z.ZodIssueCode.custom, path: [VARIABLES.routes.name], message, fatal: true });
+  return z.NEVER;
 }
 
 function checkReconnectOrder(vars: Record<string, unknown>, ctx: z.RefinementCtx, host: HostFacts): void {

@@ -5,6 +5,26 @@ export type AckMode = 'all' | 'any' | 'local';
 export type RetainMode = 'forward' | 'strip';
 export type QoS = 0 | 1 | 2;
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+export type QueueOverflow = 'drop-oldest' | 'drop-new';
+export type RouteDirection = 'in' | 'out' | 'both';
+
+/** One FANOUT_ROUTES entry: `<broker> <pattern> <in|out|both> [qos] [local-prefix remote-prefix]`.
+ *  It covers the local topics localPrefix + X and the broker's topics remotePrefix + X for every
+ *  X matched by pattern (src/config/routes.ts has the exact rules). */
+export interface Route {
+  /** Name of a broker in FANOUT_BROKERS. */
+  readonly broker: string;
+  /** Topic filter, without the prefixes. */
+  readonly pattern: string;
+  /** out: device publishes go to the broker; in: the broker serves device subscriptions. */
+  readonly direction: RouteDirection;
+  /** Highest QoS used on this route, either way (default 2). */
+  readonly qos: QoS;
+  /** Prefix of the topics on the device side; '' for none. */
+  readonly localPrefix: string;
+  /** What localPrefix is replaced with at the broker; '' for none. */
+  readonly remotePrefix: string;
+}
 
 export interface BrokerConfig {
   /** Short name from FANOUT_BROKERS (`name=url`): [A-Za-z0-9_-]{1,32}, unique. */
@@ -40,8 +60,18 @@ export interface Config {
   /** True when FANOUT_BROKERS was not set: main starts an in-process aedes broker and fills
    *  brokers[] with it before workers start. */
   readonly embeddedBroker: boolean;
+  /** Parsed FANOUT_ROUTES; empty when unset: then defaultRoutes() applies (every broker gets all
+   *  uplink, the first broker serves downlink). */
+  readonly routes: readonly Route[];
   readonly maxPacketSize: number;
   readonly maxInflight: number;
+  /** QoS 1/2 messages kept per device session while the device is away or its window is full. */
+  readonly maxQueuedMessages: number;
+  /** What a full session queue does with one more message; drops are counted and logged. */
+  readonly queueOverflow: QueueOverflow;
+  /** Upper bound, in seconds, of MQTT 5 session expiry and of the expiry of MQTT 3.1.1
+   *  persistent (clean session 0) sessions. */
+  readonly sessionExpiryMaxS: number;
   readonly pendingThrottleMs: number;
   readonly ringBytes: number;
   readonly ack: AckMode;

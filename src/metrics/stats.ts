@@ -3,7 +3,7 @@
 
 export const SHARD_FIELDS = [
   'connections', 'publishesIn', 'backpressurePauses', 'willsPublished', 'takeovers', 'protocolErrors',
-  'messagesOut', 'dropQueueFull', 'dropExpired', 'dropTooLarge', 'dropOfflineQos0', 'sessions', 'subscriptions',
+  'messagesOut', 'dropQueueFull', 'dropExpired', 'dropTooLarge', 'dropOfflineQos0', 'sessions', 'subscriptions', 'unrouted',
 ] as const;
 export type ShardField = (typeof SHARD_FIELDS)[number];
 

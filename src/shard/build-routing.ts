@@ -1,11 +1,19 @@
-// The downlink routing of a configuration. Until routes are configured the first broker serves
-// every device subscription under the same names.
+// The routing of a configuration. Without FANOUT_ROUTES the proxy is transparent: every broker
+// gets every publish and the first one serves every subscription, '$' topics included. With
+// routes, FANOUT_ROUTES decides both directions (src/config/routes.ts).
 
 import type { Config } from '../config/types';
+import { RouteTable } from '../config/routes';
 import type { DownlinkRouting } from './routing';
 
+/** The route table of `config`, or null when the proxy is transparent. */
+export function buildRoutes(config: Config): RouteTable | null {
+  return config.routes.length === 0 ? null : new RouteTable(config.routes, config.brokers.map((b) => b.name));
+}
+
 export function buildRouting(config: Config): DownlinkRouting {
-  void config;
+  const table = buildRoutes(config);
+  if (table !== null) return table;
   return {
     inFilters: (broker, localFilter) => (broker === 0 ? [{ upstream: localFilter, qos: 2 }] : []),
     localTopics: (broker, remoteTopic, out) => {

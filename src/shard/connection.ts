@@ -10,10 +10,9 @@ import { Framer, FRAME_INCOMPLETE, FRAME_READY, FRAME_TOO_LARGE } from '../proto
 import { decodePublish, encodePublishHead, publishSize } from '../protocol/publish';
 import { varintSize, writeVarint } from '../protocol/framer';
 import { copyBytes } from '../protocol/bytes';
-import { decodeConnect, encodeConnack } from '../protocol/connect';
+import { decodeConnect, encodeConnack, type ConnackOptions } from '../protocol/connect';
 import * as C from '../protocol/constants';
 import { NO_TOKEN } from '../ring/records';
-import { Uplink } from './uplink';
 import type { AckTarget } from './inflight';
 import type { ShardContext } from './context';
 import type { Outgoing, Session, SessionLink } from './session';
@@ -89,7 +88,8 @@ export class DeviceConnection implements AckTarget, SessionLink {
 
   private process(): void {
     const f = this.framer;
-    while (this.state !== CLOSED && !this.blocked) {
+    // A connected device without its session yet (coming from another shard) waits.
+    while (this.state !== CLOSED && !this.blocked && (this.state === NEW || this.session !== null)) {
       const r = f.next();
       if (r === FRAME_READY) {
         if (!this.handle(f.header, f.buf, f.start, f.end)) this.block(f.header, f.buf, f.start, f.end);
@@ -192,18 +192,30 @@ export class DeviceConnection implements AckTarget, SessionLink {
       }, { protocolVersion: v5 ? 5 : 4 });
     }
     this.state = CONNECTED;
-    const { session, present } = this.ctx.openSession(this, p.clean !== false, expiry * 1000);
-    this.session = session;
-    this.send(encodeConnack(this.version, 0, {
-      sessionPresent: present,
+    this.connack = {
+      sessionPresent: false,
       receiveMaximum: this.ctx.config.maxInflight,
       maximumPacketSize: this.ctx.config.maxPacketSize,
       topicAliasMaximum: TOPIC_ALIAS_MAX,
       assignedClientIdentifier: assigned,
       sessionExpiryInterval: v5 && expiry !== asked ? expiry : undefined,
-    }));
-    this.ctx.claim(this);
+    };
+    const opened = this.ctx.openSession(this, p.clean !== false, expiry * 1000);
+    // null: the session comes from another shard; packets after CONNECT wait for it.
+    if (opened !== null) this.sessionReady(opened.session, opened.present);
+  }
+
+  private connack: ConnackOptions | null = null;
+
+  /** The session is here: answer the CONNECT and go on with what the device sent after it. */
+  sessionReady(session: Session, present: boolean): void {
+    if (this.state !== CONNECTED || this.connack === null) return;
+    this.session = session;
+    session.version = this.version;
+    this.send(encodeConnack(this.version, 0, { ...this.connack, sessionPresent: present }));
+    this.connack = null;
     session.attach(this, this.id, this.ctx.limits, Date.now());
+    if (this.framer.buffered > 0 && !this.blocked) this.process();
   }
 
   private onPublish(header: number, buf: Buffer, start: number, end: number): boolean {
@@ -264,10 +276,17 @@ export class DeviceConnection implements AckTarget, SessionLink {
     m.payloadStart = v.payloadStart;
     m.payloadEnd = v.payloadEnd;
     m.deviceKey = this.id;
-    if (!ctx.uplink.fits(Uplink.recordSize(m))) return false;
+    if (!ctx.uplink.fits(m)) return false;
+    if (ctx.uplink.planned === 0) {
+      // No route takes this topic: nothing to wait for.
+      ctx.stats.add('unrouted');
+      if (qos > 0) this.sendAck(qos === 1 ? C.PUBACK : C.PUBREC, id, 0);
+      if (qos === 2) (this.qos2 ??= new Map()).set(id, 1);
+      return true;
+    }
     m.token = NO_TOKEN;
     if (tracked) {
-      m.token = ctx.inflight.allocate(this, id, qos);
+      m.token = ctx.inflight.allocate(this, id, qos, ctx.uplink.planned);
       this.inflightCount++;
       if (qos === 1) (this.qos1 ??= new Set()).add(id);
     }

@@ -20,14 +20,14 @@ export interface ShardContext {
   readonly stats: ShardStats;
   readonly subs: ShardSubscriptions;
   readonly limits: SessionLimits;
-  /** The session a CONNECT gets: resumed (present) or new. */
-  openSession(conn: DeviceConnection, clean: boolean, expiryMs: number): { session: Session; present: boolean };
+  /** The session a CONNECT gets: resumed (present) or new; null when it must come from another
+   *  shard first (the shard then calls conn.sessionReady()). Claims the client id. */
+  openSession(conn: DeviceConnection, clean: boolean, expiryMs: number): { session: Session; present: boolean } | null;
   /** Scratch objects reused for every publish on this shard. */
   readonly view: PublishView;
   readonly msg: UplinkMessage;
   /** Parses a complete non-PUBLISH packet with mqtt-packet; null when malformed. */
   parse(version: number, packet: Buffer): Packet | null;
-  claim(conn: DeviceConnection): void;
   /** The connection paused on backpressure. */
   blocked(conn: DeviceConnection): void;
   /** The connection's own reason to pause may be gone (an inflight slot freed). */

@@ -39,7 +39,7 @@ export class ShardDownlink {
       let n = 0;
       let at: number;
       while ((at = ring.next()) >= 0) {
-        this.onRecord(ring, at, now);
+        this.onRecord(b, ring, at, now);
         total++;
         if (++n === 1024) {
           if (ring.release()) this.writerBells[b].ring();
@@ -51,7 +51,7 @@ export class ShardDownlink {
     return total;
   }
 
-  private onRecord(ring: RingConsumer, at: number, now: number): void {
+  private onRecord(b: number, ring: RingConsumer, at: number, now: number): void {
     const buf = ring.buffer;
     const view = ring.dataView;
     const flags = buf[at + 1];
@@ -61,6 +61,7 @@ export class ShardDownlink {
     const propsLen = view.getUint32(at + 4, true);
     const req = view.getUint32(at + 8, true);
     const expiry = view.getUint32(at + 12, true);
+    const origin = b * 4294967296 + view.getUint32(at + 16, true);
     const start = at + DOWNLINK_HEADER;
     const m = this.scratch;
     m.body = buf;
@@ -74,7 +75,7 @@ export class ShardDownlink {
     const hand = (session: Session, q: number, r: boolean, subIds: number[] | null): void => {
       // QoS 0 is written out at once; a QoS 1/2 delivery may wait, so it gets its own copy.
       const msg = q === 0 ? m : (kept ??= m.keep());
-      const out: Outgoing = { msg, qos: q, retain: r, subIds, stage: 0 };
+      const out: Outgoing = { msg, qos: q, retain: r, subIds, stage: 0, origin };
       session.deliver(out, this.limits, now);
       this.delivered++;
     };
@@ -112,6 +113,7 @@ export class ShardDownlink {
       if (sub.subId > 0) s.dSubIds.push(sub.subId);
     });
     for (const s of matched) hand(s, s.dQos, false, s.dSubIds.length > 0 ? s.dSubIds : null);
+    if (matched.length === 0 && this.groups.size === 0) this.unmatched++;
     if (this.groups.size > 0) {
       for (const [key, members] of this.groups) {
         const sub = this.pickMember(key, members);
@@ -119,7 +121,6 @@ export class ShardDownlink {
       }
       this.groups.clear();
     }
-    if (matched.length === 0 && this.groups.size === 0) this.unmatched++;
     void retain;
   }
 

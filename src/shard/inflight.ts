@@ -33,7 +33,8 @@ export class InflightTable {
     this.freeList = new Int32Array(initial);
   }
 
-  allocate(owner: AckTarget, messageId: number, qos: number): number {
+  /** A slot for one publish waiting on `brokers` answers (default: every broker). */
+  allocate(owner: AckTarget, messageId: number, qos: number, brokers = this.brokers): number {
     let slot: number;
     if (this.freeCount > 0) {
       slot = this.freeList[--this.freeCount];
@@ -41,7 +42,7 @@ export class InflightTable {
       if (this.size === this.remaining.length) this.grow();
       slot = this.size++;
     }
-    this.remaining[slot] = this.brokers;
+    this.remaining[slot] = brokers;
     this.messageId[slot] = messageId;
     this.qos[slot] = qos;
     this.acked[slot] = 0;

@@ -43,6 +43,50 @@ export interface Outgoing {
   subIds: number[] | null;
   /** 1: PUBLISH sent, waiting for PUBACK / PUBREC; 2: PUBREL sent, waiting for PUBCOMP. */
   stage: number;
+  /** Broker index * 2^32 + the writer's sequence number: the same message seen twice while a
+   *  session moves between shards has the same origin. 0 when unknown. */
+  origin: number;
+}
+
+/** A session in transit between shards (structured-clone friendly). */
+export interface SessionState {
+  clientId: string;
+  expiryMs: number;
+  version: number;
+  subs: { topic: string; qos: number; nl: boolean; rap: boolean; subId: number }[];
+  pending: PendingState[];
+}
+
+export interface PendingState {
+  /** Packet id for a delivery in flight, 0 for a queued one. */
+  id: number;
+  stage: number;
+  qos: number;
+  retain: boolean;
+  subIds: number[] | null;
+  origin: number;
+  topic: string;
+  /** topic | properties | payload, in a buffer of its own. */
+  body: Uint8Array;
+  topicLen: number;
+  propsLen: number;
+  expiresAt: number;
+}
+
+function pendingState(id: number, o: Outgoing): PendingState {
+  const m = o.msg;
+  const len = m.topicLen + m.propsLen + m.payloadLen;
+  return {
+    id, stage: o.stage, qos: o.qos, retain: o.retain, subIds: o.subIds, origin: o.origin, topic: m.topic,
+    body: Uint8Array.prototype.slice.call(m.body, m.start, m.start + len), topicLen: m.topicLen, propsLen: m.propsLen,
+    expiresAt: m.expiresAt,
+  };
+}
+
+export function outgoingOf(p: PendingState): Outgoing {
+  const body = Buffer.from(p.body.buffer, p.body.byteOffset, p.body.length);
+  const msg = new StoredMessage(body, 0, p.topicLen, p.propsLen, body.length - p.topicLen - p.propsLen, p.topic, p.expiresAt);
+  return { msg, qos: p.qos, retain: p.retain, subIds: p.subIds, stage: p.stage, origin: p.origin };
 }
 
 /** What a session needs from the connection it is attached to. */
@@ -70,6 +114,8 @@ export class Session {
   expiryMs = 0;
   /** When an offline session expires (ms since the epoch). */
   expiresAt = 0;
+  /** Protocol level of the device's last CONNECT. */
+  version = 4;
   readonly subs = new Map<string, Sub>();
   readonly inflight = new Map<number, Outgoing>();
   private queue: Outgoing[] = [];
@@ -81,6 +127,9 @@ export class Session {
   mark = 0;
   dQos = 0;
   dSubIds: number[] = [];
+  /** While the session arrives from another shard: deliveries wait here, in order, until the
+   *  messages the old shard still had are in. */
+  importing: Outgoing[] | null = null;
 
   constructor(readonly clientId: string) {}
 
@@ -90,6 +139,10 @@ export class Session {
 
   /** Passes one message on: now when possible, else into the queue (QoS 1/2 only). */
   deliver(out: Outgoing, limits: SessionLimits, now: number): void {
+    if (this.importing !== null) {
+      if (out.qos > 0) this.importing.push(out);
+      return;
+    }
     const link = this.link;
     if (out.qos === 0) {
       if (link === null) limits.dropped('offline-qos0', this);
@@ -180,8 +233,35 @@ export class Session {
     this.expiresAt = now + this.expiryMs;
   }
 
-  /** Everything the session holds, for moving it to another shard. */
-  pending(): Outgoing[] {
-    return [...this.inflight.values(), ...this.queue.slice(this.head)];
+  /** Takes out everything on its way to the device, for moving the session to another shard:
+   *  deliveries in flight keep their packet ids (the device may hold a PUBREC'd one). */
+  takePending(): PendingState[] {
+    const out: PendingState[] = [];
+    for (const [id, o] of this.inflight) out.push(pendingState(id, o));
+    for (let i = this.head; i < this.queue.length; i++) out.push(pendingState(0, this.queue[i]));
+    this.inflight.clear();
+    this.queue = [];
+    this.head = 0;
+    return out;
+  }
+
+  /** Puts back what takePending() gave on the old shard. */
+  restore(pending: PendingState[]): void {
+    for (const p of pending) {
+      const o = outgoingOf(p);
+      if (p.id !== 0) this.inflight.set(p.id, o);
+      else this.queue.push(o);
+    }
+  }
+
+  /** The old shard's last messages arrived: they go first, then what came here meanwhile
+   *  (less what both shards received). */
+  finishImport(tail: PendingState[], limits: SessionLimits, now: number): void {
+    const held = this.importing ?? [];
+    this.importing = null;
+    const seen = new Set<number>();
+    for (const o of held) if (o.origin !== 0) seen.add(o.origin);
+    for (const p of tail) if (p.origin === 0 || !seen.has(p.origin)) this.deliver(outgoingOf(p), limits, now);
+    for (const o of held) this.deliver(o, limits, now);
   }
 }

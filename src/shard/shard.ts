@@ -19,10 +19,10 @@ import { DeviceConnection } from './connection';
 import type { ShardContext } from './context';
 import { ShardStats } from '../metrics/stats';
 import { listenShard, type ListenPlan } from '../ingress/listen';
-import { Session, type SessionLimits } from './session';
+import { Session, type SessionLimits, type SessionState, type PendingState } from './session';
 import { ShardSubscriptions } from './subscriptions';
 import { ShardDownlink } from './downlink';
-import { buildRouting } from './build-routing';
+import { buildRouting, buildRoutes } from './build-routing';
 
 /** Poll interval while acknowledgements keep arriving (see ackLoop). */
 const NAP_MS = 1;
@@ -43,13 +43,23 @@ export interface ShardOptions {
   log: Logger;
 }
 
-/** Messages the supervisor sends to a shard. */
-export type ToShard = { t: 'kick'; conn: number } | { t: 'drain' };
+/** Messages the supervisor sends (or relays from another shard) to a shard. */
+export type ToShard =
+  | { t: 'kick'; conn: number }
+  | { t: 'drain' }
+  // Moving a persistent session: the old shard exports it to the new one, the new one says
+  // when its subscriptions are registered upstream, the old one sends what came meanwhile.
+  | { t: 'export'; conn: number; clientId: string; to: number; toConn: number }
+  | { t: 'session'; conn: number; from: number; state: SessionState | null }
+  | { t: 'registered'; clientId: string }
+  | { t: 'tail'; clientId: string; pending: PendingState[] };
 /** A client-id claim (a CONNECT) or release (the connection and its pending will are gone). */
 export interface RegistryOp {
   claim: boolean;
   conn: number;
   clientId: string;
+  /** A claim that wants the client's persistent session, wherever it is. */
+  fetch?: boolean;
 }
 
 /** Messages a shard sends to the supervisor. */
@@ -57,6 +67,7 @@ export type FromShard =
   | { t: 'ready'; shard: number; port: number }
   | { t: 'failed'; shard: number; message: string }
   | { t: 'registry'; shard: number; ops: RegistryOp[] }
+  | { t: 'relay'; to: number; msg: ToShard }
   | { t: 'drained'; shard: number };
 
 export class Shard implements ShardContext {
@@ -77,6 +88,10 @@ export class Shard implements ShardContext {
   /** Offline sessions by the id of the connection that last held them (for kicks). */
   private readonly offline = new Map<number, Session>();
   private readonly downlink: ShardDownlink;
+  /** Connections whose CONNECT waits for their session to arrive from another shard. */
+  private readonly awaiting = new Map<number, { conn: DeviceConnection; expiryMs: number; timer: NodeJS.Timeout }>();
+  /** Sessions handed to another shard, still collecting messages until it has taken over. */
+  private readonly exporting = new Map<string, { session: Session; to: number; timer: NodeJS.Timeout }>();
   private readonly index: number;
   private readonly port: MessagePort;
   private readonly acks: RingConsumer[];
@@ -101,7 +116,7 @@ export class Shard implements ShardContext {
     this.index = opts.index;
     this.port = opts.port;
     const writerBells = opts.writerDoorbells.map((sab) => new Doorbell(sab));
-    this.uplink = new Uplink(opts.uplinkRings.map((r) => new RingProducer(r)), writerBells);
+    this.uplink = new Uplink(opts.uplinkRings.map((r) => new RingProducer(r)), writerBells, buildRoutes(opts.config));
     this.acks = opts.ackRings.map((r) => new RingConsumer(r));
     this.ackWriters = writerBells;
     this.doorbell = new Doorbell(opts.doorbell);
@@ -125,7 +140,7 @@ export class Shard implements ShardContext {
     this.downlink = new ShardDownlink(opts.downlinkRings.map((r) => new RingConsumer(r)), writerBells, this.subs, this.limits);
   }
 
-  openSession(conn: DeviceConnection, clean: boolean, expiryMs: number): { session: Session; present: boolean } {
+  openSession(conn: DeviceConnection, clean: boolean, expiryMs: number): { session: Session; present: boolean } | null {
     let session = this.sessions.get(conn.clientId);
     if (session !== undefined) {
       // The client id is back on this shard: end the connection that still has it, if any.
@@ -138,19 +153,117 @@ export class Shard implements ShardContext {
       }
       session.link = null;
       this.offline.delete(session.lastConn);
-      if (clean || expired) {
+      // A session that was to end with its connection is not resumed [MQTT-3.1.2-6].
+      if (clean || expired || session.expiryMs === 0) {
         this.endSession(session);
         session = undefined;
       }
     }
-    const present = session !== undefined;
-    if (session === undefined) {
-      session = new Session(conn.clientId);
-      this.sessions.set(conn.clientId, session);
-      this.stats.add('sessions');
+    if (session === undefined && !clean && this.config.shards > 1) {
+      // The session may live on another shard: ask for it; the CONNECT waits for the answer.
+      const timer = setTimeout(() => this.onSessionState({ t: 'session', conn: conn.id, from: -1, state: null }), 5000);
+      this.awaiting.set(conn.id, { conn, expiryMs, timer });
+      this.claim(conn, true);
+      return null;
     }
+    const present = session !== undefined;
+    session ??= this.newSession(conn.clientId);
     session.expiryMs = expiryMs;
+    this.claim(conn, false);
     return { session, present };
+  }
+
+  private newSession(clientId: string): Session {
+    const session = new Session(clientId);
+    this.sessions.set(clientId, session);
+    this.stats.add('sessions');
+    return session;
+  }
+
+  /** The old shard's answer to a session request (state null: there was none). */
+  private onSessionState(m: Extract<ToShard, { t: 'session' }>): void {
+    const wait = this.awaiting.get(m.conn);
+    if (wait === undefined) {
+      // Timed out here and answered late: the device already has a new session.
+      if (m.state !== null && m.from >= 0) this.relay(m.from, { t: 'registered', clientId: m.state.clientId });
+      return;
+    }
+    clearTimeout(wait.timer);
+    this.awaiting.delete(m.conn);
+    const conn = wait.conn;
+    const state = m.state;
+    const session = this.newSession(state?.clientId ?? conn.clientId);
+    session.expiryMs = wait.expiryMs;
+    if (state !== null) {
+      session.restore(state.pending);
+      if (m.from >= 0) session.importing = [];
+      // Re-subscribe without retained messages (a resumed session is not a new subscription);
+      // once every writer has the filters, the old shard can send what it collected meanwhile.
+      let left = state.subs.length + 1;
+      const one = (): void => {
+        if (--left === 0 && m.from >= 0) this.relay(m.from, { t: 'registered', clientId: session.clientId });
+      };
+      for (const sub of state.subs) {
+        this.subs.subscribe(session, state.version === 5, sub.subId, [{ topic: sub.topic, qos: sub.qos, nl: sub.nl, rap: sub.rap, rh: 2 }], one);
+      }
+      one();
+    }
+    if (conn.state === 2) {
+      // The device left while its session travelled: keep the session for its next CONNECT.
+      session.detach(Date.now());
+      this.offline.set(conn.id, session);
+      return;
+    }
+    conn.sessionReady(session, state !== null);
+  }
+
+  /** Another shard takes this client's session. */
+  private onExport(m: Extract<ToShard, { t: 'export' }>): void {
+    this.cancelWill(m.conn);
+    const conn = this.conns.get(m.conn);
+    let session = conn?.session ?? this.offline.get(m.conn) ?? null;
+    if (conn !== undefined) {
+      conn.session = null;
+      if (session?.link === conn) session.link = null;
+      this.stats.add('takeovers');
+      conn.takeover();
+    }
+    if (session !== null && session.expiryMs === 0) {
+      this.endSession(session);
+      session = null;
+    }
+    if (session === null) {
+      this.relay(m.to, { t: 'session', conn: m.toConn, from: -1, state: null });
+      return;
+    }
+    this.offline.delete(session.lastConn);
+    if (this.sessions.get(session.clientId) === session) this.sessions.delete(session.clientId);
+    const state: SessionState = {
+      clientId: session.clientId, expiryMs: session.expiryMs, version: session.version,
+      subs: [...session.subs.values()].map((s) => ({ topic: s.key, qos: s.qos, nl: s.noLocal, rap: s.retainAsPublished, subId: s.subId })),
+      pending: session.takePending(),
+    };
+    // Until the new shard has the subscriptions upstream, messages keep arriving here.
+    const timer = setTimeout(() => this.onRegistered(session.clientId, false), 30_000);
+    this.exporting.set(session.clientId, { session, to: m.to, timer });
+    this.relay(m.to, { t: 'session', conn: m.toConn, from: this.index, state });
+  }
+
+  private onRegistered(clientId: string, send = true): void {
+    const e = this.exporting.get(clientId);
+    if (e === undefined) return;
+    this.exporting.delete(clientId);
+    clearTimeout(e.timer);
+    // Everything a writer put in our rings before the new shard's filters is read now.
+    this.downlink.drain(Date.now());
+    const pending = e.session.takePending();
+    this.subs.dropSession(e.session);
+    this.stats.add('sessions', -1);
+    if (send) this.relay(e.to, { t: 'tail', clientId, pending });
+  }
+
+  private relay(to: number, msg: ToShard): void {
+    this.send({ t: 'relay', to, msg });
   }
 
   private endSession(session: Session): void {
@@ -248,8 +361,8 @@ export class Shard implements ShardContext {
     m.propsB = m.propsBEnd = 0;
     m.payloadStart = v.payloadStart;
     m.payloadEnd = v.payloadEnd;
-    if (!this.uplink.fits(Uplink.recordSize(m))) return false;
-    this.uplink.write(m);
+    if (!this.uplink.fits(m)) return false;
+    if (this.uplink.planned > 0) this.uplink.write(m);
     this.stats.add('willsPublished');
     return true;
   }
@@ -259,12 +372,7 @@ export class Shard implements ShardContext {
       // The client id connected on another shard: whatever of it is here ends.
       const parked = this.offline.get(m.conn);
       if (parked !== undefined) this.endSession(parked);
-      const pending = this.pendingWills.get(m.conn);
-      if (pending !== undefined) {
-        clearTimeout(pending.timer);
-        this.pendingWills.delete(m.conn);
-        return;
-      }
+      if (this.cancelWill(m.conn)) return;
       const conn = this.conns.get(m.conn);
       if (conn !== undefined) {
         this.stats.add('takeovers');
@@ -273,12 +381,31 @@ export class Shard implements ShardContext {
       this.endOfTurn();
     } else if (m.t === 'drain') {
       void this.drain();
+    } else if (m.t === 'export') {
+      this.onExport(m);
+    } else if (m.t === 'session') {
+      this.onSessionState(m);
+    } else if (m.t === 'registered') {
+      this.onRegistered(m.clientId);
+    } else if (m.t === 'tail') {
+      const session = this.sessions.get(m.clientId);
+      if (session?.importing) session.finishImport(m.pending, this.limits, Date.now());
     }
+    this.endOfTurn();
   }
 
-  claim(conn: DeviceConnection): void {
+  /** A session resumed elsewhere (or a takeover) cancels a will waiting for its delay. */
+  private cancelWill(connId: number): boolean {
+    const pending = this.pendingWills.get(connId);
+    if (pending === undefined) return false;
+    clearTimeout(pending.timer);
+    this.pendingWills.delete(connId);
+    return true;
+  }
+
+  private claim(conn: DeviceConnection, fetch: boolean): void {
     conn.claimed = true;
-    this.sendRegistry({ claim: true, conn: conn.id, clientId: conn.clientId });
+    this.sendRegistry({ claim: true, conn: conn.id, clientId: conn.clientId, fetch: fetch || undefined });
   }
 
   private release(conn: DeviceConnection): void {

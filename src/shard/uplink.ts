@@ -5,6 +5,7 @@ import { Doorbell } from '../ring/doorbell';
 import { RingProducer } from '../ring/spsc';
 import { FLAG_RETAIN, FLAG_V5, REC_PUBLISH, UPLINK_HEADER } from '../ring/records';
 import { copyBytes } from '../protocol/bytes';
+import type { RouteTable } from '../config/routes';
 
 export interface UplinkMessage {
   qos: number;
@@ -27,42 +28,84 @@ export interface UplinkMessage {
 
 export class Uplink {
   private readonly dirty: boolean[];
+  // The plan of the message in hand (see fits()): which rings get it, under which topic (null:
+  // the device's) and with which QoS cap.
+  private readonly targets: Uint8Array;
+  private readonly topics: (Buffer | null)[];
+  private readonly caps: Uint8Array;
+  /** Brokers the message in hand goes to, after fits(). */
+  planned = 0;
 
-  constructor(private readonly rings: RingProducer[], private readonly doorbells: Doorbell[]) {
+  constructor(private readonly rings: RingProducer[], private readonly doorbells: Doorbell[], private readonly routes: RouteTable | null = null) {
     this.dirty = rings.map(() => false);
+    this.targets = new Uint8Array(rings.length).fill(1);
+    this.topics = rings.map(() => null);
+    this.caps = new Uint8Array(rings.length).fill(2);
+    this.planned = rings.length;
   }
 
   static recordSize(m: UplinkMessage): number {
     return UPLINK_HEADER + m.topicLen + (m.propsAEnd - m.propsA) + (m.propsBEnd - m.propsB) + (m.payloadEnd - m.payloadStart);
   }
 
-  /** True when every ring can take a record of `len` bytes now; otherwise the full rings are
-   *  flagged so their writers wake this shard when they drain. */
-  fits(len: number): boolean {
+  /** Decides which brokers get `m` (FANOUT_ROUTES); without routes, all of them as they are. */
+  private plan(m: UplinkMessage): void {
+    const routes = this.routes;
+    if (routes === null) return;
+    const topic = m.topic.toString('utf8', m.topicStart, m.topicStart + m.topicLen);
+    let n = 0;
+    for (let b = 0; b < this.rings.length; b++) {
+      const o = routes.outMatch(b, topic);
+      if (o === null) {
+        this.targets[b] = 0;
+        continue;
+      }
+      this.targets[b] = 1;
+      this.topics[b] = o.topic === topic ? null : Buffer.from(o.topic);
+      this.caps[b] = o.qos;
+      n++;
+    }
+    this.planned = n;
+  }
+
+  /** True when every ring `m` goes to can take it now; otherwise the full rings are flagged so
+   *  their writers wake this shard when they drain. Plans the message for write(). */
+  fits(m: UplinkMessage): boolean {
+    this.plan(m);
+    const len = Uplink.recordSize(m);
     let ok = true;
-    for (const r of this.rings) if (!r.canFit(len)) ok = false;
+    for (let i = 0; i < this.rings.length; i++) {
+      if (this.targets[i] === 0) continue;
+      const t = this.topics[i];
+      if (!this.rings[i].canFit(t === null ? len : len - m.topicLen + t.length)) ok = false;
+    }
     return ok;
   }
 
-  /** Appends `m` to every ring. Call fits() first: this never fails. */
+  /** Appends `m` to every ring of its plan. Call fits() first: this never fails. */
   write(m: UplinkMessage): void {
-    const len = Uplink.recordSize(m);
     const propsLen = (m.propsAEnd - m.propsA) + (m.propsBEnd - m.propsB);
-    const flags = m.qos | (m.retain ? FLAG_RETAIN : 0) | (m.v5 ? FLAG_V5 : 0);
     for (let i = 0; i < this.rings.length; i++) {
+      if (this.targets[i] === 0) continue;
       const ring = this.rings[i];
-      let at = ring.reserve(len);
+      const t = this.topics[i];
+      const topic = t ?? m.topic;
+      const topicStart = t === null ? m.topicStart : 0;
+      const topicLen = t === null ? m.topicLen : t.length;
+      const qos = m.qos < this.caps[i] ? m.qos : this.caps[i];
+      const flags = qos | (m.retain ? FLAG_RETAIN : 0) | (m.v5 ? FLAG_V5 : 0);
+      let at = ring.reserve(UPLINK_HEADER + topicLen + propsLen + (m.payloadEnd - m.payloadStart));
       if (at < 0) throw new Error('ring reserve failed after fits()');
       const buf = ring.buffer;
       const view = ring.dataView;
       buf[at] = REC_PUBLISH;
       buf[at + 1] = flags;
-      view.setUint16(at + 2, m.topicLen, true);
+      view.setUint16(at + 2, topicLen, true);
       view.setUint32(at + 4, propsLen, true);
       view.setUint32(at + 8, m.token, true);
       view.setUint32(at + 12, m.deviceKey, true);
       at += UPLINK_HEADER;
-      at += copyBytes(m.topic, m.topicStart, m.topicStart + m.topicLen, buf, at);
+      at += copyBytes(topic, topicStart, topicStart + topicLen, buf, at);
       if (m.propsAEnd > m.propsA) at += copyBytes(m.src, m.propsA, m.propsAEnd, buf, at);
       if (m.propsBEnd > m.propsB) at += copyBytes(m.src, m.propsB, m.propsBEnd, buf, at);
       copyBytes(m.src, m.payloadStart, m.payloadEnd, buf, at);

@@ -30,6 +30,9 @@ const DEFAULTS = {
   brokers: [],
   maxPacketSize: 262144,
   maxInflight: 100,
+  maxQueuedMessages: 1000,
+  queueOverflow: 'drop-oldest',
+  sessionExpiryMaxS: 86400,
   pendingThrottleMs: 10,
   ringBytes: 4194304,
   ack: 'all',
@@ -41,6 +44,7 @@ const DEFAULTS = {
   reconnectMinMs: 100,
   reconnectMaxMs: 10000,
   embeddedBroker: true,
+  routes: [],
 };
 
 test('an empty environment yields the documented defaults', () => {
@@ -48,7 +52,8 @@ test('an empty environment yields the documented defaults', () => {
 });
 
 const NAMES = [
-  'FANOUT_HOST', 'FANOUT_PORT', 'FANOUT_SHARDS', 'FANOUT_BROKERS', 'FANOUT_MAX_PACKET_SIZE', 'FANOUT_MAX_INFLIGHT',
+  'FANOUT_HOST', 'FANOUT_PORT', 'FANOUT_SHARDS', 'FANOUT_BROKERS', 'FANOUT_ROUTES', 'FANOUT_MAX_PACKET_SIZE',
+  'FANOUT_MAX_INFLIGHT', 'FANOUT_MAX_QUEUED_MESSAGES', 'FANOUT_QUEUE_OVERFLOW', 'FANOUT_SESSION_EXPIRY_MAX',
   'FANOUT_PENDING_THROTTLE_MS', 'FANOUT_RING_BYTES', 'FANOUT_ACK', 'FANOUT_LOG_LEVEL', 'FANOUT_PROXY_ID',
   'FANOUT_STATUS_TOPIC', 'FANOUT_CONNECT_TIMEOUT_MS', 'FANOUT_SHUTDOWN_TIMEOUT_MS', 'FANOUT_RECONNECT_MIN_MS',
   'FANOUT_RECONNECT_MAX_MS',
@@ -83,6 +88,9 @@ test('every variable is converted to its typed field', () => {
     FANOUT_SHARDS: '64',
     FANOUT_MAX_PACKET_SIZE: '64',
     FANOUT_MAX_INFLIGHT: '65535',
+    FANOUT_MAX_QUEUED_MESSAGES: '10000000',
+    FANOUT_QUEUE_OVERFLOW: 'drop-new',
+    FANOUT_SESSION_EXPIRY_MAX: '0',
     FANOUT_PENDING_THROTTLE_MS: '60000',
     FANOUT_RING_BYTES: '1073741824',
     FANOUT_ACK: 'local',
@@ -96,7 +104,8 @@ test('every variable is converted to its typed field', () => {
   }, { cpus: 2 });
   assert.deepEqual(config, {
     ...DEFAULTS,
-    host: '::1', port: 0, shards: 64, maxPacketSize: 64, maxInflight: 65535, pendingThrottleMs: 60000,
+    host: '::1', port: 0, shards: 64, maxPacketSize: 64, maxInflight: 65535,
+    maxQueuedMessages: 10000000, queueOverflow: 'drop-new', sessionExpiryMaxS: 0, pendingThrottleMs: 60000,
     ringBytes: 1073741824, ack: 'local', logLevel: 'silent', proxyId: 'edge_01-a',
     statusTopic: 'site/7/{clientId}/status', connectTimeoutMs: 100, shutdownTimeoutMs: 0,
     reconnectMinMs: 10, reconnectMaxMs: 10,
@@ -108,6 +117,8 @@ const INTEGERS: ReadonlyArray<[string, keyof Config, number, number]> = [
   ['FANOUT_SHARDS', 'shards', 1, 64],
   ['FANOUT_MAX_PACKET_SIZE', 'maxPacketSize', 64, 268435455],
   ['FANOUT_MAX_INFLIGHT', 'maxInflight', 1, 65535],
+  ['FANOUT_MAX_QUEUED_MESSAGES', 'maxQueuedMessages', 1, 10000000],
+  ['FANOUT_SESSION_EXPIRY_MAX', 'sessionExpiryMaxS', 0, 4294967295],
   ['FANOUT_PENDING_THROTTLE_MS', 'pendingThrottleMs', 0, 60000],
   ['FANOUT_CONNECT_TIMEOUT_MS', 'connectTimeoutMs', 100, 600000],
   ['FANOUT_SHUTDOWN_TIMEOUT_MS', 'shutdownTimeoutMs', 0, 600000],
@@ -153,6 +164,10 @@ test('enumerations accept exactly the listed words', () => {
     assertRejected('FANOUT_LOG_LEVEL', bad, 'expected fatal, error, warn, info, debug, trace or silent');
   }
   assert.equal(loadConfig({ FANOUT_ACK: 'any', FANOUT_LOG_LEVEL: 'trace' }).ack, 'any');
+  for (const bad of ['drop', 'DROP-OLDEST', 'drop_new']) {
+    assertRejected('FANOUT_QUEUE_OVERFLOW', bad, 'expected drop-oldest or drop-new');
+  }
+  assert.equal(loadConfig({ FANOUT_QUEUE_OVERFLOW: 'drop-oldest' }).queueOverflow, 'drop-oldest');
 });
 
 test('the listen host must be a host name or an IP address', () => {
