@@ -28,9 +28,14 @@ export interface SubOp {
   qos: number;
   /** Non-zero: the shard wants this filter's retained messages, tagged with this request id. */
   req: number;
+  /** A shared subscription group (`$share/{group}/...` at the devices): each message goes to
+   *  one shard of the group, tagged with that shard's `share` id for it. */
+  group?: string;
+  share?: number;
 }
 export interface SubAck {
   filter: string;
+  group?: string;
   /** The QoS the shard asked for when this answer was produced. */
   qos: number;
   /** Granted QoS, or a failure reason code (>= 0x80). */
@@ -53,9 +58,38 @@ interface Recipient {
   req: number;
 }
 
-class Upstream {
+/** The shards holding an upstream filter plainly ('' key) or for one shared group. */
+class Holds {
   /** QoS each shard wants, -1 where it holds nothing. */
   readonly want: Int8Array;
+  /** Shard's id for the group (shared holds only). */
+  readonly share: Int32Array;
+  holders = 0;
+  /** Round robin position among the holding shards (shared holds only). */
+  turn = 0;
+
+  constructor(shards: number) {
+    this.want = new Int8Array(shards).fill(-1);
+    this.share = new Int32Array(shards);
+  }
+
+  /** The next holding shard, in turn. */
+  next(): number {
+    const n = this.want.length;
+    for (let i = 0; i < n; i++) {
+      const s = (this.turn + i) % n;
+      if (this.want[s] >= 0) {
+        this.turn = s + 1;
+        return s;
+      }
+    }
+    return -1;
+  }
+}
+
+class Upstream {
+  /** Plain holders under '', shared groups under their name. */
+  readonly holds = new Map<string, Holds>();
   holders = 0;
   /** QoS of the last SUBSCRIBE sent, and what the broker granted (-1: not yet). */
   sentQos = -1;
@@ -69,13 +103,20 @@ class Upstream {
   waiting: Recipient[] = [];
   readonly gens = new Map<number, Recipient[]>();
 
-  constructor(readonly filter: string, shards: number) {
-    this.want = new Int8Array(shards).fill(-1);
+  constructor(readonly filter: string, private readonly shards: number) {}
+
+  hold(group: string): Holds {
+    let h = this.holds.get(group);
+    if (h === undefined) {
+      h = new Holds(this.shards);
+      this.holds.set(group, h);
+    }
+    return h;
   }
 
   maxWant(): number {
     let q = -1;
-    for (const w of this.want) if (w > q) q = w;
+    for (const h of this.holds.values()) for (const w of h.want) if (w > q) q = w;
     return q;
   }
 }
@@ -83,6 +124,8 @@ class Upstream {
 /** Generations kept for late retained messages (QoS 1/2 ones can lag behind the SUBACK). */
 const KEEP_GENERATIONS = 4;
 const MAX_SUB_ID = 268435455;
+/** Request ids with this bit name a shared group (the shard's id for it), not a retained request. */
+export const SHARED_REQ = 0x80000000;
 
 export class WriterDownlink {
   private readonly subs = new Map<string, Upstream>();
@@ -96,6 +139,7 @@ export class WriterDownlink {
   private nextGen = 1;
   private seq = 0;
   private readonly locals: string[] = [];
+  private readonly shared: Recipient[] = [];
   private readonly targets: Int32Array;
   private readonly scan: ForwardScan = { expiry: -1, subIds: [] };
   private propsScratch = Buffer.alloc(1024);
@@ -126,9 +170,12 @@ export class WriterDownlink {
     const replies: SubAck[] = [];
     for (const op of m.ops) {
       let u = this.subs.get(op.filter);
+      const group = op.group ?? '';
       if (op.qos < 0) {
-        if (u === undefined || u.want[m.shard] < 0) continue;
-        u.want[m.shard] = -1;
+        const h = u?.holds.get(group);
+        if (u === undefined || h === undefined || h.want[m.shard] < 0) continue;
+        h.want[m.shard] = -1;
+        if (--h.holders === 0) u.holds.delete(group);
         if (--u.holders === 0) this.forget(u);
         continue;
       }
@@ -137,11 +184,16 @@ export class WriterDownlink {
         this.subs.set(op.filter, u);
         this.trie.add(op.filter, u);
       }
-      if (u.want[m.shard] < 0) u.holders++;
-      u.want[m.shard] = op.qos;
+      const h = u.hold(group);
+      if (h.want[m.shard] < 0) {
+        h.holders++;
+        u.holders++;
+      }
+      h.want[m.shard] = op.qos;
+      h.share[m.shard] = op.share ?? 0;
       if (op.req !== 0) u.waiting.push({ shard: m.shard, req: op.req });
       if (u.granted >= 0 && u.sentQos >= op.qos && op.req === 0) {
-        replies.push({ filter: op.filter, qos: op.qos, granted: Math.min(op.qos, u.granted) });
+        replies.push({ filter: op.filter, group: op.group, qos: op.qos, granted: Math.min(op.qos, u.granted) });
       } else {
         this.toUnsubscribe.delete(op.filter);
         this.toSubscribe.add(u);
@@ -227,11 +279,13 @@ export class WriterDownlink {
         u.gens.delete(g);
         this.byGen.delete(g);
       }
-      for (let s = 0; s < u.want.length; s++) {
-        if (u.want[s] < 0) continue;
-        const acks = perShard.get(s) ?? [];
-        acks.push({ filter: u.filter, qos: u.sentQos, granted: code < 0x80 ? Math.min(u.want[s], code) : code });
-        perShard.set(s, acks);
+      for (const [group, h] of u.holds) {
+        for (let s = 0; s < h.want.length; s++) {
+          if (h.want[s] < 0) continue;
+          const acks = perShard.get(s) ?? [];
+          acks.push({ filter: u.filter, group: group || undefined, qos: u.sentQos, granted: code < 0x80 ? Math.min(h.want[s], code) : code });
+          perShard.set(s, acks);
+        }
       }
       if (u.again) {
         u.again = false;
@@ -302,10 +356,21 @@ export class WriterDownlink {
       }
       any = recipients.length > 0;
     } else {
+      // Plain holders all get the message; each shared group gets it once, on one of its shards.
+      const shared = this.shared;
+      shared.length = 0;
       this.trie.match(remote, (u) => {
-        for (let s = 0; s < targets.length; s++) if (u.want[s] >= 0) targets[s] = 1;
+        for (const [group, h] of u.holds) {
+          if (group === '') {
+            for (let s = 0; s < targets.length; s++) if (h.want[s] >= 0) targets[s] = 1;
+          } else {
+            const s = h.next();
+            if (s >= 0) shared.push({ shard: s, req: SHARED_REQ | h.share[s] });
+          }
+        }
         any = true;
       });
+      if (shared.length > 0) recipients = shared;
     }
     if (!any) {
       this.dropped++;
@@ -328,7 +393,7 @@ export class WriterDownlink {
       let largest = 0;
       for (let i = 0; i < n; i++) {
         const one = DOWNLINK_HEADER + Buffer.byteLength(locals[i]) + propsLen + payloadLen + 8;
-        const copies = recipients === null ? targets[s] : recipients.reduce((c, r) => c + (r.shard === s ? 1 : 0), 0);
+        const copies = (retain ? 0 : targets[s]) + (recipients === null ? 0 : recipients.reduce((c, r) => c + (r.shard === s ? 1 : 0), 0));
         need += one * copies;
         if (copies > 0 && one > largest) largest = one;
       }
@@ -339,11 +404,12 @@ export class WriterDownlink {
     const seq = this.seq = (this.seq + 1) >>> 0;
     const expiry = scan.expiry < 0 ? NO_EXPIRY : scan.expiry;
     for (let i = 0; i < n; i++) {
-      if (recipients === null) {
+      if (!retain) {
         for (let s = 0; s < targets.length; s++) {
           if (targets[s]) this.write(s, 0, qos, retain, locals[i], propsLen, expiry, seq, buf, pos, payloadLen);
         }
-      } else {
+      }
+      if (recipients !== null) {
         for (const r of recipients) this.write(r.shard, r.req, qos, retain, locals[i], propsLen, expiry, seq, buf, pos, payloadLen);
       }
     }

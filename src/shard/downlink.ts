@@ -9,12 +9,13 @@ import { DOWNLINK_HEADER, NO_EXPIRY } from '../ring/records';
 import { matchTopic } from '../protocol/topic';
 import { StoredMessage, type Outgoing, type Session, type SessionLimits } from './session';
 import type { ShardSubscriptions, Sub } from './subscriptions';
+import { SHARED_REQ } from '../broker/downlink';
 
 export class ShardDownlink {
   private readonly scratch = new StoredMessage(Buffer.alloc(0), 0, 0, 0, 0, '', 0);
   private stamp = 0;
   private readonly matched: Session[] = [];
-  private readonly groups = new Map<string, Sub[]>();
+  private readonly members: Sub[] = [];
   private readonly turns = new Map<string, number>();
   delivered = 0;
   unmatched = 0;
@@ -80,6 +81,23 @@ export class ShardDownlink {
       this.delivered++;
     };
 
+    if ((req & SHARED_REQ) !== 0) {
+      // This shard's turn for a shared group: one of its members here gets the message.
+      const group = this.subs.groupOf(req & 0x7fffffff);
+      if (group === undefined) return;
+      const members = this.members;
+      members.length = 0;
+      this.subs.trie.match(m.topic, (sub) => {
+        if (sub.group === group) members.push(sub);
+      });
+      if (members.length === 0) {
+        this.unmatched++;
+        return;
+      }
+      const sub = this.pickMember(group, members);
+      hand(sub.session, Math.min(qos, sub.qos), false, sub.subId > 0 ? [sub.subId] : null);
+      return;
+    }
     if (req !== 0) {
       // A retained message answering one subscription's request, and only that one.
       const sub = this.subs.requestOf(req);
@@ -93,13 +111,7 @@ export class ShardDownlink {
     const matched = this.matched;
     matched.length = 0;
     this.subs.trie.match(m.topic, (sub) => {
-      if (sub.group !== null) {
-        const key = `${sub.group}\u0000${sub.filter}`;
-        const members = this.groups.get(key);
-        if (members === undefined) this.groups.set(key, [sub]);
-        else members.push(sub);
-        return;
-      }
+      if (sub.group !== null) return; // shared groups get their own records
       const s = sub.session;
       const q = Math.min(qos, sub.qos);
       if (s.mark !== stamp) {
@@ -113,14 +125,7 @@ export class ShardDownlink {
       if (sub.subId > 0) s.dSubIds.push(sub.subId);
     });
     for (const s of matched) hand(s, s.dQos, false, s.dSubIds.length > 0 ? s.dSubIds : null);
-    if (matched.length === 0 && this.groups.size === 0) this.unmatched++;
-    if (this.groups.size > 0) {
-      for (const [key, members] of this.groups) {
-        const sub = this.pickMember(key, members);
-        hand(sub.session, Math.min(qos, sub.qos), false, sub.subId > 0 ? [sub.subId] : null);
-      }
-      this.groups.clear();
-    }
+    if (matched.length === 0) this.unmatched++;
     void retain;
   }
 

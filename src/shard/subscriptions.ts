@@ -38,6 +38,10 @@ export interface SubscriptionRequest {
 export type SubscribeDone = (codes: number[]) => void;
 
 interface Held {
+  readonly upstream: string;
+  /** Shared subscription group, and this shard's id for it (the writer tags its messages). */
+  readonly group: string | null;
+  readonly share: number;
   /** Holders per requested QoS. */
   readonly counts: [number, number, number];
   /** QoS last asked of the writer, and its answer (-1 until there is one). */
@@ -56,6 +60,9 @@ export class ShardSubscriptions {
   private ops: SubOp[][];
   private readonly requests = new Map<number, { sub: Sub; at: number }>();
   private nextReq = 1;
+  /** Shared groups held upstream, by this shard's id for them. */
+  private readonly shares = new Map<number, string>();
+  private nextShare = 1;
 
   constructor(
     private readonly shard: number,
@@ -118,7 +125,7 @@ export class ShardSubscriptions {
           const q = Math.min(sub.qos, f.qos);
           sub.refs.push({ broker: b, upstream: f.upstream, qos: q });
           pending++;
-          this.hold(b, f.upstream, q, req, answer);
+          this.hold(b, f.upstream, q, req, answer, sub.group);
         }
       }
       if (previous !== undefined) this.drop(previous);
@@ -173,14 +180,25 @@ export class ShardSubscriptions {
 
   private drop(sub: Sub): void {
     this.trie.remove(sub.filter, sub);
-    for (const ref of sub.refs) this.release(ref.broker, ref.upstream, ref.qos);
+    for (const ref of sub.refs) this.release(ref.broker, ref.upstream, ref.qos, sub.group);
   }
 
-  private hold(b: number, upstream: string, qos: number, req: number, answer: (granted: number) => void): void {
-    let h = this.held[b].get(upstream);
+  /** The shared group a record tagged with `share` is for. */
+  groupOf(share: number): string | undefined {
+    return this.shares.get(share);
+  }
+
+  private hold(b: number, upstream: string, qos: number, req: number, answer: (granted: number) => void, group: string | null): void {
+    const key = heldKey(upstream, group);
+    let h = this.held[b].get(key);
     if (h === undefined) {
-      h = { counts: [0, 0, 0], asked: -1, granted: -1, waiters: [] };
-      this.held[b].set(upstream, h);
+      let share = 0;
+      if (group !== null) {
+        share = this.nextShare++;
+        this.shares.set(share, group);
+      }
+      h = { upstream, group, share, counts: [0, 0, 0], asked: -1, granted: -1, waiters: [] };
+      this.held[b].set(key, h);
     }
     h.counts[qos]++;
     const want = maxQos(h);
@@ -191,18 +209,24 @@ export class ShardSubscriptions {
     h.waiters.push({ qos, resolve: answer });
     if (want > h.asked || req !== 0 || h.asked < 0) {
       h.asked = Math.max(h.asked, want);
-      this.ops[b].push({ filter: upstream, qos: h.asked, req });
+      this.ops[b].push(this.op(h, h.asked, req));
     }
   }
 
-  private release(b: number, upstream: string, qos: number): void {
-    const h = this.held[b].get(upstream);
+  private op(h: Held, qos: number, req: number): SubOp {
+    return h.group === null ? { filter: h.upstream, qos, req } : { filter: h.upstream, qos, req: 0, group: h.group, share: h.share };
+  }
+
+  private release(b: number, upstream: string, qos: number, group: string | null): void {
+    const key = heldKey(upstream, group);
+    const h = this.held[b].get(key);
     if (h === undefined) return;
     h.counts[qos]--;
     if (maxQos(h) >= 0) return;
-    this.held[b].delete(upstream);
+    this.held[b].delete(key);
+    if (h.group !== null) this.shares.delete(h.share);
     for (const w of h.waiters) w.resolve(0x80);
-    this.ops[b].push({ filter: upstream, qos: -1, req: 0 });
+    this.ops[b].push(this.op(h, -1, 0));
   }
 
   private onWriter(m: WriterToShard): void {
@@ -211,7 +235,7 @@ export class ShardSubscriptions {
   }
 
   private onAck(b: number, ack: SubAck): void {
-    const h = this.held[b].get(ack.filter);
+    const h = this.held[b].get(heldKey(ack.filter, ack.group ?? null));
     if (h === undefined) return;
     if (ack.granted < 0x80) h.granted = ack.granted;
     const keep: Held['waiters'] = [];
@@ -231,6 +255,10 @@ export class ShardSubscriptions {
       this.writers[b].postMessage(m);
     }
   }
+}
+
+function heldKey(upstream: string, group: string | null): string {
+  return group === null ? upstream : `${group}\u0000${upstream}`;
 }
 
 function maxQos(h: Held): number {
