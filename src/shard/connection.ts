@@ -16,6 +16,7 @@ import { NO_TOKEN } from '../ring/records';
 import type { AckTarget } from './inflight';
 import type { ShardContext } from './context';
 import type { Outgoing, Session, SessionLink } from './session';
+import { fingerprint } from './no-local';
 
 const NEW = 0;
 const CONNECTED = 1;
@@ -293,6 +294,8 @@ export class DeviceConnection implements AckTarget, SessionLink {
     if (qos === 2) (this.qos2 ??= new Map()).set(id, tracked ? 0 : 1);
     ctx.uplink.write(m);
     ctx.stats.add('publishesIn');
+    const own = this.session?.own;
+    if (own) own.remember(fingerprint(m.topic, m.topicStart, m.topicStart + m.topicLen, buf, v.payloadStart, v.payloadEnd));
     if (qos > 0 && !tracked) this.sendAck(qos === 1 ? C.PUBACK : C.PUBREC, id, 0);
     return true;
   }

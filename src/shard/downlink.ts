@@ -10,6 +10,7 @@ import { matchTopic } from '../protocol/topic';
 import { StoredMessage, type Outgoing, type Session, type SessionLimits } from './session';
 import type { ShardSubscriptions, Sub } from './subscriptions';
 import { SHARED_REQ } from '../broker/downlink';
+import { fingerprint } from './no-local';
 
 export class ShardDownlink {
   private readonly scratch = new StoredMessage(Buffer.alloc(0), 0, 0, 0, 0, '', 0);
@@ -110,9 +111,18 @@ export class ShardDownlink {
     const stamp = ++this.stamp;
     const matched = this.matched;
     matched.length = 0;
+    let fp = -1;
     this.subs.trie.match(m.topic, (sub) => {
       if (sub.group !== null) return; // shared groups get their own records
       const s = sub.session;
+      if (sub.noLocal && s.own !== null) {
+        if (s.ownMark !== stamp) {
+          s.ownMark = stamp;
+          if (fp < 0) fp = fingerprint(buf, start, start + topicLen, buf, m.payloadStart, m.payloadStart + m.payloadLen);
+          s.ownSkip = s.own.take(fp);
+        }
+        if (s.ownSkip) return;
+      }
       const q = Math.min(qos, sub.qos);
       if (s.mark !== stamp) {
         s.mark = stamp;

@@ -4,6 +4,7 @@
 // and the unacknowledged ones are sent again, with DUP, when it comes back [MQTT-4.4.0-1].
 
 import type { Sub } from './subscriptions';
+import { OwnPublishes } from './no-local';
 
 /** A message from a broker, as one shard keeps it: topic | properties | payload in `body`. */
 export class StoredMessage {
@@ -130,6 +131,11 @@ export class Session {
   /** While the session arrives from another shard: deliveries wait here, in order, until the
    *  messages the old shard still had are in. */
   importing: Outgoing[] | null = null;
+  /** Subscriptions with No Local, and the device's recent publishes while there are any. */
+  noLocalSubs = 0;
+  own: OwnPublishes | null = null;
+  ownMark = 0;
+  ownSkip = false;
 
   constructor(readonly clientId: string) {}
 

@@ -10,6 +10,7 @@ import { TopicTrie } from '../protocol/subscriptions';
 import type { ShardToWriter, SubAck, SubOp, WriterToShard } from '../broker/downlink';
 import type { DownlinkRouting } from './routing';
 import type { Session } from './session';
+import { OwnPublishes } from './no-local';
 
 export interface Sub {
   readonly session: Session;
@@ -131,6 +132,7 @@ export class ShardSubscriptions {
       if (previous !== undefined) this.drop(previous);
       session.subs.set(r.topic, sub);
       this.trie.add(filter, sub);
+      if (sub.noLocal && session.noLocalSubs++ === 0) session.own ??= new OwnPublishes();
       answered = true;
       // No broker serves this filter: granted, but nothing will arrive on it.
       if (sub.refs.length === 0) settle(i, sub.qos);
@@ -180,6 +182,7 @@ export class ShardSubscriptions {
 
   private drop(sub: Sub): void {
     this.trie.remove(sub.filter, sub);
+    if (sub.noLocal && --sub.session.noLocalSubs === 0) sub.session.own = null;
     for (const ref of sub.refs) this.release(ref.broker, ref.upstream, ref.qos, sub.group);
   }
 
