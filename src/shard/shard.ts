@@ -19,6 +19,7 @@ import { DeviceConnection } from './connection';
 import type { ShardContext } from './context';
 import { ShardStats } from '../metrics/stats';
 import { listenShard, type ListenPlan } from '../ingress/listen';
+import { RateLimitedLog } from '../log';
 import { Session, type SessionLimits, type SessionState, type PendingState } from './session';
 import { ShardSubscriptions } from './subscriptions';
 import { ShardDownlink } from './downlink';
@@ -124,14 +125,15 @@ export class Shard implements ShardContext {
     this.inflight = new InflightTable(opts.uplinkRings.length, opts.config.ack);
     this.subs = new ShardSubscriptions(opts.index, opts.writerPorts, buildRouting(opts.config), () => this.scheduleTurn());
     const stats = this.stats;
-    const warnings = opts.log;
+    const warnings = new RateLimitedLog(opts.log);
     this.limits = {
       maxQueued: opts.config.maxQueuedMessages,
       dropOldest: opts.config.queueOverflow === 'drop-oldest',
       dropped(reason, session) {
         if (reason === 'queue-full') {
           stats.add('dropQueueFull');
-          warnings.warn({ clientId: session.clientId, queued: session.queued }, 'session queue full: message dropped (FANOUT_MAX_QUEUED_MESSAGES)');
+          warnings.warn('queue-full', { clientId: session.clientId, queued: session.queued, total: stats.get('dropQueueFull') },
+            'session queue full: message dropped (FANOUT_MAX_QUEUED_MESSAGES, FANOUT_QUEUE_OVERFLOW)');
         } else if (reason === 'expired') stats.add('dropExpired');
         else if (reason === 'too-large') stats.add('dropTooLarge');
         else stats.add('dropOfflineQos0');
