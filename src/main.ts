@@ -19,6 +19,8 @@ const WORKERS = path.join(__dirname, '..', 'workers');
 
 export interface Daemon {
   readonly port: number;
+  /** WebSocket listener port, null when off. */
+  readonly wsPort: number | null;
   readonly brokers: readonly BrokerConfig[];
   /** Per-shard counters (connections, publishes, ...), read from shared memory. */
   shardStats(): Record<ShardField, number>[];
@@ -121,10 +123,12 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     fetch: (previous, next, clientId) => toShard(previous.shard, { t: 'export', conn: previous.conn, clientId, to: next.shard, toConn: next.conn }),
     none: (next) => toShard(next.shard, { t: 'session', conn: next.conn, from: -1, state: null }),
   });
-  const startShard = (s: number, listen: ListenPlan): Promise<number> => new Promise((resolve, reject) => {
+  type WsPlan = { host: string; port: number; fallbackPlan: ListenPlan | null } | null;
+  type Ready = { port: number; wsPort: number | null; ws: string | null };
+  const startShard = (s: number, listen: ListenPlan, ws: WsPlan): Promise<Ready> => new Promise((resolve, reject) => {
     const w = watch(new Worker(path.join(WORKERS, 'shard.worker.js'), {
       workerData: {
-        config: cfg, index: s, listen, uplinkRings: uplink[s], ackRings: acks[s],
+        config: cfg, index: s, listen, ws, uplinkRings: uplink[s], ackRings: acks[s],
         downlinkRings: downlink[s], writerPorts: shardEnds[s],
         doorbell: shardBells[s], writerDoorbells: writerBells, stats,
       },
@@ -139,17 +143,37 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
           else registry.release(op.clientId, { shard: msg.shard, conn: op.conn });
         }
       } else if (msg.t === 'relay') toShard(msg.to, msg.msg);
-      else if (msg.t === 'ready') resolve(msg.port);
+      else if (msg.t === 'ready') resolve(msg);
       else if (msg.t === 'failed') reject(new Error(`cannot listen on ${cfg.host}:${cfg.port}: ${msg.message}`));
     });
     shardWorkers[s] = w;
   });
   // The first shard binds the port (possibly 0 = any); the others join the port it got.
-  const port = await startShard(0, plan);
+  // WebSocket: uWS binds SO_REUSEPORT itself; its `ws` fallback needs the reuseport binary (else
+  // only the first shard serves WebSocket).
+  let wsPlan: WsPlan = null;
+  if (cfg.wsPort !== null) {
+    await assertPortFree(cfg.host, cfg.wsPort);
+    const { address } = await dns.lookup(cfg.host);
+    wsPlan = { host: address, port: cfg.wsPort, fallbackPlan: plan.kind === 'reuseport' ? { kind: 'reuseport', host: address, port: cfg.wsPort } : null };
+  }
+  const first = await startShard(0, plan, wsPlan);
+  const port = first.port;
+  const wsPort = first.wsPort;
   if (plan.kind === 'reuseport') plan = { ...plan, port };
-  await Promise.all(Array.from({ length: shards - 1 }, (_, i) => startShard(i + 1, plan)));
+  if (wsPlan !== null && wsPort !== null) {
+    if (first.ws !== 'uWebSockets.js') {
+      logger.warn('the native uWebSockets.js binary does not load here: WebSocket devices are served by the ws package instead');
+    }
+    const fallbackPlan: ListenPlan | null = wsPlan.fallbackPlan === null ? null : { kind: 'reuseport', host: wsPlan.host, port: wsPort };
+    wsPlan = first.ws === 'uWebSockets.js' || fallbackPlan !== null ? { ...wsPlan, port: wsPort, fallbackPlan } : null;
+  }
+  await Promise.all(Array.from({ length: shards - 1 }, (_, i) => startShard(i + 1, plan, wsPlan)));
   for (const w of writers) w.on('message', (m: { t: string; line?: string }) => onWorkerMessage(m));
-  logger.info({ port, host: cfg.host, shards, listen: plan.kind, brokers: brokers.map((b) => b.name) }, 'mqtt-fanout ready');
+  logger.info({
+    port, host: cfg.host, shards, listen: plan.kind, brokers: brokers.map((b) => b.name),
+    ...(wsPort !== null ? { wsPort, wsPath: cfg.wsPath, websocket: first.ws } : {}),
+  }, 'mqtt-fanout ready');
 
   const stop = async (): Promise<void> => {
     if (stopping) return;
@@ -176,7 +200,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     clearTimeout(deadline);
   };
 
-  return { port, brokers, stop, shardStats: () => readShardStats(stats, shards) };
+  return { port, wsPort, brokers, stop, shardStats: () => readShardStats(stats, shards) };
 }
 
 function request<T extends { t: string }>(w: Worker, message: unknown, reply: string): Promise<T> {

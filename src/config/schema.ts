@@ -75,6 +75,10 @@ const powerOfTwo = rule('a power of two from 65536 to 1073741824', (raw) => {
   return n !== undefined && (n & (n - 1)) === 0 ? n : undefined;
 });
 
+const urlPath = rule('a URL path starting with / (letters, digits and -._~/ only)', (raw) =>
+  /^\/[A-Za-z0-9\-._~/]*$/.test(raw) && raw.length <= 256 ? raw : undefined,
+);
+
 const PROXY_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
 export function defaultProxyId(hostname: string): string {
@@ -107,6 +111,12 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
     description: 'Address the MQTT listener for devices binds to.' },
   port: { name: 'FANOUT_PORT', default: '1883', ...integer(0, 65535),
     description: 'TCP port of the MQTT listener for devices; 0 picks a free port.' },
+  wsPort: { name: 'FANOUT_WS_PORT', default: 'none: no WebSocket listener', ...integer(0, 65535), fallback: () => null,
+    description: 'TCP port of the MQTT-over-WebSocket listener for devices (path FANOUT_WS_PATH); 0 picks a free port.' },
+  wsPath: { name: 'FANOUT_WS_PATH', default: '/mqtt', ...urlPath,
+    description: 'URL path of the MQTT-over-WebSocket listener.' },
+  httpPort: { name: 'FANOUT_HTTP_PORT', default: 'none: no HTTP listener', ...integer(0, 65535), fallback: () => null,
+    description: 'TCP port of the HTTP listener: /metrics (Prometheus), /healthz, /readyz, POST /publish and the dashboard at /.' },
   shards: { name: 'FANOUT_SHARDS', default: 'number of CPUs, at most 64', ...integer(1, 64),
     fallback: (host) => Math.min(64, Math.max(1, host.cpus)),
     description: 'Shard worker threads the device connections are spread over.' },

@@ -55,6 +55,11 @@ export interface BrokerConfig {
 export interface Config {
   readonly host: string;
   readonly port: number;
+  /** MQTT-over-WebSocket listener port, null when off. */
+  readonly wsPort: number | null;
+  readonly wsPath: string;
+  /** HTTP listener (metrics, health, publish, dashboard) port, null when off. */
+  readonly httpPort: number | null;
   readonly shards: number;
   readonly brokers: readonly BrokerConfig[];
   /** True when FANOUT_BROKERS was not set: main starts an in-process aedes broker and fills

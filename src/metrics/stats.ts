@@ -3,11 +3,11 @@
 
 export const SHARD_FIELDS = [
   'connections', 'publishesIn', 'backpressurePauses', 'willsPublished', 'takeovers', 'protocolErrors',
-  'messagesOut', 'dropQueueFull', 'dropExpired', 'dropTooLarge', 'dropOfflineQos0', 'sessions', 'subscriptions', 'unrouted',
+  'messagesOut', 'dropQueueFull', 'dropExpired', 'dropTooLarge', 'dropOfflineQos0', 'sessions', 'subscriptions', 'unrouted', 'wsConnections',
 ] as const;
 export type ShardField = (typeof SHARD_FIELDS)[number];
 
-const STRIDE = 16;
+const STRIDE = 32;
 
 export function createStats(rows: number): SharedArrayBuffer {
   return new SharedArrayBuffer(rows * STRIDE * 8);

@@ -32,6 +32,7 @@ export const RC_UNSUPPORTED_PROTOCOL = 0x84;
 export const RC_CLIENT_ID_NOT_VALID = 0x85;
 export const RC_SERVER_UNAVAILABLE = 0x88;
 export const RC_SERVER_SHUTTING_DOWN = 0x8b;
+export const RC_QUOTA_EXCEEDED = 0x97;
 export const RC_KEEP_ALIVE_TIMEOUT = 0x8d;
 export const RC_SESSION_TAKEN_OVER = 0x8e;
 export const RC_TOPIC_NAME_INVALID = 0x90;

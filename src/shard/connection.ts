@@ -3,7 +3,7 @@
 // have acknowledged (FANOUT_ACK). When a ring or the device's inflight window is full the
 // packet in hand is kept and the socket paused: backpressure instead of loss.
 
-import type { Socket } from 'node:net';
+import type { DeviceTransport } from '../ingress/transport';
 import { randomBytes } from 'node:crypto';
 import * as mqttPacket from 'mqtt-packet';
 import { Framer, FRAME_INCOMPLETE, FRAME_READY, FRAME_TOO_LARGE } from '../protocol/framer';
@@ -60,9 +60,14 @@ export class DeviceConnection implements AckTarget, SessionLink {
   private cleanDisconnect = false;
   private writeBlocked = false;
 
-  constructor(private readonly ctx: ShardContext, readonly socket: Socket, readonly id: number) {
+  constructor(private readonly ctx: ShardContext, readonly transport: DeviceTransport, readonly id: number) {
     this.framer = new Framer(ctx.config.maxPacketSize);
     this.lastRx = Date.now();
+  }
+
+  /** Bytes received and not yet handled (held while paused). */
+  get bufferedIn(): number {
+    return this.framer.buffered;
   }
 
   onData(chunk: Buffer): void {
@@ -84,7 +89,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
       }
     }
     this.process();
-    if (!this.blocked && !this.writeBlocked && this.state !== CLOSED) this.socket.resume();
+    if (!this.blocked && !this.writeBlocked && this.state !== CLOSED) this.transport.resume();
   }
 
   private process(): void {
@@ -109,7 +114,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     this.pendingStart = start;
     this.pendingEnd = end;
     this.blocked = true;
-    this.socket.pause();
+    this.transport.pause();
     this.ctx.blocked(this);
   }
 
@@ -445,7 +450,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     }
     this.cleanDisconnect = reason !== C.RC_DISCONNECT_WITH_WILL;
     this.flush();
-    this.socket.end();
+    this.transport.end();
     this.state = CLOSED;
   }
 
@@ -479,15 +484,15 @@ export class DeviceConnection implements AckTarget, SessionLink {
     const chunk = this.out.subarray(0, this.outLen);
     this.out = null;
     this.outLen = 0;
-    if (this.socket.destroyed) return;
-    if (!this.socket.write(chunk) && !this.writeBlocked) {
+    if (this.transport.destroyed) return;
+    if (!this.transport.write(chunk) && !this.writeBlocked) {
       // The device does not read what we send: stop reading it until it does, so its
       // acknowledgements cannot pile up in memory.
       this.writeBlocked = true;
-      this.socket.pause();
-      this.socket.once('drain', () => {
+      this.transport.pause();
+      this.transport.onceDrain(() => {
         this.writeBlocked = false;
-        if (!this.blocked && this.state !== CLOSED) this.socket.resume();
+        if (!this.blocked && this.state !== CLOSED) this.transport.resume();
       });
     }
   }
@@ -507,7 +512,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     this.flush();
     this.state = CLOSED;
     this.framer.reset();
-    this.socket.end(() => this.socket.destroy());
+    this.transport.end();
   }
 
   /** Graceful end at shutdown: MQTT 5 devices get "server shutting down". */
@@ -519,14 +524,14 @@ export class DeviceConnection implements AckTarget, SessionLink {
     this.send(encodeConnack(version, code));
     this.flush();
     this.state = CLOSED;
-    this.socket.end(() => this.socket.destroy());
+    this.transport.end();
   }
 
   destroy(why: string): void {
     if (this.state !== CLOSED) this.ctx.log.debug({ conn: this.id, why }, 'dropping connection');
     this.state = CLOSED;
     this.framer.reset();
-    this.socket.destroy();
+    this.transport.destroy();
   }
 
   /** Socket closed, for whatever reason. Returns the will to publish, if one is due. */

@@ -19,6 +19,8 @@ import { DeviceConnection } from './connection';
 import type { ShardContext } from './context';
 import { ShardStats } from '../metrics/stats';
 import { listenShard, type ListenPlan } from '../ingress/listen';
+import { TcpTransport, type DeviceTransport } from '../ingress/transport';
+import { listenWebSocket, type WsListener } from '../ingress/websocket';
 import { RateLimitedLog } from '../log';
 import { Session, type SessionLimits, type SessionState, type PendingState } from './session';
 import { ShardSubscriptions } from './subscriptions';
@@ -32,6 +34,8 @@ export interface ShardOptions {
   config: Config;
   index: number;
   listen: ListenPlan;
+  /** The WebSocket listener (FANOUT_WS_PORT), null when off. */
+  ws: { host: string; port: number; fallbackPlan: ListenPlan | null } | null;
   uplinkRings: RingBuffers[];
   ackRings: RingBuffers[];
   downlinkRings: RingBuffers[];
@@ -65,7 +69,7 @@ export interface RegistryOp {
 
 /** Messages a shard sends to the supervisor. */
 export type FromShard =
-  | { t: 'ready'; shard: number; port: number }
+  | { t: 'ready'; shard: number; port: number; wsPort: number | null; ws: string | null }
   | { t: 'failed'; shard: number; message: string }
   | { t: 'registry'; shard: number; ops: RegistryOp[] }
   | { t: 'relay'; to: number; msg: ToShard }
@@ -108,7 +112,8 @@ export class Shard implements ShardContext {
   private server: net.Server | null = null;
   private tick: NodeJS.Timeout | null = null;
   private nextId = 1;
-  private draining = false;
+  draining = false;
+  private ws: WsListener | null = null;
   private stopped = false;
 
   constructor(private readonly opts: ShardOptions) {
@@ -293,9 +298,15 @@ export class Shard implements ShardContext {
     this.server = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
     this.server.on('error', (err) => this.log.error({ err }, 'listener error'));
     listenShard(this.server, this.opts.listen).then(
-      (port) => this.send({ t: 'ready', shard: this.index, port }),
-      (err: Error) => this.send({ t: 'failed', shard: this.index, message: err.message }),
-    );
+      async (port) => {
+        let wsPort: number | null = null;
+        if (this.opts.ws !== null) {
+          this.ws = await listenWebSocket(this, { ...this.opts.ws, maxPacketSize: this.config.maxPacketSize, path: this.config.wsPath, log: this.log });
+          wsPort = this.ws.port;
+        }
+        this.send({ t: 'ready', shard: this.index, port, wsPort, ws: this.ws?.implementation ?? null });
+      },
+    ).catch((err: Error) => this.send({ t: 'failed', shard: this.index, message: err.message }));
     this.tick = setInterval(() => this.onTick(), 1000);
     this.port.on('message', (m: ToShard) => this.onMessage(m));
     void this.ackLoop();
@@ -306,23 +317,41 @@ export class Shard implements ShardContext {
       socket.destroy();
       return;
     }
-    const id = this.nextId;
-    this.nextId = (this.nextId + 1) >>> 0 || 1;
-    const conn = new DeviceConnection(this, socket, id);
-    this.conns.set(id, conn);
-    this.stats.add('connections');
-    socket.on('data', (chunk: Buffer) => {
-      conn.onData(chunk);
-      this.scheduleTurn();
-    });
+    const conn = this.attach(new TcpTransport(socket));
+    socket.on('data', (chunk: Buffer) => this.onData(conn, chunk));
     socket.on('error', () => { /* 'close' follows and does the cleanup */ });
     socket.on('close', () => this.onClose(conn));
   }
 
-  private onClose(conn: DeviceConnection): void {
-    this.conns.delete(conn.id);
+  /** A new device connection over any transport; the transport feeds onData() and onClose(). */
+  attach(transport: DeviceTransport): DeviceConnection {
+    const id = this.nextId;
+    this.nextId = (this.nextId + 1) >>> 0 || 1;
+    const conn = new DeviceConnection(this, transport, id);
+    this.conns.set(id, conn);
+    this.stats.add('connections');
+    if (transport.kind === 'ws') this.stats.add('wsConnections');
+    return conn;
+  }
+
+  heldBytes(conn: DeviceConnection): number {
+    return conn.bufferedIn;
+  }
+
+  overflow(conn: DeviceConnection): void {
+    conn.protocolClose(C.RC_QUOTA_EXCEEDED, 'paused WebSocket device kept sending');
+  }
+
+  onData(conn: DeviceConnection, chunk: Buffer): void {
+    conn.onData(chunk);
+    this.scheduleTurn();
+  }
+
+  onClose(conn: DeviceConnection): void {
+    if (!this.conns.delete(conn.id)) return;
     this.blockedConns.delete(conn);
     this.stats.add('connections', -1);
+    if (conn.transport.kind === 'ws') this.stats.add('wsConnections', -1);
     this.leaveSession(conn);
     const will = conn.closed();
     if (will !== null && !this.draining) {
@@ -548,14 +577,19 @@ export class Shard implements ShardContext {
     // A shard's own SO_REUSEPORT socket can be closed; a shared descriptor must stay open for
     // the other shards (new connections are refused in accept() instead).
     if (this.opts.listen.kind === 'reuseport') this.server?.close();
-    for (const c of this.conns.values()) c.socket.pause();
+    for (const c of this.conns.values()) c.transport.pause();
     const deadline = Date.now() + this.config.shutdownTimeoutMs / 2;
     while (this.inflight.active > 0 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 10));
     }
     this.endOfTurn();
+    this.ws?.stopListening();
     for (const c of this.conns.values()) c.shutdown();
     for (const p of this.pendingWills.values()) clearTimeout(p.timer);
+    // uWS sockets must be gone before the thread exits: give the goodbyes a moment, then cut.
+    const wsDeadline = Date.now() + 500;
+    while (this.ws !== null && this.ws.open > 0 && Date.now() < wsDeadline) await new Promise((r) => setTimeout(r, 10));
+    this.ws?.closeAll();
     this.stopped = true;
     if (this.tick) clearInterval(this.tick);
     this.send({ t: 'drained', shard: this.index });

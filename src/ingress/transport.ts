@@ -1,0 +1,59 @@
+// What a device connection needs from the byte stream under it, so one MQTT implementation
+// serves TCP and WebSocket devices alike.
+
+import type { Socket } from 'node:net';
+
+export type TransportKind = 'tcp' | 'ws';
+
+export interface DeviceTransport {
+  readonly kind: TransportKind;
+  readonly destroyed: boolean;
+  /** Queues bytes for the device; false when they are backed up (see onceDrain). */
+  write(chunk: Buffer): boolean;
+  /** Stops delivering incoming bytes, where the transport can (see `canPause`). */
+  pause(): void;
+  resume(): void;
+  /** False for a transport that cannot stop reading: the connection then bounds what it holds. */
+  readonly canPause: boolean;
+  /** Closes after what was written has gone out. */
+  end(): void;
+  /** Closes now. */
+  destroy(): void;
+  /** Calls `cb` once when written bytes are no longer backed up. */
+  onceDrain(cb: () => void): void;
+}
+
+export class TcpTransport implements DeviceTransport {
+  readonly kind = 'tcp';
+  readonly canPause = true;
+
+  constructor(readonly socket: Socket) {}
+
+  get destroyed(): boolean {
+    return this.socket.destroyed;
+  }
+
+  write(chunk: Buffer): boolean {
+    return this.socket.write(chunk);
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    this.socket.resume();
+  }
+
+  end(): void {
+    this.socket.end(() => this.socket.destroy());
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+
+  onceDrain(cb: () => void): void {
+    this.socket.once('drain', cb);
+  }
+}
