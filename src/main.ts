@@ -3,6 +3,7 @@
 
 import * as path from 'node:path';
 import * as dns from 'node:dns/promises';
+import * as net from 'node:net';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import type { Config, BrokerConfig } from './config/types';
 import { createMainLogger, type MainLog } from './log';
@@ -155,7 +156,9 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   if (cfg.wsPort !== null) {
     await assertPortFree(cfg.host, cfg.wsPort);
     const { address } = await dns.lookup(cfg.host);
-    wsPlan = { host: address, port: cfg.wsPort, fallbackPlan: plan.kind === 'reuseport' ? { kind: 'reuseport', host: address, port: cfg.wsPort } : null };
+    // uSockets sets SO_REUSEPORT only on a given port: pick the free port here for port 0.
+    const wsPort0 = cfg.wsPort === 0 ? await freePort(address) : cfg.wsPort;
+    wsPlan = { host: address, port: wsPort0, fallbackPlan: plan.kind === 'reuseport' ? { kind: 'reuseport', host: address, port: wsPort0 } : null };
   }
   const first = await startShard(0, plan, wsPlan);
   const port = first.port;
@@ -201,6 +204,17 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   };
 
   return { port, wsPort, brokers, stop, shardStats: () => readShardStats(stats, shards) };
+}
+
+function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer();
+    probe.once('error', reject);
+    probe.listen({ host, port: 0, exclusive: true }, () => {
+      const { port } = probe.address() as net.AddressInfo;
+      probe.close(() => resolve(port));
+    });
+  });
 }
 
 function request<T extends { t: string }>(w: Worker, message: unknown, reply: string): Promise<T> {

@@ -169,7 +169,9 @@ function listenUws<C>(u: Uws, host: WsHost<C>, opts: WsOptions): Promise<WsListe
   interface Data { conn: C | null; transport: UwsTransport | null }
   const open = new Set<UWS.WebSocket<Data>>();
   const heldLimit = Math.max(HELD_LIMIT_MIN, opts.maxPacketSize * 2);
-  const app = u.App().ws<Data>(opts.path, {
+  // close() exists at run time but is missing from this build's typings.
+  const app = u.App() as UWS.TemplatedApp & { close(): void };
+  app.ws<Data>(opts.path, {
     // One frame may carry several packets: allow a little more than one packet.
     maxPayloadLength: Math.min(0x7fffffff, opts.maxPacketSize * 2 + 16),
     maxBackpressure: MAX_BACKPRESSURE,
@@ -215,6 +217,7 @@ function listenUws<C>(u: Uws, host: WsHost<C>, opts: WsOptions): Promise<WsListe
   return new Promise((resolve, reject) => {
     app.listen(opts.host, opts.port, (token) => {
       if (!token) {
+        app.close();
         reject(new Error(`cannot listen for WebSocket on ${opts.host}:${opts.port}`));
         return;
       }
@@ -231,6 +234,7 @@ function listenUws<C>(u: Uws, host: WsHost<C>, opts: WsOptions): Promise<WsListe
           if (listening !== null) u.us_listen_socket_close(listening);
           listening = null;
           for (const ws of [...open]) ws.close();
+          app.close();
         },
       });
     });

@@ -54,6 +54,8 @@ export class DaemonProcess {
   stdout = '';
   stderr = '';
   port = 0;
+  /** WebSocket port (FANOUT_WS_PORT set), else 0. */
+  wsPort = 0;
   readonly proxyId: string;
   /** Resolves when the process has exited and its output is read. */
   readonly exited: Promise<ExitInfo>;
@@ -90,6 +92,7 @@ export class DaemonProcess {
     try {
       const ready = await d.waitForLog((l) => l.msg === 'mqtt-fanout ready', timeoutMs);
       d.port = Number(ready.port);
+      d.wsPort = Number(ready.wsPort ?? 0);
     } catch (err) {
       await d.close();
       throw err;
