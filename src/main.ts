@@ -14,7 +14,10 @@ import { startEmbeddedBroker, type EmbeddedBroker } from './embedded';
 import type { FromShard, ToShard } from './shard/shard';
 import { assertPortFree, loadReuseport, type ListenPlan } from './ingress/listen';
 import type { FromWriter, ToWriter } from './broker/writer';
-import { createStats, readShardStats, type ShardField } from './metrics/stats';
+import { createStats, readShardStats, readWriterStats, type ShardField } from './metrics/stats';
+import { MetricsCollector } from './metrics/collector';
+import { startHttp } from './ingress/http';
+import type * as http from 'node:http';
 
 const WORKERS = path.join(__dirname, '..', 'workers');
 
@@ -22,6 +25,8 @@ export interface Daemon {
   readonly port: number;
   /** WebSocket listener port, null when off. */
   readonly wsPort: number | null;
+  /** HTTP listener port, null when off. */
+  readonly httpPort: number | null;
   readonly brokers: readonly BrokerConfig[];
   /** Per-shard counters (connections, publishes, ...), read from shared memory. */
   shardStats(): Record<ShardField, number>[];
@@ -83,6 +88,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   const shardBells = Array.from({ length: shards }, () => createDoorbell());
   const writerBells = brokers.map(() => createDoorbell());
   const stats = createStats(shards);
+  const writerStats = createStats(brokers.length);
 
   // The device listener: SO_REUSEPORT per shard where possible, else one shared descriptor.
   await assertPortFree(cfg.host, cfg.port);
@@ -109,7 +115,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     const w = watch(new Worker(path.join(WORKERS, 'writer.worker.js'), {
       workerData: {
         config: cfg, broker, index: b, uplinkRings: uplink.map((r) => r[b]), ackRings: acks.map((r) => r[b]),
-        downlinkRings: downlink.map((r) => r[b]), shardPorts: writerEnds[b],
+        downlinkRings: downlink.map((r) => r[b]), shardPorts: writerEnds[b], stats: writerStats,
         doorbell: writerBells[b], shardDoorbells: shardBells,
       },
       transferList: writerEnds[b],
@@ -119,6 +125,8 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
 
   const shardWorkers: Worker[] = [];
   const toShard = (s: number, m: ToShard): void => shardWorkers[s]?.postMessage(m);
+  const httpAnswers = new Map<number, (reason: number) => void>();
+  let latencyReplies: { ack: string[]; rtt: string[]; done: () => void } | null = null;
   const registry = new ClientRegistry({
     kick: (owner) => toShard(owner.shard, { t: 'kick', conn: owner.conn }),
     fetch: (previous, next, clientId) => toShard(previous.shard, { t: 'export', conn: previous.conn, clientId, to: next.shard, toConn: next.conn }),
@@ -144,6 +152,11 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
           else registry.release(op.clientId, { shard: msg.shard, conn: op.conn });
         }
       } else if (msg.t === 'relay') toShard(msg.to, msg.msg);
+      else if (msg.t === 'published') httpAnswers.get(msg.id)?.(msg.reason);
+      else if (msg.t === 'metrics' && latencyReplies !== null) {
+        latencyReplies.ack.push(msg.ackLatency);
+        latencyReplies.done();
+      }
       else if (msg.t === 'ready') resolve(msg);
       else if (msg.t === 'failed') reject(new Error(`cannot listen on ${cfg.host}:${cfg.port}: ${msg.message}`));
     });
@@ -172,10 +185,64 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     wsPlan = first.ws === 'uWebSockets.js' || fallbackPlan !== null ? { ...wsPlan, port: wsPort, fallbackPlan } : null;
   }
   await Promise.all(Array.from({ length: shards - 1 }, (_, i) => startShard(i + 1, plan, wsPlan)));
-  for (const w of writers) w.on('message', (m: { t: string; line?: string }) => onWorkerMessage(m));
+  for (const w of writers) {
+    w.on('message', (m: FromWriter | { t: 'log'; line: string }) => {
+      if (onWorkerMessage(m)) return;
+      if (m.t === 'metrics' && latencyReplies !== null) {
+        latencyReplies.rtt[m.broker] = m.rtt;
+        latencyReplies.done();
+      }
+    });
+  }
+
+  // HTTP: metrics, health, publish, dashboard.
+  const collector = new MetricsCollector({
+    brokers, shards,
+    shardStats: () => readShardStats(stats, shards),
+    writerStats: () => readWriterStats(writerStats, brokers.length),
+    uplinkRings: uplink, downlinkRings: downlink,
+    pullLatency: () => new Promise((resolve) => {
+      let left = shards + writers.length;
+      const replies = { ack: [] as string[], rtt: brokers.map(() => ''), done: () => { if (--left === 0) finish(); } };
+      const finish = (): void => {
+        clearTimeout(timer);
+        if (latencyReplies === replies) latencyReplies = null;
+        resolve({ ack: replies.ack, rtt: replies.rtt });
+      };
+      const timer = setTimeout(finish, 500);
+      latencyReplies = replies;
+      for (const w of shardWorkers) w.postMessage({ t: 'metrics' } satisfies ToShard);
+      for (const w of writers) w.postMessage({ t: 'metrics' } satisfies ToWriter);
+    }),
+  });
+  let httpServer: (http.Server & { boundPort: number }) | null = null;
+  if (cfg.httpPort !== null) {
+    collector.start();
+    let nextPublish = 1;
+    let nextShard = 0;
+    httpServer = await startHttp({
+      host: cfg.host, port: cfg.httpPort, maxPacketSize: cfg.maxPacketSize, log: logger, metrics: collector,
+      ready: () => {
+        const ws = readWriterStats(writerStats, brokers.length);
+        const list = brokers.map((b, i) => ({ name: b.name, up: ws[i].connectionsUp }));
+        return { ready: !stopping && list.every((b) => b.up > 0), brokers: list };
+      },
+      publish: (topic, payload, qos, retain) => new Promise((resolve) => {
+        const id = nextPublish++;
+        httpAnswers.set(id, (reason) => {
+          httpAnswers.delete(id);
+          resolve(reason);
+        });
+        const s = nextShard;
+        nextShard = (nextShard + 1) % shards;
+        toShard(s, { t: 'publish', id, topic, payload, qos, retain });
+      }),
+    });
+  }
   logger.info({
     port, host: cfg.host, shards, listen: plan.kind, brokers: brokers.map((b) => b.name),
     ...(wsPort !== null ? { wsPort, wsPath: cfg.wsPath, websocket: first.ws } : {}),
+    ...(httpServer !== null ? { httpPort: httpServer.boundPort } : {}),
   }, 'mqtt-fanout ready');
 
   const stop = async (): Promise<void> => {
@@ -187,6 +254,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     }, cfg.shutdownTimeoutMs + 2000);
     deadline.unref();
     logger.info('shutting down: draining devices');
+    collector.stop();
     await Promise.all(shardWorkers.map((w) => request<FromShard>(w, { t: 'drain' }, 'drained')));
     await Promise.all(shardWorkers.map((w) => w.terminate()));
     Atomics.store(new Int32Array(control), 0, 1);
@@ -199,11 +267,12 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     }
     await Promise.all([...writers, ...(listener ? [listener] : [])].map((w) => w.terminate()));
     await embedded?.close();
+    if (httpServer !== null) await new Promise((r) => httpServer!.close(r));
     logger.info('stopped');
     clearTimeout(deadline);
   };
 
-  return { port, wsPort, brokers, stop, shardStats: () => readShardStats(stats, shards) };
+  return { port, wsPort, httpPort: httpServer?.boundPort ?? null, brokers, stop, shardStats: () => readShardStats(stats, shards) };
 }
 
 function freePort(host: string): Promise<number> {

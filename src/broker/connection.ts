@@ -4,6 +4,7 @@
 // acknowledged after a reconnect, paced by FANOUT_PENDING_THROTTLE_MS.
 
 import * as net from 'node:net';
+import { performance } from 'node:perf_hooks';
 import * as tls from 'node:tls';
 import * as mqttPacket from 'mqtt-packet';
 import type { BrokerConfig, Config } from '../config/types';
@@ -40,6 +41,10 @@ export class BrokerConnection {
   inflight = 0;
   reconnects = 0;
   qos0BytesLost = 0;
+  /** Messages sent per QoS (first sends only) and their bytes. */
+  readonly sent = [0, 0, 0];
+  bytesOut = 0;
+  private readonly sentAt = new Float64Array(65536);
   /** A QoS 0 message was written since the socket last had nothing buffered. */
   private qos0Pending = false;
 
@@ -85,6 +90,10 @@ export class BrokerConnection {
   canAccept(qos: number): boolean {
     return this.state === UP && this.writable && !this.resending && this.outLen < OUT_HIGH_WATER &&
       (qos === 0 || this.maxQos === 0 || this.inflight < this.maxInflight);
+  }
+
+  get up(): boolean {
+    return this.state === UP;
   }
 
   get subscribable(): boolean {
@@ -208,6 +217,7 @@ export class BrokerConnection {
         const id = buf.readUInt16BE(start);
         const reason = end - start > 2 ? buf[start + 2] : 0;
         if (this.stages[id] !== AWAIT_ACK) return true;
+        this.ctx.rtt.since(this.sentAt[id], performance.now());
         this.answer(id, reason);
         if (type === C.PUBREC && reason < 0x80) {
           this.stages[id] = AWAIT_COMP;
@@ -387,7 +397,10 @@ export class BrokerConnection {
     if (pl > 0) pos += copyBytes(src, propsStart, propsStart + pl, this.out, pos);
     pos += copyBytes(src, payloadStart, payloadStart + payloadLen, this.out, pos);
     this.outLen = pos;
+    this.sent[q]++;
+    this.bytesOut += pos - start;
     if (q > 0) {
+      this.sentAt[id] = performance.now();
       this.slabs[id] = this.out;
       this.starts[id] = start;
       this.lengths[id] = pos - start;

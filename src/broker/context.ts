@@ -3,6 +3,7 @@
 import type { Logger } from 'pino';
 import type { RateLimitedLog } from '../log';
 import type { BrokerConnection } from './connection';
+import type { LatencyRecorder } from '../metrics/latency';
 
 export interface WriterContext {
   readonly log: Logger;
@@ -14,6 +15,8 @@ export interface WriterContext {
   /** Runs the writer's turn soon: take ring records, flush connections, publish acks. Called
    *  when a connection can take records again or has acks or answers to send. */
   schedulePump(): void;
+  /** Broker round trips (PUBLISH -> PUBACK / PUBREC), for /metrics. */
+  readonly rtt: LatencyRecorder;
   /** Largest packet taken from the broker (advertised to MQTT 5 brokers). */
   readonly maxIncoming: number;
   /** A PUBLISH from the broker; false when the shards cannot take it yet (the caller holds it). */

@@ -13,6 +13,8 @@ import { BrokerConnection } from './connection';
 import type { WriterContext } from './context';
 import { WriterDownlink } from './downlink';
 import { RateLimitedLog } from '../log';
+import { LatencyRecorder } from '../metrics/latency';
+import { WriterStats } from '../metrics/stats';
 import { buildRouting } from '../shard/build-routing';
 
 export interface WriterOptions {
@@ -26,12 +28,16 @@ export interface WriterOptions {
   shardPorts: MessagePort[];
   doorbell: SharedArrayBuffer;
   shardDoorbells: SharedArrayBuffer[];
+  /** Writer counters (one row per writer), read by the supervisor. */
+  stats: SharedArrayBuffer;
   port: MessagePort;
   log: Logger;
 }
 
-export type ToWriter = { t: 'drain' };
-export type FromWriter = { t: 'drained'; broker: string; leftInRings: number; leftInflight: number };
+export type ToWriter = { t: 'drain' } | { t: 'metrics' };
+export type FromWriter =
+  | { t: 'drained'; broker: string; leftInRings: number; leftInflight: number }
+  | { t: 'metrics'; broker: number; rtt: string };
 
 /** Records taken per ring before moving to the next, for fairness between shards. */
 const SLICE = 512;
@@ -49,6 +55,8 @@ export class Writer implements WriterContext {
   readonly pool: BrokerConnection[];
   readonly downlink: WriterDownlink;
   readonly maxIncoming: number;
+  readonly rtt = new LatencyRecorder();
+  private readonly stats: WriterStats;
   droppedTooLarge = 0;
 
   private readonly rings: RingConsumer[];
@@ -78,6 +86,7 @@ export class Writer implements WriterContext {
     this.doorbell = new Doorbell(opts.doorbell);
     this.pool = [];
     for (let i = 0; i < opts.broker.pool; i++) this.pool.push(new BrokerConnection(this, opts.broker, opts.config, i));
+    this.stats = new WriterStats(opts.stats, opts.index);
     const downRings = opts.downlinkRings.map((r) => new RingProducer(r));
     this.maxIncoming = Math.min(0x0fffffff, Math.floor(opts.config.ringBytes / 2));
     // Subscriptions live on the first connection of the pool; the others only publish.
@@ -107,12 +116,48 @@ export class Writer implements WriterContext {
     this.tick = setInterval(() => {
       this.now = Date.now();
       for (const c of this.pool) c.onTick(this.now);
+      this.publishStats();
       this.schedulePump();
     }, 1000);
     this.opts.port.on('message', (m: ToWriter) => {
       if (m.t === 'drain') void this.drain();
+      else if (m.t === 'metrics') {
+        this.publishStats();
+        const reply: FromWriter = { t: 'metrics', broker: this.opts.index, rtt: this.rtt.take() };
+        this.opts.port.postMessage(reply);
+      }
     });
+    this.publishStats();
     this.schedulePump();
+  }
+
+  /** Copies the connections' counters into shared memory for the supervisor. */
+  private publishStats(): void {
+    const st = this.stats;
+    let up = 0, reconnects = 0, inflight = 0, bytes = 0, lost = 0;
+    const sent = [0, 0, 0];
+    for (const c of this.pool) {
+      if (c.up) up++;
+      reconnects += c.reconnects;
+      inflight += c.inflight;
+      bytes += c.bytesOut;
+      lost += c.qos0BytesLost;
+      for (let q = 0; q < 3; q++) sent[q] += c.sent[q];
+    }
+    st.set('connectionsUp', up);
+    st.set('connections', this.pool.length);
+    st.set('reconnects', reconnects);
+    st.set('inflight', inflight);
+    st.set('messagesOutQos0', sent[0]);
+    st.set('messagesOutQos1', sent[1]);
+    st.set('messagesOutQos2', sent[2]);
+    st.set('bytesOut', bytes);
+    st.set('tooLarge', this.droppedTooLarge);
+    st.set('qos0BytesLost', lost);
+    st.set('downlinkIn', this.downlink.delivered);
+    st.set('downlinkUnmatched', this.downlink.dropped);
+    st.set('downlinkTooLarge', this.downlink.tooLarge);
+    st.set('upstreamFilters', this.downlink.filterCount);
   }
 
   schedulePump(): void {

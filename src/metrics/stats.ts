@@ -1,11 +1,19 @@
 // Per-thread counters in shared memory: each thread writes only its own row, the supervisor
-// (and later the metrics endpoint) reads every row without asking the threads anything.
+// (the metrics endpoint, the dashboard) reads every row without asking the threads anything.
 
 export const SHARD_FIELDS = [
   'connections', 'publishesIn', 'backpressurePauses', 'willsPublished', 'takeovers', 'protocolErrors',
-  'messagesOut', 'dropQueueFull', 'dropExpired', 'dropTooLarge', 'dropOfflineQos0', 'sessions', 'subscriptions', 'unrouted', 'wsConnections',
+  'messagesOut', 'dropQueueFull', 'dropExpired', 'dropTooLarge', 'dropOfflineQos0', 'sessions', 'subscriptions', 'unrouted',
+  'wsConnections', 'bytesIn', 'httpPublishes',
 ] as const;
 export type ShardField = (typeof SHARD_FIELDS)[number];
+
+/** A writer's row: refreshed from its connections every second. */
+export const WRITER_FIELDS = [
+  'connectionsUp', 'connections', 'reconnects', 'inflight', 'messagesOutQos0', 'messagesOutQos1', 'messagesOutQos2',
+  'bytesOut', 'tooLarge', 'qos0BytesLost', 'downlinkIn', 'downlinkUnmatched', 'downlinkTooLarge', 'upstreamFilters',
+] as const;
+export type WriterField = (typeof WRITER_FIELDS)[number];
 
 const STRIDE = 32;
 
@@ -13,29 +21,53 @@ export function createStats(rows: number): SharedArrayBuffer {
   return new SharedArrayBuffer(rows * STRIDE * 8);
 }
 
-/** One shard's row. Plain (non-atomic) stores: each field has a single writer, readers accept a
+/** One thread's row. Plain (non-atomic) stores: each field has a single writer, readers accept a
  *  value that is a moment old. */
-export class ShardStats {
+export class StatsRow<F extends string> {
   private readonly row: Float64Array;
 
-  constructor(sab: SharedArrayBuffer, index: number) {
+  constructor(sab: SharedArrayBuffer, index: number, private readonly fields: readonly F[]) {
     this.row = new Float64Array(sab, index * STRIDE * 8, STRIDE);
   }
 
-  add(field: ShardField, n = 1): void {
-    this.row[SHARD_FIELDS.indexOf(field)] += n;
+  add(field: F, n = 1): void {
+    this.row[this.fields.indexOf(field)] += n;
   }
 
-  get(field: ShardField): number {
-    return this.row[SHARD_FIELDS.indexOf(field)];
+  set(field: F, n: number): void {
+    this.row[this.fields.indexOf(field)] = n;
+  }
+
+  get(field: F): number {
+    return this.row[this.fields.indexOf(field)];
   }
 }
 
-export function readShardStats(sab: SharedArrayBuffer, rows: number): Record<ShardField, number>[] {
-  const out: Record<ShardField, number>[] = [];
+export class ShardStats extends StatsRow<ShardField> {
+  constructor(sab: SharedArrayBuffer, index: number) {
+    super(sab, index, SHARD_FIELDS);
+  }
+}
+
+export class WriterStats extends StatsRow<WriterField> {
+  constructor(sab: SharedArrayBuffer, index: number) {
+    super(sab, index, WRITER_FIELDS);
+  }
+}
+
+function readRows<F extends string>(sab: SharedArrayBuffer, rows: number, fields: readonly F[]): Record<F, number>[] {
+  const out: Record<F, number>[] = [];
   for (let i = 0; i < rows; i++) {
-    const s = new ShardStats(sab, i);
-    out.push(Object.fromEntries(SHARD_FIELDS.map((f) => [f, s.get(f)])) as Record<ShardField, number>);
+    const s = new StatsRow(sab, i, fields);
+    out.push(Object.fromEntries(fields.map((f) => [f, s.get(f)])) as Record<F, number>);
   }
   return out;
+}
+
+export function readShardStats(sab: SharedArrayBuffer, rows: number): Record<ShardField, number>[] {
+  return readRows(sab, rows, SHARD_FIELDS);
+}
+
+export function readWriterStats(sab: SharedArrayBuffer, rows: number): Record<WriterField, number>[] {
+  return readRows(sab, rows, WRITER_FIELDS);
 }

@@ -178,3 +178,9 @@ export class RingConsumer extends RingSide {
     return this.view;
   }
 }
+
+/** Bytes held in a ring, read from outside both threads (metrics). */
+export function ringUsed(ring: RingBuffers): number {
+  const ctrl = new Int32Array(ring.sab, 0, CONTROL_BYTES / 4);
+  return (Atomics.load(ctrl, HEAD) - Atomics.load(ctrl, TAIL)) >>> 0;
+}

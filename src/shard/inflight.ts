@@ -2,7 +2,9 @@
 // token carried through the rings; it is reused only after every broker has answered, so an
 // acknowledgement can never reach the wrong message.
 
+import { performance } from 'node:perf_hooks';
 import type { AckMode } from '../config/types';
+import type { LatencyRecorder } from '../metrics/latency';
 
 export interface AckTarget {
   /** Called once when the device may be acknowledged (per FANOUT_ACK). */
@@ -18,12 +20,14 @@ export class InflightTable {
   private acked: Uint8Array;
   private reason: Uint8Array;
   private owners: (AckTarget | null)[];
+  private started: Float64Array;
   private freeList: Int32Array;
   private freeCount = 0;
   private size = 0;
   active = 0;
 
-  constructor(private readonly brokers: number, private readonly mode: AckMode, initial = 1024) {
+  constructor(private readonly brokers: number, private readonly mode: AckMode, initial = 1024, private readonly latency: LatencyRecorder | null = null) {
+    this.started = new Float64Array(initial);
     this.remaining = new Int32Array(initial);
     this.messageId = new Uint16Array(initial);
     this.qos = new Uint8Array(initial);
@@ -48,6 +52,7 @@ export class InflightTable {
     this.acked[slot] = 0;
     this.reason[slot] = 0;
     this.owners[slot] = owner;
+    if (this.latency !== null) this.started[slot] = performance.now();
     this.active++;
     return slot;
   }
@@ -64,6 +69,7 @@ export class InflightTable {
     if (this.acked[slot] === 0 && (left === 0 || (this.mode === 'any' && accepted))) {
       if (this.mode === 'any' && accepted) this.reason[slot] = 0;
       this.acked[slot] = 1;
+      this.latency?.since(this.started[slot], performance.now());
       owner.uplinkAcked(this.messageId[slot], this.qos[slot], this.reason[slot]);
     }
     if (left === 0) {
@@ -83,6 +89,7 @@ export class InflightTable {
     const q = new Uint8Array(n); q.set(this.qos); this.qos = q;
     const a = new Uint8Array(n); a.set(this.acked); this.acked = a;
     const r = new Uint8Array(n); r.set(this.reason); this.reason = r;
+    const t = new Float64Array(n); t.set(this.started); this.started = t;
     this.owners.length = n;
     this.owners.fill(null, this.size);
   }

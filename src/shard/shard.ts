@@ -22,6 +22,8 @@ import { listenShard, type ListenPlan } from '../ingress/listen';
 import { TcpTransport, type DeviceTransport } from '../ingress/transport';
 import { listenWebSocket, type WsListener } from '../ingress/websocket';
 import { RateLimitedLog } from '../log';
+import { HttpPublisher, type HttpPublish } from './http-publish';
+import { LatencyRecorder } from '../metrics/latency';
 import { Session, type SessionLimits, type SessionState, type PendingState } from './session';
 import { ShardSubscriptions } from './subscriptions';
 import { ShardDownlink } from './downlink';
@@ -51,6 +53,8 @@ export interface ShardOptions {
 /** Messages the supervisor sends (or relays from another shard) to a shard. */
 export type ToShard =
   | { t: 'kick'; conn: number }
+  | { t: 'metrics' }
+  | ({ t: 'publish' } & HttpPublish)
   | { t: 'drain' }
   // Moving a persistent session: the old shard exports it to the new one, the new one says
   // when its subscriptions are registered upstream, the old one sends what came meanwhile.
@@ -73,7 +77,9 @@ export type FromShard =
   | { t: 'failed'; shard: number; message: string }
   | { t: 'registry'; shard: number; ops: RegistryOp[] }
   | { t: 'relay'; to: number; msg: ToShard }
-  | { t: 'drained'; shard: number };
+  | { t: 'drained'; shard: number }
+  | { t: 'metrics'; shard: number; ackLatency: string }
+  | { t: 'published'; id: number; reason: number };
 
 export class Shard implements ShardContext {
   readonly config: Config;
@@ -88,6 +94,9 @@ export class Shard implements ShardContext {
   };
 
   readonly subs: ShardSubscriptions;
+  /** Device publish -> device acknowledgement, for /metrics. */
+  readonly ackLatency = new LatencyRecorder();
+  private readonly http: HttpPublisher;
   readonly limits: SessionLimits;
   private readonly sessions = new Map<string, Session>();
   /** Offline sessions by the id of the connection that last held them (for kicks). */
@@ -127,7 +136,7 @@ export class Shard implements ShardContext {
     this.ackWriters = writerBells;
     this.doorbell = new Doorbell(opts.doorbell);
     this.stats = new ShardStats(opts.stats, opts.index);
-    this.inflight = new InflightTable(opts.uplinkRings.length, opts.config.ack);
+    this.inflight = new InflightTable(opts.uplinkRings.length, opts.config.ack, 1024, this.ackLatency);
     this.subs = new ShardSubscriptions(opts.index, opts.writerPorts, buildRouting(opts.config), () => this.scheduleTurn());
     const stats = this.stats;
     const warnings = new RateLimitedLog(opts.log);
@@ -144,6 +153,7 @@ export class Shard implements ShardContext {
         else stats.add('dropOfflineQos0');
       },
     };
+    this.http = new HttpPublisher(this, (id, reason) => this.send({ t: 'published', id, reason }));
     this.downlink = new ShardDownlink(opts.downlinkRings.map((r) => new RingConsumer(r)), writerBells, this.subs, this.limits);
   }
 
@@ -343,6 +353,7 @@ export class Shard implements ShardContext {
   }
 
   onData(conn: DeviceConnection, chunk: Buffer): void {
+    this.stats.add('bytesIn', chunk.length);
     conn.onData(chunk);
     this.scheduleTurn();
   }
@@ -410,6 +421,12 @@ export class Shard implements ShardContext {
         conn.takeover();
       }
       this.endOfTurn();
+    } else if (m.t === 'publish') {
+      this.http.submit(m);
+    } else if (m.t === 'metrics') {
+      this.stats.set('messagesOut', this.downlink.delivered);
+      this.send({ t: 'metrics', shard: this.index, ackLatency: this.ackLatency.take() });
+      return;
     } else if (m.t === 'drain') {
       void this.drain();
     } else if (m.t === 'export') {
@@ -532,6 +549,7 @@ export class Shard implements ShardContext {
   }
 
   private retryBlocked(): void {
+    this.http.retry();
     while (this.willQueue.length > 0 && this.tryWill(this.willQueue[0].bytes, this.willQueue[0].version)) this.willQueue.shift();
     const woken = this.woken;
     if (woken.length > 0) {
@@ -557,6 +575,8 @@ export class Shard implements ShardContext {
       }
     }
     this.subs.sweep(now);
+    this.stats.set('messagesOut', this.downlink.delivered);
+    this.http.retry();
     this.stats.add('subscriptions', this.subs.size - this.stats.get('subscriptions'));
     const connectDeadline = now - this.config.connectTimeoutMs;
     for (const c of this.conns.values()) {

@@ -1,0 +1,114 @@
+// The HTTP listener (FANOUT_HTTP_PORT) on the supervisor thread: Prometheus metrics, health and
+// readiness for orchestrators, POST /publish for systems that cannot speak MQTT, and the live
+// dashboard. Publishes are handed to a shard and routed exactly like a device's.
+
+import * as http from 'node:http';
+import type { Logger } from 'pino';
+import type { MetricsCollector } from '../metrics/collector';
+import { DASHBOARD_HTML } from './dashboard';
+
+export interface HttpDeps {
+  host: string;
+  port: number;
+  maxPacketSize: number;
+  log: Logger;
+  metrics: MetricsCollector;
+  /** Every broker that must be connected is. */
+  ready(): { ready: boolean; brokers: { name: string; up: number }[] };
+  /** Routes a message; resolves with 0 or the first refusal reason once it is acknowledged as
+   *  FANOUT_ACK says (QoS 0: once it is in the rings). */
+  publish(topic: string, payload: Buffer, qos: number, retain: boolean): Promise<number>;
+}
+
+/** How long POST /publish waits for the brokers before answering 504. */
+const PUBLISH_TIMEOUT_MS = 30_000;
+
+export interface PublishParams {
+  topic: string;
+  qos: number;
+  retain: boolean;
+}
+
+/** Checks the query of POST /publish; a string is the error to answer with 400. */
+export function parsePublishQuery(query: URLSearchParams): PublishParams | string {
+  const topic = query.get('topic');
+  if (topic === null || topic === '') return 'topic is required (?topic=...)';
+  if (/[+#]/.test(topic)) return 'topic must not contain the wildcards + or #';
+  if (topic.includes('\u0000')) return 'topic must not contain U+0000';
+  if (Buffer.byteLength(topic) > 65535) return 'topic is longer than 65535 bytes';
+  const qosText = query.get('qos') ?? '0';
+  if (!/^[012]$/.test(qosText)) return `qos must be 0, 1 or 2, got ${JSON.stringify(qosText)}`;
+  const retainText = (query.get('retain') ?? 'false').toLowerCase();
+  if (!['true', 'false', '1', '0'].includes(retainText)) return `retain must be true or false, got ${JSON.stringify(retainText)}`;
+  return { topic, qos: Number(qosText), retain: retainText === 'true' || retainText === '1' };
+}
+
+export function startHttp(deps: HttpDeps): Promise<http.Server & { boundPort: number }> {
+  const json = (res: http.ServerResponse, status: number, body: unknown): void => {
+    res.writeHead(status, { 'content-type': 'application/json' }).end(`${JSON.stringify(body)}\n`);
+  };
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const route = `${req.method} ${url.pathname}`;
+    switch (route) {
+      case 'GET /healthz':
+        res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+        return;
+      case 'GET /readyz': {
+        const r = deps.ready();
+        json(res, r.ready ? 200 : 503, r);
+        return;
+      }
+      case 'GET /metrics':
+        res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }).end(deps.metrics.prometheus());
+        return;
+      case 'GET /api/stats':
+        json(res, 200, deps.metrics.snapshot());
+        return;
+      case 'GET /':
+        res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(DASHBOARD_HTML);
+        return;
+      case 'POST /publish':
+        void publish(url, req, res);
+        return;
+      default:
+        if (url.pathname === '/publish') json(res, 405, { error: 'use POST /publish?topic=...&qos=...&retain=... with the payload as body' });
+        else json(res, 404, { error: `no route for ${route}` });
+    }
+  });
+
+  const publish = async (url: URL, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    const params = parsePublishQuery(url.searchParams);
+    if (typeof params === 'string') {
+      req.resume();
+      json(res, 400, { error: params });
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let tooLarge = false;
+    for await (const chunk of req as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > deps.maxPacketSize) tooLarge = true;
+      else chunks.push(chunk);
+    }
+    if (tooLarge) {
+      json(res, 413, { error: `payload larger than FANOUT_MAX_PACKET_SIZE (${deps.maxPacketSize} bytes)` });
+      return;
+    }
+    const timeout = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), PUBLISH_TIMEOUT_MS).unref());
+    const reason = await Promise.race([deps.publish(params.topic, Buffer.concat(chunks), params.qos, params.retain), timeout]);
+    if (reason === 'timeout') json(res, 504, { error: 'accepted, but the brokers have not acknowledged it yet', qos: params.qos });
+    else if (reason >= 0x80) json(res, 502, { error: 'a broker refused the message', reason });
+    else json(res, 200, { ok: true, qos: params.qos });
+  };
+
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host: deps.host, port: deps.port }, () => {
+      server.off('error', reject);
+      server.on('error', (err) => deps.log.error({ err }, 'HTTP listener error'));
+      resolve(Object.assign(server, { boundPort: (server.address() as { port: number }).port }));
+    });
+  });
+}

@@ -1,0 +1,231 @@
+// The supervisor's view of the whole proxy, for /metrics and the dashboard: counters read from
+// the threads' shared-memory rows, ring fill read from the rings' control words, and latency
+// histograms the threads hand over every second (kept for a sliding minute).
+
+import type { BrokerConfig } from '../config/types';
+import type { RingBuffers } from '../ring/spsc';
+import { ringUsed } from '../ring/spsc';
+import { newHistogram, decodeHistogram, type Histogram } from './latency';
+import type { ShardField, WriterField } from './stats';
+
+export interface CollectorSources {
+  brokers: readonly BrokerConfig[];
+  shards: number;
+  shardStats(): Record<ShardField, number>[];
+  writerStats(): Record<WriterField, number>[];
+  uplinkRings: RingBuffers[][];
+  downlinkRings: RingBuffers[][];
+  /** Asks every thread for its histograms since the last call. */
+  pullLatency(): Promise<{ ack: string[]; rtt: string[] }>;
+}
+
+/** Seconds of latency history the quantiles cover. */
+const WINDOW_S = 60;
+/** Seconds of counter history the dashboard charts. */
+const HISTORY_S = 120;
+const QUANTILES = [0.5, 0.9, 0.99, 0.999];
+
+interface Sample {
+  at: number;
+  publishesIn: number;
+  deliveries: number;
+  connections: number;
+  ackP50: number;
+  ackP99: number;
+}
+
+class Window {
+  private readonly slots: Histogram[] = [];
+  count = 0;
+  sumUs = 0;
+
+  push(encoded: string[]): void {
+    const h = newHistogram();
+    for (const e of encoded) {
+      if (e === '') continue;
+      const part = decodeHistogram(e);
+      h.add(part);
+      this.count += part.totalCount;
+      this.sumUs += part.mean * part.totalCount;
+      part.destroy();
+    }
+    this.slots.push(h);
+    if (this.slots.length > WINDOW_S) this.slots.shift()!.destroy();
+  }
+
+  /** Quantiles (seconds) over the window, and over its last second. */
+  merged(lastOnly = false): Histogram {
+    const h = newHistogram();
+    for (const s of lastOnly ? this.slots.slice(-1) : this.slots) h.add(s);
+    return h;
+  }
+}
+
+export class MetricsCollector {
+  private readonly ack = new Window();
+  private readonly rtt: Window[];
+  private readonly history: Sample[] = [];
+  private timer: NodeJS.Timeout | null = null;
+  private collecting = false;
+
+  constructor(private readonly src: CollectorSources) {
+    this.rtt = src.brokers.map(() => new Window());
+  }
+
+  start(): void {
+    this.timer = setInterval(() => void this.collect(), 1000);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+  }
+
+  private async collect(): Promise<void> {
+    if (this.collecting) return;
+    this.collecting = true;
+    try {
+      const { ack, rtt } = await this.src.pullLatency();
+      this.ack.push(ack);
+      this.rtt.forEach((w, b) => w.push(rtt[b] === undefined ? [] : [rtt[b]]));
+      const shards = this.src.shardStats();
+      const last = this.ack.merged(true);
+      this.history.push({
+        at: Date.now(),
+        publishesIn: sum(shards, 'publishesIn') + sum(shards, 'httpPublishes'),
+        deliveries: sum(shards, 'messagesOut'),
+        connections: sum(shards, 'connections'),
+        ackP50: last.totalCount > 0 ? last.getValueAtPercentile(50) / 1e6 : 0,
+        ackP99: last.totalCount > 0 ? last.getValueAtPercentile(99) / 1e6 : 0,
+      });
+      last.destroy();
+      if (this.history.length > HISTORY_S) this.history.shift();
+    } finally {
+      this.collecting = false;
+    }
+  }
+
+  /** Prometheus text exposition format 0.0.4. */
+  prometheus(): string {
+    const out: string[] = [];
+    const shards = this.src.shardStats();
+    const writers = this.src.writerStats();
+    const brokers = this.src.brokers;
+    const metric = (name: string, type: 'counter' | 'gauge' | 'summary', help: string, rows: [Record<string, string | number>, number][]): void => {
+      out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+      for (const [labels, value] of rows) out.push(`${name}${labelText(labels)} ${fmt(value)}`);
+    };
+    const perShard = (field: ShardField): [Record<string, string | number>, number][] => shards.map((s, i) => [{ shard: i }, s[field]]);
+    const perBroker = (field: WriterField): [Record<string, string | number>, number][] => writers.map((w, b) => [{ broker: brokers[b].name }, w[field]]);
+
+    metric('fanout_connections', 'gauge', 'Device connections open, by transport and shard.',
+      shards.flatMap((s, i): [Record<string, string | number>, number][] => [
+        [{ transport: 'tcp', shard: i }, s.connections - s.wsConnections], [{ transport: 'ws', shard: i }, s.wsConnections]]));
+    metric('fanout_sessions', 'gauge', 'Device sessions (connected or kept for an absent device), by shard.', perShard('sessions'));
+    metric('fanout_subscriptions', 'gauge', 'Device subscriptions, by shard.', perShard('subscriptions'));
+    metric('fanout_device_publishes_total', 'counter', 'PUBLISH packets taken from devices, by shard.', perShard('publishesIn'));
+    metric('fanout_http_publishes_total', 'counter', 'Messages taken from POST /publish, by shard.', perShard('httpPublishes'));
+    metric('fanout_device_bytes_in_total', 'counter', 'Bytes received from devices, by shard.', perShard('bytesIn'));
+    metric('fanout_deliveries_total', 'counter', 'Messages delivered (or queued) to devices, by shard.', perShard('messagesOut'));
+    metric('fanout_backpressure_pauses_total', 'counter', 'Times a device was paused because a ring or its window was full, by shard.', perShard('backpressurePauses'));
+    metric('fanout_takeovers_total', 'counter', 'Client-id takeovers, by shard.', perShard('takeovers'));
+    metric('fanout_protocol_errors_total', 'counter', 'Device connections closed for a protocol error, by shard.', perShard('protocolErrors'));
+    metric('fanout_wills_published_total', 'counter', 'Last wills published, by shard.', perShard('willsPublished'));
+    const drops: [Record<string, string | number>, number][] = [];
+    shards.forEach((s, i) => {
+      drops.push([{ reason: 'queue_full', shard: i }, s.dropQueueFull], [{ reason: 'expired', shard: i }, s.dropExpired],
+        [{ reason: 'too_large_for_device', shard: i }, s.dropTooLarge], [{ reason: 'offline_qos0', shard: i }, s.dropOfflineQos0],
+        [{ reason: 'unrouted', shard: i }, s.unrouted]);
+    });
+    writers.forEach((w, b) => {
+      drops.push([{ reason: 'too_large_for_broker', broker: brokers[b].name }, w.tooLarge],
+        [{ reason: 'downlink_too_large', broker: brokers[b].name }, w.downlinkTooLarge]);
+    });
+    metric('fanout_drops_total', 'counter', 'Messages not passed on, by reason.', drops);
+    metric('fanout_qos0_bytes_lost_total', 'counter', 'Unsent bytes holding QoS 0 messages when a broker connection dropped, by broker.', perBroker('qos0BytesLost'));
+    metric('fanout_broker_messages_out_total', 'counter', 'Messages sent to brokers (first sends), by broker and QoS.',
+      writers.flatMap((w, b): [Record<string, string | number>, number][] => [0, 1, 2].map((q) => [{ broker: brokers[b].name, qos: q },
+        q === 0 ? w.messagesOutQos0 : q === 1 ? w.messagesOutQos1 : w.messagesOutQos2])));
+    metric('fanout_broker_bytes_out_total', 'counter', 'Bytes of PUBLISH packets sent to brokers, by broker.', perBroker('bytesOut'));
+    metric('fanout_broker_messages_in_total', 'counter', 'Messages from brokers passed to devices, by broker.', perBroker('downlinkIn'));
+    metric('fanout_broker_inflight', 'gauge', 'Messages sent to a broker and not yet acknowledged, by broker.', perBroker('inflight'));
+    metric('fanout_broker_connections_up', 'gauge', 'Broker connections up, by broker.', perBroker('connectionsUp'));
+    metric('fanout_broker_connections', 'gauge', 'Broker connections configured (pool), by broker.', perBroker('connections'));
+    metric('fanout_broker_reconnects_total', 'counter', 'Broker reconnections, by broker.', perBroker('reconnects'));
+    metric('fanout_upstream_filters', 'gauge', 'Subscriptions the proxy holds at each broker (one per distinct filter).', perBroker('upstreamFilters'));
+    const fill: [Record<string, string | number>, number][] = [];
+    for (let s = 0; s < this.src.shards; s++) {
+      brokers.forEach((br, b) => {
+        fill.push([{ shard: s, broker: br.name, direction: 'up' }, ringUsed(this.src.uplinkRings[s][b])],
+          [{ shard: s, broker: br.name, direction: 'down' }, ringUsed(this.src.downlinkRings[s][b])]);
+      });
+    }
+    metric('fanout_ring_fill_bytes', 'gauge', 'Bytes waiting in the shared-memory rings, by shard, broker and direction.', fill);
+    metric('fanout_ring_capacity_bytes', 'gauge', 'Capacity of each ring.', [[{}, this.src.uplinkRings[0]?.[0]?.capacity ?? 0]]);
+
+    this.summary(out, 'fanout_ack_latency_seconds', 'Device publish to device acknowledgement (QoS 1/2), quantiles over the last minute.', [[{}, this.ack]]);
+    this.summary(out, 'fanout_broker_rtt_seconds', 'PUBLISH to PUBACK/PUBREC at each broker, quantiles over the last minute.',
+      this.rtt.map((w, b) => [{ broker: brokers[b].name }, w]));
+    return `${out.join('\n')}\n`;
+  }
+
+  private summary(out: string[], name: string, help: string, rows: [Record<string, string | number>, Window][]): void {
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} summary`);
+    for (const [labels, w] of rows) {
+      const h = w.merged();
+      for (const q of QUANTILES) {
+        const v = h.totalCount > 0 ? h.getValueAtPercentile(q * 100) / 1e6 : Number.NaN;
+        out.push(`${name}${labelText({ ...labels, quantile: q })} ${fmt(v)}`);
+      }
+      h.destroy();
+      out.push(`${name}_sum${labelText(labels)} ${fmt(w.sumUs / 1e6)}`, `${name}_count${labelText(labels)} ${fmt(w.count)}`);
+    }
+  }
+
+  /** What the dashboard shows: current state and the last two minutes, one point a second. */
+  snapshot(): object {
+    const shards = this.src.shardStats();
+    const writers = this.src.writerStats();
+    const ack = this.ack.merged();
+    const q = (h: Histogram, p: number): number | null => (h.totalCount > 0 ? h.getValueAtPercentile(p) / 1e6 : null);
+    const result = {
+      at: Date.now(),
+      connections: sum(shards, 'connections'),
+      wsConnections: sum(shards, 'wsConnections'),
+      sessions: sum(shards, 'sessions'),
+      subscriptions: sum(shards, 'subscriptions'),
+      ackLatency: { p50: q(ack, 50), p90: q(ack, 90), p99: q(ack, 99), p999: q(ack, 99.9) },
+      brokers: this.src.brokers.map((b, i) => ({
+        name: b.name,
+        url: b.redactedUrl,
+        up: writers[i].connectionsUp,
+        pool: writers[i].connections,
+        inflight: writers[i].inflight,
+        reconnects: writers[i].reconnects,
+        queuedBytes: this.src.uplinkRings.reduce((n, rings) => n + ringUsed(rings[i]), 0),
+        messagesOut: writers[i].messagesOutQos0 + writers[i].messagesOutQos1 + writers[i].messagesOutQos2,
+        messagesIn: writers[i].downlinkIn,
+      })),
+      history: this.history,
+    };
+    ack.destroy();
+    return result;
+  }
+}
+
+function sum<F extends string>(rows: Record<F, number>[], field: F): number {
+  let n = 0;
+  for (const r of rows) n += r[field];
+  return n;
+}
+
+function labelText(labels: Record<string, string | number>): string {
+  const parts = Object.entries(labels).map(([k, v]) => `${k}="${String(v).replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`);
+  return parts.length === 0 ? '' : `{${parts.join(',')}}`;
+}
+
+function fmt(v: number): string {
+  if (Number.isNaN(v)) return 'NaN';
+  if (v === Infinity) return '+Inf';
+  return String(v);
+}
