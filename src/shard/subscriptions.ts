@@ -235,6 +235,8 @@ export class ShardSubscriptions {
   private onWriter(m: WriterToShard): void {
     if (m.t !== 'subacks') return;
     for (const ack of m.acks) this.onAck(m.broker, ack);
+    // The SUBACKs just written go out with the shard's next turn.
+    this.schedule();
   }
 
   private onAck(b: number, ack: SubAck): void {

@@ -1,0 +1,175 @@
+// The HTTP listener: /metrics parsed with a Prometheus text-format parser, /healthz, /readyz
+// following the brokers' state, POST /publish end to end to two brokers (and answering only
+// once they acknowledged), every bad-input case, and the dashboard's data.
+
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { parsePrometheus, type PromFamily } from '../helpers/prometheus';
+import { Collector, closeClient, connectClient, publish, waitPoolOnline } from '../helpers/clients';
+import { DaemonProcess } from '../helpers/daemon';
+import { Mosquitto } from '../helpers/mosquitto';
+import { Scope, sleep, waitFor } from '../helpers/wait';
+
+let seq = 0;
+const unique = (p: string): string => `${p}/${process.pid}-${++seq}`;
+
+describe('HTTP: metrics, health, publish', { timeout: 120_000 }, () => {
+  const scope = new Scope();
+  let b1: Mosquitto;
+  let b2: Mosquitto;
+  let daemon: DaemonProcess;
+  let base = '';
+  let at1: Collector;
+  let at2: Collector;
+
+  before(async () => {
+    b1 = scope.use(await Mosquitto.start());
+    b2 = scope.use(await Mosquitto.start());
+    daemon = scope.use(await DaemonProcess.start({
+      FANOUT_BROKERS: `b1=${b1.url({ pool: 1 })},b2=${b2.url({ pool: 1, protocol: 5 })}`,
+      FANOUT_HTTP_PORT: 0,
+      FANOUT_WS_PORT: 0,
+    }));
+    const ready = daemon.lines.find((l) => l.msg === 'mqtt-fanout ready')!;
+    base = `http://127.0.0.1:${Number(ready.httpPort)}`;
+    await waitPoolOnline(b1.port, daemon.proxyId, 'b1', 1);
+    await waitPoolOnline(b2.port, daemon.proxyId, 'b2', 1);
+    at1 = scope.use(await Collector.start(b1.port, 'http/#', { qos: 2, protocolVersion: 5, rap: true }));
+    at2 = scope.use(await Collector.start(b2.port, 'http/#', { qos: 2, protocolVersion: 5, rap: true }));
+  });
+  after(() => scope.close());
+
+  type Families = Map<string, PromFamily>;
+  const metrics = async (): Promise<Families> => {
+    const res = await fetch(`${base}/metrics`);
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
+    return parsePrometheus(await res.text());
+  };
+  const family = (all: Families, name: string): PromFamily => {
+    const f = all.get(name);
+    assert.ok(f, `metric ${name} is exposed`);
+    return f;
+  };
+  /** The value of the one sample of `name` (a family member name) whose labels include `labels`. */
+  const value = (all: Families, familyName: string, labels: Record<string, string>, name = familyName): number => {
+    const m = family(all, familyName).samples.find((x) => x.name === name && Object.entries(labels).every(([k, v]) => x.labels[k] === v));
+    assert.ok(m, `${name}${JSON.stringify(labels)} is exposed`);
+    return m.value;
+  };
+
+  test('GET /healthz answers 200', async () => {
+    const res = await fetch(`${base}/healthz`);
+    assert.equal(res.status, 200);
+  });
+
+  test('GET /metrics: connections by transport and shard, publishes, messages per broker and QoS, ring fill, latency summaries', async (t) => {
+    const tcp = await connectClient(daemon.port, { clientId: unique('m-tcp') });
+    t.after(() => closeClient(tcp));
+    const ws = await connectClient(`ws://127.0.0.1:${daemon.wsPort}/mqtt`, { clientId: unique('m-ws') });
+    t.after(() => closeClient(ws));
+    for (let i = 0; i < 20; i++) await publish(tcp, unique('http/m'), `m${i}`, { qos: 1 });
+    // Latency histograms reach the supervisor once a second.
+    await sleep(2200);
+    const all = await metrics();
+    const conns = family(all, 'fanout_connections');
+    assert.equal(conns.type, 'gauge');
+    const byTransport = (tr: string): number => conns.samples.filter((m) => m.labels.transport === tr).reduce((n, m) => n + m.value, 0);
+    assert.equal(byTransport('tcp'), 1);
+    assert.equal(byTransport('ws'), 1);
+    assert.deepEqual(new Set(conns.samples.map((m) => m.labels.shard)), new Set(['0', '1']), 'one series per shard');
+    const published = family(all, 'fanout_device_publishes_total').samples.reduce((n, m) => n + m.value, 0);
+    assert.ok(published >= 20, `device publishes counted: ${published}`);
+    for (const broker of ['b1', 'b2']) {
+      assert.ok(value(all, 'fanout_broker_messages_out_total', { broker, qos: '1' }) >= 20, `QoS 1 messages to ${broker}`);
+      assert.equal(value(all, 'fanout_broker_connections_up', { broker }), 1);
+      assert.equal(value(all, 'fanout_ring_fill_bytes', { broker, shard: '0', direction: 'up' }), 0);
+      assert.equal(family(all, 'fanout_broker_rtt_seconds').type, 'summary');
+      assert.ok(value(all, 'fanout_broker_rtt_seconds', { broker }, 'fanout_broker_rtt_seconds_count') >= 20, `round trips measured at ${broker}`);
+      assert.ok(value(all, 'fanout_broker_rtt_seconds', { broker, quantile: '0.99' }) > 0);
+    }
+    assert.ok(value(all, 'fanout_ack_latency_seconds', {}, 'fanout_ack_latency_seconds_count') >= 20, 'every QoS 1 publish is in the ack latency');
+    for (const q of ['0.5', '0.9', '0.99', '0.999']) assert.ok(value(all, 'fanout_ack_latency_seconds', { quantile: q }) > 0, `quantile ${q}`);
+    assert.ok(family(all, 'fanout_drops_total').samples.length > 0);
+  });
+
+  test('POST /publish reaches both brokers with its QoS and retain flag, and answers 200', async () => {
+    const topic = unique('http/pub');
+    const res = await fetch(`${base}/publish?topic=${encodeURIComponent(topic)}&qos=1&retain=true`, { method: 'POST', body: 'from http' });
+    assert.equal(res.status, 200);
+    assert.deepEqual(await res.json(), { ok: true, qos: 1 });
+    for (const c of [at1, at2]) {
+      const [m] = await c.waitForCount(1, (x) => x.topic === topic, 10_000, 'the HTTP publish at a broker');
+      assert.equal(m.payload.toString(), 'from http');
+      assert.equal(m.qos, 1);
+      assert.equal(m.retain, true);
+    }
+  });
+
+  test('POST /publish at QoS 1 answers only after every broker acknowledged: with b2 down it waits for b2', async () => {
+    await b2.stop();
+    try {
+      const topic = unique('http/wait');
+      let answered = false;
+      const pending = fetch(`${base}/publish?topic=${encodeURIComponent(topic)}&qos=1`, { method: 'POST', body: 'held' }).then((r) => {
+        answered = true;
+        return r;
+      });
+      await at1.waitForCount(1, (x) => x.topic === topic, 10_000, 'the message at b1');
+      await sleep(500);
+      assert.equal(answered, false, 'answered before b2 acknowledged');
+      await b2.start();
+      const res = await pending;
+      assert.equal(res.status, 200);
+    } finally {
+      if (!b2.running) await b2.start();
+    }
+  });
+
+  test('GET /readyz is 503 while a broker is down and 200 again once it is back', async () => {
+    await waitFor('readyz 200', async () => (await fetch(`${base}/readyz`)).status === 200, { timeoutMs: 15_000 });
+    await b1.stop();
+    try {
+      const res = await waitFor('readyz 503', async () => {
+        const r = await fetch(`${base}/readyz`);
+        return r.status === 503 ? r : null;
+      }, { timeoutMs: 10_000 });
+      const body = await res.json() as { ready: boolean; brokers: { name: string; up: number }[] };
+      assert.equal(body.ready, false);
+      assert.equal(body.brokers.find((b) => b.name === 'b1')?.up, 0);
+    } finally {
+      await b1.start();
+    }
+    await waitFor('readyz 200 again', async () => (await fetch(`${base}/readyz`)).status === 200, { timeoutMs: 15_000 });
+  });
+
+  test('POST /publish bad input: each case gets a 4xx JSON error naming the problem', async () => {
+    const cases: [string, RequestInit, number, RegExp][] = [
+      ['/publish', { method: 'POST', body: 'x' }, 400, /topic is required/],
+      ['/publish?topic=a/%2B', { method: 'POST', body: 'x' }, 400, /wildcards/],
+      ['/publish?topic=a/%23', { method: 'POST', body: 'x' }, 400, /wildcards/],
+      ['/publish?topic=a&qos=3', { method: 'POST', body: 'x' }, 400, /qos must be 0, 1 or 2/],
+      ['/publish?topic=a&retain=maybe', { method: 'POST', body: 'x' }, 400, /retain must be true or false/],
+      ['/publish?topic=a', { method: 'POST', body: Buffer.alloc(262145) }, 413, /FANOUT_MAX_PACKET_SIZE/],
+      ['/publish?topic=a', { method: 'GET' }, 405, /use POST/],
+      ['/nothing-here', { method: 'GET' }, 404, /no route/],
+    ];
+    for (const [path, init, status, error] of cases) {
+      const res = await fetch(`${base}${path}`, init);
+      assert.equal(res.status, status, `${init.method} ${path}`);
+      const body = await res.json() as { error: string };
+      assert.match(body.error, error, `${init.method} ${path}`);
+    }
+  });
+
+  test('GET / serves the dashboard page and /api/stats the numbers it shows', async () => {
+    const page = await fetch(`${base}/`);
+    assert.equal(page.status, 200);
+    const html = await page.text();
+    assert.match(html, /<canvas id="chartIn">/);
+    assert.doesNotMatch(html, /https?:\/\//, 'no external resources (CDN)');
+    const stats = await (await fetch(`${base}/api/stats`)).json() as { brokers: { name: string }[]; history: unknown[] };
+    assert.deepEqual(stats.brokers.map((b) => b.name), ['b1', 'b2']);
+    assert.ok(stats.history.length > 0);
+  });
+});
