@@ -11,6 +11,13 @@
 // so devices that already held the filter do not receive them twice. MQTT 5 brokers tell the
 // generation exactly (a Subscription Identifier per generation); with MQTT 3.1.1 the latest
 // acknowledged generation of the filter is taken.
+//
+// MQTT 5 brokers with a pool of two or more connections get a better split, which also serves
+// Retain As Published: the first connection holds the live subscriptions with Retain As
+// Published set and Retain Handling 2 (no retained messages on subscribe), so the retain flag of
+// everything it receives is the publisher's; retained messages for a device that subscribes are
+// fetched on the second connection by a short-lived subscription of their own (retain flag set
+// there means "retained", nothing else), then unsubscribed.
 
 import type { MessagePort } from 'node:worker_threads';
 import * as mqttPacket from 'mqtt-packet';
@@ -29,9 +36,10 @@ export interface SubOp {
   /** Non-zero: the shard wants this filter's retained messages, tagged with this request id. */
   req: number;
   /** A shared subscription group (`$share/{group}/...` at the devices): each message goes to
-   *  one shard of the group, tagged with that shard's `share` id for it. */
+   *  one shard of the group. */
   group?: string;
-  share?: number;
+  /** The shard's id for this hold: records meant for it alone carry it (SHARED_REQ, HOLD_REQ). */
+  hold: number;
 }
 export interface SubAck {
   filter: string;
@@ -62,15 +70,15 @@ interface Recipient {
 class Holds {
   /** QoS each shard wants, -1 where it holds nothing. */
   readonly want: Int8Array;
-  /** Shard's id for the group (shared holds only). */
-  readonly share: Int32Array;
+  /** Each shard's id for this hold. */
+  readonly ids: Int32Array;
   holders = 0;
   /** Round robin position among the holding shards (shared holds only). */
   turn = 0;
 
   constructor(shards: number) {
     this.want = new Int8Array(shards).fill(-1);
-    this.share = new Int32Array(shards);
+    this.ids = new Int32Array(shards);
   }
 
   /** The next holding shard, in turn. */
@@ -123,9 +131,14 @@ class Upstream {
 
 /** Generations kept for late retained messages (QoS 1/2 ones can lag behind the SUBACK). */
 const KEEP_GENERATIONS = 4;
+/** How long a retained-message fetch subscription lives (split mode). */
+const FETCH_LINGER_MS = 5000;
 const MAX_SUB_ID = 268435455;
-/** Request ids with this bit name a shared group (the shard's id for it), not a retained request. */
+/** Request ids with this bit name a shared group's hold (the shard's id for it): its turn. */
 export const SHARED_REQ = 0x80000000;
+/** Request ids with this bit name one plain hold of the shard: a copy the broker sent for that
+ *  upstream subscription only (MQTT 5 brokers send one copy per matching subscription). */
+export const HOLD_REQ = 0x40000000;
 
 export class WriterDownlink {
   private readonly subs = new Map<string, Upstream>();
@@ -139,13 +152,22 @@ export class WriterDownlink {
   private nextGen = 1;
   private seq = 0;
   private readonly locals: string[] = [];
-  private readonly shared: Recipient[] = [];
+  private readonly out: Recipient[] = [];
+  private readonly need: Float64Array;
+  private readonly entriesSeen = new Set<Upstream>();
   private readonly targets: Int32Array;
   private readonly scan: ForwardScan = { expiry: -1, subIds: [] };
   private propsScratch = Buffer.alloc(1024);
   delivered = 0;
   dropped = 0;
   tooLarge = 0;
+
+  /** Retained messages come from short-lived subscriptions on `fetchLink` (see above). */
+  readonly split: boolean;
+  private readonly fetchWaiting = new Map<string, Recipient[]>();
+  private readonly fetches = new Map<number, { filter: string; recipients: Recipient[]; acked: boolean }>();
+  private readonly fetchByPacket = new Map<number, number[]>();
+  private readonly fetchTimers = new Map<string, NodeJS.Timeout>();
 
   constructor(
     private readonly broker: number,
@@ -154,10 +176,13 @@ export class WriterDownlink {
     private readonly routing: DownlinkRouting,
     private readonly link: () => SubscriptionLink,
     private readonly onChange: () => void,
+    private readonly fetchLink: (() => SubscriptionLink) | null = null,
   ) {
+    this.split = fetchLink !== null && link().v5 && fetchLink().v5;
     this.rings = rings;
     this.dirty = rings.map(() => false);
     this.targets = new Int32Array(rings.length);
+    this.need = new Float64Array(rings.length);
     ports.forEach((p) => p.on('message', (m: ShardToWriter) => this.onShard(m)));
   }
 
@@ -190,9 +215,19 @@ export class WriterDownlink {
         u.holders++;
       }
       h.want[m.shard] = op.qos;
-      h.share[m.shard] = op.share ?? 0;
-      if (op.req !== 0) u.waiting.push({ shard: m.shard, req: op.req });
-      if (u.granted >= 0 && u.sentQos >= op.qos && op.req === 0) {
+      h.ids[m.shard] = op.hold;
+      let fetch = false;
+      if (op.req !== 0) {
+        if (this.split) {
+          const list = this.fetchWaiting.get(op.filter) ?? [];
+          list.push({ shard: m.shard, req: op.req });
+          this.fetchWaiting.set(op.filter, list);
+        } else {
+          u.waiting.push({ shard: m.shard, req: op.req });
+          fetch = true;
+        }
+      }
+      if (u.granted >= 0 && u.sentQos >= op.qos && !fetch) {
         replies.push({ filter: op.filter, group: op.group, qos: op.qos, granted: Math.min(op.qos, u.granted) });
       } else {
         this.toUnsubscribe.delete(op.filter);
@@ -211,8 +246,16 @@ export class WriterDownlink {
     if (u.sentQos >= 0) this.toUnsubscribe.add(u.filter);
   }
 
+  /** Whether `u` already appeared for the message in hand (a copy naming it twice). */
+  private seenEntry(u: Upstream): boolean {
+    if (this.entriesSeen.has(u)) return true;
+    this.entriesSeen.add(u);
+    return false;
+  }
+
   /** Sends the SUBSCRIBE / UNSUBSCRIBE packets due; called on every writer turn. */
   flushControl(): void {
+    if (this.fetchWaiting.size > 0) this.flushFetches();
     if (this.toSubscribe.size === 0 && this.toUnsubscribe.size === 0) return;
     const link = this.link();
     if (!link.subscribable) return;
@@ -244,13 +287,68 @@ export class WriterDownlink {
           u.waiting = [];
         }
       }
-      const subscriptions = group.map((u) => ({ topic: u.filter, qos: u.sentQos as 0 | 1 | 2, rh: 0, rap: false, nl: false }));
+      const subscriptions = group.map((u) => ({
+        topic: u.filter, qos: u.sentQos as 0 | 1 | 2, rh: this.split ? 2 : 0, rap: this.split, nl: false,
+      }));
       const id = link.sendControl((messageId) => mqttPacket.generate({
         cmd: 'subscribe', messageId, subscriptions,
         properties: link.v5 ? { subscriptionIdentifier: group[0].inflightGen } : undefined,
       }, { protocolVersion: link.v5 ? 5 : 4 }));
       this.byPacket.set(id, group);
     }
+  }
+
+  /** Split mode: a short-lived subscription per filter on the fetch link brings its retained
+   *  messages; it is dropped after FETCH_LINGER_MS (a later request for the filter renews it). */
+  private flushFetches(): void {
+    const link = this.fetchLink!();
+    if (!link.subscribable) return;
+    for (const [filter, recipients] of this.fetchWaiting) {
+      const gen = this.nextGen;
+      this.nextGen = this.nextGen === MAX_SUB_ID ? 1 : this.nextGen + 1;
+      this.fetches.set(gen, { filter, recipients, acked: false });
+      const id = link.sendControl((messageId) => mqttPacket.generate({
+        cmd: 'subscribe', messageId, subscriptions: [{ topic: filter, qos: 2, rh: 0, rap: false, nl: false }],
+        properties: { subscriptionIdentifier: gen },
+      }, { protocolVersion: 5 }));
+      this.fetchByPacket.set(id, [gen]);
+      const old = this.fetchTimers.get(filter);
+      if (old) clearTimeout(old);
+      const timer = setTimeout(() => {
+        this.fetchTimers.delete(filter);
+        for (const [g, f] of this.fetches) if (f.filter === filter && f.acked) this.fetches.delete(g);
+        if (link.subscribable) {
+          link.sendControl((messageId) => mqttPacket.generate({ cmd: 'unsubscribe', messageId, unsubscriptions: [filter] }, { protocolVersion: 5 }));
+        }
+      }, FETCH_LINGER_MS);
+      timer.unref();
+      this.fetchTimers.set(filter, timer);
+    }
+    this.fetchWaiting.clear();
+  }
+
+  /** The broker answered a retained-message fetch. */
+  onFetchSuback(id: number): void {
+    const gens = this.fetchByPacket.get(id);
+    if (gens === undefined) return;
+    this.fetchByPacket.delete(id);
+    for (const g of gens) {
+      const f = this.fetches.get(g);
+      if (f) f.acked = true;
+    }
+  }
+
+  /** The fetch link reconnected: fetches not answered yet are asked again. */
+  onFetchConnected(): void {
+    this.fetchByPacket.clear();
+    for (const [g, f] of this.fetches) {
+      if (f.acked) continue;
+      this.fetches.delete(g);
+      const list = this.fetchWaiting.get(f.filter) ?? [];
+      list.push(...f.recipients);
+      this.fetchWaiting.set(f.filter, list);
+    }
+    this.onChange();
   }
 
   private allocGen(u: Upstream): number {
@@ -316,7 +414,7 @@ export class WriterDownlink {
    * A PUBLISH from the broker, variable header and payload in buf[start, end). Returns false
    * when a shard's ring cannot take it now: the caller keeps it and retries after retry().
    */
-  onPublish(header: number, buf: Buffer, start: number, end: number, v5: boolean): boolean {
+  onPublish(header: number, buf: Buffer, start: number, end: number, v5: boolean, fromFetch = false): boolean {
     const retain = (header & 1) !== 0;
     const qos = (header >> 1) & 3;
     const topicLen = buf.readUInt16BE(start);
@@ -334,45 +432,65 @@ export class WriterDownlink {
     const propsLen = v5 ? forwardProperties(buf, propsStart, propsEnd, null, 0, scan) : 0;
     if (propsLen < 0) return true; // malformed properties: the connection check catches it
     const remote = buf.toString('utf8', topicStart, topicStart + topicLen);
-    const targets = this.targets;
-    targets.fill(0);
-    let any = false;
-    // Live messages go to every shard holding a matching filter; retained ones (retain set)
-    // only to the requests of the generation they answer.
-    let recipients: Recipient[] | null = null;
-    if (retain) {
-      recipients = [];
+    // Who gets this message, as (shard, request) pairs:
+    //  - retained ones (retain set) only the requests of the generation they answer;
+    //  - a copy an MQTT 5 broker sent for some of our subscriptions (it names them) only the
+    //    shards' holds of those subscriptions: the broker sends another copy for each other
+    //    matching one, and together they must make one delivery per device subscription;
+    //  - otherwise every shard holding a matching filter (0: the shard matches all its
+    //    subscriptions), and each shared group once, on one of its shards in turn.
+    const out = this.out;
+    out.length = 0;
+    if (fromFetch) {
+      // Only the retained messages of a fetch matter; live traffic comes on the first link.
+      if (retain) {
+        for (const g of scan.subIds) {
+          const f = this.fetches.get(g);
+          if (f) out.push(...f.recipients);
+        }
+      }
+    } else if (retain && !this.split) {
       if (scan.subIds.length > 0) {
         for (const g of scan.subIds) {
-          const u = this.byGen.get(g);
-          const list = u?.gens.get(g);
-          if (list) recipients.push(...list);
+          const list = this.byGen.get(g)?.gens.get(g);
+          if (list) out.push(...list);
         }
       } else {
         this.trie.match(remote, (u) => {
           const list = u.gens.get(u.ackedGen);
-          if (list) recipients!.push(...list);
+          if (list) out.push(...list);
         });
       }
-      any = recipients.length > 0;
+    } else if (scan.subIds.length > 0) {
+      for (const g of scan.subIds) {
+        const u = this.byGen.get(g);
+        if (u === undefined || this.subs.get(u.filter) !== u || (scan.subIds.length > 1 && this.seenEntry(u))) continue;
+        for (const [group, h] of u.holds) {
+          if (group !== '') {
+            const s = h.next();
+            if (s >= 0) out.push({ shard: s, req: SHARED_REQ | h.ids[s] });
+          } else {
+            for (let s = 0; s < h.want.length; s++) if (h.want[s] >= 0) out.push({ shard: s, req: HOLD_REQ | h.ids[s] });
+          }
+        }
+      }
+      this.entriesSeen.clear();
     } else {
-      // Plain holders all get the message; each shared group gets it once, on one of its shards.
-      const shared = this.shared;
-      shared.length = 0;
+      const targets = this.targets;
+      targets.fill(0);
       this.trie.match(remote, (u) => {
         for (const [group, h] of u.holds) {
           if (group === '') {
             for (let s = 0; s < targets.length; s++) if (h.want[s] >= 0) targets[s] = 1;
           } else {
             const s = h.next();
-            if (s >= 0) shared.push({ shard: s, req: SHARED_REQ | h.share[s] });
+            if (s >= 0) out.push({ shard: s, req: SHARED_REQ | h.ids[s] });
           }
         }
-        any = true;
       });
-      if (shared.length > 0) recipients = shared;
+      for (let s = 0; s < targets.length; s++) if (targets[s]) out.push({ shard: s, req: 0 });
     }
-    if (!any) {
+    if (out.length === 0) {
       this.dropped++;
       return true;
     }
@@ -388,30 +506,18 @@ export class WriterDownlink {
     // Room first, for every record this message makes, so it is written whole or not at all.
     // Each record costs its length word and padding; one more record's worth covers the space
     // a wrap at the end of the ring can waste.
-    for (let s = 0; s < targets.length; s++) {
-      let need = 0;
-      let largest = 0;
-      for (let i = 0; i < n; i++) {
-        const one = DOWNLINK_HEADER + Buffer.byteLength(locals[i]) + propsLen + payloadLen + 8;
-        const copies = (retain ? 0 : targets[s]) + (recipients === null ? 0 : recipients.reduce((c, r) => c + (r.shard === s ? 1 : 0), 0));
-        need += one * copies;
-        if (copies > 0 && one > largest) largest = one;
-      }
-      if (need > 0 && !this.rings[s].canFit(need + largest)) return false;
-    }
+    let one = 0;
+    for (let i = 0; i < n; i++) one = Math.max(one, DOWNLINK_HEADER + Buffer.byteLength(locals[i]) + propsLen + payloadLen + 8);
+    const need = this.need;
+    need.fill(0);
+    for (const r of out) need[r.shard] += one * n;
+    for (let s = 0; s < need.length; s++) if (need[s] > 0 && !this.rings[s].canFit(need[s] + one)) return false;
     if (propsLen > this.propsScratch.length) this.propsScratch = Buffer.alloc(propsLen * 2);
     if (propsLen > 0) forwardProperties(buf, propsStart, propsEnd, this.propsScratch, 0, scan);
     const seq = this.seq = (this.seq + 1) >>> 0;
     const expiry = scan.expiry < 0 ? NO_EXPIRY : scan.expiry;
     for (let i = 0; i < n; i++) {
-      if (!retain) {
-        for (let s = 0; s < targets.length; s++) {
-          if (targets[s]) this.write(s, 0, qos, retain, locals[i], propsLen, expiry, seq, buf, pos, payloadLen);
-        }
-      }
-      if (recipients !== null) {
-        for (const r of recipients) this.write(r.shard, r.req, qos, retain, locals[i], propsLen, expiry, seq, buf, pos, payloadLen);
-      }
+      for (const r of out) this.write(r.shard, r.req, qos, retain, locals[i], propsLen, expiry, seq, buf, pos, payloadLen);
     }
     this.delivered++;
     return true;

@@ -91,21 +91,23 @@ export class Writer implements WriterContext {
     this.maxIncoming = Math.min(0x0fffffff, Math.floor(opts.config.ringBytes / 2));
     // Subscriptions live on the first connection of the pool; the others only publish.
     this.downlink = new WriterDownlink(opts.index, opts.shardPorts, downRings, buildRouting(opts.config),
-      () => this.pool[0], () => this.schedulePump());
+      () => this.pool[0], () => this.schedulePump(), this.pool.length >= 2 ? () => this.pool[1] : null);
   }
 
   onBrokerPublish(conn: BrokerConnection, header: number, buf: Buffer, start: number, end: number): boolean {
-    if (this.downlink.onPublish(header, buf, start, end, conn.v5)) return true;
+    if (this.downlink.onPublish(header, buf, start, end, conn.v5, this.downlink.split && conn === this.pool[1])) return true;
     this.heldDownlink = true;
     return false;
   }
 
   onSuback(conn: BrokerConnection, id: number, codes: number[]): void {
     if (conn === this.pool[0]) this.downlink.onSuback(id, codes);
+    else if (conn === this.pool[1] && this.downlink.split) this.downlink.onFetchSuback(id);
   }
 
   onConnected(conn: BrokerConnection, sessionPresent: boolean): void {
     if (conn === this.pool[0]) this.downlink.onConnected(sessionPresent);
+    else if (conn === this.pool[1] && this.downlink.split) this.downlink.onFetchConnected();
   }
 
   /** A broker connection holds a message the shards' downlink rings could not take. */

@@ -9,15 +9,17 @@ import { DOWNLINK_HEADER, NO_EXPIRY } from '../ring/records';
 import { matchTopic } from '../protocol/topic';
 import { StoredMessage, type Outgoing, type Session, type SessionLimits } from './session';
 import type { ShardSubscriptions, Sub } from './subscriptions';
-import { SHARED_REQ } from '../broker/downlink';
+import { HOLD_REQ, SHARED_REQ } from '../broker/downlink';
 import { fingerprint } from './no-local';
+
+const HOLD_ID_MASK = 0x3fffffff;
 
 export class ShardDownlink {
   private readonly scratch = new StoredMessage(Buffer.alloc(0), 0, 0, 0, 0, '', 0);
   private stamp = 0;
   private readonly matched: Session[] = [];
   private readonly members: Sub[] = [];
-  private readonly turns = new Map<string, number>();
+  private readonly turns = new Map<number, number>();
   delivered = 0;
   unmatched = 0;
 
@@ -74,6 +76,11 @@ export class ShardDownlink {
     m.topic = buf.toString('utf8', start, start + topicLen);
     m.expiresAt = expiry === NO_EXPIRY ? 0 : now + expiry * 1000;
     let kept: StoredMessage | null = null;
+    let fp = -1;
+    const fpOf = (): number => {
+      if (fp < 0) fp = fingerprint(buf, start, start + topicLen, buf, m.payloadStart, m.payloadStart + m.payloadLen);
+      return fp;
+    };
     const hand = (session: Session, q: number, r: boolean, subIds: number[] | null): void => {
       // QoS 0 is written out at once; a QoS 1/2 delivery may wait, so it gets its own copy.
       const msg = q === 0 ? m : (kept ??= m.keep());
@@ -84,19 +91,24 @@ export class ShardDownlink {
 
     if ((req & SHARED_REQ) !== 0) {
       // This shard's turn for a shared group: one of its members here gets the message.
-      const group = this.subs.groupOf(req & 0x7fffffff);
-      if (group === undefined) return;
+      const held = this.subs.holdOf(req & HOLD_ID_MASK);
+      if (held === undefined) return;
       const members = this.members;
       members.length = 0;
-      this.subs.trie.match(m.topic, (sub) => {
-        if (sub.group === group) members.push(sub);
-      });
+      for (const sub of held.subs) if (matchTopic(sub.filter, m.topic)) members.push(sub);
       if (members.length === 0) {
         this.unmatched++;
         return;
       }
-      const sub = this.pickMember(group, members);
+      const sub = this.pickMember(held.id, members);
       hand(sub.session, Math.min(qos, sub.qos), false, sub.subId > 0 ? [sub.subId] : null);
+      return;
+    }
+    if ((req & HOLD_REQ) !== 0) {
+      // A copy for one upstream subscription: the device subscriptions it serves get it.
+      const held = this.subs.holdOf(req & HOLD_ID_MASK);
+      if (held === undefined) return;
+      this.deliverMatching(held.subs, m, qos, retain, fpOf, hand);
       return;
     }
     if (req !== 0) {
@@ -107,19 +119,27 @@ export class ShardDownlink {
       }
       return;
     }
+    this.deliverMatching(null, m, qos, retain, fpOf, hand);
+    void retain;
+  }
 
+  /**
+   * One copy per session among `subs` (null: every subscription of the shard) whose filter
+   * matches, at the highest QoS of its matching subscriptions, with all their identifiers
+   * [MQTT-3.3.4-2, MQTT-3.3.4-3]; No Local subscriptions skip the device's own publishes.
+   */
+  private deliverMatching(subs: Set<Sub> | null, m: StoredMessage, qos: number, retain: boolean, fpOf: () => number,
+    hand: (session: Session, q: number, r: boolean, subIds: number[] | null) => void): void {
     const stamp = ++this.stamp;
     const matched = this.matched;
     matched.length = 0;
-    let fp = -1;
-    this.subs.trie.match(m.topic, (sub) => {
+    const visit = (sub: Sub): void => {
       if (sub.group !== null) return; // shared groups get their own records
       const s = sub.session;
       if (sub.noLocal && s.own !== null) {
         if (s.ownMark !== stamp) {
           s.ownMark = stamp;
-          if (fp < 0) fp = fingerprint(buf, start, start + topicLen, buf, m.payloadStart, m.payloadStart + m.payloadLen);
-          s.ownSkip = s.own.take(fp);
+          s.ownSkip = s.own.take(fpOf());
         }
         if (s.ownSkip) return;
       }
@@ -127,20 +147,24 @@ export class ShardDownlink {
       if (s.mark !== stamp) {
         s.mark = stamp;
         s.dQos = q;
+        s.dRetain = false;
         s.dSubIds = [];
         matched.push(s);
       } else if (q > s.dQos) {
         s.dQos = q;
       }
+      // A live message keeps its retain flag only for Retain As Published [MQTT-3.3.1-12/13].
+      if (retain && sub.retainAsPublished) s.dRetain = true;
       if (sub.subId > 0) s.dSubIds.push(sub.subId);
-    });
-    for (const s of matched) hand(s, s.dQos, false, s.dSubIds.length > 0 ? s.dSubIds : null);
+    };
+    if (subs === null) this.subs.trie.match(m.topic, visit);
+    else for (const sub of subs) if (matchTopic(sub.filter, m.topic)) visit(sub);
+    for (const s of matched) hand(s, s.dQos, s.dRetain, s.dSubIds.length > 0 ? s.dSubIds : null);
     if (matched.length === 0) this.unmatched++;
-    void retain;
   }
 
   /** Round robin over the group's members, preferring connected ones. */
-  private pickMember(key: string, members: Sub[]): Sub {
+  private pickMember(key: number, members: Sub[]): Sub {
     const turn = (this.turns.get(key) ?? 0) + 1;
     this.turns.set(key, turn);
     for (let i = 0; i < members.length; i++) {

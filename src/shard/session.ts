@@ -127,6 +127,7 @@ export class Session {
   // its matching subscriptions, with all their identifiers [MQTT-3.3.4-2, MQTT-3.3.4-3].
   mark = 0;
   dQos = 0;
+  dRetain = false;
   dSubIds: number[] = [];
   /** While the session arrives from another shard: deliveries wait here, in order, until the
    *  messages the old shard still had are in. */

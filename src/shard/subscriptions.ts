@@ -38,11 +38,14 @@ export interface SubscriptionRequest {
 /** The answer to a device SUBSCRIBE: granted QoS or failure code per filter. */
 export type SubscribeDone = (codes: number[]) => void;
 
-interface Held {
+export interface Held {
   readonly upstream: string;
-  /** Shared subscription group, and this shard's id for it (the writer tags its messages). */
+  /** Shared subscription group, or null. */
   readonly group: string | null;
-  readonly share: number;
+  /** This shard's id for the hold: the writer tags messages meant for it alone with it. */
+  readonly id: number;
+  /** The device subscriptions it serves. */
+  readonly subs: Set<Sub>;
   /** Holders per requested QoS. */
   readonly counts: [number, number, number];
   /** QoS last asked of the writer, and its answer (-1 until there is one). */
@@ -61,9 +64,9 @@ export class ShardSubscriptions {
   private ops: SubOp[][];
   private readonly requests = new Map<number, { sub: Sub; at: number }>();
   private nextReq = 1;
-  /** Shared groups held upstream, by this shard's id for them. */
-  private readonly shares = new Map<number, string>();
-  private nextShare = 1;
+  /** Holds by id (see Held.id). */
+  private readonly holds = new Map<number, Held>();
+  private nextHold = 1;
 
   constructor(
     private readonly shard: number,
@@ -126,7 +129,7 @@ export class ShardSubscriptions {
           const q = Math.min(sub.qos, f.qos);
           sub.refs.push({ broker: b, upstream: f.upstream, qos: q });
           pending++;
-          this.hold(b, f.upstream, q, req, answer, sub.group);
+          this.hold(b, f.upstream, q, req, answer, sub);
         }
       }
       if (previous !== undefined) this.drop(previous);
@@ -167,7 +170,7 @@ export class ShardSubscriptions {
 
   private request(sub: Sub): number {
     const req = this.nextReq;
-    this.nextReq = this.nextReq === 0x7fffffff ? 1 : this.nextReq + 1;
+    this.nextReq = this.nextReq === HOLD_ID_MAX ? 1 : this.nextReq + 1;
     this.requests.set(req, { sub, at: Date.now() });
     return req;
   }
@@ -183,26 +186,26 @@ export class ShardSubscriptions {
   private drop(sub: Sub): void {
     this.trie.remove(sub.filter, sub);
     if (sub.noLocal && --sub.session.noLocalSubs === 0) sub.session.own = null;
-    for (const ref of sub.refs) this.release(ref.broker, ref.upstream, ref.qos, sub.group);
+    for (const ref of sub.refs) this.release(ref.broker, ref.upstream, ref.qos, sub);
   }
 
-  /** The shared group a record tagged with `share` is for. */
-  groupOf(share: number): string | undefined {
-    return this.shares.get(share);
+  /** The hold a record tagged with `id` is for. */
+  holdOf(id: number): Held | undefined {
+    return this.holds.get(id);
   }
 
-  private hold(b: number, upstream: string, qos: number, req: number, answer: (granted: number) => void, group: string | null): void {
+  private hold(b: number, upstream: string, qos: number, req: number, answer: (granted: number) => void, sub: Sub): void {
+    const group = sub.group;
     const key = heldKey(upstream, group);
     let h = this.held[b].get(key);
     if (h === undefined) {
-      let share = 0;
-      if (group !== null) {
-        share = this.nextShare++;
-        this.shares.set(share, group);
-      }
-      h = { upstream, group, share, counts: [0, 0, 0], asked: -1, granted: -1, waiters: [] };
+      const id = this.nextHold;
+      this.nextHold = this.nextHold === HOLD_ID_MAX ? 1 : this.nextHold + 1;
+      h = { upstream, group, id, subs: new Set(), counts: [0, 0, 0], asked: -1, granted: -1, waiters: [] };
       this.held[b].set(key, h);
+      this.holds.set(id, h);
     }
+    h.subs.add(sub);
     h.counts[qos]++;
     const want = maxQos(h);
     if (req === 0 && h.granted >= 0 && h.asked >= want) {
@@ -217,17 +220,18 @@ export class ShardSubscriptions {
   }
 
   private op(h: Held, qos: number, req: number): SubOp {
-    return h.group === null ? { filter: h.upstream, qos, req } : { filter: h.upstream, qos, req: 0, group: h.group, share: h.share };
+    return h.group === null ? { filter: h.upstream, qos, req, hold: h.id } : { filter: h.upstream, qos, req: 0, group: h.group, hold: h.id };
   }
 
-  private release(b: number, upstream: string, qos: number, group: string | null): void {
-    const key = heldKey(upstream, group);
+  private release(b: number, upstream: string, qos: number, sub: Sub): void {
+    const key = heldKey(upstream, sub.group);
     const h = this.held[b].get(key);
     if (h === undefined) return;
     h.counts[qos]--;
+    h.subs.delete(sub);
     if (maxQos(h) >= 0) return;
     this.held[b].delete(key);
-    if (h.group !== null) this.shares.delete(h.share);
+    this.holds.delete(h.id);
     for (const w of h.waiters) w.resolve(0x80);
     this.ops[b].push(this.op(h, -1, 0));
   }
@@ -261,6 +265,9 @@ export class ShardSubscriptions {
     }
   }
 }
+
+/** Hold ids and retained-request ids share the record's request field with two flag bits. */
+const HOLD_ID_MAX = 0x3fffffff;
 
 function heldKey(upstream: string, group: string | null): string {
   return group === null ? upstream : `${group}\u0000${upstream}`;
