@@ -110,6 +110,8 @@ class Upstream {
   /** Recipients of retained messages: for the next SUBSCRIBE, and per generation sent. */
   waiting: Recipient[] = [];
   readonly gens = new Map<number, Recipient[]>();
+  /** Generations still mapped in byGen, oldest first. */
+  readonly genList: number[] = [];
 
   constructor(readonly filter: string, private readonly shards: number) {}
 
@@ -242,7 +244,7 @@ export class WriterDownlink {
     this.subs.delete(u.filter);
     this.trie.remove(u.filter, u);
     this.toSubscribe.delete(u);
-    for (const g of u.gens.keys()) this.byGen.delete(g);
+    for (const g of u.genList) this.byGen.delete(g);
     if (u.sentQos >= 0) this.toUnsubscribe.add(u.filter);
   }
 
@@ -355,6 +357,13 @@ export class WriterDownlink {
     const gen = this.nextGen;
     this.nextGen = this.nextGen === MAX_SUB_ID ? 1 : this.nextGen + 1;
     this.byGen.set(gen, u);
+    // Only the last few generations can still be named by a message on its way.
+    u.genList.push(gen);
+    if (u.genList.length > KEEP_GENERATIONS) {
+      const old = u.genList.shift()!;
+      this.byGen.delete(old);
+      u.gens.delete(old);
+    }
     return gen;
   }
 
@@ -371,12 +380,6 @@ export class WriterDownlink {
       if (this.subs.get(u.filter) !== u) return; // released meanwhile
       u.granted = code < 0x80 ? code : -1;
       if (code < 0x80) u.ackedGen = gen;
-      // Drop generations old enough that no retained message of theirs can still be on the way.
-      for (const g of u.gens.keys()) {
-        if (u.gens.size <= KEEP_GENERATIONS) break;
-        u.gens.delete(g);
-        this.byGen.delete(g);
-      }
       for (const [group, h] of u.holds) {
         for (let s = 0; s < h.want.length; s++) {
           if (h.want[s] < 0) continue;
@@ -399,6 +402,14 @@ export class WriterDownlink {
     this.byPacket.clear();
     for (const u of this.subs.values()) {
       const lost = u.inflightGen !== 0;
+      if (lost) {
+        // Its SUBACK will not come: the devices waiting for retained messages go with the next.
+        const list = u.gens.get(u.inflightGen);
+        if (list !== undefined) {
+          u.waiting.push(...list);
+          u.gens.delete(u.inflightGen);
+        }
+      }
       u.inflightGen = 0;
       if (!sessionPresent || lost || u.granted < 0) this.toSubscribe.add(u);
     }
@@ -511,7 +522,15 @@ export class WriterDownlink {
     const need = this.need;
     need.fill(0);
     for (const r of out) need[r.shard] += one * n;
-    for (let s = 0; s < need.length; s++) if (need[s] > 0 && !this.rings[s].canFit(need[s] + one)) return false;
+    for (let s = 0; s < need.length; s++) {
+      if (need[s] > this.rings[s].capacity / 2) {
+        // So many copies for one shard that its ring could never take them at once.
+        this.tooLarge++;
+        return true;
+      }
+    }
+    // canFit() counts the space a wrap at the end of the ring can waste.
+    for (let s = 0; s < need.length; s++) if (need[s] > 0 && !this.rings[s].canFit(need[s])) return false;
     if (propsLen > this.propsScratch.length) this.propsScratch = Buffer.alloc(propsLen * 2);
     if (propsLen > 0) forwardProperties(buf, propsStart, propsEnd, this.propsScratch, 0, scan);
     const seq = this.seq = (this.seq + 1) >>> 0;

@@ -148,6 +148,7 @@ export class Session {
   deliver(out: Outgoing, limits: SessionLimits, now: number): void {
     if (this.importing !== null) {
       if (out.qos > 0) this.importing.push(out);
+      else limits.dropped('offline-qos0', this);
       return;
     }
     const link = this.link;
@@ -230,7 +231,10 @@ export class Session {
     this.lastConn = connId;
     for (const [id, out] of this.inflight) {
       if (out.stage === 2) link.writePubrel(id);
-      else if (!link.writePublish(out, id, true, now)) this.inflight.delete(id);
+      else if (!link.writePublish(out, id, true, now)) {
+        this.inflight.delete(id);
+        limits.dropped('too-large', this);
+      }
     }
     this.pump(limits, now);
   }

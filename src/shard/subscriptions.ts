@@ -118,11 +118,13 @@ export class ShardSubscriptions {
       // Hold the new upstream filters before releasing the old ones, so a repeated SUBSCRIBE
       // never makes the broker forget and re-learn a filter.
       let best = -1;
+      let refusal = 0x80;
       let pending = 0;
       let answered = false;
       const answer = (g: number): void => {
         if (g < 0x80 && g > best) best = g;
-        if (--pending === 0 && answered) settle(i, best >= 0 ? best : failure(v5));
+        else if (g >= 0x80) refusal = g;
+        if (--pending === 0 && answered) settle(i, best >= 0 ? best : v5 ? refusal : 0x80);
       };
       for (let b = 0; b < this.writers.length; b++) {
         for (const f of this.routing.inFilters(b, filter)) {
@@ -132,14 +134,16 @@ export class ShardSubscriptions {
           this.hold(b, f.upstream, q, req, answer, sub);
         }
       }
+      // Counted before the previous one is dropped, so a repeated No Local SUBSCRIBE keeps the
+      // device's remembered publishes.
+      if (sub.noLocal && session.noLocalSubs++ === 0) session.own ??= new OwnPublishes();
       if (previous !== undefined) this.drop(previous);
       session.subs.set(r.topic, sub);
       this.trie.add(filter, sub);
-      if (sub.noLocal && session.noLocalSubs++ === 0) session.own ??= new OwnPublishes();
       answered = true;
       // No broker serves this filter: granted, but nothing will arrive on it.
       if (sub.refs.length === 0) settle(i, sub.qos);
-      else if (pending === 0) settle(i, best >= 0 ? best : failure(v5));
+      else if (pending === 0) settle(i, best >= 0 ? best : v5 ? refusal : 0x80);
     });
     this.schedule();
   }
@@ -247,6 +251,8 @@ export class ShardSubscriptions {
     const h = this.held[b].get(heldKey(ack.filter, ack.group ?? null));
     if (h === undefined) return;
     if (ack.granted < 0x80) h.granted = ack.granted;
+    // Refused: the next holder asks again rather than waiting on an answer that is not coming.
+    else if (h.granted < 0) h.asked = -1;
     const keep: Held['waiters'] = [];
     for (const w of h.waiters) {
       if (w.qos <= ack.qos) w.resolve(ack.granted < 0x80 ? Math.min(w.qos, ack.granted) : ack.granted);
@@ -275,8 +281,4 @@ function heldKey(upstream: string, group: string | null): string {
 
 function maxQos(h: Held): number {
   return h.counts[2] > 0 ? 2 : h.counts[1] > 0 ? 1 : h.counts[0] > 0 ? 0 : -1;
-}
-
-function failure(v5: boolean): number {
-  return v5 ? 0x80 : 0x80;
 }
