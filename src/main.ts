@@ -111,6 +111,8 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     plan = { kind: 'shared', fd: shared.fd };
   }
 
+  const httpAnswers = new Map<number, (reason: number) => void>();
+  let latencyReplies: { ack: string[]; rtt: string[]; done: () => void } | null = null;
   const writers = brokers.map((broker, b) => {
     const w = watch(new Worker(path.join(WORKERS, 'writer.worker.js'), {
       workerData: {
@@ -120,13 +122,20 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       },
       transferList: writerEnds[b],
     }), `writer-${broker.name}`);
+    // Listening from the start: a message emitted before a listener exists is lost (the first
+    // "broker connected" lines were).
+    w.on('message', (m: FromWriter | { t: 'log'; line: string }) => {
+      if (onWorkerMessage(m)) return;
+      if (m.t === 'metrics' && latencyReplies !== null) {
+        latencyReplies.rtt[m.broker] = m.rtt;
+        latencyReplies.done();
+      }
+    });
     return w;
   });
 
   const shardWorkers: Worker[] = [];
   const toShard = (s: number, m: ToShard): void => shardWorkers[s]?.postMessage(m);
-  const httpAnswers = new Map<number, (reason: number) => void>();
-  let latencyReplies: { ack: string[]; rtt: string[]; done: () => void } | null = null;
   const registry = new ClientRegistry({
     kick: (owner) => toShard(owner.shard, { t: 'kick', conn: owner.conn }),
     fetch: (previous, next, clientId) => toShard(previous.shard, { t: 'export', conn: previous.conn, clientId, to: next.shard, toConn: next.conn }),
@@ -185,15 +194,6 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     wsPlan = first.ws === 'uWebSockets.js' || fallbackPlan !== null ? { ...wsPlan, port: wsPort, fallbackPlan } : null;
   }
   await Promise.all(Array.from({ length: shards - 1 }, (_, i) => startShard(i + 1, plan, wsPlan)));
-  for (const w of writers) {
-    w.on('message', (m: FromWriter | { t: 'log'; line: string }) => {
-      if (onWorkerMessage(m)) return;
-      if (m.t === 'metrics' && latencyReplies !== null) {
-        latencyReplies.rtt[m.broker] = m.rtt;
-        latencyReplies.done();
-      }
-    });
-  }
 
   // HTTP: metrics, health, publish, dashboard.
   const collector = new MetricsCollector({

@@ -13,6 +13,7 @@ import { encodePublishHead, publishSize } from '../protocol/publish';
 import { copyBytes } from '../protocol/bytes';
 import * as C from '../protocol/constants';
 import { NO_TOKEN } from '../ring/records';
+import { describePackets } from '../protocol/trace';
 import { nextBackoff } from './backoff';
 import type { WriterContext } from './context';
 
@@ -45,6 +46,8 @@ export class BrokerConnection {
   readonly sent = [0, 0, 0];
   bytesOut = 0;
   private readonly sentAt = new Float64Array(65536);
+  /** Packet ids of messages sent for traced devices, until their handshake ends. */
+  private readonly traced = new Uint8Array(65536);
   /** A QoS 0 message was written since the socket last had nothing buffered. */
   private qos0Pending = false;
 
@@ -218,6 +221,10 @@ export class BrokerConnection {
         const reason = end - start > 2 ? buf[start + 2] : 0;
         if (this.stages[id] !== AWAIT_ACK) return true;
         this.ctx.rtt.since(this.sentAt[id], performance.now());
+        if (this.traced[id] === 1) {
+          if (type === C.PUBACK || reason >= 0x80) this.traced[id] = 0;
+          this.ctx.log.info({ trace: 'in', broker: this.broker.name, clientId: this.clientId, packet: { type: type === C.PUBACK ? 'puback' : 'pubrec', messageId: id, reasonCode: reason } }, 'broker -> proxy (for a traced device)');
+        }
         this.answer(id, reason);
         if (type === C.PUBREC && reason < 0x80) {
           this.stages[id] = AWAIT_COMP;
@@ -229,6 +236,10 @@ export class BrokerConnection {
       }
       case C.PUBCOMP: {
         const id = buf.readUInt16BE(start);
+        if (this.traced[id] === 1 && this.stages[id] === AWAIT_COMP) {
+          this.traced[id] = 0;
+          this.ctx.log.info({ trace: 'in', broker: this.broker.name, clientId: this.clientId, packet: { type: 'pubcomp', messageId: id } }, 'broker -> proxy (for a traced device)');
+        }
         if (this.stages[id] === AWAIT_COMP) this.free(id);
         return true;
       }
@@ -380,7 +391,7 @@ export class BrokerConnection {
    * (the caller answers the device with 0x95 and counts it).
    */
   publish(qos: number, retain: boolean, token: number, shard: number, topicSrc: Buffer, topicStart: number, topicLen: number,
-    propsStart: number, propsLen: number, src: Buffer, payloadStart: number, payloadLen: number): boolean {
+    propsStart: number, propsLen: number, src: Buffer, payloadStart: number, payloadLen: number, trace = false): boolean {
     const q = qos < this.maxQos ? qos : this.maxQos;
     const size = publishSize(topicLen, q, this.v5 ? propsLen : 0, payloadLen, this.v5);
     if (size > this.maxPacketSize) return false;
@@ -397,6 +408,10 @@ export class BrokerConnection {
     if (pl > 0) pos += copyBytes(src, propsStart, propsStart + pl, this.out, pos);
     pos += copyBytes(src, payloadStart, payloadStart + payloadLen, this.out, pos);
     this.outLen = pos;
+    if (trace) {
+      this.traced[id] = 1;
+      this.ctx.log.info({ trace: 'out', broker: this.broker.name, clientId: this.clientId, deviceKey: shard, packet: describePackets(this.out.subarray(start, pos), this.v5 ? 5 : 4)[0] }, 'proxy -> broker (for a traced device)');
+    }
     this.sent[q]++;
     this.bytesOut += pos - start;
     if (q > 0) {

@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import type { BrokerConfig, Config } from '../config/types';
 import { Doorbell } from '../ring/doorbell';
 import { RingConsumer, RingProducer, type RingBuffers } from '../ring/spsc';
-import { ACK_RECORD, FLAG_RETAIN, FLAG_V5, NO_TOKEN, UPLINK_HEADER } from '../ring/records';
+import { ACK_RECORD, FLAG_RETAIN, FLAG_TRACE, FLAG_V5, NO_TOKEN, UPLINK_HEADER } from '../ring/records';
 import { BrokerConnection } from './connection';
 import type { WriterContext } from './context';
 import { WriterDownlink } from './downlink';
@@ -240,7 +240,7 @@ export class Writer implements WriterContext {
       const payloadAt = propsAt + propsLen;
       const payloadLen = ring.lastLength - UPLINK_HEADER - topicLen - propsLen;
       const ok = conn.publish(qos, (flags & FLAG_RETAIN) !== 0 && this.opts.broker.retain === 'forward', token, s,
-        buf, topicAt, topicLen, propsAt, (flags & FLAG_V5) !== 0 ? propsLen : 0, buf, payloadAt, payloadLen);
+        buf, topicAt, topicLen, propsAt, (flags & FLAG_V5) !== 0 ? propsLen : 0, buf, payloadAt, payloadLen, (flags & FLAG_TRACE) !== 0);
       if (!ok) {
         this.droppedTooLarge++;
         this.warnings.warn('too-large', { broker: this.opts.broker.name, size: ring.lastLength, total: this.droppedTooLarge },

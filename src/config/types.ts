@@ -81,6 +81,8 @@ export interface Config {
   readonly ringBytes: number;
   readonly ack: AckMode;
   readonly logLevel: LogLevel;
+  /** FANOUT_TRACE_CLIENTS: globs on client ids whose packets are logged decoded; null when off. */
+  readonly traceClients: string | null;
   /** Prefix of client ids towards brokers: `{proxyId}-{broker}-{n}`. */
   readonly proxyId: string;
   /** Retained status topic template for each broker connection; `{clientId}` is replaced. */

@@ -2,7 +2,7 @@
 //
 // Uplink (shard -> writer), one per device PUBLISH per broker:
 //   0 u8  kind (REC_PUBLISH)
-//   1 u8  flags: bits 0-1 QoS, bit 2 retain, bit 3 the publisher speaks MQTT 5
+//   1 u8  flags: bits 0-1 QoS, bit 2 retain, bit 3 the publisher speaks MQTT 5, bit 4 traced
 //   2 u16 topic length
 //   4 u32 MQTT 5 property bytes length (Topic Alias already removed)
 //   8 u32 ack token (NO_TOKEN when the shard waits for no acknowledgement)
@@ -18,6 +18,8 @@ export const ACK_RECORD = 8;
 
 export const FLAG_RETAIN = 4;
 export const FLAG_V5 = 8;
+/** The device is traced (FANOUT_TRACE_CLIENTS). */
+export const FLAG_TRACE = 16;
 
 // Downlink (writer -> shard), one per broker PUBLISH per shard that holds a matching filter:
 //   0 u8  kind (REC_DELIVER)

@@ -17,6 +17,7 @@ import type { AckTarget } from './inflight';
 import type { ShardContext } from './context';
 import type { Outgoing, Session, SessionLink } from './session';
 import { fingerprint } from './no-local';
+import { describePackets, packetBytes } from '../protocol/trace';
 
 const NEW = 0;
 const CONNECTED = 1;
@@ -39,6 +40,8 @@ export class DeviceConnection implements AckTarget, SessionLink {
   willDelayMs = 0;
   takenOver = false;
   session: Session | null = null;
+  /** FANOUT_TRACE_CLIENTS matched this client id: every packet is logged decoded. */
+  traced = false;
   /** The device's limits for what we send it (MQTT 5 CONNECT properties). */
   receiveMaximum = 65535;
   private maxOutPacket = 0x0fffffff + 5;
@@ -129,6 +132,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
       this.onConnect(buf, end - this.framer.size, start, end);
       return true;
     }
+    if (this.traced) this.trace('in', packetBytes(header, buf.subarray(start, end)));
     if (type === C.PUBLISH) return this.onPublish(header, buf, start, end);
     if ((header & 0x0f) !== C.REQUIRED_FLAGS[type]) {
       this.protocolClose(C.RC_MALFORMED, `reserved flags set on packet type ${type}`);
@@ -170,6 +174,8 @@ export class DeviceConnection implements AckTarget, SessionLink {
       this.clientId = assigned = `fanout-${randomBytes(9).toString('base64url')}`;
     }
     this.keepaliveMs = (p.keepalive ?? 0) * 1000;
+    this.traced = this.ctx.traces(this.clientId);
+    if (this.traced) this.trace('in', Buffer.from(buf.subarray(packetStart, end)));
     const cp = p.properties;
     if (v5) {
       this.receiveMaximum = cp?.receiveMaximum ?? 65535;
@@ -282,6 +288,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     m.payloadStart = v.payloadStart;
     m.payloadEnd = v.payloadEnd;
     m.deviceKey = this.id;
+    m.trace = this.traced;
     if (!ctx.uplink.fits(m)) return false;
     if (ctx.uplink.planned === 0) {
       // No route takes this topic: nothing to wait for.
@@ -484,6 +491,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     const chunk = this.out.subarray(0, this.outLen);
     this.out = null;
     this.outLen = 0;
+    if (this.traced) this.trace('out', chunk);
     if (this.transport.destroyed) return;
     if (!this.transport.write(chunk) && !this.writeBlocked) {
       // The device does not read what we send: stop reading it until it does, so its
@@ -494,6 +502,12 @@ export class DeviceConnection implements AckTarget, SessionLink {
         this.writeBlocked = false;
         if (!this.blocked && this.state !== CLOSED) this.transport.resume();
       });
+    }
+  }
+
+  private trace(dir: 'in' | 'out', bytes: Buffer): void {
+    for (const packet of describePackets(bytes, this.version)) {
+      this.ctx.log.info({ trace: dir, clientId: this.clientId, conn: this.id, transport: this.transport.kind, packet }, `device ${dir === 'in' ? '->' : '<-'} proxy`);
     }
   }
 

@@ -20,6 +20,8 @@ export interface ShardContext {
   readonly stats: ShardStats;
   readonly subs: ShardSubscriptions;
   readonly limits: SessionLimits;
+  /** Whether FANOUT_TRACE_CLIENTS covers this client id. */
+  traces(clientId: string): boolean;
   /** The session a CONNECT gets: resumed (present) or new; null when it must come from another
    *  shard first (the shard then calls conn.sessionReady()). Claims the client id. */
   openSession(conn: DeviceConnection, clean: boolean, expiryMs: number): { session: Session; present: boolean } | null;

@@ -40,6 +40,7 @@ export class HttpPublisher implements AckTarget {
     m.retain = p.retain;
     m.v5 = false;
     m.deviceKey = p.id;
+    m.trace = false;
     m.topic = topic;
     m.topicStart = 0;
     m.topicLen = topic.length;

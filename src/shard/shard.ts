@@ -23,6 +23,7 @@ import { TcpTransport, type DeviceTransport } from '../ingress/transport';
 import { listenWebSocket, type WsListener } from '../ingress/websocket';
 import { RateLimitedLog } from '../log';
 import { HttpPublisher, type HttpPublish } from './http-publish';
+import { compileGlobs } from '../protocol/trace';
 import { LatencyRecorder } from '../metrics/latency';
 import { Session, type SessionLimits, type SessionState, type PendingState } from './session';
 import { ShardSubscriptions } from './subscriptions';
@@ -89,13 +90,14 @@ export class Shard implements ShardContext {
   readonly stats: ShardStats;
   readonly view = new PublishView();
   readonly msg: UplinkMessage = {
-    qos: 0, retain: false, v5: false, token: NO_TOKEN, deviceKey: 0, topic: Buffer.alloc(0), topicStart: 0,
+    qos: 0, retain: false, v5: false, trace: false, token: NO_TOKEN, deviceKey: 0, topic: Buffer.alloc(0), topicStart: 0,
     topicLen: 0, src: Buffer.alloc(0), propsA: 0, propsAEnd: 0, propsB: 0, propsBEnd: 0, payloadStart: 0, payloadEnd: 0,
   };
 
   readonly subs: ShardSubscriptions;
   /** Device publish -> device acknowledgement, for /metrics. */
   readonly ackLatency = new LatencyRecorder();
+  private readonly traceRe: RegExp | null;
   private readonly http: HttpPublisher;
   readonly limits: SessionLimits;
   private readonly sessions = new Map<string, Session>();
@@ -136,6 +138,7 @@ export class Shard implements ShardContext {
     this.ackWriters = writerBells;
     this.doorbell = new Doorbell(opts.doorbell);
     this.stats = new ShardStats(opts.stats, opts.index);
+    this.traceRe = compileGlobs(opts.config.traceClients);
     this.inflight = new InflightTable(opts.uplinkRings.length, opts.config.ack, 1024, this.ackLatency);
     this.subs = new ShardSubscriptions(opts.index, opts.writerPorts, buildRouting(opts.config), () => this.scheduleTurn());
     const stats = this.stats;
@@ -155,6 +158,10 @@ export class Shard implements ShardContext {
     };
     this.http = new HttpPublisher(this, (id, reason) => this.send({ t: 'published', id, reason }));
     this.downlink = new ShardDownlink(opts.downlinkRings.map((r) => new RingConsumer(r)), writerBells, this.subs, this.limits);
+  }
+
+  traces(clientId: string): boolean {
+    return this.traceRe !== null && this.traceRe.test(clientId);
   }
 
   openSession(conn: DeviceConnection, clean: boolean, expiryMs: number): { session: Session; present: boolean } | null {
@@ -395,6 +402,7 @@ export class Shard implements ShardContext {
     m.v5 = version === 5;
     m.token = NO_TOKEN;
     m.deviceKey = 0;
+    m.trace = false;
     m.topic = m.src = bytes;
     m.topicStart = v.topicStart;
     m.topicLen = v.topicEnd - v.topicStart;

@@ -3,7 +3,7 @@
 
 import { Doorbell } from '../ring/doorbell';
 import { RingProducer } from '../ring/spsc';
-import { FLAG_RETAIN, FLAG_V5, REC_PUBLISH, UPLINK_HEADER } from '../ring/records';
+import { FLAG_RETAIN, FLAG_TRACE, FLAG_V5, REC_PUBLISH, UPLINK_HEADER } from '../ring/records';
 import { copyBytes } from '../protocol/bytes';
 import type { RouteTable } from '../config/routes';
 
@@ -11,6 +11,8 @@ export interface UplinkMessage {
   qos: number;
   retain: boolean;
   v5: boolean;
+  /** The device is traced (FANOUT_TRACE_CLIENTS): the writer logs what it sends for it. */
+  trace: boolean;
   token: number;
   deviceKey: number;
   topic: Buffer;
@@ -93,7 +95,7 @@ export class Uplink {
       const topicStart = t === null ? m.topicStart : 0;
       const topicLen = t === null ? m.topicLen : t.length;
       const qos = m.qos < this.caps[i] ? m.qos : this.caps[i];
-      const flags = qos | (m.retain ? FLAG_RETAIN : 0) | (m.v5 ? FLAG_V5 : 0);
+      const flags = qos | (m.retain ? FLAG_RETAIN : 0) | (m.v5 ? FLAG_V5 : 0) | (m.trace ? FLAG_TRACE : 0);
       let at = ring.reserve(UPLINK_HEADER + topicLen + propsLen + (m.payloadEnd - m.payloadStart));
       if (at < 0) throw new Error('ring reserve failed after fits()');
       const buf = ring.buffer;
