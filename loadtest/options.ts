@@ -5,10 +5,10 @@ import { parseArgs } from 'node:util';
 import { PAYLOAD_HEADER_BYTES, ProtocolLevel, Qos } from './mqtt-wire';
 import type { TargetKind } from './targets';
 
-export const SCENARIOS = ['uplink', 'connect-storm', 'idle', 'broker-outage', 'mixed'] as const;
+export const SCENARIOS = ['uplink', 'connect-storm', 'idle', 'broker-outage', 'mixed', 'downlink'] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
-/** Recognised scenarios the daemon cannot serve yet, with the feature they wait for. */
-export const UNAVAILABLE: Record<string, string> = { downlink: 'downlink', http: 'HTTP' };
+/** Recognised scenarios the harness cannot run yet, with what they would measure. */
+export const UNAVAILABLE: Record<string, string> = { http: 'HTTP ingress (POST /publish)' };
 
 /** This machine allows 20000 open files per process; the harness holds every connection in one process. */
 export const MAX_CONNECTIONS = 19_000;
@@ -18,7 +18,10 @@ const TIME_BOUND_BITS = 2e8;
 export interface Options {
   scenario: ScenarioName;
   devices: number;
-  /** Per device. In an unpaced --duration run: the most a device may send (receiver bitmap room). */
+  /**
+   * Per device. In an unpaced --duration run: the most a device may send (receiver bitmap room).
+   * downlink: messages the one publisher sends in all.
+   */
   messages: number;
   /** --duration as given, seconds; null when the run length is --messages. */
   durationS: number | null;
@@ -35,7 +38,7 @@ export interface Options {
   idleTimeoutS: number;
   keepLogs: boolean;
   protocol: ProtocolLevel;
-  /** Total msg/s over all devices, paced per device; 0 = as fast as the window allows. */
+  /** Total msg/s over all devices, paced per device (downlink: of the publisher); 0 = as fast as the window allows. */
   rate: number;
   /** Connections per second while connecting; 0 = as fast as --concurrency allows. */
   ramp: number;
@@ -57,7 +60,8 @@ export const HELP = `Usage: npm run loadtest -- [scenario] [options]
 
 Compares mqtt-fanout (dist/src/cli.js) with a mosquitto bridge doing the same
 job (--target both, "compare"), alternating targets round by round with fresh
-processes (target + 2 upstream mosquittos) per run.
+processes (target + 2 upstream mosquittos) per run. downlink compares it with
+devices subscribed on the first upstream mosquitto directly (mosquitto-direct).
 
 Scenarios
   uplink          N devices publish M messages each; every message must reach
@@ -70,21 +74,28 @@ Scenarios
                   restarted --down-for s later: missing/duplicates per broker,
                   recovery time
   mixed           devices at QoS 0, 1 and 2 at once (a third each), per QoS
-  downlink, http  not available yet (the daemon lacks those features)
+  downlink        one publisher on upstream b1 sends --messages; --devices
+                  subscribed through the target receive every one:
+                  deliveries/s, missing/duplicates per device, e2e latency
+  http            not available yet (no HTTP scenario in this harness)
 
-Stream options (uplink, mixed, broker-outage)
-  --devices N        devices (connections)                  [100]
-  --messages N       messages per device                    [10000; outage: from --duration]
+Stream options (uplink, mixed, broker-outage; those marked * also downlink)
+  --devices N      * devices (connections)                  [100]
+  --messages N     * messages per device                    [10000; outage: from --duration]
+                     downlink: published in all             [1000]
   --duration S       instead of --messages: with --rate, rate x S messages;
                      without, every device publishes for S seconds
                                                             [outage: kill-at + down-for + 4]
-  --rate R           total msg/s, paced per device; 0 = as fast as the
-                     inflight window allows                 [0; outage: 2000]
-  --payload BYTES    payload size, >= ${PAYLOAD_HEADER_BYTES}                     [64]
-  --qos Q            uplink: 0 | 1 | 2 | both (= 1 then 0)  [both]
-  --inflight N       unacknowledged messages per device     [16]
+  --rate R         * total msg/s, paced per device (downlink: of the
+                     publisher); 0 = as fast as the inflight
+                     window allows                          [0; outage: 2000]
+  --payload BYTES  * payload size, >= ${PAYLOAD_HEADER_BYTES}                    [64]
+  --qos Q          * uplink: 0 | 1 | 2 | both (= 1 then 0)  [both]
+                     downlink: 0 | 1 | both, of the subscriptions and publishes
+  --inflight N     * unacknowledged messages per device
+                     (downlink: of the publisher)           [16]
   --topic PATTERN    device topic, {id} = device number     [load/{id}]
-  --idle-timeout S   end a run after S s without progress   [10]
+  --idle-timeout S * end a run after S s without progress   [10]
 Connection options (connect-storm, idle)
   --connections N    connections, at most ${MAX_CONNECTIONS}               [5000]
   --steps N          connect-storm: steps up to --connections [5]
@@ -100,6 +111,8 @@ Common options
   --shards N         FANOUT_SHARDS of the daemon            [os.cpus().length = ${defaultShards()}]
   --rounds N         rounds of every target (x qos)         [3]
   --target T         fanout | mosquitto | both | compare    [both]
+                     (downlink: mosquitto = mosquitto-direct, devices and
+                     publisher on upstream b1 itself; also accepted by name)
   --threads N        load generator worker threads          [2]
   --json FILE        write every raw figure as JSON
   --keep-logs        keep each run's temp dir (configs, logs)
@@ -135,18 +148,19 @@ function num(name: string, raw: string | undefined, def: number, min: number, ex
 
 const STREAM: ScenarioName[] = ['uplink', 'mixed', 'broker-outage'];
 const CONNS: ScenarioName[] = ['connect-storm', 'idle'];
+const STREAM_DOWN: ScenarioName[] = [...STREAM, 'downlink'];
 
 /** Options that only mean something to some scenarios; giving one elsewhere is a mistake worth reporting. */
 const APPLIES: Record<string, ScenarioName[]> = {
-  devices: STREAM,
-  messages: STREAM,
+  devices: STREAM_DOWN,
+  messages: STREAM_DOWN,
   duration: STREAM,
-  rate: STREAM,
-  payload: STREAM,
-  inflight: STREAM,
+  rate: STREAM_DOWN,
+  payload: STREAM_DOWN,
+  inflight: STREAM_DOWN,
   topic: STREAM,
-  'idle-timeout': STREAM,
-  qos: ['uplink'],
+  'idle-timeout': STREAM_DOWN,
+  qos: ['uplink', 'downlink'],
   connections: CONNS,
   steps: ['connect-storm'],
   hold: ['idle'],
@@ -156,7 +170,7 @@ const APPLIES: Record<string, ScenarioName[]> = {
 
 /**
  * Returns null when --help was asked for. Throws UsageError on bad input and
- * NotAvailableError for downlink/http.
+ * NotAvailableError for http.
  */
 export function parseOptions(argv: string[]): Options | null {
   let parsed;
@@ -202,7 +216,7 @@ export function parseOptions(argv: string[]): Options | null {
   if (parsed.positionals.length > 1) throw new UsageError(`one scenario at a time, got ${parsed.positionals.join(', ')}`);
   const name = parsed.positionals[0] ?? 'uplink';
   if (name in UNAVAILABLE) {
-    throw new NotAvailableError(`${name}: not available yet: needs the downlink/HTTP features (mqtt-fanout has no ${UNAVAILABLE[name]} support yet)`);
+    throw new NotAvailableError(`${name}: not available yet (the load harness has no ${UNAVAILABLE[name]} scenario yet)`);
   }
   if (!(SCENARIOS as readonly string[]).includes(name)) throw new UsageError(`unknown scenario '${name}'; one of ${SCENARIOS.join(', ')}`);
   const scenario = name as ScenarioName;
@@ -216,12 +230,17 @@ export function parseOptions(argv: string[]): Options | null {
   const qosMap: Record<string, Qos[]> = { '0': [0], '1': [1], '2': [2], both: [1, 0] };
   const qosList = qosMap[qosRaw];
   if (!qosList) throw new UsageError(`--qos must be 0, 1, 2 or both, got '${qosRaw}'`);
-  const qos: Qos[] = scenario === 'uplink' ? qosList : scenario === 'broker-outage' ? [1] : [];
+  // The downlink devices acknowledge QoS 1 only; QoS 2 would measure an unfinished handshake.
+  if (scenario === 'downlink' && qosList.includes(2)) throw new UsageError(`downlink: --qos must be 0, 1 or both, got '${qosRaw}'`);
+  const qos: Qos[] = scenario === 'uplink' || scenario === 'downlink' ? qosList : scenario === 'broker-outage' ? [1] : [];
 
+  // The downlink peer is mosquitto itself serving the devices, not the bridge.
+  const peer: TargetKind = scenario === 'downlink' ? 'mosquitto-direct' : 'mosquitto';
   const targetRaw = v.target ?? 'both';
-  const targetMap: Record<string, TargetKind[]> = { fanout: ['fanout'], mosquitto: ['mosquitto'], both: ['fanout', 'mosquitto'], compare: ['fanout', 'mosquitto'] };
+  const targetMap: Record<string, TargetKind[]> = { fanout: ['fanout'], mosquitto: [peer], both: ['fanout', peer], compare: ['fanout', peer] };
+  if (scenario === 'downlink') targetMap['mosquitto-direct'] = [peer];
   const targets = targetMap[targetRaw];
-  if (!targets) throw new UsageError(`--target must be fanout, mosquitto, both or compare, got '${targetRaw}'`);
+  if (!targets) throw new UsageError(`--target must be ${Object.keys(targetMap).join(', ')}, got '${targetRaw}'`);
 
   const protocolMap: Record<string, ProtocolLevel> = { '3.1.1': 4, '4': 4, '5': 5, '5.0': 5 };
   const protocol = protocolMap[v.protocol ?? '3.1.1'];
@@ -232,7 +251,8 @@ export function parseOptions(argv: string[]): Options | null {
   if (/[+#]/.test(topic)) throw new UsageError('--topic must not contain wildcards');
 
   const idleTimeoutS = num('idle-timeout', v['idle-timeout'], 10, 0, true);
-  const devices = int('devices', v.devices, 100, 1, 0xfffffffe);
+  // downlink: every device is a connection of this one process (20,000 open files here).
+  const devices = int('devices', v.devices, 100, 1, scenario === 'downlink' ? MAX_CONNECTIONS : 0xfffffffe);
   const rate = num('rate', v.rate, scenario === 'broker-outage' ? 2000 : 0, 0);
   const killAtS = num('kill-at', v['kill-at'], 3, 0, true);
   const downForS = num('down-for', v['down-for'], 3, 0, true);
@@ -245,14 +265,14 @@ export function parseOptions(argv: string[]): Options | null {
   let messages: number;
   let timeBound = false;
   if (durationS === null) {
-    messages = int('messages', v.messages, 10_000, 1, 0xffffffff);
+    messages = int('messages', v.messages, scenario === 'downlink' ? 1000 : 10_000, 1, 0xffffffff);
   } else if (rate > 0) {
     messages = Math.max(1, Math.round((rate * durationS) / devices));
   } else {
     messages = Math.max(1, Math.min(0xffffffff, Math.floor(TIME_BOUND_BITS / devices)));
     timeBound = true;
   }
-  // The receivers keep one bit per message and broker: 2e9 is 250 MB each.
+  // The receivers keep one bit per message and broker (downlink: per device): 2e9 is 250 MB each.
   if (devices * messages > 2e9) throw new UsageError('--devices x --messages is limited to 2e9');
   if (scenario === 'broker-outage') {
     const streamS = (devices * messages) / rate;

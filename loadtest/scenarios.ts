@@ -3,6 +3,7 @@
 // report renders its records. cli.ts only loops rounds and targets.
 import { runBrokerOutage, OutageResult, VICTIM } from './broker-outage';
 import { runConnectStorm, StormResult, ConnectionJob } from './connect-storm';
+import { DownlinkJob, DownlinkResult, runDownlink } from './downlink';
 import { int, fixed } from './format';
 import { runIdle, IdleResult } from './idle';
 import type { Qos } from './mqtt-wire';
@@ -10,6 +11,7 @@ import type { Options, ScenarioName } from './options';
 import type { ProgressLine, RunRecord } from './output';
 import { renderReport, ratios, summarize } from './report';
 import { renderIdle, renderStorm } from './report-connections';
+import { downlinkRatios, renderDownlink, summarizeDownlink } from './report-downlink';
 import { renderMixed } from './report-mixed';
 import { renderOutage } from './report-outage';
 import type { Target } from './targets';
@@ -57,6 +59,24 @@ export function uplinkJob(opts: Options, qos: UplinkJob['qos'], runTag: string):
     keepalive: opts.keepalive,
     rate: opts.rate,
     durationS: opts.timeBound ? (opts.durationS ?? 0) : 0,
+    ramp: opts.ramp,
+    concurrency: opts.concurrency,
+  };
+}
+
+export function downlinkJob(opts: Options, qos: DownlinkJob['qos'], runTag: string): DownlinkJob {
+  return {
+    devices: opts.devices,
+    messages: opts.messages,
+    payload: opts.payload,
+    qos,
+    inflight: opts.inflight,
+    rate: opts.rate,
+    threads: opts.threads,
+    idleTimeoutS: opts.idleTimeoutS,
+    runTag,
+    protocol: opts.protocol,
+    keepalive: opts.keepalive,
     ramp: opts.ramp,
     concurrency: opts.concurrency,
   };
@@ -143,6 +163,22 @@ const idle: ScenarioDef<IdleResult> = {
   summary: () => null,
 };
 
+const downlink: ScenarioDef<DownlinkResult> = {
+  variants: (opts) => opts.qos,
+  targetSetup: (_opts, qos) => ({ qos: qos ?? 1, recoverable: null }),
+  run: (target, opts, qos, ctx) =>
+    runDownlink(target, downlinkJob(opts, qos === 0 ? 0 : 1, ctx.runTag), (p) =>
+      ctx.progress.update(`${ctx.label} ${p.elapsedS.toFixed(1)}s published ${int(p.published)} acked ${int(p.acked)} delivered ${int(p.delivered)}/${int(p.expected)}`),
+    ),
+  suspicious: (r) => r.endedBy !== 'complete' || r.missing > 0 || r.duplicates > 0 || r.devicesStats.dropped > 0 || r.logFindings.length > 0,
+  line: (r) => `${int(r.deliveriesPerSec)} deliv/s, missing ${int(r.missing)}, duplicates ${int(r.duplicates)}, cpu ${fixed(r.resources.targetCpuUs, 2)} µs/deliv`,
+  render: renderDownlink,
+  summary: (records) => {
+    const medians = summarizeDownlink(records);
+    return { medians, ratios: downlinkRatios(medians) };
+  },
+};
+
 function erase<R>(def: ScenarioDef<R>): ScenarioDef<unknown> {
   return def as unknown as ScenarioDef<unknown>;
 }
@@ -153,5 +189,6 @@ export const SCENARIO_DEFS: Record<ScenarioName, ScenarioDef<unknown>> = {
   'broker-outage': erase(brokerOutage),
   'connect-storm': erase(connectStorm),
   idle: erase(idle),
+  downlink: erase(downlink),
 };
 

@@ -1,6 +1,7 @@
-// The two systems under comparison, each with its own pair of upstream
-// brokers, started fresh for every run so no state (queues, sessions, heap)
-// carries from one measurement into the next.
+// The systems under comparison, each with its own pair of upstream brokers,
+// started fresh for every run so no state (queues, sessions, heap) carries
+// from one measurement into the next. `mosquitto-direct` (downlink) is no
+// front process at all: devices use the one upstream mosquitto themselves.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { bridgeConf, upstreamConf, UpstreamRef, writeConf } from './mosquitto-conf';
@@ -18,7 +19,8 @@ import {
   startMosquitto,
 } from './procs';
 
-export type TargetKind = 'fanout' | 'mosquitto';
+/** mosquitto: the bridge; mosquitto-direct: upstream b1 itself serving the devices (downlink's peer). */
+export type TargetKind = 'fanout' | 'mosquitto' | 'mosquitto-direct';
 
 export interface TargetOptions {
   upstreams: number;
@@ -40,11 +42,12 @@ export interface TargetOptions {
 export interface Target {
   kind: TargetKind;
   devicePort: number;
+  /** mosquitto-direct: b1 only, which is also the device port. */
   upstreams: UpstreamRef[];
   dir: string;
   /** FANOUT_SHARDS of the daemon; null for the bridge. */
   shards: number | null;
-  /** The front process (daemon or bridge) and the upstreams, for CPU and RSS figures. */
+  /** The front process (daemon, bridge, or b1 for mosquitto-direct) and the upstreams, for CPU and RSS figures. */
   watched(): WatchedProc[];
   /**
    * Stops every process; returns notes on anything that did not exit cleanly.
@@ -113,8 +116,9 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
   };
   try {
     const recoverable = opts.recoverable ?? null;
+    const direct = kind === 'mosquitto-direct';
     const upstreams: UpstreamRef[] = [];
-    for (let i = 1; i <= opts.upstreams; i++) {
+    for (let i = 1; i <= (direct ? 1 : opts.upstreams); i++) {
       const ref = { name: `b${i}`, port: await allocatePort() };
       const persist = ref.name === recoverable ? { dir: persistDir(dir), file: `${ref.name}.db` } : null;
       const conf = writeConf(dir, `upstream-${ref.name}`, upstreamConf(ref.port, persist));
@@ -122,7 +126,8 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
       ups.set(ref.name, { ref, conf, dbFile: persist ? path.join(persist.dir, persist.file) : null });
       upstreams.push(ref);
     }
-    const devicePort = await allocatePort();
+    const devicePort = direct ? upstreams[0].port : await allocatePort();
+    // mosquitto-direct starts nothing in front: b1 is the target.
     if (kind === 'fanout') {
       procs.push(
         await startDaemon({
@@ -134,11 +139,11 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
           dir,
         }),
       );
-    } else {
+    } else if (kind === 'mosquitto') {
       const conf = writeConf(dir, 'bridge', bridgeConf(devicePort, upstreams, opts.qos, recoverable !== null));
       procs.push(await startMosquitto('bridge', conf, devicePort, dir));
     }
-    const front = procs[procs.length - 1];
+    const front = direct ? procs[0] : procs[procs.length - 1];
     const watched = (): WatchedProc[] =>
       procs.flatMap((p) => (p.child.pid === undefined ? [] : [{ name: p.name, role: p === front ? ('target' as const) : ('upstream' as const), pid: p.child.pid }]));
     const casualties = (): string[] =>

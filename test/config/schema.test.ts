@@ -26,6 +26,9 @@ function assertRejected(variable: string, value: string, allowed: string, env: N
 const DEFAULTS = {
   host: '0.0.0.0',
   port: 1883,
+  wsPort: null,
+  wsPath: '/mqtt',
+  httpPort: null,
   shards: 4,
   brokers: [],
   maxPacketSize: 262144,
@@ -37,6 +40,7 @@ const DEFAULTS = {
   ringBytes: 4194304,
   ack: 'all',
   logLevel: 'info',
+  traceClients: null,
   proxyId: defaultProxyId(os.hostname()),
   statusTopic: 'fanout/status/{clientId}',
   connectTimeoutMs: 10000,
@@ -52,9 +56,10 @@ test('an empty environment yields the documented defaults', () => {
 });
 
 const NAMES = [
-  'FANOUT_HOST', 'FANOUT_PORT', 'FANOUT_SHARDS', 'FANOUT_BROKERS', 'FANOUT_ROUTES', 'FANOUT_MAX_PACKET_SIZE',
+  'FANOUT_HOST', 'FANOUT_PORT', 'FANOUT_WS_PORT', 'FANOUT_WS_PATH', 'FANOUT_HTTP_PORT', 'FANOUT_SHARDS',
+  'FANOUT_BROKERS', 'FANOUT_ROUTES', 'FANOUT_MAX_PACKET_SIZE',
   'FANOUT_MAX_INFLIGHT', 'FANOUT_MAX_QUEUED_MESSAGES', 'FANOUT_QUEUE_OVERFLOW', 'FANOUT_SESSION_EXPIRY_MAX',
-  'FANOUT_PENDING_THROTTLE_MS', 'FANOUT_RING_BYTES', 'FANOUT_ACK', 'FANOUT_LOG_LEVEL', 'FANOUT_PROXY_ID',
+  'FANOUT_PENDING_THROTTLE_MS', 'FANOUT_RING_BYTES', 'FANOUT_ACK', 'FANOUT_LOG_LEVEL', 'FANOUT_TRACE_CLIENTS', 'FANOUT_PROXY_ID',
   'FANOUT_STATUS_TOPIC', 'FANOUT_CONNECT_TIMEOUT_MS', 'FANOUT_SHUTDOWN_TIMEOUT_MS', 'FANOUT_RECONNECT_MIN_MS',
   'FANOUT_RECONNECT_MAX_MS',
 ];
@@ -85,6 +90,9 @@ test('every variable is converted to its typed field', () => {
   const config = loadConfig({
     FANOUT_HOST: '::1',
     FANOUT_PORT: '0',
+    FANOUT_WS_PORT: '8083',
+    FANOUT_WS_PATH: '/ws/mqtt-1.0',
+    FANOUT_HTTP_PORT: '0',
     FANOUT_SHARDS: '64',
     FANOUT_MAX_PACKET_SIZE: '64',
     FANOUT_MAX_INFLIGHT: '65535',
@@ -95,6 +103,7 @@ test('every variable is converted to its typed field', () => {
     FANOUT_RING_BYTES: '1073741824',
     FANOUT_ACK: 'local',
     FANOUT_LOG_LEVEL: 'silent',
+    FANOUT_TRACE_CLIENTS: 'sensor-*,gw-??',
     FANOUT_PROXY_ID: 'edge_01-a',
     FANOUT_STATUS_TOPIC: 'site/7/{clientId}/status',
     FANOUT_CONNECT_TIMEOUT_MS: '100',
@@ -104,7 +113,8 @@ test('every variable is converted to its typed field', () => {
   }, { cpus: 2 });
   assert.deepEqual(config, {
     ...DEFAULTS,
-    host: '::1', port: 0, shards: 64, maxPacketSize: 64, maxInflight: 65535,
+    host: '::1', port: 0, wsPort: 8083, wsPath: '/ws/mqtt-1.0', httpPort: 0, traceClients: 'sensor-*,gw-??',
+    shards: 64, maxPacketSize: 64, maxInflight: 65535,
     maxQueuedMessages: 10000000, queueOverflow: 'drop-new', sessionExpiryMaxS: 0, pendingThrottleMs: 60000,
     ringBytes: 1073741824, ack: 'local', logLevel: 'silent', proxyId: 'edge_01-a',
     statusTopic: 'site/7/{clientId}/status', connectTimeoutMs: 100, shutdownTimeoutMs: 0,
@@ -114,6 +124,8 @@ test('every variable is converted to its typed field', () => {
 
 const INTEGERS: ReadonlyArray<[string, keyof Config, number, number]> = [
   ['FANOUT_PORT', 'port', 0, 65535],
+  ['FANOUT_WS_PORT', 'wsPort', 0, 65535],
+  ['FANOUT_HTTP_PORT', 'httpPort', 0, 65535],
   ['FANOUT_SHARDS', 'shards', 1, 64],
   ['FANOUT_MAX_PACKET_SIZE', 'maxPacketSize', 64, 268435455],
   ['FANOUT_MAX_INFLIGHT', 'maxInflight', 1, 65535],
@@ -255,4 +267,16 @@ test('FANOUT_RING_BYTES must hold two packets of FANOUT_MAX_PACKET_SIZE', () => 
       err.message === 'FANOUT_RING_BYTES="65536" is invalid: expected at least twice FANOUT_MAX_PACKET_SIZE plus 128 (524416); raise it or lower FANOUT_MAX_PACKET_SIZE',
   );
   assert.equal(loadConfig({ FANOUT_RING_BYTES: '65536', FANOUT_MAX_PACKET_SIZE: '32704' }).ringBytes, 65536);
+});
+
+test('FANOUT_WS_PATH must be a plain URL path starting with /', () => {
+  for (const bad of ['mqtt', '/mq tt', '/mqtt?x=1', '/a#b', `/${'a'.repeat(300)}`]) {
+    assertRejected('FANOUT_WS_PATH', bad, 'a URL path starting with / (letters, digits and -._~/ only)');
+  }
+  assert.equal(loadConfig({ FANOUT_WS_PATH: '/' }).wsPath, '/');
+});
+
+test('FANOUT_TRACE_CLIENTS takes globs up to 4096 characters', () => {
+  assertRejected('FANOUT_TRACE_CLIENTS', 'x'.repeat(4097), 'comma-separated globs on client ids');
+  assert.equal(loadConfig({ FANOUT_TRACE_CLIENTS: 'a*,b?' }).traceClients, 'a*,b?');
 });

@@ -4,6 +4,7 @@ import * as os from 'node:os';
 import { parser, IConnectPacket, IPublishPacket, Packet } from 'mqtt-packet';
 import { runBrokerOutage } from '../../loadtest/broker-outage';
 import { runConnectStorm } from '../../loadtest/connect-storm';
+import { DevicePool, downlinkTopic, runDownlink } from '../../loadtest/downlink';
 import { runIdle } from '../../loadtest/idle';
 import { ackFrame, encodeConnect, filterFor, Framer, PACKET, parseConnack, publishLayout, topicFor, writeVarint } from '../../loadtest/mqtt-wire';
 import { bridgeConf, upstreamConf } from '../../loadtest/mosquitto-conf';
@@ -12,9 +13,10 @@ import type { RunRecord } from '../../loadtest/output';
 import { readCpuSeconds, readRssKB, UsageMeter } from '../../loadtest/proc-usage';
 import { renderIdle, renderStorm } from '../../loadtest/report-connections';
 import { renderMixed } from '../../loadtest/report-mixed';
+import { renderDownlink } from '../../loadtest/report-downlink';
 import { renderOutage } from '../../loadtest/report-outage';
-import { connectionJob, uplinkJob } from '../../loadtest/scenarios';
-import { startTarget, Target } from '../../loadtest/targets';
+import { connectionJob, downlinkJob, uplinkJob } from '../../loadtest/scenarios';
+import { startTarget, Target, TargetKind } from '../../loadtest/targets';
 import { runUplink } from '../../loadtest/uplink';
 
 function frames(bytes: Buffer, chunkSize: number): { type: number; body: Buffer }[] {
@@ -44,8 +46,8 @@ function record<R>(target: Target, result: R): RunRecord<R> {
   return { scenario: 'uplink', round: 1, target: target.kind, qos: null, shards: target.shards, error: null, result, notes: [] };
 }
 
-async function withMosquitto<T>(setup: { qos?: 0 | 1 | 2; recoverable?: string }, body: (t: Target) => Promise<T>): Promise<T> {
-  const target = await startTarget('mosquitto', { upstreams: 2, qos: setup.qos ?? 1, recoverable: setup.recoverable ?? null, shards: 2, daemonLogLevel: 'info', keepLogs: false });
+async function withMosquitto<T>(setup: { qos?: 0 | 1 | 2; recoverable?: string; kind?: TargetKind }, body: (t: Target) => Promise<T>): Promise<T> {
+  const target = await startTarget(setup.kind ?? 'mosquitto', { upstreams: 2, qos: setup.qos ?? 1, recoverable: setup.recoverable ?? null, shards: 2, daemonLogLevel: 'info', keepLogs: false });
   try {
     return await body(target);
   } finally {
@@ -143,9 +145,7 @@ test('options: scenario names', () => {
   for (const name of ['connect-storm', 'idle', 'broker-outage', 'mixed'] as const) assert.equal(opts([name]).scenario, name);
   // The scenario may stand anywhere among the options.
   assert.equal(opts(['--rounds', '1', 'idle']).scenario, 'idle');
-  for (const name of ['downlink', 'http']) {
-    assert.throws(() => parseOptions([name]), (err: Error) => err instanceof NotAvailableError && err.message.includes('not available yet: needs the downlink/HTTP features'));
-  }
+  assert.throws(() => parseOptions(['http']), (err: Error) => err instanceof NotAvailableError && err.message.includes('not available yet'));
   assert.throws(() => parseOptions(['storm']), UsageError);
   assert.throws(() => parseOptions(['idle', 'mixed']), UsageError);
   assert.deepEqual(opts(['--target', 'compare']).targets, ['fanout', 'mosquitto']);
@@ -184,6 +184,21 @@ test('options: the new options and their per-scenario defaults', () => {
   assert.throws(() => parseOptions(['uplink', '--hold', '5']), UsageError);
   assert.throws(() => parseOptions(['mixed', '--qos', '1']), UsageError);
   assert.throws(() => parseOptions(['uplink', '--kill-at', '1']), UsageError);
+});
+
+test('options: downlink compares with mosquitto-direct; --messages is the publisher\'s total', () => {
+  const d = opts(['downlink']);
+  assert.deepEqual([d.devices, d.messages, d.rate, d.inflight, d.payload], [100, 1000, 0, 16, 64]);
+  assert.deepEqual(d.qos, [1, 0]);
+  assert.deepEqual(d.targets, ['fanout', 'mosquitto-direct']);
+  assert.deepEqual(opts(['downlink', '--target', 'mosquitto']).targets, ['mosquitto-direct']);
+  assert.deepEqual(opts(['downlink', '--target', 'mosquitto-direct', '--qos', '0']).qos, [0]);
+  assert.equal(opts(['downlink', '--devices', String(MAX_CONNECTIONS)]).devices, MAX_CONNECTIONS);
+  assert.throws(() => parseOptions(['downlink', '--devices', String(MAX_CONNECTIONS + 1)]), UsageError);
+  assert.throws(() => parseOptions(['downlink', '--qos', '2']), UsageError);
+  assert.throws(() => parseOptions(['downlink', '--topic', 'x/{id}']), UsageError);
+  assert.throws(() => parseOptions(['downlink', '--duration', '5']), UsageError);
+  assert.throws(() => parseOptions(['uplink', '--target', 'mosquitto-direct']), UsageError);
 });
 
 test('proc usage: CPU and RSS of a live process, one account across a restart', async () => {
@@ -279,5 +294,25 @@ test('broker-outage: b1 killed and restarted mid-stream, nothing missing, recove
     assert.equal(r.resources.processes.find((p) => p.name === 'upstream-b1')?.pids.length, 2);
     const text = renderOutage([record(target, r)]);
     assert.match(text, /^1\s+mosquitto\s+-\s+[\d,]+\s+0\.\d\d\s+\d\.\d\d\s+\d+\.\d{3}\s+b1=0 b2=0/m);
+  });
+});
+
+test('downlink: devices subscribed on mosquitto directly get every message once; gaps are found per device', { timeout: 60_000 }, async () => {
+  await withMosquitto({ kind: 'mosquitto-direct' }, async (target) => {
+    assert.deepEqual(target.watched().map((p) => [p.name, p.role]), [['upstream-b1', 'target']]);
+    const o = opts(['downlink', '--devices', '20', '--messages', '200', '--qos', '1', '--inflight', '8']);
+    const r = await runDownlink(target, downlinkJob(o, 1, `ltdl${process.pid}-`));
+    assert.equal(r.endedBy, 'complete');
+    assert.deepEqual([r.published, r.expected, r.delivered, r.missing, r.duplicates, r.publisher.acked], [200, 4000, 4000, 0, 0, 200]);
+    assert.deepEqual([r.devicesStats.incomplete, r.devicesStats.firstMissing, r.devicesStats.qosMismatch, r.devicesStats.foreign], [0, -1, 0, 0]);
+    assert.deepEqual([r.subscribe.ok, r.e2e.count], [20, 4000]);
+    assert.ok(r.deliveriesPerSec > 0 && r.resources.units === 4000 && Number.isFinite(r.resources.targetCpuUs));
+    const text = renderDownlink([{ ...record(target, r), scenario: 'downlink', qos: 1 }]);
+    assert.match(text, /^1\s+mosquitto-direct\s+1\s+-\s+20\s+200\s+[\d,]+\s+[\d,]+\s+0\s+0\s/m);
+    // Devices that were sent nothing lack every expected sequence number.
+    const job = downlinkJob(opts(['downlink', '--devices', '3', '--messages', '10', '--qos', '0']), 0, `ltdlgap${process.pid}-`);
+    const pool = await DevicePool.start(job, '127.0.0.1', target.devicePort, downlinkTopic(job.runTag).filter);
+    const gaps = await pool.close(4);
+    assert.deepEqual([gaps.devices, gaps.distinct, gaps.incomplete, gaps.firstMissing, gaps.lastMissing], [3, 0, 3, 0, 3]);
   });
 });
