@@ -49,19 +49,33 @@ export function createWorkerLogger(level: LogLevel, port: MessagePort, thread: s
  * key, with the number of occurrences since the last line, so a flood cannot flood the log.
  */
 export class RateLimitedLog {
-  private readonly last = new Map<string, { at: number; suppressed: number }>();
+  private readonly last = new Map<string, { at: number; suppressed: number; fields: Record<string, unknown>; msg: string }>();
 
   constructor(private readonly logger: Logger, private readonly intervalMs = 5000) {}
 
+  /** Logs at most one line per `key` per interval; `occurrences` counts the ones it stands for. */
   warn(key: string, fields: Record<string, unknown>, msg: string): void {
     const now = Date.now();
     const entry = this.last.get(key);
     if (entry !== undefined && now - entry.at < this.intervalMs) {
       entry.suppressed++;
+      entry.fields = fields;
       return;
     }
     const occurrences = 1 + (entry?.suppressed ?? 0);
-    this.last.set(key, { at: now, suppressed: 0 });
+    this.last.set(key, { at: now, suppressed: 0, fields, msg });
     this.logger.warn({ ...fields, occurrences }, msg);
+  }
+
+  /** Logs what was held back for longer than the interval (call it from a timer, and once at
+   *  the end), so a burst of problems is never reported as just its first occurrence. */
+  flush(force = false): void {
+    const now = Date.now();
+    for (const [key, entry] of this.last) {
+      if (entry.suppressed > 0 && (force || now - entry.at >= this.intervalMs)) {
+        this.logger.warn({ ...entry.fields, occurrences: entry.suppressed }, entry.msg);
+        this.last.set(key, { ...entry, at: now, suppressed: 0 });
+      }
+    }
   }
 }

@@ -118,6 +118,7 @@ export class Writer implements WriterContext {
     this.tick = setInterval(() => {
       this.now = Date.now();
       for (const c of this.pool) c.onTick(this.now);
+      this.warnings.flush();
       this.publishStats();
       this.schedulePump();
     }, 1000);

@@ -134,9 +134,10 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
     description: 'Unacknowledged QoS 1/2 publishes allowed per device connection.' },
   maxQueuedMessages: { name: 'FANOUT_MAX_QUEUED_MESSAGES', default: '1000', ...integer(1, 10000000),
     description: 'QoS 1/2 messages kept per device session while the device is away or its window is full.' },
-  queueOverflow: { name: 'FANOUT_QUEUE_OVERFLOW', default: 'drop-oldest', ...oneOf(['drop-oldest', 'drop-new']),
-    description: 'What a full session queue does with one more message: drop its oldest message '
-      + 'or the new one; drops are counted and logged.' },
+  queueOverflow: { name: 'FANOUT_QUEUE_OVERFLOW', default: 'block', ...oneOf(['block', 'drop-oldest', 'drop-new']),
+    description: 'What a full session queue does with one more message. block: for a connected device, the shard '
+      + 'stops taking messages from the brokers until the device acknowledges (the brokers hold them; at most 10 s, '
+      + 'then drop-oldest); for an absent one, drop-oldest. drop-oldest / drop-new: drop at once. Drops are counted and logged.' },
   sessionExpiryMaxS: { name: 'FANOUT_SESSION_EXPIRY_MAX', default: '86400', ...integer(0, 4294967295),
     description: 'Upper bound of the MQTT 5 session expiry and the expiry of MQTT 3.1.1 persistent '
       + '(clean session 0) sessions, in seconds.' },

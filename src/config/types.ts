@@ -5,7 +5,7 @@ export type AckMode = 'all' | 'any' | 'local';
 export type RetainMode = 'forward' | 'strip';
 export type QoS = 0 | 1 | 2;
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
-export type QueueOverflow = 'drop-oldest' | 'drop-new';
+export type QueueOverflow = 'block' | 'drop-oldest' | 'drop-new';
 export type RouteDirection = 'in' | 'out' | 'both';
 
 /** One FANOUT_ROUTES entry: `<broker> <pattern> <in|out|both> [qos] [local-prefix remote-prefix]`.

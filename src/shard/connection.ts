@@ -378,7 +378,10 @@ export class DeviceConnection implements AckTarget, SessionLink {
       this.sendAck(C.PUBREL, id, C.RC_PACKET_ID_NOT_FOUND);
       return;
     }
-    if (type !== 'pubrec') session.pump(this.ctx.limits, Date.now());
+    if (type !== 'pubrec') {
+      session.pump(this.ctx.limits, Date.now());
+      this.ctx.deliveryRoom();
+    }
   }
 
   /** SessionLink: encodes one delivery into this turn's output. */

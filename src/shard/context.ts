@@ -20,6 +20,8 @@ export interface ShardContext {
   readonly stats: ShardStats;
   readonly subs: ShardSubscriptions;
   readonly limits: SessionLimits;
+  /** A device acknowledged a delivery: a downlink waiting for queue room may go on. */
+  deliveryRoom(): void;
   /** Whether FANOUT_TRACE_CLIENTS covers this client id. */
   traces(clientId: string): boolean;
   /** The session a CONNECT gets: resumed (present) or new; null when it must come from another

@@ -13,12 +13,22 @@ import { HOLD_REQ, SHARED_REQ } from '../broker/downlink';
 import { fingerprint } from './no-local';
 
 const HOLD_ID_MASK = 0x3fffffff;
+/** Longest a full queue of a connected device holds the shard's downlink (then drop-oldest). */
+const BLOCK_MAX_MS = 10_000;
 
 export class ShardDownlink {
   private readonly scratch = new StoredMessage(Buffer.alloc(0), 0, 0, 0, 0, '', 0);
   private stamp = 0;
   private readonly matched: Session[] = [];
   private readonly members: Sub[] = [];
+  private readonly plan: { session: Session; q: number; r: boolean; subIds: number[] | null }[] = [];
+  /** When the head record started waiting for a full queue (0: not waiting). */
+  private blockedSince = 0;
+
+  /** A record waits for a session queue to have room. */
+  get stalled(): boolean {
+    return this.blockedSince !== 0;
+  }
   private readonly turns = new Map<number, number>();
   delivered = 0;
   unmatched = 0;
@@ -43,7 +53,12 @@ export class ShardDownlink {
       let n = 0;
       let at: number;
       while ((at = ring.next()) >= 0) {
-        this.onRecord(b, ring, at, now);
+        if (!this.onRecord(b, ring, at, now)) {
+          // A connected device's queue is full (FANOUT_QUEUE_OVERFLOW=block): the record stays,
+          // the ring fills and the writer stops taking from the broker.
+          ring.unreadLast();
+          break;
+        }
         total++;
         if (++n === 1024) {
           if (ring.release()) this.writerBells[b].ring();
@@ -55,7 +70,8 @@ export class ShardDownlink {
     return total;
   }
 
-  private onRecord(b: number, ring: RingConsumer, at: number, now: number): void {
+  /** Delivers one record; false (nothing done) when it must wait for a full queue. */
+  private onRecord(b: number, ring: RingConsumer, at: number, now: number): boolean {
     const buf = ring.buffer;
     const view = ring.dataView;
     const flags = buf[at + 1];
@@ -81,13 +97,34 @@ export class ShardDownlink {
       if (fp < 0) fp = fingerprint(buf, start, start + topicLen, buf, m.payloadStart, m.payloadStart + m.payloadLen);
       return fp;
     };
+    const plan = this.plan;
+    plan.length = 0;
     const hand = (session: Session, q: number, r: boolean, subIds: number[] | null): void => {
-      // QoS 0 is written out at once; a QoS 1/2 delivery may wait, so it gets its own copy.
-      const msg = q === 0 ? m : (kept ??= m.keep());
-      const out: Outgoing = { msg, qos: q, retain: r, subIds, stage: 0, origin };
-      session.deliver(out, this.limits, now);
-      this.delivered++;
+      plan.push({ session, q, r, subIds });
     };
+    this.collect(m, qos, retain, req, fpOf, hand);
+    if (this.limits.block && plan.length > 0) {
+      for (const d of plan) {
+        if (d.q > 0 && d.session.link !== null && d.session.queued >= this.limits.maxQueued) {
+          if (this.blockedSince === 0) this.blockedSince = now;
+          // Not forever: a device that stopped reading must not hold every other one back.
+          if (now - this.blockedSince < BLOCK_MAX_MS) return false;
+        }
+      }
+    }
+    this.blockedSince = 0;
+    for (const d of plan) {
+      // QoS 0 is written out at once; a QoS 1/2 delivery may wait, so it gets its own copy.
+      const msg = d.q === 0 ? m : (kept ??= m.keep());
+      const out: Outgoing = { msg, qos: d.q, retain: d.r, subIds: d.subIds, stage: 0, origin };
+      d.session.deliver(out, this.limits, now);
+      this.delivered++;
+    }
+    return true;
+  }
+
+  private collect(m: StoredMessage, qos: number, retain: boolean, req: number, fpOf: () => number,
+    hand: (session: Session, q: number, r: boolean, subIds: number[] | null) => void): void {
 
     if ((req & SHARED_REQ) !== 0) {
       // This shard's turn for a shared group: one of its members here gets the message.
@@ -120,7 +157,6 @@ export class ShardDownlink {
       return;
     }
     this.deliverMatching(null, m, qos, retain, fpOf, hand);
-    void retain;
   }
 
   /**

@@ -103,6 +103,8 @@ export interface SessionLink {
 export interface SessionLimits {
   readonly maxQueued: number;
   readonly dropOldest: boolean;
+  /** FANOUT_QUEUE_OVERFLOW=block: a connected device's full queue holds the downlink instead. */
+  readonly block: boolean;
   /** Counts a message dropped for `reason`. */
   dropped(reason: 'queue-full' | 'expired' | 'too-large' | 'offline-qos0', session: Session): void;
 }

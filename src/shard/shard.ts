@@ -98,6 +98,7 @@ export class Shard implements ShardContext {
   /** Device publish -> device acknowledgement, for /metrics. */
   readonly ackLatency = new LatencyRecorder();
   private readonly traceRe: RegExp | null;
+  private readonly warnings: RateLimitedLog;
   private readonly http: HttpPublisher;
   readonly limits: SessionLimits;
   private readonly sessions = new Map<string, Session>();
@@ -139,13 +140,15 @@ export class Shard implements ShardContext {
     this.doorbell = new Doorbell(opts.doorbell);
     this.stats = new ShardStats(opts.stats, opts.index);
     this.traceRe = compileGlobs(opts.config.traceClients);
+    this.warnings = new RateLimitedLog(opts.log);
     this.inflight = new InflightTable(opts.uplinkRings.length, opts.config.ack, 1024, this.ackLatency);
     this.subs = new ShardSubscriptions(opts.index, opts.writerPorts, buildRouting(opts.config), () => this.scheduleTurn());
     const stats = this.stats;
-    const warnings = new RateLimitedLog(opts.log);
+    const warnings = this.warnings;
     this.limits = {
       maxQueued: opts.config.maxQueuedMessages,
-      dropOldest: opts.config.queueOverflow === 'drop-oldest',
+      dropOldest: opts.config.queueOverflow !== 'drop-new',
+      block: opts.config.queueOverflow === 'block',
       dropped(reason, session) {
         if (reason === 'queue-full') {
           stats.add('dropQueueFull');
@@ -158,6 +161,17 @@ export class Shard implements ShardContext {
     };
     this.http = new HttpPublisher(this, (id, reason) => this.send({ t: 'published', id, reason }));
     this.downlink = new ShardDownlink(opts.downlinkRings.map((r) => new RingConsumer(r)), writerBells, this.subs, this.limits);
+  }
+
+  private roomScheduled = false;
+
+  deliveryRoom(): void {
+    if (!this.downlink.stalled || this.roomScheduled) return;
+    this.roomScheduled = true;
+    setImmediate(() => {
+      this.roomScheduled = false;
+      this.drainAcks();
+    });
   }
 
   traces(clientId: string): boolean {
@@ -522,14 +536,16 @@ export class Shard implements ShardContext {
         continue;
       }
       const seen = this.doorbell.prepare();
-      if (!this.anyAcks()) await this.doorbell.wait(seen, 1000);
+      if (!this.anyAcks()) await this.doorbell.wait(seen, this.downlink.stalled ? 100 : 1000);
       this.doorbell.awake();
     }
   }
 
   private anyAcks(): boolean {
     for (const a of this.acks) if (a.hasData()) return true;
-    return this.downlink.hasData();
+    // A downlink waiting for queue room is retried by deliveryRoom() and the wait's timeout,
+    // not spun on.
+    return !this.downlink.stalled && this.downlink.hasData();
   }
 
   private drainAcks(): number {
@@ -583,6 +599,7 @@ export class Shard implements ShardContext {
       }
     }
     this.subs.sweep(now);
+    this.warnings.flush();
     this.stats.set('messagesOut', this.downlink.delivered);
     this.http.retry();
     this.stats.add('subscriptions', this.subs.size - this.stats.get('subscriptions'));
@@ -619,6 +636,7 @@ export class Shard implements ShardContext {
     while (this.ws !== null && this.ws.open > 0 && Date.now() < wsDeadline) await new Promise((r) => setTimeout(r, 10));
     this.ws?.closeAll();
     this.stopped = true;
+    this.warnings.flush(true);
     if (this.tick) clearInterval(this.tick);
     this.send({ t: 'drained', shard: this.index });
   }

@@ -34,7 +34,7 @@ const DEFAULTS = {
   maxPacketSize: 262144,
   maxInflight: 100,
   maxQueuedMessages: 1000,
-  queueOverflow: 'drop-oldest',
+  queueOverflow: 'block',
   sessionExpiryMaxS: 86400,
   pendingThrottleMs: 10,
   ringBytes: 4194304,
@@ -177,7 +177,7 @@ test('enumerations accept exactly the listed words', () => {
   }
   assert.equal(loadConfig({ FANOUT_ACK: 'any', FANOUT_LOG_LEVEL: 'trace' }).ack, 'any');
   for (const bad of ['drop', 'DROP-OLDEST', 'drop_new']) {
-    assertRejected('FANOUT_QUEUE_OVERFLOW', bad, 'expected drop-oldest or drop-new');
+    assertRejected('FANOUT_QUEUE_OVERFLOW', bad, 'expected block, drop-oldest or drop-new');
   }
   assert.equal(loadConfig({ FANOUT_QUEUE_OVERFLOW: 'drop-oldest' }).queueOverflow, 'drop-oldest');
 });

@@ -48,6 +48,7 @@ type DropReason = Parameters<SessionLimits['dropped']>[0];
 
 class Limits implements SessionLimits {
   drops: DropReason[] = [];
+  readonly block = false;
   constructor(readonly maxQueued = 1000, readonly dropOldest = true) {}
   dropped(reason: DropReason): void {
     this.drops.push(reason);
