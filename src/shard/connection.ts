@@ -525,7 +525,12 @@ export class DeviceConnection implements AckTarget, SessionLink {
     if (this.state === CLOSED) return;
     if (reason >= 0x80 && reason !== C.RC_SESSION_TAKEN_OVER && reason !== C.RC_SERVER_SHUTTING_DOWN) this.ctx.stats.add('protocolErrors');
     this.ctx.log.debug({ conn: this.id, clientId: this.clientId, reason, why }, 'closing device connection');
-    if (this.version === 5 && this.state === CONNECTED) this.send(C.disconnectV5(reason));
+    // MQTT 5: the reason code, and what went wrong in words when it was the device's doing.
+    if (this.version === 5 && this.state === CONNECTED) {
+      this.send(reason >= 0x80 && reason !== C.RC_SESSION_TAKEN_OVER && reason !== C.RC_SERVER_SHUTTING_DOWN
+        ? mqttPacket.generate({ cmd: 'disconnect', reasonCode: reason, properties: { reasonString: why } }, { protocolVersion: 5 })
+        : C.disconnectV5(reason));
+    }
     this.flush();
     this.state = CLOSED;
     this.framer.reset();
