@@ -35,6 +35,10 @@ async function run(): Promise<void> {
   };
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGHUP', () => {
+    log.logger.info({ signal: 'SIGHUP' }, 'signal received: reloading');
+    daemon.reload();
+  });
 }
 
 void run();

@@ -27,6 +27,10 @@ export interface Daemon {
   readonly wsPort: number | null;
   /** HTTP listener port, null when off. */
   readonly httpPort: number | null;
+  /** TLS listener port, null when off. */
+  readonly tlsPort: number | null;
+  /** Re-reads what may change without a restart (the TLS certificate files). */
+  reload(): void;
   readonly brokers: readonly BrokerConfig[];
   /** Per-shard counters (connections, publishes, ...), read from shared memory. */
   shardStats(): Record<ShardField, number>[];
@@ -142,11 +146,11 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     none: (next) => toShard(next.shard, { t: 'session', conn: next.conn, from: -1, state: null }),
   });
   type WsPlan = { host: string; port: number; fallbackPlan: ListenPlan | null } | null;
-  type Ready = { port: number; wsPort: number | null; ws: string | null };
-  const startShard = (s: number, listen: ListenPlan, ws: WsPlan): Promise<Ready> => new Promise((resolve, reject) => {
+  type Ready = { port: number; wsPort: number | null; ws: string | null; tlsPort: number | null };
+  const startShard = (s: number, listen: ListenPlan, ws: WsPlan, tlsPlan: ListenPlan | null): Promise<Ready> => new Promise((resolve, reject) => {
     const w = watch(new Worker(path.join(WORKERS, 'shard.worker.js'), {
       workerData: {
-        config: cfg, index: s, listen, ws, uplinkRings: uplink[s], ackRings: acks[s],
+        config: cfg, index: s, listen, ws, tls: tlsPlan, uplinkRings: uplink[s], ackRings: acks[s],
         downlinkRings: downlink[s], writerPorts: shardEnds[s],
         doorbell: shardBells[s], writerDoorbells: writerBells, stats,
       },
@@ -182,7 +186,16 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     const wsPort0 = cfg.wsPort === 0 ? await freePort(address) : cfg.wsPort;
     wsPlan = { host: address, port: wsPort0, fallbackPlan: plan.kind === 'reuseport' ? { kind: 'reuseport', host: address, port: wsPort0 } : null };
   }
-  const first = await startShard(0, plan, wsPlan);
+  // TLS: a reuseport socket per shard like plain TCP; without the binary, the first shard only.
+  let tlsPlan: ListenPlan | null = null;
+  if (cfg.tlsPort !== null) {
+    await assertPortFree(cfg.host, cfg.tlsPort);
+    const { address } = await dns.lookup(cfg.host);
+    tlsPlan = { kind: plan.kind === 'reuseport' ? 'reuseport' : 'plain', host: address, port: cfg.tlsPort };
+  }
+  const first = await startShard(0, plan, wsPlan, tlsPlan);
+  const tlsPort = first.tlsPort;
+  if (tlsPlan !== null && tlsPort !== null) tlsPlan = tlsPlan.kind === 'reuseport' ? { ...tlsPlan, port: tlsPort } : null;
   const port = first.port;
   const wsPort = first.wsPort;
   if (plan.kind === 'reuseport') plan = { ...plan, port };
@@ -193,7 +206,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     const fallbackPlan: ListenPlan | null = wsPlan.fallbackPlan === null ? null : { kind: 'reuseport', host: wsPlan.host, port: wsPort };
     wsPlan = first.ws === 'uWebSockets.js' || fallbackPlan !== null ? { ...wsPlan, port: wsPort, fallbackPlan } : null;
   }
-  await Promise.all(Array.from({ length: shards - 1 }, (_, i) => startShard(i + 1, plan, wsPlan)));
+  await Promise.all(Array.from({ length: shards - 1 }, (_, i) => startShard(i + 1, plan, wsPlan, tlsPlan)));
 
   // HTTP: metrics, health, publish, dashboard.
   const collector = new MetricsCollector({
@@ -243,6 +256,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     port, host: cfg.host, shards, listen: plan.kind, brokers: brokers.map((b) => b.name),
     ...(wsPort !== null ? { wsPort, wsPath: cfg.wsPath, websocket: first.ws } : {}),
     ...(httpServer !== null ? { httpPort: httpServer.boundPort } : {}),
+    ...(tlsPort !== null ? { tlsPort, mtls: cfg.tlsRequireClientCert } : {}),
   }, 'mqtt-fanout ready');
 
   const stop = async (): Promise<void> => {
@@ -272,7 +286,12 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     clearTimeout(deadline);
   };
 
-  return { port, wsPort, httpPort: httpServer?.boundPort ?? null, brokers, stop, shardStats: () => readShardStats(stats, shards) };
+  /** SIGHUP: the TLS listener's certificate files are read again. */
+  const reload = (): void => {
+    for (let s = 0; s < shards; s++) toShard(s, { t: 'tls-reload' });
+  };
+
+  return { port, wsPort, tlsPort, httpPort: httpServer?.boundPort ?? null, brokers, stop, reload, shardStats: () => readShardStats(stats, shards) };
 }
 
 function freePort(host: string): Promise<number> {

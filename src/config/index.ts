@@ -1,7 +1,9 @@
 // Public face of the configuration: turns the FANOUT_* environment into one frozen Config or
 // a single-line ConfigError naming the variable, the (redacted) value and what is allowed.
 
+import fs from 'node:fs';
 import os from 'node:os';
+import tls from 'node:tls';
 import { redactList } from './brokers';
 import { envSchema, SPECS, type ShownParams } from './schema';
 import type { BrokerConfig, Config } from './types';
@@ -54,7 +56,46 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts?: { cpus?:
     throw new ConfigError('FANOUT_RING_BYTES', value,
       `FANOUT_RING_BYTES=${quote(value)} is invalid: expected at least twice FANOUT_MAX_PACKET_SIZE plus 128 (${minRing}); raise it or lower FANOUT_MAX_PACKET_SIZE`);
   }
+  checkTls(config);
   return deepFreeze(config);
+}
+
+/** The TLS variables go together, and the files must make a usable TLS context now rather than
+ *  at the first device. */
+function checkTls(c: Config): void {
+  const fail = (variable: string, value: string, why: string): never => {
+    throw new ConfigError(variable, value, `${variable}=${quote(value)} is invalid: ${why}`);
+  };
+  for (const [variable, path] of [['FANOUT_TLS_CERT', c.tlsCert], ['FANOUT_TLS_KEY', c.tlsKey], ['FANOUT_TLS_CA', c.tlsCa]] as const) {
+    if (path === null) continue;
+    try {
+      fs.accessSync(path, fs.constants.R_OK);
+    } catch (err) {
+      fail(variable, path, `expected a readable file (${(err as NodeJS.ErrnoException).code ?? 'unreadable'})`);
+    }
+  }
+  if (c.tlsPort !== null) {
+    if (c.tlsCert === null) fail('FANOUT_TLS_CERT', '', 'expected a certificate file: FANOUT_TLS_PORT is set');
+    if (c.tlsKey === null) fail('FANOUT_TLS_KEY', '', 'expected a private key file: FANOUT_TLS_PORT is set');
+    try {
+      tls.createSecureContext(tlsFiles(c));
+    } catch (err) {
+      fail('FANOUT_TLS_CERT', c.tlsCert!, `the certificate, key (FANOUT_TLS_KEY) and CA files do not make a TLS context: ${(err as Error).message}`);
+    }
+  }
+  if (c.tlsRequireClientCert && c.tlsCa === null) fail('FANOUT_TLS_CA', '', 'expected a CA file: FANOUT_TLS_REQUIRE_CLIENT_CERT is true');
+  if (c.tlsIdentityAsUsername && !c.tlsRequireClientCert) {
+    fail('FANOUT_TLS_CN_AS_USERNAME', 'true', 'needs FANOUT_TLS_REQUIRE_CLIENT_CERT=true (every device then has a certificate)');
+  }
+}
+
+/** The TLS listener's key material, read from the configured files (again on SIGHUP). */
+export function tlsFiles(c: Config): tls.SecureContextOptions {
+  return {
+    cert: fs.readFileSync(c.tlsCert!),
+    key: fs.readFileSync(c.tlsKey!),
+    ca: c.tlsCa === null ? undefined : fs.readFileSync(c.tlsCa),
+  };
 }
 
 /** The variables as documentation rows, straight from the declarations loadConfig uses. */

@@ -79,6 +79,8 @@ const urlPath = rule('a URL path starting with / (letters, digits and -._~/ only
   /^\/[A-Za-z0-9\-._~/]*$/.test(raw) && raw.length <= 256 ? raw : undefined,
 );
 
+const filePath = rule('a file path', (raw) => (raw.includes('\0') ? undefined : raw));
+
 const PROXY_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 
 export function defaultProxyId(hostname: string): string {
@@ -117,6 +119,18 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
     description: 'URL path of the MQTT-over-WebSocket listener.' },
   httpPort: { name: 'FANOUT_HTTP_PORT', default: 'none: no HTTP listener', ...integer(0, 65535), fallback: () => null,
     description: 'TCP port of the HTTP listener: /metrics (Prometheus), /healthz, /readyz, POST /publish and the dashboard at /.' },
+  tlsPort: { name: 'FANOUT_TLS_PORT', default: 'none: no TLS listener', ...integer(0, 65535), fallback: () => null,
+    description: 'TCP port of the MQTT-over-TLS listener for devices (needs FANOUT_TLS_CERT and FANOUT_TLS_KEY); 0 picks a free port.' },
+  tlsCert: { name: 'FANOUT_TLS_CERT', default: 'none', ...filePath, fallback: () => null,
+    description: 'PEM certificate (chain) of the TLS listener; re-read on SIGHUP.' },
+  tlsKey: { name: 'FANOUT_TLS_KEY', default: 'none', ...filePath, fallback: () => null,
+    description: 'PEM private key of the TLS listener; re-read on SIGHUP.' },
+  tlsCa: { name: 'FANOUT_TLS_CA', default: 'none', ...filePath, fallback: () => null,
+    description: 'PEM CA certificates device certificates are verified against (mTLS); re-read on SIGHUP.' },
+  tlsRequireClientCert: { name: 'FANOUT_TLS_REQUIRE_CLIENT_CERT', default: 'false', ...boolean(),
+    description: 'Refuse TLS devices without a certificate signed by FANOUT_TLS_CA.' },
+  tlsIdentityAsUsername: { name: 'FANOUT_TLS_CN_AS_USERNAME', default: 'false', ...boolean(),
+    description: 'Use the common name (CN) of the device certificate as its user name, in place of the one in CONNECT.' },
   shards: { name: 'FANOUT_SHARDS', default: 'number of CPUs, at most 64', ...integer(1, 64),
     fallback: (host) => Math.min(64, Math.max(1, host.cpus)),
     description: 'Shard worker threads the device connections are spread over.' },

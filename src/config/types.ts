@@ -60,6 +60,13 @@ export interface Config {
   readonly wsPath: string;
   /** HTTP listener (metrics, health, publish, dashboard) port, null when off. */
   readonly httpPort: number | null;
+  /** MQTT-over-TLS listener port, null when off; then tlsCert and tlsKey are set. */
+  readonly tlsPort: number | null;
+  readonly tlsCert: string | null;
+  readonly tlsKey: string | null;
+  readonly tlsCa: string | null;
+  readonly tlsRequireClientCert: boolean;
+  readonly tlsIdentityAsUsername: boolean;
   readonly shards: number;
   readonly brokers: readonly BrokerConfig[];
   /** True when FANOUT_BROKERS was not set: main starts an in-process aedes broker and fills

@@ -10,7 +10,9 @@ import * as net from 'node:net';
 
 export type ListenPlan =
   | { kind: 'reuseport'; host: string; port: number }
-  | { kind: 'shared'; fd: number };
+  | { kind: 'shared'; fd: number }
+  // One thread alone on the port (a secondary listener where SO_REUSEPORT is not available).
+  | { kind: 'plain'; host: string; port: number };
 
 interface ReuseportAddon {
   socketNewSoReuseportFd(domain: 'ipv4' | 'ipv6', port: number, host: string): number;
@@ -34,12 +36,16 @@ export function loadReuseport(): ReuseportAddon | null {
 
 /** Starts `server` listening per the plan; resolves with the bound port. */
 export function listenShard(server: net.Server, plan: ListenPlan): Promise<number> {
-  const fd = plan.kind === 'shared'
-    ? plan.fd
-    : loadReuseport()!.socketNewSoReuseportFd(net.isIPv6(plan.host) ? 'ipv6' : 'ipv4', plan.port, plan.host);
+  const where = plan.kind === 'plain'
+    ? { host: plan.host, port: plan.port }
+    : {
+      fd: plan.kind === 'shared'
+        ? plan.fd
+        : loadReuseport()!.socketNewSoReuseportFd(net.isIPv6(plan.host) ? 'ipv6' : 'ipv4', plan.port, plan.host),
+    };
   return new Promise((resolve, reject) => {
     server.once('error', reject);
-    server.listen({ fd, backlog: 4096 }, () => {
+    server.listen({ ...where, backlog: 4096 }, () => {
       server.off('error', reject);
       resolve((server.address() as net.AddressInfo).port);
     });

@@ -3,7 +3,7 @@
 
 import type { Socket } from 'node:net';
 
-export type TransportKind = 'tcp' | 'ws';
+export type TransportKind = 'tcp' | 'tls' | 'ws';
 
 export interface DeviceTransport {
   readonly kind: TransportKind;
@@ -23,11 +23,11 @@ export interface DeviceTransport {
   onceDrain(cb: () => void): void;
 }
 
+/** A TCP socket, or a TLS one on top of it. */
 export class TcpTransport implements DeviceTransport {
-  readonly kind = 'tcp';
   readonly canPause = true;
 
-  constructor(readonly socket: Socket) {}
+  constructor(readonly socket: Socket, readonly kind: 'tcp' | 'tls' = 'tcp') {}
 
   get destroyed(): boolean {
     return this.socket.destroyed;

@@ -120,7 +120,8 @@ export class MetricsCollector {
 
     metric('fanout_connections', 'gauge', 'Device connections open, by transport and shard.',
       shards.flatMap((s, i): [Record<string, string | number>, number][] => [
-        [{ transport: 'tcp', shard: i }, s.connections - s.wsConnections], [{ transport: 'ws', shard: i }, s.wsConnections]]));
+        [{ transport: 'tcp', shard: i }, s.connections - s.wsConnections - s.tlsConnections], [{ transport: 'tls', shard: i }, s.tlsConnections],
+        [{ transport: 'ws', shard: i }, s.wsConnections]]));
     metric('fanout_sessions', 'gauge', 'Device sessions (connected or kept for an absent device), by shard.', perShard('sessions'));
     metric('fanout_subscriptions', 'gauge', 'Device subscriptions, by shard.', perShard('subscriptions'));
     metric('fanout_device_publishes_total', 'counter', 'PUBLISH packets taken from devices, by shard.', perShard('publishesIn'));

@@ -40,6 +40,10 @@ export class DeviceConnection implements AckTarget, SessionLink {
   willDelayMs = 0;
   takenOver = false;
   session: Session | null = null;
+  /** Common name of the verified device certificate (FANOUT_TLS_CN_AS_USERNAME), else null. */
+  tlsIdentity: string | null = null;
+  /** The user name the device goes by: its certificate's CN where configured, else CONNECT's. */
+  username: string | null = null;
   /** FANOUT_TRACE_CLIENTS matched this client id: every packet is logged decoded. */
   traced = false;
   /** The device's limits for what we send it (MQTT 5 CONNECT properties). */
@@ -174,6 +178,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
       this.clientId = assigned = `fanout-${randomBytes(9).toString('base64url')}`;
     }
     this.keepaliveMs = (p.keepalive ?? 0) * 1000;
+    this.username = this.tlsIdentity ?? p.username ?? null;
     this.traced = this.ctx.traces(this.clientId);
     if (this.traced) this.trace('in', Buffer.from(buf.subarray(packetStart, end)));
     const cp = p.properties;
@@ -510,7 +515,8 @@ export class DeviceConnection implements AckTarget, SessionLink {
 
   private trace(dir: 'in' | 'out', bytes: Buffer): void {
     for (const packet of describePackets(bytes, this.version)) {
-      this.ctx.log.info({ trace: dir, clientId: this.clientId, conn: this.id, transport: this.transport.kind, packet }, `device ${dir === 'in' ? '->' : '<-'} proxy`);
+      this.ctx.log.info({ trace: dir, clientId: this.clientId, username: this.username ?? undefined, conn: this.id, transport: this.transport.kind, packet },
+        `device ${dir === 'in' ? '->' : '<-'} proxy`);
     }
   }
 

@@ -3,6 +3,8 @@
 // brokers' acknowledgements coming back on the ack rings.
 
 import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { tlsFiles } from '../config/index';
 import type { MessagePort } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import type { Packet } from 'mqtt-packet';
@@ -37,6 +39,8 @@ export interface ShardOptions {
   config: Config;
   index: number;
   listen: ListenPlan;
+  /** The TLS listener (FANOUT_TLS_PORT), null when off. */
+  tls: ListenPlan | null;
   /** The WebSocket listener (FANOUT_WS_PORT), null when off. */
   ws: { host: string; port: number; fallbackPlan: ListenPlan | null } | null;
   uplinkRings: RingBuffers[];
@@ -54,6 +58,7 @@ export interface ShardOptions {
 /** Messages the supervisor sends (or relays from another shard) to a shard. */
 export type ToShard =
   | { t: 'kick'; conn: number }
+  | { t: 'tls-reload' }
   | { t: 'metrics' }
   | ({ t: 'publish' } & HttpPublish)
   | { t: 'drain' }
@@ -74,7 +79,7 @@ export interface RegistryOp {
 
 /** Messages a shard sends to the supervisor. */
 export type FromShard =
-  | { t: 'ready'; shard: number; port: number; wsPort: number | null; ws: string | null }
+  | { t: 'ready'; shard: number; port: number; wsPort: number | null; ws: string | null; tlsPort: number | null }
   | { t: 'failed'; shard: number; message: string }
   | { t: 'registry'; shard: number; ops: RegistryOp[] }
   | { t: 'relay'; to: number; msg: ToShard }
@@ -122,6 +127,7 @@ export class Shard implements ShardContext {
   private woken: DeviceConnection[] = [];
   private dirtyConns: DeviceConnection[] = [];
   private server: net.Server | null = null;
+  private tlsServer: tls.Server | null = null;
   private tick: NodeJS.Timeout | null = null;
   private nextId = 1;
   draining = false;
@@ -161,6 +167,17 @@ export class Shard implements ShardContext {
     };
     this.http = new HttpPublisher(this, (id, reason) => this.send({ t: 'published', id, reason }));
     this.downlink = new ShardDownlink(opts.downlinkRings.map((r) => new RingConsumer(r)), writerBells, this.subs, this.limits);
+  }
+
+  /** SIGHUP: new certificates for new connections; established ones keep theirs. */
+  private reloadTls(): void {
+    if (this.tlsServer === null) return;
+    try {
+      this.tlsServer.setSecureContext({ ...tlsFiles(this.config) });
+      if (this.index === 0) this.log.info({ cert: this.config.tlsCert }, 'TLS certificates reloaded');
+    } catch (err) {
+      this.log.error({ err: (err as Error).message, cert: this.config.tlsCert }, 'TLS certificates not reloaded: the files do not make a TLS context; the previous ones stay in use');
+    }
   }
 
   private roomScheduled = false;
@@ -335,7 +352,16 @@ export class Shard implements ShardContext {
           this.ws = await listenWebSocket(this, { ...this.opts.ws, maxPacketSize: this.config.maxPacketSize, path: this.config.wsPath, log: this.log });
           wsPort = this.ws.port;
         }
-        this.send({ t: 'ready', shard: this.index, port, wsPort, ws: this.ws?.implementation ?? null });
+        let tlsPort: number | null = null;
+        if (this.opts.tls !== null) {
+          this.tlsServer = tls.createServer({
+            ...tlsFiles(this.config), requestCert: this.config.tlsCa !== null, rejectUnauthorized: this.config.tlsRequireClientCert,
+          }, (socket) => this.accept(socket, true));
+          this.tlsServer.on('tlsClientError', (err) => this.log.debug({ err: err.message }, 'TLS handshake failed'));
+          this.tlsServer.on('error', (err) => this.log.error({ err }, 'TLS listener error'));
+          tlsPort = await listenShard(this.tlsServer, this.opts.tls);
+        }
+        this.send({ t: 'ready', shard: this.index, port, wsPort, ws: this.ws?.implementation ?? null, tlsPort });
       },
     ).catch((err: Error) => this.send({ t: 'failed', shard: this.index, message: err.message }));
     this.tick = setInterval(() => this.onTick(), 1000);
@@ -343,12 +369,17 @@ export class Shard implements ShardContext {
     void this.ackLoop();
   }
 
-  private accept(socket: net.Socket): void {
+  private accept(socket: net.Socket, secure = false): void {
     if (this.draining) {
       socket.destroy();
       return;
     }
-    const conn = this.attach(new TcpTransport(socket));
+    const conn = this.attach(new TcpTransport(socket, secure ? 'tls' : 'tcp'));
+    if (secure && this.config.tlsIdentityAsUsername) {
+      // Verified against FANOUT_TLS_CA by the handshake (FANOUT_TLS_REQUIRE_CLIENT_CERT).
+      const cn = (socket as tls.TLSSocket).getPeerCertificate().subject?.CN;
+      conn.tlsIdentity = Array.isArray(cn) ? cn[0] : cn ?? null;
+    }
     socket.on('data', (chunk: Buffer) => this.onData(conn, chunk));
     socket.on('error', () => { /* 'close' follows and does the cleanup */ });
     socket.on('close', () => this.onClose(conn));
@@ -362,6 +393,7 @@ export class Shard implements ShardContext {
     this.conns.set(id, conn);
     this.stats.add('connections');
     if (transport.kind === 'ws') this.stats.add('wsConnections');
+    else if (transport.kind === 'tls') this.stats.add('tlsConnections');
     return conn;
   }
 
@@ -384,6 +416,7 @@ export class Shard implements ShardContext {
     this.blockedConns.delete(conn);
     this.stats.add('connections', -1);
     if (conn.transport.kind === 'ws') this.stats.add('wsConnections', -1);
+    else if (conn.transport.kind === 'tls') this.stats.add('tlsConnections', -1);
     this.leaveSession(conn);
     const will = conn.closed();
     if (will !== null && !this.draining) {
@@ -443,6 +476,8 @@ export class Shard implements ShardContext {
         conn.takeover();
       }
       this.endOfTurn();
+    } else if (m.t === 'tls-reload') {
+      this.reloadTls();
     } else if (m.t === 'publish') {
       this.http.submit(m);
     } else if (m.t === 'metrics') {
@@ -622,6 +657,7 @@ export class Shard implements ShardContext {
     // A shard's own SO_REUSEPORT socket can be closed; a shared descriptor must stay open for
     // the other shards (new connections are refused in accept() instead).
     if (this.opts.listen.kind === 'reuseport') this.server?.close();
+    this.tlsServer?.close();
     for (const c of this.conns.values()) c.transport.pause();
     const deadline = Date.now() + this.config.shutdownTimeoutMs / 2;
     while (this.inflight.active > 0 && Date.now() < deadline) {

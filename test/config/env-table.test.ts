@@ -13,7 +13,8 @@ test('README.md documents exactly the declared variables (run `npm run docs:env`
 test('describeEnv lists every variable once, in declaration order, fully documented', () => {
   const rows = describeEnv();
   assert.deepEqual(rows.map((row) => row.name), [
-    'FANOUT_HOST', 'FANOUT_PORT', 'FANOUT_WS_PORT', 'FANOUT_WS_PATH', 'FANOUT_HTTP_PORT', 'FANOUT_SHARDS',
+    'FANOUT_HOST', 'FANOUT_PORT', 'FANOUT_WS_PORT', 'FANOUT_WS_PATH', 'FANOUT_HTTP_PORT', 'FANOUT_TLS_PORT', 'FANOUT_TLS_CERT',
+    'FANOUT_TLS_KEY', 'FANOUT_TLS_CA', 'FANOUT_TLS_REQUIRE_CLIENT_CERT', 'FANOUT_TLS_CN_AS_USERNAME', 'FANOUT_SHARDS',
     'FANOUT_BROKERS', 'FANOUT_ROUTES', 'FANOUT_MAX_PACKET_SIZE',
     'FANOUT_MAX_INFLIGHT', 'FANOUT_MAX_QUEUED_MESSAGES', 'FANOUT_QUEUE_OVERFLOW', 'FANOUT_SESSION_EXPIRY_MAX',
     'FANOUT_PENDING_THROTTLE_MS', 'FANOUT_RING_BYTES', 'FANOUT_ACK', 'FANOUT_LOG_LEVEL', 'FANOUT_TRACE_CLIENTS', 'FANOUT_PROXY_ID',

@@ -29,6 +29,12 @@ const DEFAULTS = {
   wsPort: null,
   wsPath: '/mqtt',
   httpPort: null,
+  tlsPort: null,
+  tlsCert: null,
+  tlsKey: null,
+  tlsCa: null,
+  tlsRequireClientCert: false,
+  tlsIdentityAsUsername: false,
   shards: 4,
   brokers: [],
   maxPacketSize: 262144,
@@ -56,7 +62,8 @@ test('an empty environment yields the documented defaults', () => {
 });
 
 const NAMES = [
-  'FANOUT_HOST', 'FANOUT_PORT', 'FANOUT_WS_PORT', 'FANOUT_WS_PATH', 'FANOUT_HTTP_PORT', 'FANOUT_SHARDS',
+  'FANOUT_HOST', 'FANOUT_PORT', 'FANOUT_WS_PORT', 'FANOUT_WS_PATH', 'FANOUT_HTTP_PORT', 'FANOUT_TLS_PORT', 'FANOUT_TLS_CERT',
+    'FANOUT_TLS_KEY', 'FANOUT_TLS_CA', 'FANOUT_TLS_REQUIRE_CLIENT_CERT', 'FANOUT_TLS_CN_AS_USERNAME', 'FANOUT_SHARDS',
   'FANOUT_BROKERS', 'FANOUT_ROUTES', 'FANOUT_MAX_PACKET_SIZE',
   'FANOUT_MAX_INFLIGHT', 'FANOUT_MAX_QUEUED_MESSAGES', 'FANOUT_QUEUE_OVERFLOW', 'FANOUT_SESSION_EXPIRY_MAX',
   'FANOUT_PENDING_THROTTLE_MS', 'FANOUT_RING_BYTES', 'FANOUT_ACK', 'FANOUT_LOG_LEVEL', 'FANOUT_TRACE_CLIENTS', 'FANOUT_PROXY_ID',
