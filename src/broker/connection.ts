@@ -3,6 +3,7 @@
 // Receive Maximum, the QoS 1/2 handshakes, keep-alive, and re-sending what was not
 // acknowledged after a reconnect, paced by FANOUT_PENDING_THROTTLE_MS.
 
+import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import * as tls from 'node:tls';
@@ -119,7 +120,14 @@ export class BrokerConnection {
     this.state = CONNECTING;
     const b = this.broker;
     const socket = b.transport === 'mqtts'
-      ? tls.connect({ host: b.host, port: b.port, servername: net.isIP(b.host) ? undefined : b.host })
+      ? tls.connect({
+        host: b.host, port: b.port, servername: net.isIP(b.host) ? undefined : b.host,
+        // Read at each connect, so rotated files are picked up by the next reconnect.
+        ca: b.ca === null ? undefined : fs.readFileSync(b.ca),
+        cert: b.cert === null ? undefined : fs.readFileSync(b.cert),
+        key: b.key === null ? undefined : fs.readFileSync(b.key),
+        rejectUnauthorized: !b.insecure,
+      })
       : net.connect({ host: b.host, port: b.port });
     socket.setNoDelay(true);
     this.socket = socket;

@@ -114,6 +114,9 @@ export class Writer implements WriterContext {
   private heldDownlink = false;
 
   start(): void {
+    if (this.opts.broker.insecure) {
+      this.log.warn({ broker: this.opts.broker.name }, "insecure=true: the broker's TLS certificate is not verified");
+    }
     for (const c of this.pool) c.connect();
     this.tick = setInterval(() => {
       this.now = Date.now();

@@ -3,6 +3,7 @@
 // than delegated to WHATWG URL so every failure can name the exact part that is wrong, and
 // so a password can never reach an error message unredacted.
 
+import { accessSync, constants } from 'node:fs';
 import { isIP, isIPv6 } from 'node:net';
 import type { BrokerConfig } from './types';
 
@@ -42,7 +43,7 @@ export function redactList(value: string): string {
   return value.split(',').map(redactUrl).join(',');
 }
 
-type ParamKey = 'maxQos' | 'retain' | 'pool' | 'protocolVersion' | 'keepalive' | 'inflight';
+type ParamKey = 'maxQos' | 'retain' | 'pool' | 'protocolVersion' | 'keepalive' | 'inflight' | 'ca' | 'cert' | 'key' | 'insecure';
 
 interface ParamSpec<T> {
   /** Name in the URL query (differs from the BrokerConfig field for `protocol`). */
@@ -53,6 +54,26 @@ interface ParamSpec<T> {
   readonly description: string;
   readonly parse: (raw: string) => T | undefined;
 }
+
+/** A file path, percent-decoded, checked to be readable now; '' means none. */
+const fileParam = {
+  allowed: 'a readable file path (percent-encoded where needed)',
+  parse: (raw: string): string | null | undefined => {
+    if (raw === '') return null;
+    let path: string;
+    try {
+      path = decodeURIComponent(raw);
+    } catch {
+      return undefined;
+    }
+    try {
+      accessSync(path, constants.R_OK);
+      return path;
+    } catch {
+      return undefined;
+    }
+  },
+};
 
 const integerParam = (min: number, max: number) => ({
   allowed: `an integer from ${min} to ${max}`,
@@ -86,6 +107,23 @@ const PARAMS: { readonly [K in ParamKey]: ParamSpec<BrokerConfig[K]> } = {
   inflight: {
     name: 'inflight', default: '1000', ...integerParam(1, 65535),
     description: "Unacknowledged QoS 1/2 publishes per connection, further capped by the broker's Receive Maximum.",
+  },
+  ca: {
+    name: 'ca', default: '', ...fileParam,
+    description: "mqtts: PEM CA file the broker's certificate is verified against (default: the system's CAs).",
+  },
+  cert: {
+    name: 'cert', default: '', ...fileParam,
+    description: 'mqtts: PEM client certificate presented to the broker (with key).',
+  },
+  key: {
+    name: 'key', default: '', ...fileParam,
+    description: 'mqtts: PEM private key of the client certificate.',
+  },
+  insecure: {
+    name: 'insecure', default: 'false', allowed: 'true or false',
+    description: "mqtts: true skips the verification of the broker's certificate (logged as a warning at start-up).",
+    parse: (raw) => (raw === 'true' ? true : raw === 'false' ? false : undefined),
   },
 };
 
@@ -148,12 +186,17 @@ function parseUrl(url: string): Omit<BrokerConfig, 'name'> {
   if (match === null) throw new EntryError(`url must be ${URL_ALLOWED}`);
   const transport = match[1] as 'mqtt' | 'mqtts';
   const [, , userinfo, rawHost, rawPort, query]: Array<string | undefined> = match;
+  const params = parseQuery(query ?? '');
+  if (transport === 'mqtt' && (params.ca !== null || params.cert !== null || params.key !== null || params.insecure)) {
+    throw new EntryError('ca, cert, key and insecure apply to mqtts:// brokers only');
+  }
+  if ((params.cert === null) !== (params.key === null)) throw new EntryError('cert and key go together');
   return {
     transport,
     host: parseHost(rawHost ?? ''),
     port: rawPort === undefined ? DEFAULT_PORT[transport] : parsePort(rawPort),
     ...parseUserinfo(userinfo),
-    ...parseQuery(query ?? ''),
+    ...params,
     redactedUrl: redactUrl(url),
   };
 }
@@ -215,5 +258,9 @@ function parseQuery(query: string): Pick<BrokerConfig, ParamKey> {
     protocolVersion: read('protocolVersion'),
     keepalive: read('keepalive'),
     inflight: read('inflight'),
+    ca: read('ca'),
+    cert: read('cert'),
+    key: read('key'),
+    insecure: read('insecure'),
   };
 }

@@ -48,6 +48,12 @@ export interface BrokerConfig {
   /** Max unacknowledged QoS 1/2 publishes per connection, further capped by the broker's
    *  Receive Maximum (URL `inflight`, default 1000). */
   readonly inflight: number;
+  /** mqtts: CA file, client certificate and key files (null: none), and whether the broker's
+   *  certificate goes unverified (URL `ca`, `cert`, `key`, `insecure`). */
+  readonly ca: string | null;
+  readonly cert: string | null;
+  readonly key: string | null;
+  readonly insecure: boolean;
   /** The broker URL with any password replaced by `***`, for logs. */
   readonly redactedUrl: string;
 }

@@ -27,7 +27,9 @@ function assertRejected(value: string, shownEntry: string, reason: string): void
   assert.ok(!err.message.includes(SECRET) && !String(err.value).includes(SECRET), err.message);
 }
 
-const PARAM_DEFAULTS = { maxQos: 2, retain: 'forward', pool: 4, protocolVersion: 4, keepalive: 60, inflight: 1000 };
+const PARAM_DEFAULTS = {
+  maxQos: 2, retain: 'forward', pool: 4, protocolVersion: 4, keepalive: 60, inflight: 1000, ca: null, cert: null, key: null, insecure: false,
+};
 
 test('a minimal entry gets the default port and parameters', () => {
   const config = loadConfig({ FANOUT_BROKERS: 'local=mqtt://localhost' });
@@ -48,6 +50,7 @@ test('every URL part and parameter is converted', () => {
     name: 'cloud', transport: 'mqtts', host: '2001:db8::1', port: 8884,
     username: 'dev ice', password: `${SECRET},@`,
     maxQos: 1, retain: 'strip', pool: 64, protocolVersion: 5, keepalive: 0, inflight: 65535,
+    ca: null, cert: null, key: null, insecure: false,
     redactedUrl: 'mqtts://dev%20ice:***@[2001:db8::1]:8884?maxQos=1&retain=strip&pool=64&protocol=5&keepalive=0&inflight=65535',
   });
 });
@@ -90,7 +93,18 @@ test('each parameter rejects values outside its allowed set', () => {
 
 test('an unknown parameter is named along with the known ones', () => {
   assertRejected(`a=mqtt://u:${SECRET}@h?qos=1`, 'a=mqtt://u:***@h?qos=1',
-    'broker "a": unknown parameter "qos", known parameters are maxQos, retain, pool, protocol, keepalive, inflight');
+    'broker "a": unknown parameter "qos", known parameters are maxQos, retain, pool, protocol, keepalive, inflight, ca, cert, key, insecure');
+});
+
+test('TLS parameters: readable files (percent-decoded), cert with key, insecure, mqtts only', () => {
+  const file = __filename; // any readable file
+  const [b] = brokers(`a=mqtts://h?ca=${encodeURIComponent(file)}&cert=${file}&key=${file}&insecure=true`);
+  assert.deepEqual([b.ca, b.cert, b.key, b.insecure], [file, file, file, true]);
+  const allowed = 'a readable file path (percent-encoded where needed)';
+  assertRejected('a=mqtts://h?ca=/nonexistent/ca.pem', 'a=mqtts://h?ca=/nonexistent/ca.pem', `broker "a": ca must be ${allowed}`);
+  assertRejected(`a=mqtts://h?cert=${file}`, `a=mqtts://h?cert=${file}`, 'broker "a": cert and key go together');
+  assertRejected('a=mqtts://h?insecure=yes', 'a=mqtts://h?insecure=yes', 'broker "a": insecure must be true or false');
+  assertRejected(`a=mqtt://h?ca=${file}`, `a=mqtt://h?ca=${file}`, 'broker "a": ca, cert, key and insecure apply to mqtts:// brokers only');
 });
 
 test('a parameter given twice is rejected', () => {

@@ -20,8 +20,11 @@ function openssl(args: string[], cwd: string): void {
 
 export function makePki(label = 'ca'): Pki {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `fanout-pki-${label}-`));
+  // mosquitto started as root drops to its own user: it must be able to read these test files.
+  fs.chmodSync(dir, 0o755);
   openssl(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2',
     '-subj', `/CN=mqtt-fanout test ${label}`, '-keyout', 'ca.key', '-out', 'ca.pem'], dir);
+  fs.chmodSync(path.join(dir, 'ca.pem'), 0o644);
   let serial = 1;
   return {
     dir,
@@ -37,6 +40,7 @@ export function makePki(label = 'ca'): Pki {
         : 'extendedKeyUsage=clientAuth\n');
       openssl(['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-set_serial', String(serial++),
         '-days', '2', '-extfile', ext, '-out', cert], dir);
+      fs.chmodSync(key, 0o644);
       return { cert, key };
     },
     remove() {

@@ -12,6 +12,7 @@ import { CLI, DaemonProcess, daemonEnv } from '../helpers/daemon';
 import { Mosquitto } from '../helpers/mosquitto';
 import { makePki, type Pki } from '../helpers/certs';
 import { Scope, waitFor } from '../helpers/wait';
+import { freePort } from '../helpers/ports';
 
 /** The certificate a new TLS connection to the listener is shown. */
 function servedCertCn(port: number, ca: string): Promise<string> {
@@ -130,5 +131,56 @@ describe('TLS start-up checks', () => {
     } finally {
       pki.remove();
     }
+  });
+});
+
+describe('TLS towards a broker (mqtts:// with ca, cert, key, insecure)', { timeout: 90_000 }, () => {
+  const scope = new Scope();
+  let pki: Pki;
+  let other: Pki;
+  let up: Mosquitto;
+  let tlsPort = 0;
+
+  before(async () => {
+    pki = makePki('broker-ca');
+    other = makePki('broker-other');
+    const server = pki.issue('broker', 'broker', { server: true });
+    tlsPort = await freePort();
+    // A TLS listener that wants client certificates, next to the plain one the test reads from.
+    up = scope.use(await Mosquitto.start({ extraConfig: [
+      `listener ${tlsPort} 127.0.0.1`, `cafile ${pki.caCert}`, `certfile ${server.cert}`, `keyfile ${server.key}`, 'require_certificate true',
+    ] }));
+  });
+  after(async () => {
+    await scope.close();
+    pki?.remove();
+    other?.remove();
+  });
+
+  const url = (params: string): string => `up=mqtts://127.0.0.1:${tlsPort}?pool=1&${params}`;
+
+  test('with the broker CA and a client certificate, publishes arrive; the connection verifies the broker', async (t) => {
+    const client = pki.issue('proxy', 'proxy');
+    const d = await DaemonProcess.start({ FANOUT_BROKERS: url(`ca=${pki.caCert}&cert=${client.cert}&key=${client.key}`) });
+    t.after(() => d.close());
+    await waitPoolOnline(up.port, d.proxyId, 'up', 1);
+    const at = await Collector.start(up.port, 'btls/#', { qos: 1 });
+    t.after(() => at.close());
+    const dev = await connectClient(d.port, { clientId: `btls-${process.pid}` });
+    t.after(() => closeClient(dev));
+    await publish(dev, 'btls/x', 'via mqtts', { qos: 1 });
+    await at.waitForCount(1, (m) => m.topic === 'btls/x');
+  });
+
+  test('a broker certificate from another CA is refused (no connection), unless insecure=true, which warns', async (t) => {
+    const client = pki.issue('proxy2', 'proxy2');
+    const strict = await DaemonProcess.start({ FANOUT_BROKERS: url(`ca=${other.caCert}&cert=${client.cert}&key=${client.key}`), FANOUT_LOG_LEVEL: 'debug' });
+    t.after(() => strict.close());
+    await strict.waitForLog((l) => l.msg === 'broker connect failed' && /certificate/i.test(String(l.err)), 15_000);
+    assert.equal(strict.lines.some((l) => l.msg === 'broker connected'), false);
+    const lax = await DaemonProcess.start({ FANOUT_BROKERS: url(`ca=${other.caCert}&cert=${client.cert}&key=${client.key}&insecure=true`) });
+    t.after(() => lax.close());
+    await lax.waitForLog((l) => l.msg === 'broker connected', 15_000);
+    assert.ok(lax.lines.some((l) => l.level === 40 && /not verified/.test(l.msg)), 'insecure=true is logged as a warning');
   });
 });
