@@ -151,8 +151,9 @@ export function parsePasswordFile(text: string): PasswordFile {
 
 /**
  * Does `password` hash to `entry.hash`? The password is taken as the exact bytes the client
- * sent (mosquitto's C strings would stop at a 0 byte; here such a password simply fails).
- * The comparison takes the same time wherever the hashes differ.
+ * sent, where mosquitto's C strings stop at a 0 byte: "pw\0x" does not pass for "pw" here
+ * (but "pw\0" does for a $7$ entry, as HMAC pads short keys with zeros). The comparison takes
+ * the same time wherever the hashes differ.
  */
 export function verifyPassword(entry: PasswordEntry, password: Buffer): boolean {
   const actual = entry.kind === 'pbkdf2-sha512'

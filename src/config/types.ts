@@ -84,6 +84,12 @@ export interface Config {
   readonly maxPacketSize: number;
   readonly maxInflight: number;
   /** QoS 1/2 messages kept per device session while the device is away or its window is full. */
+  readonly maxConnections: number;
+  readonly maxConnectRate: number;
+  readonly maxTopicLength: number;
+  readonly maxTopicLevels: number;
+  readonly maxSubscriptions: number;
+  readonly maxPublishRate: number;
   readonly maxQueuedMessages: number;
   /** What a full session queue does with one more message; drops are counted and logged. */
   readonly queueOverflow: QueueOverflow;

@@ -4,7 +4,7 @@
 export const SHARD_FIELDS = [
   'connections', 'publishesIn', 'backpressurePauses', 'willsPublished', 'takeovers', 'protocolErrors',
   'messagesOut', 'dropQueueFull', 'dropExpired', 'dropTooLarge', 'dropOfflineQos0', 'sessions', 'subscriptions', 'unrouted',
-  'wsConnections', 'bytesIn', 'httpPublishes', 'tlsConnections',
+  'wsConnections', 'bytesIn', 'httpPublishes', 'tlsConnections', 'throttled', 'refusedRate',
 ] as const;
 export type ShardField = (typeof SHARD_FIELDS)[number];
 

@@ -120,3 +120,14 @@ export function matchTopic(filter: string, topic: string): boolean {
     if (fi > fl) return ti > tl;
   }
 }
+
+/** Whether a topic name or filter (UTF-8 bytes) is within the configured length and level limits
+ *  (FANOUT_MAX_TOPIC_LENGTH / _LEVELS). Levels are counted only when the topic is long enough to
+ *  have too many, so the common short topic costs two comparisons. */
+export function withinTopicLimits(buf: Uint8Array, start: number, len: number, maxLength: number, maxLevels: number): boolean {
+  if (len > maxLength) return false;
+  if (len < maxLevels) return true;
+  let levels = 1;
+  for (let i = start; i < start + len; i++) if (buf[i] === 0x2f && ++levels > maxLevels) return false;
+  return true;
+}

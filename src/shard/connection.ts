@@ -10,6 +10,7 @@ import { Framer, FRAME_INCOMPLETE, FRAME_READY, FRAME_TOO_LARGE } from '../proto
 import { decodePublish, encodePublishHead, publishSize } from '../protocol/publish';
 import { varintSize, writeVarint } from '../protocol/framer';
 import { copyBytes } from '../protocol/bytes';
+import { withinTopicLimits } from '../protocol/topic';
 import { decodeConnect, encodeConnack, type ConnackOptions } from '../protocol/connect';
 import * as C from '../protocol/constants';
 import { NO_TOKEN } from '../ring/records';
@@ -70,6 +71,29 @@ export class DeviceConnection implements AckTarget, SessionLink {
   constructor(private readonly ctx: ShardContext, readonly transport: DeviceTransport, readonly id: number) {
     this.framer = new Framer(ctx.config.maxPacketSize);
     this.lastRx = Date.now();
+  }
+
+  // FANOUT_MAX_PUBLISH_RATE: a token bucket holding one second's worth.
+  private tokens = -1;
+  private tokensAt = 0;
+
+  /** Takes a publish token; false (and a resume scheduled) when the device is too fast. */
+  private takeToken(): boolean {
+    const rate = this.ctx.config.maxPublishRate;
+    const now = Date.now();
+    if (this.tokens < 0) {
+      this.tokens = rate;
+      this.tokensAt = now;
+    } else if (now > this.tokensAt) {
+      this.tokens = Math.min(rate, this.tokens + ((now - this.tokensAt) * rate) / 1000);
+      this.tokensAt = now;
+    }
+    if (this.tokens >= 1) {
+      this.tokens--;
+      return true;
+    }
+    this.ctx.throttled(this, Math.ceil(((1 - this.tokens) * 1000) / rate));
+    return false;
   }
 
   /** Bytes received and not yet handled (held while paused). */
@@ -217,6 +241,12 @@ export class DeviceConnection implements AckTarget, SessionLink {
       assignedClientIdentifier: assigned,
       sessionExpiryInterval: v5 && expiry !== asked ? expiry : undefined,
     };
+    if (this.ctx.openConnections() > this.ctx.config.maxConnections) {
+      this.ctx.log.warn({ clientId: this.clientId, max: this.ctx.config.maxConnections }, 'FANOUT_MAX_CONNECTIONS reached: CONNECT refused');
+      this.state = NEW;
+      this.refuse(this.version, v5 ? C.RC_QUOTA_EXCEEDED : C.CONNACK_V4_UNAVAILABLE);
+      return;
+    }
     const opened = this.ctx.openSession(this, p.clean !== false, expiry * 1000);
     // null: the session comes from another shard; packets after CONNECT wait for it.
     if (opened !== null) this.sessionReady(opened.session, opened.present);
@@ -237,6 +267,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
 
   private onPublish(header: number, buf: Buffer, start: number, end: number): boolean {
     const ctx = this.ctx;
+    if (ctx.config.maxPublishRate > 0 && !this.takeToken()) return false;
     const v = ctx.view;
     const rc = decodePublish(header, buf, start, end, this.version, v);
     if (rc !== 0) {
@@ -275,6 +306,13 @@ export class DeviceConnection implements AckTarget, SessionLink {
     }
     const qos = v.qos;
     const id = v.messageId;
+    if (!withinTopicLimits(m.topic, m.topicStart, m.topicLen, ctx.config.maxTopicLength, ctx.config.maxTopicLevels)) {
+      // MQTT 5 can refuse the one message [MQTT-3.3.4]; otherwise the connection ends.
+      if (this.version === 5 && qos > 0) this.sendAck(qos === 1 ? C.PUBACK : C.PUBREC, id, C.RC_TOPIC_NAME_INVALID);
+      else this.protocolClose(C.RC_TOPIC_NAME_INVALID, 'topic longer or deeper than FANOUT_MAX_TOPIC_LENGTH / FANOUT_MAX_TOPIC_LEVELS');
+      if (this.version === 5 && qos === 2) (this.qos2 ??= new Map()).set(id, 1);
+      return true;
+    }
     if (qos === 2 && this.qos2 !== null) {
       const state = this.qos2.get(id);
       if (state !== undefined) {

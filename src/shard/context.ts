@@ -20,6 +20,10 @@ export interface ShardContext {
   readonly stats: ShardStats;
   readonly subs: ShardSubscriptions;
   readonly limits: SessionLimits;
+  /** Device connections open on every shard (FANOUT_MAX_CONNECTIONS). */
+  openConnections(): number;
+  /** The device is over FANOUT_MAX_PUBLISH_RATE: resume it in `ms`. */
+  throttled(conn: DeviceConnection, ms: number): void;
   /** A device acknowledged a delivery: a downlink waiting for queue room may go on. */
   deliveryRoom(): void;
   /** Whether FANOUT_TRACE_CLIENTS covers this client id. */

@@ -93,6 +93,8 @@ export class Shard implements ShardContext {
   readonly uplink: Uplink;
   readonly inflight: InflightTable;
   readonly stats: ShardStats;
+  /** Every shard's row, for limits that span the shards. */
+  private readonly allStats: ShardStats[];
   readonly view = new PublishView();
   readonly msg: UplinkMessage = {
     qos: 0, retain: false, v5: false, trace: false, token: NO_TOKEN, deviceKey: 0, topic: Buffer.alloc(0), topicStart: 0,
@@ -145,10 +147,11 @@ export class Shard implements ShardContext {
     this.ackWriters = writerBells;
     this.doorbell = new Doorbell(opts.doorbell);
     this.stats = new ShardStats(opts.stats, opts.index);
+    this.allStats = Array.from({ length: opts.config.shards }, (_, i) => new ShardStats(opts.stats, i));
     this.traceRe = compileGlobs(opts.config.traceClients);
     this.warnings = new RateLimitedLog(opts.log);
     this.inflight = new InflightTable(opts.uplinkRings.length, opts.config.ack, 1024, this.ackLatency);
-    this.subs = new ShardSubscriptions(opts.index, opts.writerPorts, buildRouting(opts.config), () => this.scheduleTurn());
+    this.subs = new ShardSubscriptions(opts.index, opts.writerPorts, buildRouting(opts.config), () => this.scheduleTurn(), opts.config);
     const stats = this.stats;
     const warnings = this.warnings;
     this.limits = {
@@ -181,6 +184,38 @@ export class Shard implements ShardContext {
   }
 
   private roomScheduled = false;
+
+  openConnections(): number {
+    let n = 0;
+    for (const row of this.allStats) n += row.get('connections');
+    return n;
+  }
+
+  throttled(conn: DeviceConnection, ms: number): void {
+    this.stats.add('throttled');
+    setTimeout(() => {
+      this.blockedConns.delete(conn);
+      conn.resume();
+      this.endOfTurn();
+    }, ms);
+  }
+
+  /** FANOUT_MAX_CONNECT_RATE: connections per source address in the current second, this shard's share. */
+  private readonly connectsByAddress = new Map<string, number>();
+  private connectsSecond = 0;
+
+  private admit(address: string | undefined): boolean {
+    const rate = this.config.maxConnectRate;
+    if (rate === 0 || address === undefined) return true;
+    const second = Math.floor(Date.now() / 1000);
+    if (second !== this.connectsSecond) {
+      this.connectsSecond = second;
+      this.connectsByAddress.clear();
+    }
+    const n = (this.connectsByAddress.get(address) ?? 0) + 1;
+    this.connectsByAddress.set(address, n);
+    return n <= Math.ceil(rate / this.config.shards);
+  }
 
   deliveryRoom(): void {
     if (!this.downlink.stalled || this.roomScheduled) return;
@@ -371,6 +406,12 @@ export class Shard implements ShardContext {
 
   private accept(socket: net.Socket, secure = false): void {
     if (this.draining) {
+      socket.destroy();
+      return;
+    }
+    if (!this.admit(socket.remoteAddress)) {
+      this.stats.add('refusedRate');
+      this.warnings.warn('connect-rate', { address: socket.remoteAddress, max: this.config.maxConnectRate }, 'FANOUT_MAX_CONNECT_RATE exceeded: connection closed');
       socket.destroy();
       return;
     }

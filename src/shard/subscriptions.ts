@@ -5,12 +5,13 @@
 // SUBSCRIBE is answered when the writers have answered for every filter in it.
 
 import type { MessagePort } from 'node:worker_threads';
-import { parseShared, validateTopicFilter } from '../protocol/topic';
+import { parseShared, validateTopicFilter, withinTopicLimits } from '../protocol/topic';
 import { TopicTrie } from '../protocol/subscriptions';
 import type { ShardToWriter, SubAck, SubOp, WriterToShard } from '../broker/downlink';
 import type { DownlinkRouting } from './routing';
 import type { Session } from './session';
 import { OwnPublishes } from './no-local';
+
 
 export interface Sub {
   readonly session: Session;
@@ -73,6 +74,8 @@ export class ShardSubscriptions {
     private readonly writers: MessagePort[],
     private readonly routing: DownlinkRouting,
     private readonly schedule: () => void,
+    private readonly limits: { readonly maxTopicLength: number; readonly maxTopicLevels: number; readonly maxSubscriptions: number } =
+    { maxTopicLength: 65535, maxTopicLevels: 65535, maxSubscriptions: Infinity },
   ) {
     this.held = writers.map(() => new Map());
     this.ops = writers.map(() => []);
@@ -105,7 +108,16 @@ export class ShardSubscriptions {
       }
       const shared = parseShared(r.topic);
       const filter = shared === null ? r.topic : shared.filter;
+      const bytes = Buffer.from(filter);
+      if (!withinTopicLimits(bytes, 0, bytes.length, this.limits.maxTopicLength, this.limits.maxTopicLevels)) {
+        settle(i, v5 ? 0x8f : 0x80);
+        return;
+      }
       const previous = session.subs.get(r.topic);
+      if (previous === undefined && session.subs.size >= this.limits.maxSubscriptions) {
+        settle(i, v5 ? 0x97 : 0x80); // Quota exceeded (FANOUT_MAX_SUBSCRIPTIONS)
+        return;
+      }
       const sub: Sub = {
         session, key: r.topic, filter, group: shared === null ? null : shared.group, qos: Math.min(2, Math.max(0, r.qos)),
         noLocal: !!r.nl, retainAsPublished: !!r.rap, subId, refs: [],
