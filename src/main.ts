@@ -17,6 +17,10 @@ import type { FromWriter, ToWriter } from './broker/writer';
 import { createStats, readShardStats, readWriterStats, type ShardField } from './metrics/stats';
 import { MetricsCollector } from './metrics/collector';
 import { startHttp } from './ingress/http';
+import * as fs from 'node:fs';
+import { Authenticator } from './auth/authenticator';
+import { parseAclFile } from './auth/acl';
+import { ConfigError } from './config/index';
 import type * as http from 'node:http';
 
 const WORKERS = path.join(__dirname, '..', 'workers');
@@ -140,6 +144,26 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
 
   const shardWorkers: Worker[] = [];
   const toShard = (s: number, m: ToShard): void => shardWorkers[s]?.postMessage(m);
+  // Authentication: the password file is verified on this thread's piscina pool, never on a shard.
+  let authenticator: Authenticator | null = null;
+  if (cfg.passwordFile !== null) {
+    authenticator = await Authenticator.load(cfg.passwordFile);
+    for (const e of authenticator.errors) logger.warn({ file: cfg.passwordFile, line: e.line, problem: e.message }, 'password file line skipped');
+  }
+  if (cfg.aclFile !== null) {
+    const { errors } = parseAclFile(fs.readFileSync(cfg.aclFile, 'utf8'));
+    if (errors.length > 0) {
+      throw new ConfigError('FANOUT_ACL_FILE', cfg.aclFile,
+        `FANOUT_ACL_FILE="${cfg.aclFile}" is invalid: line ${errors[0].line}: ${errors[0].message}${errors.length > 1 ? ` (and ${errors.length - 1} more)` : ''}`);
+    }
+  }
+  logger.info({ passwordFile: cfg.passwordFile, users: authenticator?.size, aclFile: cfg.aclFile, allowAnonymous: cfg.allowAnonymous },
+    cfg.allowAnonymous ? 'devices without a user name are accepted (FANOUT_ALLOW_ANONYMOUS)' : 'devices must give a user name (FANOUT_ALLOW_ANONYMOUS=false)');
+  const onAuth = (m: Extract<FromShard, { t: 'auth' }>): void => {
+    const answer = (ok: boolean): void => toShard(m.shard, { t: 'authed', id: m.id, ok });
+    if (authenticator === null) answer(false);
+    else authenticator.verify(m.username, m.password === undefined ? undefined : Buffer.from(m.password)).then(answer, () => answer(false));
+  };
   const registry = new ClientRegistry({
     kick: (owner) => toShard(owner.shard, { t: 'kick', conn: owner.conn }),
     fetch: (previous, next, clientId) => toShard(previous.shard, { t: 'export', conn: previous.conn, clientId, to: next.shard, toConn: next.conn }),
@@ -166,6 +190,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
         }
       } else if (msg.t === 'relay') toShard(msg.to, msg.msg);
       else if (msg.t === 'published') httpAnswers.get(msg.id)?.(msg.reason);
+      else if (msg.t === 'auth') onAuth(msg);
       else if (msg.t === 'metrics' && latencyReplies !== null) {
         latencyReplies.ack.push(msg.ackLatency);
         latencyReplies.done();
@@ -281,6 +306,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     }
     await Promise.all([...writers, ...(listener ? [listener] : [])].map((w) => w.terminate()));
     await embedded?.close();
+    await authenticator?.close();
     if (httpServer !== null) await new Promise((r) => httpServer!.close(r));
     logger.info('stopped');
     clearTimeout(deadline);
@@ -289,6 +315,10 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   /** SIGHUP: the TLS listener's certificate files are read again. */
   const reload = (): void => {
     for (let s = 0; s < shards; s++) toShard(s, { t: 'tls-reload' });
+    authenticator?.reload().then(
+      () => logger.info({ file: cfg.passwordFile, users: authenticator?.size }, 'password file reloaded'),
+      (err: Error) => logger.error({ err: err.message }, 'password file not reloaded; the previous one stays'),
+    );
   };
 
   return { port, wsPort, tlsPort, httpPort: httpServer?.boundPort ?? null, brokers, stop, reload, shardStats: () => readShardStats(stats, shards) };

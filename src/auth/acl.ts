@@ -24,7 +24,8 @@
 
 import { readFile } from 'node:fs/promises';
 import { TopicTrie } from '../protocol/subscriptions';
-import { matchTopic, MAX_TOPIC_BYTES, validateTopicFilter } from '../protocol/topic';
+import { matchTopic, MAX_TOPIC_BYTES, parseShared, validateTopicFilter } from '../protocol/topic';
+import { intersectFilters } from '../protocol/intersect';
 import { AuthError, type LineError } from './password-file';
 
 /** Per-connection checks, created once at CONNECT by Acl.forClient. */
@@ -58,6 +59,8 @@ const DENY = 0;
 const ACCESS: ReadonlyMap<string, number> = new Map([['read', READ], ['write', WRITE], ['readwrite', READ | WRITE], ['deny', DENY]]);
 const DOLLAR = 0x24;
 const SYS_BRIDGE_STATE = '$SYS/broker/connection/+/state';
+const SHARED_ALLOWED = { sharedAllowed: true };
+const SHARED_REFUSED = { sharedAllowed: false };
 /** Beyond this many filters a set is indexed in a trie rather than scanned. */
 const LINEAR_MAX = 8;
 
@@ -77,7 +80,7 @@ class FilterSet {
     // denied (and TopicTrie takes no shared filters). Nothing else invalid gets here but an
     // empty filter from substituting an empty client id, which, like in mosquitto, matches
     // nothing.
-    if (validateTopicFilter(filter, { sharedAllowed: false }) !== 0) return;
+    if (validateTopicFilter(filter, SHARED_REFUSED) !== 0) return;
     if (this.trie !== null) {
       this.trie.add(filter, true);
       return;
@@ -89,6 +92,13 @@ class FilterSet {
       for (const f of this.list) trie.add(f, true);
       this.trie = trie;
     }
+  }
+
+  /** Whether some topic matched by `filter` (a valid, non-shared filter) matches one of them. */
+  meets(filter: string): boolean {
+    const all = this.trie !== null ? this.trie.filters() : this.list;
+    for (const f of all) if (intersectFilters(f, filter) !== null) return true;
+    return false;
   }
 
   matches(topic: string): boolean {
@@ -115,11 +125,12 @@ class RuleSet {
     if (access & WRITE) this.write.add(filter);
   }
 
-  /** true: allowed, false: denied, null: no rule decided. */
-  decide(topic: string, access: number): boolean | null {
-    if (this.deny.matches(topic)) return false;
-    if ((access === WRITE ? this.write : this.read).matches(topic)) return true;
-    return null;
+  denies(topic: string): boolean {
+    return this.deny.matches(topic);
+  }
+
+  grants(topic: string, access: number): boolean {
+    return (access === WRITE ? this.write : this.read).matches(topic);
   }
 }
 
@@ -151,22 +162,32 @@ class ClientAcl implements AclChecker {
     return this.check(topic, READ);
   }
 
+  /**
+   * mosquitto 2.0's acl_file does not check SUBSCRIBE at all (read access is checked for each
+   * message delivered, as canReceive does here). This proxy is stricter where it costs nothing:
+   * a filter that no read rule of the client can ever match is refused (SUBACK 0x87 / 0x80);
+   * any other valid filter is granted and its messages filtered at delivery.
+   */
   canSubscribe(filter: string): boolean {
-    return validateTopicFilter(filter, { sharedAllowed: true }) === 0;
+    if (validateTopicFilter(filter, SHARED_ALLOWED) !== 0) return false;
+    const plain = parseShared(filter)?.filter ?? filter;
+    return (this.own !== null && this.own.read.meets(plain))
+      || (this.fixedPatterns !== null && this.fixedPatterns.read.meets(plain))
+      || (this.clientPatterns !== null && this.clientPatterns.read.meets(plain));
   }
 
   private check(topic: string, access: number): boolean {
     if (topic.charCodeAt(0) === DOLLAR && !dollarAllowed(topic, access)) return false;
-    if (this.own !== null) {
-      const own = this.own.decide(topic, access);
-      if (own !== null) return own;
+    const own = this.own;
+    if (own !== null) {
+      if (own.denies(topic)) return false;
+      if (own.grants(topic, access)) return true;
     }
     if (!this.hasPatterns) return false;
     const fixed = this.fixedPatterns;
     const client = this.clientPatterns;
-    if ((fixed !== null && fixed.deny.matches(topic)) || (client !== null && client.deny.matches(topic))) return false;
-    const which = access === WRITE ? 'write' : 'read';
-    return (fixed !== null && fixed[which].matches(topic)) || (client !== null && client[which].matches(topic));
+    if ((fixed !== null && fixed.denies(topic)) || (client !== null && client.denies(topic))) return false;
+    return (fixed !== null && fixed.grants(topic, access)) || (client !== null && client.grants(topic, access));
   }
 }
 

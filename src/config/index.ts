@@ -57,7 +57,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts?: { cpus?:
       `FANOUT_RING_BYTES=${quote(value)} is invalid: expected at least twice FANOUT_MAX_PACKET_SIZE plus 128 (${minRing}); raise it or lower FANOUT_MAX_PACKET_SIZE`);
   }
   checkTls(config);
-  return deepFreeze(config);
+  for (const [variable, path] of [['FANOUT_PASSWORD_FILE', config.passwordFile], ['FANOUT_ACL_FILE', config.aclFile]] as const) {
+    if (path === null) continue;
+    try {
+      fs.accessSync(path, fs.constants.R_OK);
+    } catch (err) {
+      throw new ConfigError(variable, path, `${variable}=${quote(path)} is invalid: expected a readable file (${(err as NodeJS.ErrnoException).code ?? 'unreadable'})`);
+    }
+  }
+  const allowAnonymous = config.allowAnonymous ?? config.passwordFile === null;
+  return deepFreeze({ ...config, allowAnonymous });
 }
 
 /** The TLS variables go together, and the files must make a usable TLS context now rather than

@@ -84,6 +84,10 @@ export interface Config {
   readonly maxPacketSize: number;
   readonly maxInflight: number;
   /** QoS 1/2 messages kept per device session while the device is away or its window is full. */
+  readonly passwordFile: string | null;
+  readonly aclFile: string | null;
+  /** null: decided at start-up (true exactly when there is no password file). */
+  readonly allowAnonymous: boolean | null;
   readonly maxConnections: number;
   readonly maxConnectRate: number;
   readonly maxTopicLength: number;

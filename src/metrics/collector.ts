@@ -132,6 +132,10 @@ export class MetricsCollector {
     metric('fanout_takeovers_total', 'counter', 'Client-id takeovers, by shard.', perShard('takeovers'));
     metric('fanout_protocol_errors_total', 'counter', 'Device connections closed for a protocol error, by shard.', perShard('protocolErrors'));
     metric('fanout_wills_published_total', 'counter', 'Last wills published, by shard.', perShard('willsPublished'));
+    metric('fanout_auth_refused_total', 'counter', 'CONNECTs refused by authentication (password file, anonymous), by shard.', perShard('authRefused'));
+    metric('fanout_acl_denied_total', 'counter', 'PUBLISH, SUBSCRIBE and wills denied by the ACL file, by shard.', perShard('aclDenied'));
+    metric('fanout_throttled_total', 'counter', 'Times a device was slowed down by FANOUT_MAX_PUBLISH_RATE, by shard.', perShard('throttled'));
+    metric('fanout_connections_refused_rate_total', 'counter', 'Connections closed by FANOUT_MAX_CONNECT_RATE, by shard.', perShard('refusedRate'));
     const drops: [Record<string, string | number>, number][] = [];
     shards.forEach((s, i) => {
       drops.push([{ reason: 'queue_full', shard: i }, s.dropQueueFull], [{ reason: 'expired', shard: i }, s.dropExpired],

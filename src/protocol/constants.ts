@@ -30,6 +30,8 @@ export const RC_PROTOCOL_ERROR = 0x82;
 export const RC_IMPLEMENTATION_SPECIFIC = 0x83;
 export const RC_UNSUPPORTED_PROTOCOL = 0x84;
 export const RC_CLIENT_ID_NOT_VALID = 0x85;
+export const RC_BAD_CREDENTIALS = 0x86;
+export const RC_NOT_AUTHORIZED = 0x87;
 export const RC_SERVER_UNAVAILABLE = 0x88;
 export const RC_SERVER_SHUTTING_DOWN = 0x8b;
 export const RC_QUOTA_EXCEEDED = 0x97;
@@ -48,6 +50,7 @@ export const RC_WILDCARD_SUBS_NOT_SUPPORTED = 0xa2;
 export const CONNACK_V4_BAD_PROTOCOL = 0x01;
 export const CONNACK_V4_ID_REJECTED = 0x02;
 export const CONNACK_V4_UNAVAILABLE = 0x03;
+export const CONNACK_V4_NOT_AUTHORIZED = 0x05;
 
 export const PINGRESP_PACKET = Buffer.from([PINGRESP << 4, 0]);
 export const PINGREQ_PACKET = Buffer.from([PINGREQ << 4, 0]);

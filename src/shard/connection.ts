@@ -18,11 +18,14 @@ import type { AckTarget } from './inflight';
 import type { ShardContext } from './context';
 import type { Outgoing, Session, SessionLink } from './session';
 import { fingerprint } from './no-local';
+import type { AclChecker } from '../auth/acl';
 import { describePackets, packetBytes } from '../protocol/trace';
 
 const NEW = 0;
 const CONNECTED = 1;
 const CLOSED = 2;
+/** CONNECT read, password being verified: later packets wait. */
+const AUTHENTICATING = 3;
 
 /** Topic aliases a MQTT 5 device may use towards us (advertised in CONNACK). */
 export const TOPIC_ALIAS_MAX = 64;
@@ -45,6 +48,8 @@ export class DeviceConnection implements AckTarget, SessionLink {
   tlsIdentity: string | null = null;
   /** The user name the device goes by: its certificate's CN where configured, else CONNECT's. */
   username: string | null = null;
+  /** FANOUT_ACL_FILE's rules for this device, null when there is no ACL file. */
+  acl: AclChecker | null = null;
   /** FANOUT_TRACE_CLIENTS matched this client id: every packet is logged decoded. */
   traced = false;
   /** The device's limits for what we send it (MQTT 5 CONNECT properties). */
@@ -205,6 +210,41 @@ export class DeviceConnection implements AckTarget, SessionLink {
     this.username = this.tlsIdentity ?? p.username ?? null;
     this.traced = this.ctx.traces(this.clientId);
     if (this.traced) this.trace('in', Buffer.from(buf.subarray(packetStart, end)));
+    if (this.username === null && !this.ctx.config.allowAnonymous) {
+      this.ctx.denied('anonymous', this);
+      this.refuse(this.version, v5 ? C.RC_NOT_AUTHORIZED : C.CONNACK_V4_NOT_AUTHORIZED);
+      return;
+    }
+    // A verified certificate (FANOUT_TLS_CN_AS_USERNAME) stands for the password.
+    if (this.username !== null && this.tlsIdentity === null && this.ctx.checksPasswords) {
+      this.state = AUTHENTICATING;
+      const password = p.password === undefined ? undefined : Buffer.from(p.password);
+      this.ctx.authenticate(this.username, password, (ok) => {
+        if (this.state !== AUTHENTICATING) return; // gone meanwhile
+        if (!ok) {
+          this.ctx.denied('password', this);
+          this.refuse(this.version, v5 ? C.RC_BAD_CREDENTIALS : C.CONNACK_V4_NOT_AUTHORIZED);
+          return;
+        }
+        this.state = NEW;
+        this.finishConnect(p, assigned);
+        if (this.framer.buffered > 0 && !this.blocked) this.process();
+      });
+      return;
+    }
+    this.finishConnect(p, assigned);
+  }
+
+  /** CONNECT accepted (and authenticated): limits, will, session, CONNACK. */
+  private finishConnect(p: mqttPacket.IConnectPacket, assigned: string | undefined): void {
+    const v5 = this.version === 5;
+    this.acl = this.ctx.aclFor(this.clientId, this.username);
+    // A will is a publish too: its topic needs write access, or the CONNECT is refused (mosquitto).
+    if (this.acl !== null && p.will && !this.acl.canPublish(p.will.topic)) {
+      this.ctx.denied('publish', this);
+      this.refuse(this.version, v5 ? C.RC_NOT_AUTHORIZED : C.CONNACK_V4_NOT_AUTHORIZED);
+      return;
+    }
     const cp = p.properties;
     if (v5) {
       this.receiveMaximum = cp?.receiveMaximum ?? 65535;
@@ -259,6 +299,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     if (this.state !== CONNECTED || this.connack === null) return;
     this.session = session;
     session.version = this.version;
+    session.acl = this.acl;
     this.send(encodeConnack(this.version, 0, { ...this.connack, sessionPresent: present }));
     this.connack = null;
     session.attach(this, this.id, this.ctx.limits, Date.now());
@@ -311,6 +352,14 @@ export class DeviceConnection implements AckTarget, SessionLink {
       if (this.version === 5 && qos > 0) this.sendAck(qos === 1 ? C.PUBACK : C.PUBREC, id, C.RC_TOPIC_NAME_INVALID);
       else this.protocolClose(C.RC_TOPIC_NAME_INVALID, 'topic longer or deeper than FANOUT_MAX_TOPIC_LENGTH / FANOUT_MAX_TOPIC_LEVELS');
       if (this.version === 5 && qos === 2) (this.qos2 ??= new Map()).set(id, 1);
+      return true;
+    }
+    if (this.acl !== null && !this.acl.canPublish(m.topic.toString('utf8', m.topicStart, m.topicStart + m.topicLen))) {
+      // Denied: MQTT 5 is told (0x87); MQTT 3.1.1 is acknowledged and the message dropped, as
+      // mosquitto does. Never forwarded either way.
+      ctx.denied('publish', this);
+      if (qos > 0) this.sendAck(qos === 1 ? C.PUBACK : C.PUBREC, id, this.version === 5 ? C.RC_NOT_AUTHORIZED : 0);
+      if (qos === 2) (this.qos2 ??= new Map()).set(id, 1);
       return true;
     }
     if (qos === 2 && this.qos2 !== null) {
@@ -395,10 +444,18 @@ export class DeviceConnection implements AckTarget, SessionLink {
         return;
       }
       const messageId = packet.messageId;
-      this.ctx.subs.subscribe(session, v5, subId, packet.subscriptions, (granted) => {
+      const acl = this.acl;
+      const allowed = acl === null ? packet.subscriptions : packet.subscriptions.filter((s) => acl.canSubscribe(s.topic));
+      if (allowed.length < packet.subscriptions.length) this.ctx.denied('subscribe', this);
+      const reply = (granted: number[]): void => {
         if (this.session !== session || this.state !== CONNECTED) return;
-        this.send(mqttPacket.generate({ cmd: 'suback', messageId, granted }, { protocolVersion }));
-      });
+        // Denied filters get 0x87 (MQTT 5) / 0x80 (3.1.1) in their place.
+        let k = 0;
+        const all = packet.subscriptions.map((s) => (acl === null || acl.canSubscribe(s.topic) ? granted[k++] : v5 ? C.RC_NOT_AUTHORIZED : 0x80));
+        this.send(mqttPacket.generate({ cmd: 'suback', messageId, granted: all }, { protocolVersion }));
+      };
+      if (allowed.length === 0) reply([]);
+      else this.ctx.subs.subscribe(session, v5, subId, allowed, reply);
     } else if (packet.cmd === 'unsubscribe') {
       const codes = packet.unsubscriptions.map((t) => (this.ctx.subs.unsubscribe(session, t) ? 0 : 0x11));
       const granted = v5 ? codes : [];

@@ -10,6 +10,7 @@ import type { Uplink, UplinkMessage } from './uplink';
 import type { DeviceConnection } from './connection';
 import type { ShardStats } from '../metrics/stats';
 import type { Session, SessionLimits } from './session';
+import type { AclChecker } from '../auth/acl';
 import type { ShardSubscriptions } from './subscriptions';
 
 export interface ShardContext {
@@ -20,6 +21,14 @@ export interface ShardContext {
   readonly stats: ShardStats;
   readonly subs: ShardSubscriptions;
   readonly limits: SessionLimits;
+  /** A password file is configured: CONNECTs with a user name are verified. */
+  readonly checksPasswords: boolean;
+  /** Verifies a password off this thread; `done` runs on this thread. */
+  authenticate(username: string, password: Buffer | undefined, done: (ok: boolean) => void): void;
+  /** The ACL checker for a device, null without FANOUT_ACL_FILE. */
+  aclFor(clientId: string, username: string | null): AclChecker | null;
+  /** Counts (and logs, rate-limited) a refusal by authentication or ACL. */
+  denied(what: 'anonymous' | 'password' | 'publish' | 'subscribe', conn: DeviceConnection): void;
   /** Device connections open on every shard (FANOUT_MAX_CONNECTIONS). */
   openConnections(): number;
   /** The device is over FANOUT_MAX_PUBLISH_RATE: resume it in `ms`. */

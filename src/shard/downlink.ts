@@ -114,6 +114,8 @@ export class ShardDownlink {
     }
     this.blockedSince = 0;
     for (const d of plan) {
+      // Read access is checked at delivery too, as mosquitto does (FANOUT_ACL_FILE).
+      if (d.session.acl !== null && !d.session.acl.canReceive(m.topic)) continue;
       // QoS 0 is written out at once; a QoS 1/2 delivery may wait, so it gets its own copy.
       const msg = d.q === 0 ? m : (kept ??= m.keep());
       const out: Outgoing = { msg, qos: d.q, retain: d.r, subIds: d.subIds, stage: 0, origin };

@@ -5,6 +5,7 @@
 
 import type { Sub } from './subscriptions';
 import { OwnPublishes } from './no-local';
+import type { AclChecker } from '../auth/acl';
 
 /** A message from a broker, as one shard keeps it: topic | properties | payload in `body`. */
 export class StoredMessage {
@@ -117,6 +118,8 @@ export class Session {
   expiryMs = 0;
   /** When an offline session expires (ms since the epoch). */
   expiresAt = 0;
+  /** FANOUT_ACL_FILE's checker of the connection that last held the session (read access). */
+  acl: AclChecker | null = null;
   /** Protocol level of the device's last CONNECT. */
   version = 4;
   readonly subs = new Map<string, Sub>();

@@ -26,6 +26,8 @@ import { listenWebSocket, type WsListener } from '../ingress/websocket';
 import { RateLimitedLog } from '../log';
 import { HttpPublisher, type HttpPublish } from './http-publish';
 import { compileGlobs } from '../protocol/trace';
+import * as fs from 'node:fs';
+import { parseAclFile, type Acl, type AclChecker } from '../auth/acl';
 import { LatencyRecorder } from '../metrics/latency';
 import { Session, type SessionLimits, type SessionState, type PendingState } from './session';
 import { ShardSubscriptions } from './subscriptions';
@@ -59,6 +61,7 @@ export interface ShardOptions {
 export type ToShard =
   | { t: 'kick'; conn: number }
   | { t: 'tls-reload' }
+  | { t: 'authed'; id: number; ok: boolean }
   | { t: 'metrics' }
   | ({ t: 'publish' } & HttpPublish)
   | { t: 'drain' }
@@ -85,7 +88,8 @@ export type FromShard =
   | { t: 'relay'; to: number; msg: ToShard }
   | { t: 'drained'; shard: number }
   | { t: 'metrics'; shard: number; ackLatency: string }
-  | { t: 'published'; id: number; reason: number };
+  | { t: 'published'; id: number; reason: number }
+  | { t: 'auth'; shard: number; id: number; username: string; password: Buffer | undefined };
 
 export class Shard implements ShardContext {
   readonly config: Config;
@@ -150,6 +154,8 @@ export class Shard implements ShardContext {
     this.allStats = Array.from({ length: opts.config.shards }, (_, i) => new ShardStats(opts.stats, i));
     this.traceRe = compileGlobs(opts.config.traceClients);
     this.warnings = new RateLimitedLog(opts.log);
+    this.checksPasswords = opts.config.passwordFile !== null;
+    this.loadAcl();
     this.inflight = new InflightTable(opts.uplinkRings.length, opts.config.ack, 1024, this.ackLatency);
     this.subs = new ShardSubscriptions(opts.index, opts.writerPorts, buildRouting(opts.config), () => this.scheduleTurn(), opts.config);
     const stats = this.stats;
@@ -184,6 +190,41 @@ export class Shard implements ShardContext {
   }
 
   private roomScheduled = false;
+
+  readonly checksPasswords: boolean;
+  private acl: Acl | null = null;
+  private readonly authWaiting = new Map<number, (ok: boolean) => void>();
+  private nextAuth = 1;
+
+  authenticate(username: string, password: Buffer | undefined, done: (ok: boolean) => void): void {
+    const id = this.nextAuth++;
+    this.authWaiting.set(id, done);
+    this.send({ t: 'auth', shard: this.index, id, username, password });
+  }
+
+  aclFor(clientId: string, username: string | null): AclChecker | null {
+    return this.acl?.forClient(clientId, username) ?? null;
+  }
+
+  denied(what: 'anonymous' | 'password' | 'publish' | 'subscribe', conn: DeviceConnection): void {
+    this.stats.add(what === 'anonymous' || what === 'password' ? 'authRefused' : 'aclDenied');
+    this.warnings.warn(`denied-${what}`, { clientId: conn.clientId, username: conn.username ?? undefined, what },
+      what === 'anonymous' ? 'CONNECT without user name refused (FANOUT_ALLOW_ANONYMOUS=false)'
+        : what === 'password' ? 'CONNECT refused: unknown user or wrong password'
+          : `${what === 'publish' ? 'PUBLISH' : 'SUBSCRIBE'} denied by FANOUT_ACL_FILE`);
+  }
+
+  /** FANOUT_ACL_FILE, read (again on SIGHUP); its checkers apply to connections made after. */
+  private loadAcl(): void {
+    if (this.config.aclFile === null) return;
+    try {
+      const { acl, errors } = parseAclFile(fs.readFileSync(this.config.aclFile, 'utf8'));
+      if (errors.length > 0) throw new Error(`line ${errors[0].line}: ${errors[0].message}`);
+      this.acl = acl;
+    } catch (err) {
+      this.log.error({ file: this.config.aclFile, err: (err as Error).message }, 'ACL file not (re)loaded; the rules in force stay');
+    }
+  }
 
   openConnections(): number {
     let n = 0;
@@ -519,6 +560,11 @@ export class Shard implements ShardContext {
       this.endOfTurn();
     } else if (m.t === 'tls-reload') {
       this.reloadTls();
+      this.loadAcl();
+    } else if (m.t === 'authed') {
+      const done = this.authWaiting.get(m.id);
+      this.authWaiting.delete(m.id);
+      done?.(m.ok);
     } else if (m.t === 'publish') {
       this.http.submit(m);
     } else if (m.t === 'metrics') {

@@ -39,6 +39,9 @@ const DEFAULTS = {
   brokers: [],
   maxPacketSize: 262144,
   maxInflight: 100,
+  passwordFile: null,
+  aclFile: null,
+  allowAnonymous: true,
   maxConnections: 100000,
   maxConnectRate: 0,
   maxTopicLength: 1024,
@@ -71,7 +74,7 @@ const NAMES = [
   'FANOUT_HOST', 'FANOUT_PORT', 'FANOUT_WS_PORT', 'FANOUT_WS_PATH', 'FANOUT_HTTP_PORT', 'FANOUT_TLS_PORT', 'FANOUT_TLS_CERT',
     'FANOUT_TLS_KEY', 'FANOUT_TLS_CA', 'FANOUT_TLS_REQUIRE_CLIENT_CERT', 'FANOUT_TLS_CN_AS_USERNAME', 'FANOUT_SHARDS',
   'FANOUT_BROKERS', 'FANOUT_ROUTES', 'FANOUT_MAX_PACKET_SIZE',
-  'FANOUT_MAX_INFLIGHT', 'FANOUT_MAX_CONNECTIONS', 'FANOUT_MAX_CONNECT_RATE', 'FANOUT_MAX_TOPIC_LENGTH',
+  'FANOUT_MAX_INFLIGHT', 'FANOUT_PASSWORD_FILE', 'FANOUT_ACL_FILE', 'FANOUT_ALLOW_ANONYMOUS', 'FANOUT_MAX_CONNECTIONS', 'FANOUT_MAX_CONNECT_RATE', 'FANOUT_MAX_TOPIC_LENGTH',
     'FANOUT_MAX_TOPIC_LEVELS', 'FANOUT_MAX_SUBSCRIPTIONS', 'FANOUT_MAX_PUBLISH_RATE', 'FANOUT_MAX_QUEUED_MESSAGES', 'FANOUT_QUEUE_OVERFLOW', 'FANOUT_SESSION_EXPIRY_MAX',
   'FANOUT_PENDING_THROTTLE_MS', 'FANOUT_RING_BYTES', 'FANOUT_ACK', 'FANOUT_LOG_LEVEL', 'FANOUT_TRACE_CLIENTS', 'FANOUT_PROXY_ID',
   'FANOUT_STATUS_TOPIC', 'FANOUT_CONNECT_TIMEOUT_MS', 'FANOUT_SHUTDOWN_TIMEOUT_MS', 'FANOUT_RECONNECT_MIN_MS',
@@ -299,4 +302,14 @@ test('FANOUT_WS_PATH must be a plain URL path starting with /', () => {
 test('FANOUT_TRACE_CLIENTS takes globs up to 4096 characters', () => {
   assertRejected('FANOUT_TRACE_CLIENTS', 'x'.repeat(4097), 'comma-separated globs on client ids');
   assert.equal(loadConfig({ FANOUT_TRACE_CLIENTS: 'a*,b?' }).traceClients, 'a*,b?');
+});
+
+test('FANOUT_ALLOW_ANONYMOUS defaults to false with a password file, true without; the files must be readable', () => {
+  assert.equal(loadConfig({ FANOUT_PASSWORD_FILE: __filename }).allowAnonymous, false);
+  assert.equal(loadConfig({ FANOUT_PASSWORD_FILE: __filename, FANOUT_ALLOW_ANONYMOUS: 'true' }).allowAnonymous, true);
+  assert.equal(loadConfig({ FANOUT_ALLOW_ANONYMOUS: 'false' }).allowAnonymous, false);
+  for (const variable of ['FANOUT_PASSWORD_FILE', 'FANOUT_ACL_FILE']) {
+    const err = configError({ [variable]: '/nonexistent/file' });
+    assert.equal(err.message, `${variable}="/nonexistent/file" is invalid: expected a readable file (ENOENT)`);
+  }
 });
