@@ -6,53 +6,18 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MessageChannel, type MessagePort } from 'node:worker_threads';
+import { MessageChannel } from 'node:worker_threads';
 import * as mqttPacket from 'mqtt-packet';
 import { HOLD_REQ, SHARED_REQ, WriterDownlink, type SubAck, type SubOp, type SubscriptionLink, type WriterToShard } from '../../src/broker/downlink';
 import { createRing, RingConsumer, RingProducer } from '../../src/ring/spsc';
 import { DOWNLINK_HEADER, NO_EXPIRY, REC_DELIVER } from '../../src/ring/records';
 import type { DownlinkRouting } from '../../src/shard/routing';
+import { End, sync } from '../helpers/channel';
+import { varint } from '../helpers/bytes';
 
 // ---------------------------------------------------------------------------------------------
 // Harness
 
-type Mark = { t: 'mark'; n: number };
-
-/** One end of a channel: collects what arrives, and the marks used to know a turn is over. */
-class End {
-  readonly got: unknown[] = [];
-  private readonly marks = new Map<number, () => void>();
-
-  constructor(readonly port: MessagePort) {
-    port.on('message', (m: { t: string }) => {
-      if (m.t === 'mark') {
-        const n = (m as Mark).n;
-        this.marks.get(n)?.();
-        this.marks.delete(n);
-      } else {
-        this.got.push(m);
-      }
-    });
-  }
-
-  expect(n: number, resolve: () => void): void {
-    this.marks.set(n, resolve);
-  }
-
-  take(): unknown[] {
-    return this.got.splice(0);
-  }
-}
-
-let markCount = 0;
-/** Resolves once everything posted from `from` so far has been handled at `to` (messages on a
- *  channel arrive in order, and listeners run in the order they were added). */
-function sync(from: End, to: End): Promise<void> {
-  const n = ++markCount;
-  const done = new Promise<void>((resolve) => to.expect(n, resolve));
-  from.port.postMessage({ t: 'mark', n } satisfies Mark);
-  return done;
-}
 
 /** Decodes exactly one packet. */
 function decode(buf: Buffer, v5: boolean): mqttPacket.Packet {
@@ -251,24 +216,14 @@ function brief(r: Rec): string {
   return `${r.topic} q${r.qos}${r.retain ? ' R' : ''} req=${r.req} ${r.payload}`;
 }
 
-function varint(n: number): Buffer {
-  const out: number[] = [];
-  do {
-    let b = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) b |= 0x80;
-    out.push(b);
-  } while (n > 0);
-  return Buffer.from(out);
-}
 
 /** The properties of a record, decoded by mqtt-packet from a QoS 0 MQTT 5 PUBLISH built around them. */
 function propsOf(r: Rec): Record<string, unknown> {
   const t = Buffer.from(r.topic);
   const len = Buffer.alloc(2);
   len.writeUInt16BE(t.length);
-  const body = Buffer.concat([len, t, varint(r.props.length), r.props, Buffer.from(r.payload)]);
-  const p = decode(Buffer.concat([Buffer.from([0x30]), varint(body.length), body]), true) as mqttPacket.IPublishPacket;
+  const body = Buffer.concat([len, t, Buffer.from(varint(r.props.length)), r.props, Buffer.from(r.payload)]);
+  const p = decode(Buffer.concat([Buffer.from([0x30, ...varint(body.length)]), body]), true) as mqttPacket.IPublishPacket;
   assert.equal(p.payload.toString(), r.payload);
   const props: Record<string, unknown> = { ...(p.properties ?? {}) };
   // mqtt-packet hands user properties over in a null-prototype object.

@@ -13,6 +13,7 @@ import {
   type Device, DELIVERY_MS, publishesOf, rawSubscribeOk, settle, startTarget, targetKind, type Target, textOf, unique, waitPublishes,
 } from '../helpers/target';
 import { Scope, sleep, waitFor } from '../helpers/wait';
+import { varint } from '../helpers/bytes';
 
 const kind = targetKind();
 let target: Target;
@@ -30,16 +31,6 @@ async function upstream(): Promise<Device> {
 
 // --- PUBLISH bytes with properties in a chosen order, and their decoding ---------------------
 
-function varint(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let b = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) b |= 0x80;
-    out.push(b);
-  } while (n > 0);
-  return out;
-}
 
 function str(s: string | Buffer): Buffer {
   const b = Buffer.isBuffer(s) ? s : Buffer.from(s, 'utf8');

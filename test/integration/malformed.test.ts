@@ -8,20 +8,11 @@ import { Collector, closeClient, connectClient, publish, RawClient, waitPoolOnli
 import { DaemonProcess } from '../helpers/daemon';
 import { Mosquitto } from '../helpers/mosquitto';
 import { Scope, sleep } from '../helpers/wait';
+import { varint } from '../helpers/bytes';
 
 const MAX_PACKET = 1024;
 
 /** Encodes an MQTT variable byte integer. */
-function varint(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let b = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) b |= 0x80;
-    out.push(b);
-  } while (n > 0);
-  return out;
-}
 
 /** A packet: first byte, then the remaining length, then `body`. */
 function packet(first: number, ...body: Array<number[] | Buffer>): Buffer {

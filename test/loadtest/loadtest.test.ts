@@ -5,19 +5,22 @@ import { parser, IConnectPacket, IPublishPacket, Packet } from 'mqtt-packet';
 import { runBrokerOutage } from '../../loadtest/broker-outage';
 import { runConnectStorm } from '../../loadtest/connect-storm';
 import { DevicePool, downlinkTopic, runDownlink } from '../../loadtest/downlink';
+import { runHttp } from '../../loadtest/http';
 import { runIdle } from '../../loadtest/idle';
 import { ackFrame, encodeConnect, filterFor, Framer, PACKET, parseConnack, publishLayout, topicFor, writeVarint } from '../../loadtest/mqtt-wire';
 import { bridgeConf, upstreamConf } from '../../loadtest/mosquitto-conf';
-import { MAX_CONNECTIONS, NotAvailableError, parseOptions, UsageError } from '../../loadtest/options';
+import { MAX_CONNECTIONS, parseOptions, UsageError } from '../../loadtest/options';
 import type { RunRecord } from '../../loadtest/output';
 import { readCpuSeconds, readRssKB, UsageMeter } from '../../loadtest/proc-usage';
 import { renderIdle, renderStorm } from '../../loadtest/report-connections';
 import { renderMixed } from '../../loadtest/report-mixed';
 import { renderDownlink } from '../../loadtest/report-downlink';
+import { renderHttp } from '../../loadtest/report-http';
 import { renderOutage } from '../../loadtest/report-outage';
-import { connectionJob, downlinkJob, uplinkJob } from '../../loadtest/scenarios';
+import { renderReport } from '../../loadtest/report';
+import { connectionJob, downlinkJob, httpJob, uplinkJob } from '../../loadtest/scenarios';
 import { startTarget, Target, TargetKind } from '../../loadtest/targets';
-import { runUplink } from '../../loadtest/uplink';
+import { runUplink, ScenarioResult } from '../../loadtest/uplink';
 
 function frames(bytes: Buffer, chunkSize: number): { type: number; body: Buffer }[] {
   const out: { type: number; body: Buffer }[] = [];
@@ -43,11 +46,23 @@ function opts(argv: string[]): NonNullable<ReturnType<typeof parseOptions>> {
 
 /** A record as cli.ts makes it, for the renderers. */
 function record<R>(target: Target, result: R): RunRecord<R> {
-  return { scenario: 'uplink', round: 1, target: target.kind, qos: null, shards: target.shards, error: null, result, notes: [] };
+  return { scenario: 'uplink', round: 1, target: target.kind, transport: 'tcp', qos: null, shards: target.shards, error: null, result, notes: [] };
 }
 
-async function withMosquitto<T>(setup: { qos?: 0 | 1 | 2; recoverable?: string; kind?: TargetKind }, body: (t: Target) => Promise<T>): Promise<T> {
-  const target = await startTarget(setup.kind ?? 'mosquitto', { upstreams: 2, qos: setup.qos ?? 1, recoverable: setup.recoverable ?? null, shards: 2, daemonLogLevel: 'info', keepLogs: false });
+async function withMosquitto<T>(
+  setup: { qos?: 0 | 1 | 2; recoverable?: string; kind?: TargetKind; ws?: boolean; http?: boolean },
+  body: (t: Target) => Promise<T>,
+): Promise<T> {
+  const target = await startTarget(setup.kind ?? 'mosquitto', {
+    upstreams: 2,
+    qos: setup.qos ?? 1,
+    recoverable: setup.recoverable ?? null,
+    shards: 2,
+    daemonLogLevel: 'info',
+    keepLogs: false,
+    ws: setup.ws,
+    http: setup.http,
+  });
   try {
     return await body(target);
   } finally {
@@ -122,6 +137,9 @@ test('bridge config carries the lossless tuning for every upstream; durable adds
   const durable = bridgeConf(1000, ups, 1, true);
   assert.equal(durable.match(/^local_cleansession false$/gm)?.length, 2);
   assert.equal(durable.match(/^restart_timeout 1 10$/gm)?.length, 2);
+  assert.ok(!conf.includes('websockets'));
+  const ws = bridgeConf(1000, ups, 1, false, 1005).split('\n');
+  assert.deepEqual(ws.slice(0, 3), ['listener 1000 127.0.0.1', 'listener 1005 127.0.0.1', 'protocol websockets']);
   assert.ok(upstreamConf(1001).includes('persistence false'));
   assert.ok(upstreamConf(1001, { dir: '/x', file: 'b1.db' }).includes('autosave_interval 0'));
 });
@@ -145,7 +163,7 @@ test('options: scenario names', () => {
   for (const name of ['connect-storm', 'idle', 'broker-outage', 'mixed'] as const) assert.equal(opts([name]).scenario, name);
   // The scenario may stand anywhere among the options.
   assert.equal(opts(['--rounds', '1', 'idle']).scenario, 'idle');
-  assert.throws(() => parseOptions(['http']), (err: Error) => err instanceof NotAvailableError && err.message.includes('not available yet'));
+  assert.equal(opts(['http']).scenario, 'http');
   assert.throws(() => parseOptions(['storm']), UsageError);
   assert.throws(() => parseOptions(['idle', 'mixed']), UsageError);
   assert.deepEqual(opts(['--target', 'compare']).targets, ['fanout', 'mosquitto']);
@@ -199,6 +217,28 @@ test('options: downlink compares with mosquitto-direct; --messages is the publis
   assert.throws(() => parseOptions(['downlink', '--topic', 'x/{id}']), UsageError);
   assert.throws(() => parseOptions(['downlink', '--duration', '5']), UsageError);
   assert.throws(() => parseOptions(['uplink', '--target', 'mosquitto-direct']), UsageError);
+});
+
+test('options: --transport (uplink only) and the http scenario', () => {
+  assert.deepEqual(opts([]).transports, ['tcp']);
+  assert.deepEqual(opts(['--transport', 'ws']).transports, ['ws']);
+  assert.deepEqual(opts(['uplink', '--transport', 'both']).transports, ['tcp', 'ws']);
+  assert.throws(() => parseOptions(['--transport', 'quic']), UsageError);
+  assert.throws(() => parseOptions(['mixed', '--transport', 'ws']), UsageError);
+  assert.throws(() => parseOptions(['downlink', '--transport', 'ws']), UsageError);
+  const h = opts(['http']);
+  assert.deepEqual([h.connections, h.durationS, h.amount, h.pipelining, h.warmupS, h.payload], [10, 10, null, 1, 2, 64]);
+  assert.deepEqual([h.qos, h.endpoints, h.targets, h.transports], [[0, 1], ['publish', 'metrics'], ['fanout'], ['tcp']]);
+  const a = opts(['http', '--amount', '500', '--connections', '5', '--pipelining', '4', '--qos', '1', '--endpoint', 'publish']);
+  assert.deepEqual([a.amount, a.durationS, a.connections, a.pipelining, a.qos, a.endpoints], [500, null, 5, 4, [1], ['publish']]);
+  assert.deepEqual(opts(['http', '--endpoint', 'metrics']).qos, []);
+  assert.throws(() => parseOptions(['http', '--endpoint', 'metrics', '--qos', '1']), UsageError);
+  assert.throws(() => parseOptions(['http', '--amount', '5', '--connections', '10']), UsageError);
+  assert.throws(() => parseOptions(['http', '--amount', '500', '--duration', '5']), UsageError);
+  // No peer for HTTP publish: asking for one is an error that says so.
+  assert.throws(() => parseOptions(['http', '--target', 'both']), (err: Error) => err instanceof UsageError && err.message.includes('no peer'));
+  assert.throws(() => parseOptions(['http', '--devices', '10']), UsageError);
+  assert.throws(() => parseOptions(['uplink', '--pipelining', '2']), UsageError);
 });
 
 test('proc usage: CPU and RSS of a live process, one account across a restart', async () => {
@@ -314,5 +354,76 @@ test('downlink: devices subscribed on mosquitto directly get every message once;
     const pool = await DevicePool.start(job, '127.0.0.1', target.devicePort, downlinkTopic(job.runTag).filter);
     const gaps = await pool.close(4);
     assert.deepEqual([gaps.devices, gaps.distinct, gaps.incomplete, gaps.firstMissing, gaps.lastMissing], [3, 0, 3, 0, 3]);
+  });
+});
+
+const smallUplink = (runTag: string, qos: 0 | 1, transport: 'tcp' | 'ws'): Parameters<typeof runUplink>[1] => ({
+  devices: 4,
+  messages: 250,
+  payload: 64,
+  qos,
+  inflight: 8,
+  threads: 2,
+  topicPattern: 'load/{id}',
+  idleTimeoutS: 10,
+  runTag,
+  transport,
+});
+
+test('uplink over WebSocket through the mosquitto bridge; the report sets ws beside tcp', { timeout: 60_000 }, async () => {
+  await withMosquitto({ ws: true }, async (target) => {
+    assert.equal(target.wsServer, 'mosquitto');
+    const records: RunRecord<ScenarioResult>[] = [];
+    for (const transport of ['tcp', 'ws'] as const) {
+      const r = await runUplink(target, smallUplink(`ltws${process.pid}${transport}-`, 1, transport));
+      assert.equal(r.endedBy, 'complete', transport);
+      assert.equal(r.transport, transport);
+      assert.equal(r.wsServer, transport === 'ws' ? 'mosquitto' : null);
+      assert.equal(r.publisher.acked, 1000, transport);
+      assert.deepEqual(r.brokers.map((b) => [b.distinct, b.missing, b.duplicates]), [[1000, 0, 0], [1000, 0, 0]], transport);
+      records.push({ ...record(target, r), transport, qos: 1 });
+    }
+    const text = renderReport(records);
+    assert.match(text, /^1\s+mosquitto\s+ws\s+1\s+-\s+[\d,]+\s+[\d,]+\s+b1=0 b2=0\s+b1=0 b2=0\s+complete$/m);
+    assert.match(text, /^ws\/tcp msg\/s:\s+mosquitto qos1 \d+\.\d\dx$/m);
+    assert.match(text, /served by mosquitto mosquitto/);
+  });
+});
+
+test('mqtt-fanout: uplink over its WebSocket listener, and the http scenario verifying every 200 at both upstreams', { timeout: 90_000 }, async () => {
+  await withMosquitto({ kind: 'fanout', ws: true, http: true }, async (target) => {
+    assert.ok(target.wsPort !== null && target.httpPort !== null);
+    assert.equal(target.wsPath, '/mqtt');
+    const up = await runUplink(target, smallUplink(`ltfws${process.pid}-`, 0, 'ws'));
+    assert.equal(up.endedBy, 'complete');
+    assert.deepEqual(up.brokers.map((b) => [b.distinct, b.missing, b.duplicates]), [[1000, 0, 0], [1000, 0, 0]]);
+    assert.ok(up.wsServer === 'uWebSockets.js' || up.wsServer === 'ws', String(up.wsServer));
+
+    const o = opts(['http', '--amount', '300', '--connections', '3', '--pipelining', '4', '--warmup', '0.3', '--payload', '100']);
+    const pub = await runHttp(target, httpJob(o, 'publish', 1, `lthttp${process.pid}-`));
+    // autocannon's amount counts requests written: a connection stops at its share with pipelining - 1 unanswered.
+    assert.deepEqual([pub.qos, pub.non2xx, pub.errors, pub.ok2xx, pub.latency.count], [1, 0, 0, 300 - 3 * 3, 291]);
+    const d = pub.delivery;
+    assert.ok(d);
+    assert.deepEqual([d.endedBy, d.unmatched, d.beyondCapacity], ['complete', 0, 0]);
+    // Every request is answered 200 or was in flight when a load stopped; nothing answered 200 is missing.
+    assert.equal(d.answered200 + pub.unanswered, pub.sent);
+    assert.ok(d.answered200 >= 291, `answered ${d.answered200}`);
+    assert.deepEqual(d.brokers.map((b) => [b.broker, b.missing, b.duplicates]), [['b1', 0, 0], ['b2', 0, 0]]);
+    assert.ok(d.brokers.every((b) => b.extra <= pub.unanswered));
+    assert.equal(d.e2e.count, 2 * (d.answered200 + d.brokers[0].extra));
+    assert.equal(pub.resources.unit, 'req');
+    assert.ok(pub.harnessCpuPct > 0 && pub.harnessCpuPct < 400, `harness ${pub.harnessCpuPct}`);
+
+    const metrics = await runHttp(target, httpJob(opts(['http', '--amount', '20', '--connections', '2', '--warmup', '0']), 'metrics', 0, `ltmet${process.pid}-`));
+    assert.deepEqual([metrics.qos, metrics.ok2xx, metrics.non2xx, metrics.delivery], [null, 20, 0, null]);
+    const text = renderHttp([
+      { ...record(target, pub), scenario: 'http', qos: 1 },
+      { ...record(target, metrics), scenario: 'http', qos: null },
+    ]);
+    assert.match(text, /No peer: mosquitto has no HTTP publish endpoint/);
+    assert.match(text, /^1\s+POST \/publish\s+1\s+3\s+4\s+0\.3\s+[\d.]+\s+[\d,]+\s+[\d,]+\s+[\d,]+\s+0\s+0\s+\d+\s+\d+$/m);
+    assert.match(text, /^1\s+1\s+[\d,]+\s+b1=0 b2=0\s+b1=0 b2=0\s+/m);
+    assert.match(text, /^GET \/metrics\s+-\s+1\s+[\d,]+\s+0\s+0\s+-\s+-/m);
   });
 });

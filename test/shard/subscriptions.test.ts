@@ -5,53 +5,17 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MessageChannel, type MessagePort } from 'node:worker_threads';
+import { MessageChannel } from 'node:worker_threads';
 import { ShardSubscriptions, type Sub, type SubscriptionRequest } from '../../src/shard/subscriptions';
 import { Session } from '../../src/shard/session';
 import type { DownlinkRouting } from '../../src/shard/routing';
 import type { ShardToWriter, SubAck, SubOp } from '../../src/broker/downlink';
 import { fingerprint } from '../../src/shard/no-local';
+import { End, sync } from '../helpers/channel';
 
 // ---------------------------------------------------------------------------------------------
 // Harness
 
-type Mark = { t: 'mark'; n: number };
-
-/** One end of a channel: collects what arrives, and the marks used to know a turn is over. */
-class End {
-  readonly got: unknown[] = [];
-  private readonly marks = new Map<number, () => void>();
-
-  constructor(readonly port: MessagePort) {
-    port.on('message', (m: { t: string }) => {
-      if (m.t === 'mark') {
-        const n = (m as Mark).n;
-        this.marks.get(n)?.();
-        this.marks.delete(n);
-      } else {
-        this.got.push(m);
-      }
-    });
-  }
-
-  expect(n: number, resolve: () => void): void {
-    this.marks.set(n, resolve);
-  }
-
-  take(): unknown[] {
-    return this.got.splice(0);
-  }
-}
-
-let markCount = 0;
-/** Resolves once everything posted from `from` so far has been handled at `to` (messages on a
- *  channel arrive in order, and listeners run in the order they were added). */
-function sync(from: End, to: End): Promise<void> {
-  const n = ++markCount;
-  const done = new Promise<void>((resolve) => to.expect(n, resolve));
-  from.port.postMessage({ t: 'mark', n } satisfies Mark);
-  return done;
-}
 
 const SHARD = 3;
 
