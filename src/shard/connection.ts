@@ -119,7 +119,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     if (this.pendingBuf !== null) {
       const buf = this.pendingBuf;
       this.pendingBuf = null;
-      if (!this.handle(this.pendingHeader, buf, this.pendingStart, this.pendingEnd)) {
+      if (!this.safeHandle(this.pendingHeader, buf, this.pendingStart, this.pendingEnd)) {
         this.block(this.pendingHeader, buf, this.pendingStart, this.pendingEnd);
         return;
       }
@@ -134,7 +134,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     while (this.state !== CLOSED && !this.blocked && (this.state === NEW || this.session !== null)) {
       const r = f.next();
       if (r === FRAME_READY) {
-        if (!this.handle(f.header, f.buf, f.start, f.end)) this.block(f.header, f.buf, f.start, f.end);
+        if (!this.safeHandle(f.header, f.buf, f.start, f.end)) this.block(f.header, f.buf, f.start, f.end);
       } else if (r === FRAME_INCOMPLETE) {
         return;
       } else {
@@ -152,6 +152,18 @@ export class DeviceConnection implements AckTarget, SessionLink {
     this.blocked = true;
     this.transport.pause();
     this.ctx.blocked(this);
+  }
+
+  /** handle(), with a guard: a packet that trips a defect of ours ends this connection (MQTT 5:
+   *  0x83) and is logged, instead of ending the thread and every device on it. */
+  private safeHandle(header: number, buf: Buffer, start: number, end: number): boolean {
+    try {
+      return this.handle(header, buf, start, end);
+    } catch (err) {
+      this.ctx.log.error({ err, conn: this.id, clientId: this.clientId, packetType: header >> 4 }, 'unexpected error handling a device packet; connection closed');
+      this.protocolClose(C.RC_IMPLEMENTATION_SPECIFIC, 'internal error');
+      return true;
+    }
   }
 
   /** Returns false when the packet cannot be taken now (backpressure); it is retried later. */
@@ -437,6 +449,12 @@ export class DeviceConnection implements AckTarget, SessionLink {
     const v5 = this.version === 5;
     const session = this.session!;
     const protocolVersion = v5 ? 5 : 4;
+    const filters = packet.cmd === 'subscribe' ? packet.subscriptions : packet.unsubscriptions;
+    if (filters.length === 0) {
+      // At least one topic filter is required [MQTT-3.8.3-2, MQTT-3.10.3-2].
+      this.protocolClose(C.RC_PROTOCOL_ERROR, `${packet.cmd.toUpperCase()} without a topic filter`);
+      return;
+    }
     if (type === C.SUBSCRIBE && packet.cmd === 'subscribe') {
       const subId = v5 ? (packet.properties?.subscriptionIdentifier as number | undefined) ?? 0 : 0;
       if (v5 && packet.subscriptions.some((s) => s.nl && s.topic.startsWith('$share/'))) {

@@ -155,6 +155,31 @@ describe('malformed input', { timeout: 150_000 }, () => {
       bytes: () => packet(0x30, publishBodyV5('', 0, [0x23, 0x00, 0x05])),
       reason: 0x82,
     },
+    ...(['mal/unknown-prop'].map((topic): Case => ({
+      name: 'PUBLISH with an unknown property identifier (0x7F)', topic, versions: [5],
+      bytes: () => packet(0x30, publishBodyV5(topic, 0, [0x7f, 0x00])),
+      reason: 0x81,
+    }))),
+    ...(['mal/dup-prop'].map((topic): Case => ({
+      name: 'PUBLISH with the Payload Format Indicator twice', topic, versions: [5],
+      bytes: () => packet(0x30, publishBodyV5(topic, 0, [0x01, 0x00, 0x01, 0x00])),
+      reason: 0x82,
+    }))),
+    ...(['mal/truncated'].map((topic): Case => ({
+      name: 'a truncated PUBLISH (topic length beyond the packet)', topic,
+      bytes: () => packet(0x30, [0x00, 0x40], Buffer.from(topic)),
+      reason: 0x81,
+    }))),
+    {
+      name: 'SUBSCRIBE with no topic filter [MQTT-3.8.3-2]',
+      bytes: (v) => packet(0x82, [0x00, 0x01], v === 5 ? [0x00] : []),
+      reason: 0x82,
+    },
+    {
+      name: 'UNSUBSCRIBE with no topic filter [MQTT-3.10.3-2]',
+      bytes: (v) => packet(0xa2, [0x00, 0x01], v === 5 ? [0x00] : []),
+      reason: 0x82,
+    },
   ];
 
   for (const c of cases) {
