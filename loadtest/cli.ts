@@ -1,23 +1,45 @@
 // Entry point: `cli.js [scenario] [options]`. Alternates the targets round by
 // round (A B A B ...) so slow drift of the machine (thermal, page cache, other
-// tenants) hits both alike.
-import { HELP, NotAvailableError, Options, parseOptions, UsageError } from './options';
+// tenants) hits both alike; with --transport both, each target runs over TCP
+// and then over WebSocket within the round.
+import type { Transport } from './mqtt-ws';
+import { HELP, Options, parseOptions, UsageError } from './options';
 import { ProgressLine, RunRecord, writeJson } from './output';
 import { installCleanupHandlers } from './procs';
 import { SCENARIO_DEFS, ScenarioDef, UPSTREAM_COUNT } from './scenarios';
 import { startTarget, Target, TargetKind } from './targets';
 import type { Qos } from './mqtt-wire';
 
-async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, kind: TargetKind, qos: Qos | null, progress: ProgressLine): Promise<RunRecord> {
-  const label = `[${opts.scenario} round ${round}/${opts.rounds} ${kind}${qos === null ? '' : ` qos${qos}`}]`;
-  const record: RunRecord = { scenario: opts.scenario, round, target: kind, qos, shards: kind === 'fanout' ? opts.shards : null, error: null, result: null, notes: [] };
+async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, kind: TargetKind, transport: Transport, qos: Qos | null, progress: ProgressLine): Promise<RunRecord> {
+  const via = opts.transports.length > 1 || transport !== 'tcp' ? `/${transport}` : '';
+  const label = `[${opts.scenario} round ${round}/${opts.rounds} ${kind}${via}${qos === null ? '' : ` qos${qos}`}]`;
+  const record: RunRecord = {
+    scenario: opts.scenario,
+    round,
+    target: kind,
+    transport,
+    qos,
+    shards: kind === 'fanout' ? opts.shards : null,
+    error: null,
+    result: null,
+    notes: [],
+  };
   let target: Target | null = null;
   progress.write(`${label} starting`);
   try {
     const setup = def.targetSetup(opts, qos);
-    target = await startTarget(kind, { upstreams: UPSTREAM_COUNT, qos: setup.qos, recoverable: setup.recoverable, shards: opts.shards, daemonLogLevel: 'info', keepLogs: opts.keepLogs });
-    const runTag = `lt${process.pid}r${round}${kind[0]}${qos ?? 'x'}-`;
-    record.result = await def.run(target, opts, qos, { runTag, label, progress });
+    target = await startTarget(kind, {
+      upstreams: UPSTREAM_COUNT,
+      qos: setup.qos,
+      recoverable: setup.recoverable,
+      shards: opts.shards,
+      daemonLogLevel: 'info',
+      keepLogs: opts.keepLogs,
+      ws: setup.ws,
+      http: setup.http,
+    });
+    const runTag = `lt${process.pid}r${round}${kind[0]}${transport[0]}${qos ?? 'x'}-`;
+    record.result = await def.run(target, opts, qos, { runTag, label, progress, transport });
   } catch (err) {
     record.error = (err as Error).message;
   }
@@ -34,10 +56,6 @@ async function main(): Promise<number> {
   try {
     opts = parseOptions(process.argv.slice(2));
   } catch (err) {
-    if (err instanceof NotAvailableError) {
-      process.stderr.write(`${err.message}\n`);
-      return 2;
-    }
     if (!(err instanceof UsageError)) throw err;
     process.stderr.write(`${err.message}\n\n${HELP}`);
     return 2;
@@ -53,7 +71,10 @@ async function main(): Promise<number> {
   const records: RunRecord[] = [];
   for (let round = 1; round <= opts.rounds; round++) {
     for (const qos of def.variants(opts)) {
-      for (const kind of opts.targets) records.push(await runOne(def, opts, round, kind, qos, progress));
+      // Same job, same round: each target over every transport asked for, back to back (tcp, then ws).
+      for (const kind of opts.targets) {
+        for (const transport of opts.transports) records.push(await runOne(def, opts, round, kind, transport, qos, progress));
+      }
     }
   }
   process.stdout.write(def.render(records));

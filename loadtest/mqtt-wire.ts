@@ -175,8 +175,24 @@ export function ackRefused(buf: Buffer, start: number, length: number): boolean 
   return length >= 3 && buf[start + 2] >= 0x80;
 }
 
+/**
+ * What a device or subscriber needs of its connection: a net.Socket, or a
+ * WebSocket link (mqtt-ws.ts) that behaves like one for these calls.
+ */
+export interface MqttSocket {
+  readonly destroyed: boolean;
+  /** False when the caller should wait for 'drain' before writing more. */
+  write(chunk: Uint8Array, cb?: (err?: Error | null) => void): boolean;
+  /** Writes `chunk`, then closes. */
+  end(chunk: Uint8Array): unknown;
+  destroy(): unknown;
+  on(event: 'drain' | 'close', listener: () => void): unknown;
+  on(event: 'error', listener: (err: Error) => void): unknown;
+  once(event: 'close', listener: () => void): unknown;
+}
+
 /** Sends DISCONNECT and resolves once the peer closed (or after `graceMs`, by force). */
-export function disconnect(socket: net.Socket | null, graceMs = 2000): Promise<void> {
+export function disconnect(socket: MqttSocket | null, graceMs = 2000): Promise<void> {
   return new Promise((resolve) => {
     if (!socket || socket.destroyed) return resolve();
     const timer = setTimeout(() => socket.destroy(), graceMs);
@@ -230,6 +246,22 @@ export interface ConnectOptions extends ConnectSettings {
 }
 
 /**
+ * The first frame of a connection must be a CONNACK that accepts it: `ok` is
+ * called with what it says, `fail` with why not.
+ */
+export function connackGate(protocol: ProtocolLevel, ok: (info: ConnackInfo) => void, fail: (err: ConnectError) => void): FrameHandler {
+  return (header, buf, start, length) => {
+    if (header >> 4 !== PACKET.CONNACK || length < 2) {
+      fail(new ConnectError(`expected CONNACK, got packet type ${header >> 4}`, 'error'));
+      return;
+    }
+    const { code, info } = parseConnack(buf, start, length, protocol);
+    if (code !== 0) fail(new ConnectError(`CONNACK refused with ${protocol === 5 ? 'reason' : 'return'} code ${code}`, 'refused'));
+    else ok(info);
+  };
+}
+
+/**
  * Opens a TCP connection and completes the MQTT CONNECT handshake. Frames that
  * follow the CONNACK (possibly in the same chunk) go to `onFrame`. Rejects
  * with a ConnectError whose `kind` tells refusals from timeouts and errors.
@@ -251,24 +283,21 @@ export function connectRaw(host: string, port: number, clientId: string, onFrame
     const onError = (err: NodeJS.ErrnoException): void =>
       fail(new ConnectError(err.message, err.code === 'ECONNREFUSED' ? 'refused' : 'error'));
     const timer = setTimeout(() => fail(new ConnectError(`CONNACK timeout from ${host}:${port} for ${clientId}`, 'timeout')), timeoutMs);
-    const framer = new Framer((header, buf, start, length) => {
-      if (header >> 4 !== PACKET.CONNACK || length < 2) {
-        fail(new ConnectError(`expected CONNACK, got packet type ${header >> 4}`, 'error'));
-        return;
-      }
-      const { code, info } = parseConnack(buf, start, length, protocol);
-      if (code !== 0) {
-        fail(new ConnectError(`CONNACK refused with ${protocol === 5 ? 'reason' : 'return'} code ${code}`, 'refused'));
-        return;
-      }
-      settled = true;
-      clearTimeout(timer);
-      socket.off('error', onError);
-      socket.off('close', onEarlyClose);
-      framer.onFrame = onFrame;
-      opts.onConnack?.(info);
-      resolve(socket);
-    });
+    const framer = new Framer(
+      connackGate(
+        protocol,
+        (info) => {
+          settled = true;
+          clearTimeout(timer);
+          socket.off('error', onError);
+          socket.off('close', onEarlyClose);
+          framer.onFrame = onFrame;
+          opts.onConnack?.(info);
+          resolve(socket);
+        },
+        fail,
+      ),
+    );
     const onEarlyClose = (): void => fail(new ConnectError(`connection to ${host}:${port} closed before CONNACK`, 'error'));
     socket.on('data', (chunk: Buffer) => {
       try {

@@ -3,17 +3,20 @@
 import * as os from 'node:os';
 import { parseArgs } from 'node:util';
 import { PAYLOAD_HEADER_BYTES, ProtocolLevel, Qos } from './mqtt-wire';
+import type { Transport } from './mqtt-ws';
 import type { TargetKind } from './targets';
 
-export const SCENARIOS = ['uplink', 'connect-storm', 'idle', 'broker-outage', 'mixed', 'downlink'] as const;
+export const SCENARIOS = ['uplink', 'connect-storm', 'idle', 'broker-outage', 'mixed', 'downlink', 'http'] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
-/** Recognised scenarios the harness cannot run yet, with what they would measure. */
-export const UNAVAILABLE: Record<string, string> = { http: 'HTTP ingress (POST /publish)' };
+/** What the http scenario loads: POST /publish (once per --qos) and GET /metrics. */
+export type HttpEndpoint = 'publish' | 'metrics';
 
 /** This machine allows 20000 open files per process; the harness holds every connection in one process. */
 export const MAX_CONNECTIONS = 19_000;
 /** Sequence numbers per device the receivers make room for in an unpaced --duration run. */
 const TIME_BOUND_BITS = 2e8;
+/** http: sequence numbers the receivers make room for (16 MB of bitmap each); a run stops issuing at this many. */
+export const MAX_HTTP_REQUESTS = 2 ** 27;
 
 export interface Options {
   scenario: ScenarioName;
@@ -28,6 +31,7 @@ export interface Options {
   /** Devices stop after durationS instead of after `messages` (unpaced --duration runs). */
   timeBound: boolean;
   payload: number;
+  /** uplink, downlink: per run; http: of the POST /publish runs. */
   qos: Qos[];
   inflight: number;
   rounds: number;
@@ -53,6 +57,16 @@ export interface Options {
   holdS: number;
   killAtS: number;
   downForS: number;
+  /** uplink: how devices connect, each a run of its own per round (--transport both: tcp then ws). */
+  transports: Transport[];
+  /** http: requests in all instead of a duration (autocannon's amount); null = --duration. */
+  amount: number | null;
+  /** http: requests in flight per connection. */
+  pipelining: number;
+  /** http: seconds of load before each measured run. */
+  warmupS: number;
+  /** http: the endpoints loaded, a run each per round. */
+  endpoints: HttpEndpoint[];
 }
 
 export const HELP = `Usage: npm run loadtest -- [scenario] [options]
@@ -77,7 +91,10 @@ Scenarios
   downlink        one publisher on upstream b1 sends --messages; --devices
                   subscribed through the target receive every one:
                   deliveries/s, missing/duplicates per device, e2e latency
-  http            not available yet (no HTTP scenario in this harness)
+  http            autocannon against mqtt-fanout's HTTP listener: POST
+                  /publish at each --qos (every message answered 200 must
+                  reach both upstreams) and GET /metrics; req/s, latency,
+                  non-2xx. fanout only: mosquitto has no HTTP publish
 
 Stream options (uplink, mixed, broker-outage; those marked * also downlink)
   --devices N      * devices (connections)                  [100]
@@ -96,10 +113,22 @@ Stream options (uplink, mixed, broker-outage; those marked * also downlink)
                      (downlink: of the publisher)           [16]
   --topic PATTERN    device topic, {id} = device number     [load/{id}]
   --idle-timeout S * end a run after S s without progress   [10]
+  --transport T      uplink: tcp | ws | both: devices connect over TCP or
+                     MQTT over WebSocket (binary frames, subprotocol mqtt);
+                     both = a run over each per round and target [tcp]
 Connection options (connect-storm, idle)
   --connections N    connections, at most ${MAX_CONNECTIONS}               [5000]
   --steps N          connect-storm: steps up to --connections [5]
   --hold S           idle: seconds to hold the connections  [10]
+HTTP options (http; also --payload, --idle-timeout)
+  --connections N    autocannon connections                 [10]
+  --duration S       seconds of load per run                [10]
+  --amount N         instead of --duration: requests in all
+  --pipelining N     requests in flight per connection      [1]
+  --warmup S         seconds of the same load before each measured
+                     run (verified, not timed); 0 = none    [2]
+  --qos Q            0 | 1 | 2 | both (= 0 then 1), of POST /publish [both]
+  --endpoint E       publish | metrics | both               [both]
 Outage options (broker-outage)
   --kill-at S        seconds into the stream b1 is killed   [3]
   --down-for S       seconds b1 stays down                  [3]
@@ -122,9 +151,6 @@ Environment: MOSQUITTO_BIN overrides the mosquitto binary.
 `;
 
 export class UsageError extends Error {}
-
-/** A scenario name that is known but cannot run against this daemon yet. */
-export class NotAvailableError extends Error {}
 
 function defaultShards(): number {
   return Math.max(1, Math.min(64, os.cpus().length));
@@ -149,29 +175,32 @@ function num(name: string, raw: string | undefined, def: number, min: number, ex
 const STREAM: ScenarioName[] = ['uplink', 'mixed', 'broker-outage'];
 const CONNS: ScenarioName[] = ['connect-storm', 'idle'];
 const STREAM_DOWN: ScenarioName[] = [...STREAM, 'downlink'];
+const HTTP: ScenarioName[] = ['http'];
 
 /** Options that only mean something to some scenarios; giving one elsewhere is a mistake worth reporting. */
 const APPLIES: Record<string, ScenarioName[]> = {
   devices: STREAM_DOWN,
   messages: STREAM_DOWN,
-  duration: STREAM,
+  duration: [...STREAM, ...HTTP],
   rate: STREAM_DOWN,
-  payload: STREAM_DOWN,
+  payload: [...STREAM_DOWN, ...HTTP],
   inflight: STREAM_DOWN,
   topic: STREAM,
-  'idle-timeout': STREAM_DOWN,
-  qos: ['uplink', 'downlink'],
-  connections: CONNS,
+  'idle-timeout': [...STREAM_DOWN, ...HTTP],
+  qos: ['uplink', 'downlink', ...HTTP],
+  transport: ['uplink'],
+  connections: [...CONNS, ...HTTP],
+  amount: HTTP,
+  pipelining: HTTP,
+  warmup: HTTP,
+  endpoint: HTTP,
   steps: ['connect-storm'],
   hold: ['idle'],
   'kill-at': ['broker-outage'],
   'down-for': ['broker-outage'],
 };
 
-/**
- * Returns null when --help was asked for. Throws UsageError on bad input and
- * NotAvailableError for http.
- */
+/** Returns null when --help was asked for. Throws UsageError on bad input. */
 export function parseOptions(argv: string[]): Options | null {
   let parsed;
   try {
@@ -204,6 +233,11 @@ export function parseOptions(argv: string[]): Options | null {
         hold: { type: 'string' },
         'kill-at': { type: 'string' },
         'down-for': { type: 'string' },
+        transport: { type: 'string' },
+        amount: { type: 'string' },
+        pipelining: { type: 'string' },
+        warmup: { type: 'string' },
+        endpoint: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -215,9 +249,6 @@ export function parseOptions(argv: string[]): Options | null {
 
   if (parsed.positionals.length > 1) throw new UsageError(`one scenario at a time, got ${parsed.positionals.join(', ')}`);
   const name = parsed.positionals[0] ?? 'uplink';
-  if (name in UNAVAILABLE) {
-    throw new NotAvailableError(`${name}: not available yet (the load harness has no ${UNAVAILABLE[name]} scenario yet)`);
-  }
   if (!(SCENARIOS as readonly string[]).includes(name)) throw new UsageError(`unknown scenario '${name}'; one of ${SCENARIOS.join(', ')}`);
   const scenario = name as ScenarioName;
   for (const [opt, where] of Object.entries(APPLIES)) {
@@ -227,18 +258,39 @@ export function parseOptions(argv: string[]): Options | null {
   }
 
   const qosRaw = v.qos ?? 'both';
-  const qosMap: Record<string, Qos[]> = { '0': [0], '1': [1], '2': [2], both: [1, 0] };
+  // http: the cheap endpoint first, as the issue lists them.
+  const qosMap: Record<string, Qos[]> = { '0': [0], '1': [1], '2': [2], both: scenario === 'http' ? [0, 1] : [1, 0] };
   const qosList = qosMap[qosRaw];
   if (!qosList) throw new UsageError(`--qos must be 0, 1, 2 or both, got '${qosRaw}'`);
   // The downlink devices acknowledge QoS 1 only; QoS 2 would measure an unfinished handshake.
   if (scenario === 'downlink' && qosList.includes(2)) throw new UsageError(`downlink: --qos must be 0, 1 or both, got '${qosRaw}'`);
-  const qos: Qos[] = scenario === 'uplink' || scenario === 'downlink' ? qosList : scenario === 'broker-outage' ? [1] : [];
+  const endpointMap: Record<string, HttpEndpoint[]> = { publish: ['publish'], metrics: ['metrics'], both: ['publish', 'metrics'] };
+  const endpoints = endpointMap[v.endpoint ?? 'both'];
+  if (!endpoints) throw new UsageError(`--endpoint must be publish, metrics or both, got '${v.endpoint}'`);
+  if (v.qos !== undefined && !endpoints.includes('publish')) throw new UsageError('--qos is the QoS of POST /publish: it needs --endpoint publish or both');
+  const qos: Qos[] =
+    scenario === 'uplink' || scenario === 'downlink'
+      ? qosList
+      : scenario === 'http'
+        ? endpoints.includes('publish')
+          ? qosList
+          : []
+        : scenario === 'broker-outage'
+          ? [1]
+          : [];
+
+  const transportMap: Record<string, Transport[]> = { tcp: ['tcp'], ws: ['ws'], both: ['tcp', 'ws'] };
+  const transports = transportMap[v.transport ?? 'tcp'];
+  if (!transports) throw new UsageError(`--transport must be tcp, ws or both, got '${v.transport}'`);
 
   // The downlink peer is mosquitto itself serving the devices, not the bridge.
   const peer: TargetKind = scenario === 'downlink' ? 'mosquitto-direct' : 'mosquitto';
-  const targetRaw = v.target ?? 'both';
+  const targetRaw = v.target ?? (scenario === 'http' ? 'fanout' : 'both');
   const targetMap: Record<string, TargetKind[]> = { fanout: ['fanout'], mosquitto: [peer], both: ['fanout', peer], compare: ['fanout', peer] };
   if (scenario === 'downlink') targetMap['mosquitto-direct'] = [peer];
+  if (scenario === 'http' && targetRaw !== 'fanout') {
+    throw new UsageError(`http: --target must be fanout: mosquitto has no HTTP publish endpoint, so this scenario has no peer (got '${targetRaw}')`);
+  }
   const targets = targetMap[targetRaw];
   if (!targets) throw new UsageError(`--target must be ${Object.keys(targetMap).join(', ')}, got '${targetRaw}'`);
 
@@ -260,11 +312,17 @@ export function parseOptions(argv: string[]): Options | null {
   if (scenario === 'broker-outage' && rate === 0) throw new UsageError('broker-outage needs a paced stream: --rate > 0');
 
   // Run length: messages per device, or a duration (paced: turned into messages; unpaced: devices stop on time).
-  let durationS: number | null = v.duration === undefined ? null : num('duration', v.duration, 0, 0, true);
+  // http: a duration (autocannon's), or --amount requests.
+  if (v.amount !== undefined && v.duration !== undefined) throw new UsageError('give --amount or --duration, not both');
+  const amount = v.amount === undefined ? null : int('amount', v.amount, 0, 1, MAX_HTTP_REQUESTS);
+  let durationS: number | null = v.duration === undefined ? (scenario === 'http' && amount === null ? 10 : null) : num('duration', v.duration, 0, 0, true);
   if (scenario === 'broker-outage' && durationS === null && v.messages === undefined) durationS = killAtS + downForS + 4;
   let messages: number;
   let timeBound = false;
-  if (durationS === null) {
+  if (scenario === 'http') {
+    // Not used: http sizes its receivers from --amount (or MAX_HTTP_REQUESTS).
+    messages = 0;
+  } else if (durationS === null) {
     messages = int('messages', v.messages, scenario === 'downlink' ? 1000 : 10_000, 1, 0xffffffff);
   } else if (rate > 0) {
     messages = Math.max(1, Math.round((rate * durationS) / devices));
@@ -272,6 +330,9 @@ export function parseOptions(argv: string[]): Options | null {
     messages = Math.max(1, Math.min(0xffffffff, Math.floor(TIME_BOUND_BITS / devices)));
     timeBound = true;
   }
+  const connections = int('connections', v.connections, scenario === 'http' ? 10 : 5000, 1, MAX_CONNECTIONS);
+  // autocannon gives each connection a share of --amount; a connection with none is an error there.
+  if (amount !== null && amount < connections) throw new UsageError(`--amount (${amount}) must be at least --connections (${connections})`);
   // The receivers keep one bit per message and broker (downlink: per device): 2e9 is 250 MB each.
   if (devices * messages > 2e9) throw new UsageError('--devices x --messages is limited to 2e9');
   if (scenario === 'broker-outage') {
@@ -304,10 +365,15 @@ export function parseOptions(argv: string[]): Options | null {
     concurrency: int('concurrency', v.concurrency, 256, 1, 100_000),
     keepalive: int('keepalive', v.keepalive, scenario === 'connect-storm' ? 60 : scenario === 'idle' ? 5 : 0, 0, 65535),
     shards: int('shards', v.shards, defaultShards(), 1, 64),
-    connections: int('connections', v.connections, 5000, 1, MAX_CONNECTIONS),
+    connections,
     steps: int('steps', v.steps, 5, 1, 1000),
     holdS: num('hold', v.hold, 10, 0, true),
     killAtS,
     downForS,
+    transports: scenario === 'uplink' ? transports : ['tcp'],
+    amount,
+    pipelining: int('pipelining', v.pipelining, 1, 1, 1024),
+    warmupS: num('warmup', v.warmup, 2, 0),
+    endpoints: scenario === 'http' ? endpoints : [],
   };
 }

@@ -4,6 +4,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import type { Qos } from './mqtt-wire';
+import type { Transport } from './mqtt-ws';
 import type { Options, ScenarioName } from './options';
 import type { TargetKind } from './targets';
 
@@ -11,7 +12,9 @@ export interface RunRecord<R = unknown> {
   scenario: ScenarioName;
   round: number;
   target: TargetKind;
-  /** The QoS of an uplink or broker-outage run; null where it does not apply (or mixed). */
+  /** How the devices connected (uplink --transport); tcp for every other scenario. */
+  transport: Transport;
+  /** The QoS of an uplink or broker-outage run (http: of POST /publish); null where it does not apply (mixed, http's GET /metrics). */
   qos: Qos | null;
   /** FANOUT_SHARDS of the daemon; null for the bridge. */
   shards: number | null;

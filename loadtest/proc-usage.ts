@@ -186,8 +186,8 @@ export class UsageMeter {
 
 /** What a scenario reports about resources: per process, and per unit of work. */
 export interface ResourceReport {
-  /** What the work is counted in: device messages delivered, connections opened, pings answered. */
-  unit: 'msg' | 'conn' | 'ping';
+  /** What the work is counted in: device messages delivered, connections opened, pings answered, HTTP requests answered 2xx. */
+  unit: 'msg' | 'conn' | 'ping' | 'req';
   units: number;
   windowS: number;
   processes: ProcFigures[];

@@ -223,10 +223,24 @@ export interface DaemonOptions {
   shards: number;
   logLevel: string;
   dir: string;
+  /** Also listen for MQTT over WebSocket (FANOUT_WS_PORT, a port the daemon picks). */
+  ws?: boolean;
+  /** Also serve HTTP (FANOUT_HTTP_PORT, a port the daemon picks). */
+  http?: boolean;
+}
+
+export interface StartedDaemon {
+  proc: Managed;
+  /** From the ready line: null unless asked for. */
+  wsPort: number | null;
+  wsPath: string | null;
+  /** WebSocket implementation the daemon uses (uWebSockets.js, or ws where the native binary does not load). */
+  wsServer: string | null;
+  httpPort: number | null;
 }
 
 /** Starts the fan-out daemon and waits for its `mqtt-fanout ready` log line. */
-export async function startDaemon(opts: DaemonOptions): Promise<Managed> {
+export async function startDaemon(opts: DaemonOptions): Promise<StartedDaemon> {
   if (!fs.existsSync(opts.entry)) throw new Error(`daemon entry ${opts.entry} does not exist (build first)`);
   const env: NodeJS.ProcessEnv = {
     ...process.env,
@@ -235,10 +249,23 @@ export async function startDaemon(opts: DaemonOptions): Promise<Managed> {
     FANOUT_BROKERS: opts.brokers.map((b) => `${b.name}=mqtt://127.0.0.1:${b.port}`).join(','),
     FANOUT_LOG_LEVEL: opts.logLevel,
     FANOUT_SHARDS: String(opts.shards),
+    // Port 0: the daemon picks free ports and names them in its ready line.
+    ...(opts.ws ? { FANOUT_WS_PORT: '0' } : {}),
+    ...(opts.http ? { FANOUT_HTTP_PORT: '0' } : {}),
   };
   const proc = spawnManaged('mqtt-fanout', process.execPath, [opts.entry], { env, logPath: path.join(opts.dir, 'mqtt-fanout.log'), pipeStdout: true });
-  await waitForLogLine(proc, (line) => line.msg === 'mqtt-fanout ready');
+  const ready = await waitForLogLine(proc, (line) => line.msg === 'mqtt-fanout ready');
+  const portOf = (key: string): number | null => (typeof ready[key] === 'number' ? (ready[key] as number) : null);
+  const started: StartedDaemon = {
+    proc,
+    wsPort: opts.ws ? portOf('wsPort') : null,
+    wsPath: opts.ws && typeof ready.wsPath === 'string' ? ready.wsPath : null,
+    wsServer: opts.ws && typeof ready.websocket === 'string' ? ready.websocket : null,
+    httpPort: opts.http ? portOf('httpPort') : null,
+  };
+  if (opts.ws && started.wsPort === null) throw new Error(`mqtt-fanout: the ready line names no wsPort: ${JSON.stringify(ready)}`);
+  if (opts.http && started.httpPort === null) throw new Error(`mqtt-fanout: the ready line names no httpPort: ${JSON.stringify(ready)}`);
   // The ready line is the contract, but a port check costs nothing and catches a daemon bound elsewhere.
-  await waitForPort(opts.port, proc, 5000);
-  return proc;
+  for (const port of [opts.port, started.wsPort, started.httpPort]) if (port !== null) await waitForPort(port, proc, 5000);
+  return started;
 }

@@ -5,14 +5,14 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { LatencySummary, mergeEncoded, newHistogram, summarize } from './latency';
 import type { ProtocolLevel, Qos } from './mqtt-wire';
+import type { DeviceEndpoint, Transport } from './mqtt-ws';
 import { share } from './pacing';
 
 /** QoS of every device, or 'mixed': device id modulo 3 is its QoS. */
 export type QosMode = Qos | 'mixed';
 
 export interface PublisherWorkerConfig {
-  host: string;
-  port: number;
+  endpoint: DeviceEndpoint;
   ids: number[];
   /** Per device; an upper bound when durationMs is set. */
   messages: number;
@@ -74,6 +74,9 @@ export type FromWorker =
 export interface PublisherOptions {
   host: string;
   port: number;
+  /** tcp (the default), or ws: `port` is then a WebSocket port serving `wsPath`. */
+  transport?: Transport;
+  wsPath?: string;
   devices: number;
   messages: number;
   payload: number;
@@ -141,8 +144,7 @@ export class PublisherPool {
       const ids: number[] = [];
       for (let id = t; id < opts.devices; id += threads) ids.push(id);
       const cfg: PublisherWorkerConfig = {
-        host: opts.host,
-        port: opts.port,
+        endpoint: { transport: opts.transport ?? 'tcp', host: opts.host, port: opts.port, path: opts.wsPath ?? '/mqtt' },
         ids,
         messages: opts.messages,
         payload: opts.payload,

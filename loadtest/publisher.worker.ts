@@ -1,11 +1,12 @@
 // Worker thread that plays a share of the devices. Each device writes at most
 // once per event-loop turn: every PUBACK that arrived in one poll phase is
 // answered by a single write of the frames it unblocked, which keeps syscalls
-// (and therefore our own CPU use) far below the target's.
-import * as net from 'node:net';
+// (and therefore our own CPU use) far below the target's. Over WebSocket
+// (--transport ws) that write is one binary frame (mqtt-ws.ts).
 import { parentPort, workerData } from 'node:worker_threads';
 import { encodeHistogram, Histogram, newHistogram, recordMs } from './latency';
-import { ackFrame, ackRefused, connectRaw, disconnect, PACKET, PINGREQ_FRAME, publishLayout, PublishLayout, Qos, topicFor } from './mqtt-wire';
+import { ackFrame, ackRefused, disconnect, MqttSocket, PACKET, PINGREQ_FRAME, publishLayout, PublishLayout, Qos, topicFor } from './mqtt-wire';
+import { connectLink } from './mqtt-ws';
 import { openPaced } from './pacing';
 import type { FromWorker, PublisherStats, PublisherWorkerConfig, QosStats, ToWorker } from './publisher';
 
@@ -53,7 +54,7 @@ function qosOf(id: number): Qos {
 }
 
 class Device {
-  socket: net.Socket | null = null;
+  socket: MqttSocket | null = null;
   queued = false;
   finished = false;
   readonly qos: Qos;
@@ -95,7 +96,7 @@ class Device {
   }
 
   async connect(): Promise<void> {
-    const socket = await connectRaw(cfg.host, cfg.port, `${cfg.clientPrefix}${this.id}`, (h, b, s, l) => this.onFrame(h, b, s, l), {
+    const socket = await connectLink(cfg.endpoint, `${cfg.clientPrefix}${this.id}`, (h, b, s, l) => this.onFrame(h, b, s, l), {
       protocol: cfg.protocol,
       keepalive: cfg.keepalive,
       // A target that allows fewer unacknowledged publishes than asked for would disconnect us for exceeding it.

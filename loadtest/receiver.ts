@@ -10,6 +10,13 @@ const ACK_BATCH = 256;
 const ACK_DELAY_MS = 2;
 const RECONNECT_EVERY_MS = 20;
 
+function popcount8(b: number): number {
+  let n = b & 0xff;
+  n = n - ((n >> 1) & 0x55);
+  n = (n & 0x33) + ((n >> 2) & 0x33);
+  return (n + (n >> 4)) & 0x0f;
+}
+
 export interface GroupTally {
   group: number;
   expected: number;
@@ -255,6 +262,25 @@ export class Receiver {
       }));
     }
     return t;
+  }
+
+  /**
+   * Publisher 0's sequence numbers below `count` against the bitmap `expected`
+   * (same layout: bit n = sequence n): how many set there did not arrive, and
+   * how many arrived that it lacks.
+   */
+  compare(expected: Uint8Array, count: number): { missing: number; extra: number } {
+    let missing = 0;
+    let extra = 0;
+    const bytes = Math.min(Math.ceil(count / 8), this.seen.length, expected.length);
+    for (let i = 0; i < bytes; i++) {
+      const valid = i === bytes - 1 && count % 8 !== 0 ? (1 << count % 8) - 1 : 0xff;
+      const want = expected[i] & valid;
+      const got = this.seen[i] & valid;
+      missing += popcount8(want & ~got);
+      extra += popcount8(got & ~want);
+    }
+    return { missing, extra };
   }
 
   destroy(): void {

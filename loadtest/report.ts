@@ -1,6 +1,7 @@
 // Report of the uplink scenario (and the shared part of mixed and
 // broker-outage): per run, then medians over rounds and the fanout/mosquitto
-// ratio, in three tables: throughput and loss, latency, resources.
+// ratio (per transport, and WebSocket over TCP per target when both ran), in
+// three tables: throughput and loss, latency, resources.
 import {
   int,
   latencyCells,
@@ -17,6 +18,7 @@ import {
   table,
 } from './format';
 import type { LatencySummary } from './latency';
+import type { Transport } from './mqtt-ws';
 import type { RunRecord } from './output';
 import type { ResourceReport } from './proc-usage';
 import type { TargetKind } from './targets';
@@ -24,6 +26,7 @@ import type { ScenarioResult } from './uplink';
 
 export interface UplinkSummary {
   target: TargetKind;
+  transport: Transport;
   qos: number | null;
   shards: number | null;
   runs: number;
@@ -42,9 +45,10 @@ const shardCell = (s: number | null): string => (s === null ? '-' : String(s));
 
 export function summarize(records: RunRecord<ScenarioResult>[]): UplinkSummary[] {
   const out: UplinkSummary[] = [];
-  const keys = [...new Set(records.map((r) => `${r.target}|${r.qos}`))];
+  const keyOf = (r: RunRecord<ScenarioResult>): string => `${r.target}|${r.transport}|${r.qos}`;
+  const keys = [...new Set(records.map(keyOf))];
   for (const key of keys) {
-    const group = records.filter((r) => `${r.target}|${r.qos}` === key);
+    const group = records.filter((r) => keyOf(r) === key);
     const ok = group.flatMap((r) => (r.result ? [r.result] : []));
     const brokers = [...new Set(ok.flatMap((r) => r.brokers.map((b) => b.broker)))];
     const byBroker = (f: 'missing' | 'duplicates'): Record<string, number> =>
@@ -52,6 +56,7 @@ export function summarize(records: RunRecord<ScenarioResult>[]): UplinkSummary[]
     const qos = group[0].qos;
     out.push({
       target: group[0].target,
+      transport: group[0].transport,
       qos,
       shards: group[0].shards,
       runs: group.length,
@@ -68,32 +73,60 @@ export function summarize(records: RunRecord<ScenarioResult>[]): UplinkSummary[]
   return out;
 }
 
-/** fanout over mosquitto per QoS, from the medians (`qos1` for msg/s, `qos1 deliv` for deliv/s). */
+const cpuOf = (s: UplinkSummary): number => s.resources?.targetCpuUs ?? NaN;
+
+/**
+ * From the medians. fanout over mosquitto per QoS: over TCP `qos1` (msg/s) and
+ * `qos1 deliv` (deliv/s), over WebSocket `ws qos1` and `ws qos1 deliv`. WebSocket
+ * over TCP per target: `fanout ws/tcp qos1`, `... deliv` and `... cpu` (CPU per message).
+ */
 export function ratios(summaries: UplinkSummary[]): Record<string, number> {
   const out: Record<string, number> = {};
+  const put = (key: string, a: number, b: number): void => {
+    if (b > 0 && Number.isFinite(a)) out[key] = a / b;
+  };
   for (const s of summaries.filter((x) => x.target === 'fanout')) {
-    const base = summaries.find((x) => x.target === 'mosquitto' && x.qos === s.qos);
-    const key = `qos${qosCell(s.qos)}`;
-    if (base && base.msgPerSec > 0) out[key] = s.msgPerSec / base.msgPerSec;
-    if (base && base.deliveredPerSec > 0) out[`${key} deliv`] = s.deliveredPerSec / base.deliveredPerSec;
+    const base = summaries.find((x) => x.target === 'mosquitto' && x.transport === s.transport && x.qos === s.qos);
+    const key = `${s.transport === 'tcp' ? '' : `${s.transport} `}qos${qosCell(s.qos)}`;
+    if (!base) continue;
+    put(key, s.msgPerSec, base.msgPerSec);
+    put(`${key} deliv`, s.deliveredPerSec, base.deliveredPerSec);
+  }
+  for (const s of summaries.filter((x) => x.transport === 'ws')) {
+    const base = summaries.find((x) => x.target === s.target && x.transport === 'tcp' && x.qos === s.qos);
+    const key = `${s.target} ws/tcp qos${qosCell(s.qos)}`;
+    if (!base) continue;
+    put(key, s.msgPerSec, base.msgPerSec);
+    put(`${key} deliv`, s.deliveredPerSec, base.deliveredPerSec);
+    put(`${key} cpu`, cpuOf(s), cpuOf(base));
   }
   return out;
 }
 
 function ratioLines(rat: Record<string, number>): string[] {
-  if (Object.keys(rat).length === 0) return [];
-  const line = (deliv: boolean): string =>
+  const pick = (re: RegExp): string =>
     Object.entries(rat)
-      .filter(([k]) => k.endsWith(' deliv') === deliv)
-      .map(([k, v]) => `${k.split(' ')[0]} ${v.toFixed(2)}x`)
+      .flatMap(([k, v]) => {
+        const m = re.exec(k);
+        return m ? [`${m[1]} ${v.toFixed(2)}x`] : [];
+      })
       .join(', ');
-  return ['', `fanout/mosquitto msg/s:   ${line(false)}`, `fanout/mosquitto deliv/s: ${line(true)}`];
+  const lines = [
+    ['fanout/mosquitto msg/s:          ', pick(/^(qos\w+)$/)],
+    ['fanout/mosquitto deliv/s:        ', pick(/^(qos\w+) deliv$/)],
+    ['fanout/mosquitto over ws msg/s:  ', pick(/^ws (qos\w+)$/)],
+    ['fanout/mosquitto over ws deliv/s:', pick(/^ws (qos\w+) deliv$/)],
+    ['ws/tcp msg/s:                    ', pick(/^(\S+ ws\/tcp qos\w+)$/)],
+    ['ws/tcp deliv/s:                  ', pick(/^(\S+ ws\/tcp qos\w+) deliv$/)],
+    ['ws/tcp cpu µs/msg:               ', pick(/^(\S+ ws\/tcp qos\w+) cpu$/)],
+  ].filter(([, text]) => text !== '');
+  return lines.length ? ['', ...lines.map(([head, text]) => `${head} ${text.replace(/ ws\/tcp /g, ' ')}`)] : [];
 }
 
 /** Per-run problems worth a line: errors, device errors, unacked or refused publishes, exit notes. */
 export function problems(records: RunRecord<ScenarioResult>[]): string[] {
   return records.flatMap((r) => {
-    const tag = `round ${r.round} ${r.target}${r.qos === null ? '' : ` qos${r.qos}`}`;
+    const tag = `round ${r.round} ${r.target}${r.transport === 'tcp' ? '' : `/${r.transport}`}${r.qos === null ? '' : ` qos${r.qos}`}`;
     const lines = r.error ? [`${tag}: ${r.error}`] : [];
     const x = r.result;
     if (x && x.publisher.errors.length) lines.push(`${tag}: ${x.publisher.errors.length} device error(s), first: ${x.publisher.errors[0]}`);
@@ -108,8 +141,8 @@ export function problems(records: RunRecord<ScenarioResult>[]): string[] {
 }
 
 export function renderReport(records: RunRecord<ScenarioResult>[]): string {
-  const key = (r: RunRecord<ScenarioResult>): string[] => [String(r.round), r.target, qosCell(r.qos)];
-  const runHead = ['round', 'target', 'qos', 'shards', 'msg/s', 'deliv/s', 'missing', 'duplicates', 'end'];
+  const key = (r: RunRecord<ScenarioResult>): string[] => [String(r.round), r.target, r.transport, qosCell(r.qos)];
+  const runHead = ['round', 'target', 'transport', 'qos', 'shards', 'msg/s', 'deliv/s', 'missing', 'duplicates', 'end'];
   const runRows = records.map((r) => {
     const x = r.result;
     if (!x) return [...key(r), shardCell(r.shards), '-', '-', '-', '-', 'FAILED'];
@@ -123,14 +156,14 @@ export function renderReport(records: RunRecord<ScenarioResult>[]): string {
       x.endedBy,
     ];
   });
-  const latHead = ['round', 'target', 'qos', ...latencyHead('ack'), ...latencyHead('e2e')];
+  const latHead = ['round', 'target', 'transport', 'qos', ...latencyHead('ack'), ...latencyHead('e2e')];
   const latRows = records.map((r) => [...key(r), ...latencyCells(r.qos !== 0 ? r.result?.publisher.ack : null), ...latencyCells(r.result?.e2e)]);
-  const resHead = ['round', 'target', 'qos', ...resourceHead('msg')];
+  const resHead = ['round', 'target', 'transport', 'qos', ...resourceHead('msg')];
   const resRows = records.map((r) => [...key(r), ...resourceCells(r.result?.resources)]);
 
   const sums = summarize(records);
-  const sumKey = (s: UplinkSummary): string[] => [s.target, qosCell(s.qos), s.failed ? `${s.runs - s.failed}/${s.runs}` : String(s.runs)];
-  const medHead = ['target', 'qos', 'runs', 'shards', 'msg/s', 'deliv/s', ...resourceHead('msg'), 'missing', 'duplicates'];
+  const sumKey = (s: UplinkSummary): string[] => [s.target, s.transport, qosCell(s.qos), s.failed ? `${s.runs - s.failed}/${s.runs}` : String(s.runs)];
+  const medHead = ['target', 'transport', 'qos', 'runs', 'shards', 'msg/s', 'deliv/s', ...resourceHead('msg'), 'missing', 'duplicates'];
   const medRows = sums.map((s) => [
     ...sumKey(s),
     shardCell(s.shards),
@@ -140,25 +173,29 @@ export function renderReport(records: RunRecord<ScenarioResult>[]): string {
     perBroker(s.missing),
     perBroker(s.duplicates),
   ]);
-  const medLatHead = ['target', 'qos', 'runs', ...latencyHead('ack'), ...latencyHead('e2e')];
+  const medLatHead = ['target', 'transport', 'qos', 'runs', ...latencyHead('ack'), ...latencyHead('e2e')];
   const medLatRows = sums.map((s) => [...sumKey(s), ...latencyCells(s.ack), ...latencyCells(s.e2e)]);
+  const wsServers = [...new Set(records.flatMap((r) => (r.result?.wsServer ? [`${r.target} ${r.result.wsServer}`] : [])))];
   const parts = [
     machineLine(records.map((r) => r.shards)),
+    ...(wsServers.length
+      ? [`WebSocket (ws runs): devices send one binary frame per write (subprotocol mqtt, zero masking key); served by ${wsServers.join(', ')}.`]
+      : []),
     '',
     'Runs. msg/s: QoS 1/2 device acks / first send..last ack; QoS 0 (and mixed) = deliv/s.',
     "      deliv/s: slowest broker's deliveries / first send..its last delivery.",
-    table(runHead, runRows, 3),
+    table(runHead, runRows, 4),
     '',
     'Latency, ms. ack: publish to PUBACK/PUBCOMP at the device; e2e: publish to arrival at an upstream subscriber.',
-    table(latHead, latRows, 3),
+    table(latHead, latRows, 4),
     '',
     'Resources. ' + RESOURCE_LEGEND('msg', 'first publish..last delivery, per device message delivered'),
-    table(resHead, resRows, 3),
+    table(resHead, resRows, 4),
     '',
     'Medians over rounds',
-    table(medHead, medRows, 3),
+    table(medHead, medRows, 4),
     '',
-    table(medLatHead, medLatRows, 3),
+    table(medLatHead, medLatRows, 4),
     ...ratioLines(ratios(sums)),
   ];
   const notes = problems(records);

@@ -5,11 +5,14 @@ import { runBrokerOutage, OutageResult, VICTIM } from './broker-outage';
 import { runConnectStorm, StormResult, ConnectionJob } from './connect-storm';
 import { DownlinkJob, DownlinkResult, runDownlink } from './downlink';
 import { int, fixed } from './format';
+import { HttpJob, HttpResult, runHttp } from './http';
 import { runIdle, IdleResult } from './idle';
 import type { Qos } from './mqtt-wire';
-import type { Options, ScenarioName } from './options';
+import type { Transport } from './mqtt-ws';
+import { MAX_HTTP_REQUESTS, Options, ScenarioName } from './options';
 import type { ProgressLine, RunRecord } from './output';
 import { renderReport, ratios, summarize } from './report';
+import { renderHttp, summarizeHttp } from './report-http';
 import { renderIdle, renderStorm } from './report-connections';
 import { downlinkRatios, renderDownlink, summarizeDownlink } from './report-downlink';
 import { renderMixed } from './report-mixed';
@@ -24,13 +27,28 @@ export interface RunContext {
   runTag: string;
   label: string;
   progress: ProgressLine;
+  /** How the devices connect (uplink --transport); tcp everywhere else. */
+  transport: Transport;
+}
+
+export interface TargetSetup {
+  /** QoS the bridge forwards at. */
+  qos: Qos;
+  /** The upstream that will be killed (broker-outage). */
+  recoverable: string | null;
+  /** Start the target's WebSocket listener for devices. */
+  ws?: boolean;
+  /** Start mqtt-fanout's HTTP listener. */
+  http?: boolean;
 }
 
 export interface ScenarioDef<R> {
-  /** Run once per entry per round and target: the QoS of uplink runs, [null] otherwise. */
+  /**
+   * Run once per entry per round, target and transport: the QoS of uplink runs,
+   * of http's POST /publish runs (null: its GET /metrics run), [null] otherwise.
+   */
   variants(opts: Options): (Qos | null)[];
-  /** QoS the bridge forwards at, and the upstream that will be killed. */
-  targetSetup(opts: Options, qos: Qos | null): { qos: Qos; recoverable: string | null };
+  targetSetup(opts: Options, qos: Qos | null): TargetSetup;
   run(target: Target, opts: Options, qos: Qos | null, ctx: RunContext): Promise<R>;
   /** Keep the logs of such a run: something was lost or failed. */
   suspicious(r: R): boolean;
@@ -61,6 +79,7 @@ export function uplinkJob(opts: Options, qos: UplinkJob['qos'], runTag: string):
     durationS: opts.timeBound ? (opts.durationS ?? 0) : 0,
     ramp: opts.ramp,
     concurrency: opts.concurrency,
+    transport: 'tcp',
   };
 }
 
@@ -108,8 +127,9 @@ const streamSuspicious = (r: ScenarioResult): boolean =>
 
 const uplink: ScenarioDef<ScenarioResult> = {
   variants: (opts) => opts.qos,
-  targetSetup: (_opts, qos) => ({ qos: qos ?? 1, recoverable: null }),
-  run: (target, opts, qos, ctx) => runUplink(target, uplinkJob(opts, qos ?? 1, ctx.runTag), streamProgress(ctx)),
+  // With --transport both, the TCP runs' target has the WebSocket listener too, idle: the pair differs only in the devices' transport.
+  targetSetup: (opts, qos) => ({ qos: qos ?? 1, recoverable: null, ws: opts.transports.includes('ws') }),
+  run: (target, opts, qos, ctx) => runUplink(target, { ...uplinkJob(opts, qos ?? 1, ctx.runTag), transport: ctx.transport }, streamProgress(ctx)),
   suspicious: streamSuspicious,
   line: (r) => `${int(r.msgPerSec)} msg/s, missing ${missingOf(r)}, cpu ${fixed(r.resources.targetCpuUs, 1)} µs/msg`,
   render: renderReport,
@@ -179,6 +199,38 @@ const downlink: ScenarioDef<DownlinkResult> = {
   },
 };
 
+export function httpJob(opts: Options, endpoint: HttpJob['endpoint'], qos: Qos, runTag: string): HttpJob {
+  return {
+    endpoint,
+    qos,
+    connections: opts.connections,
+    durationS: opts.amount === null ? (opts.durationS ?? 10) : null,
+    amount: opts.amount,
+    pipelining: opts.pipelining,
+    warmupS: opts.warmupS,
+    payload: opts.payload,
+    idleTimeoutS: opts.idleTimeoutS,
+    runTag,
+    // Room for every request of an --amount run, with slack for the few a reset connection re-sends.
+    capacity: opts.amount === null ? MAX_HTTP_REQUESTS : Math.min(MAX_HTTP_REQUESTS, opts.amount * 2 + 1024),
+  };
+}
+
+const http: ScenarioDef<HttpResult> = {
+  variants: (opts) => [...opts.qos, ...(opts.endpoints.includes('metrics') ? [null] : [])],
+  targetSetup: () => ({ qos: 1, recoverable: null, http: true }),
+  run: (target, opts, qos, ctx) =>
+    runHttp(target, httpJob(opts, qos === null ? 'metrics' : 'publish', qos ?? 0, ctx.runTag), (text) => ctx.progress.update(`${ctx.label} ${text}`)),
+  suspicious: (r) =>
+    r.non2xx > 0 || r.errors > 0 || (r.delivery !== null && (r.delivery.endedBy !== 'complete' || r.delivery.unmatched > 0 || r.delivery.brokers.some((b) => b.missing > 0 || b.duplicates > 0))),
+  line: (r) =>
+    `${int(r.reqPerSec)} req/s, non-2xx ${int(r.non2xx)}` +
+    (r.delivery ? `, missing ${r.delivery.brokers.map((b) => `${b.broker}=${b.missing}`).join(' ')}` : '') +
+    `, cpu ${fixed(r.resources.targetCpuUs, 1)} µs/req`,
+  render: renderHttp,
+  summary: (records) => ({ medians: summarizeHttp(records) }),
+};
+
 function erase<R>(def: ScenarioDef<R>): ScenarioDef<unknown> {
   return def as unknown as ScenarioDef<unknown>;
 }
@@ -190,5 +242,6 @@ export const SCENARIO_DEFS: Record<ScenarioName, ScenarioDef<unknown>> = {
   'connect-storm': erase(connectStorm),
   idle: erase(idle),
   downlink: erase(downlink),
+  http: erase(http),
 };
 

@@ -2,10 +2,15 @@
 // started fresh for every run so no state (queues, sessions, heap) carries
 // from one measurement into the next. `mosquitto-direct` (downlink) is no
 // front process at all: devices use the one upstream mosquitto themselves.
+// On request a target also listens for MQTT over WebSocket (mqtt-fanout's
+// FANOUT_WS_PORT, a `protocol websockets` listener on the bridge) and, for
+// mqtt-fanout, HTTP (FANOUT_HTTP_PORT); the daemon picks those ports and names
+// them in its ready line.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { bridgeConf, upstreamConf, UpstreamRef, writeConf } from './mosquitto-conf';
 import type { Qos } from './mqtt-wire';
+import type { DeviceEndpoint, Transport } from './mqtt-ws';
 import type { WatchedProc } from './proc-usage';
 import {
   allocatePort,
@@ -17,6 +22,7 @@ import {
   sleep,
   startDaemon,
   startMosquitto,
+  waitForPort,
 } from './procs';
 
 /** mosquitto: the bridge; mosquitto-direct: upstream b1 itself serving the devices (downlink's peer). */
@@ -37,11 +43,24 @@ export interface TargetOptions {
    * queues across reconnects; null for every other scenario.
    */
   recoverable?: string | null;
+  /** A WebSocket listener for devices as well (fanout: FANOUT_WS_PORT; bridge: a `protocol websockets` listener). */
+  ws?: boolean;
+  /** fanout only: FANOUT_HTTP_PORT (POST /publish, /metrics). */
+  http?: boolean;
 }
 
 export interface Target {
   kind: TargetKind;
   devicePort: number;
+  /** WebSocket listener for devices, when asked for (TargetOptions.ws). */
+  wsPort: number | null;
+  wsPath: string;
+  /** Who serves WebSocket: uWebSockets.js (or ws) in mqtt-fanout, mosquitto for the bridge; null without. */
+  wsServer: string | null;
+  /** mqtt-fanout's HTTP port, when asked for (TargetOptions.http). */
+  httpPort: number | null;
+  /** Where devices connect over `transport`; throws if the target has no such listener. */
+  endpoint(transport: Transport): DeviceEndpoint;
   /** mosquitto-direct: b1 only, which is also the device port. */
   upstreams: UpstreamRef[];
   dir: string;
@@ -127,22 +146,41 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
       upstreams.push(ref);
     }
     const devicePort = direct ? upstreams[0].port : await allocatePort();
+    if ((opts.ws && direct) || (opts.http && kind !== 'fanout')) throw new Error(`${kind} has no ${opts.http ? 'HTTP' : 'WebSocket'} listener here`);
+    let wsPort: number | null = null;
+    let wsPath = '/mqtt';
+    let wsServer: string | null = null;
+    let httpPort: number | null = null;
     // mosquitto-direct starts nothing in front: b1 is the target.
     if (kind === 'fanout') {
-      procs.push(
-        await startDaemon({
-          entry: daemonEntry(),
-          port: devicePort,
-          brokers: upstreams,
-          shards: opts.shards,
-          logLevel: opts.daemonLogLevel,
-          dir,
-        }),
-      );
+      const daemon = await startDaemon({
+        entry: daemonEntry(),
+        port: devicePort,
+        brokers: upstreams,
+        shards: opts.shards,
+        logLevel: opts.daemonLogLevel,
+        dir,
+        ws: opts.ws,
+        http: opts.http,
+      });
+      procs.push(daemon.proc);
+      ({ wsPort, wsServer, httpPort } = daemon);
+      wsPath = daemon.wsPath ?? wsPath;
     } else if (kind === 'mosquitto') {
-      const conf = writeConf(dir, 'bridge', bridgeConf(devicePort, upstreams, opts.qos, recoverable !== null));
-      procs.push(await startMosquitto('bridge', conf, devicePort, dir));
+      wsPort = opts.ws ? await allocatePort() : null;
+      const conf = writeConf(dir, 'bridge', bridgeConf(devicePort, upstreams, opts.qos, recoverable !== null, wsPort));
+      const bridge = await startMosquitto('bridge', conf, devicePort, dir);
+      procs.push(bridge);
+      if (wsPort !== null) {
+        await waitForPort(wsPort, bridge);
+        wsServer = 'mosquitto';
+      }
     }
+    const endpoint = (transport: Transport): DeviceEndpoint => {
+      if (transport === 'tcp') return { transport, host: '127.0.0.1', port: devicePort, path: wsPath };
+      if (wsPort === null) throw new Error(`${kind} was started without a WebSocket listener`);
+      return { transport, host: '127.0.0.1', port: wsPort, path: wsPath };
+    };
     const front = direct ? procs[0] : procs[procs.length - 1];
     const watched = (): WatchedProc[] =>
       procs.flatMap((p) => (p.child.pid === undefined ? [] : [{ name: p.name, role: p === front ? ('target' as const) : ('upstream' as const), pid: p.child.pid }]));
@@ -179,6 +217,11 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
     return {
       kind,
       devicePort,
+      wsPort,
+      wsPath,
+      wsServer,
+      httpPort,
+      endpoint,
       upstreams,
       dir,
       shards: kind === 'fanout' ? opts.shards : null,

@@ -4,7 +4,8 @@
 // hooks; connect-storm and idle sit beside it with the same shape: take a
 // started Target and a job, return a result.
 import { LatencySummary, mergeEncoded, newHistogram, summarize } from './latency';
-import { connectRaw, filterFor, PROBE_ID, ProtocolLevel, publishLayout, Qos, topicFor } from './mqtt-wire';
+import { disconnect, filterFor, PROBE_ID, ProtocolLevel, publishLayout, Qos, topicFor } from './mqtt-wire';
+import { connectLink, DeviceEndpoint, Transport } from './mqtt-ws';
 import { PublisherPool, PublisherResult, QosMode } from './publisher';
 import { ResourceReport, resourceReport, UsageMeter } from './proc-usage';
 import { BrokerTally, Receiver } from './receiver';
@@ -33,6 +34,8 @@ export interface UplinkJob {
   ramp?: number;
   /** Handshakes in flight while connecting the devices. */
   concurrency?: number;
+  /** How the devices (and the probe) connect to the target; tcp by default. */
+  transport?: Transport;
 }
 
 export interface Progress {
@@ -74,6 +77,10 @@ export interface QosBreakdown {
 }
 
 export interface ScenarioResult {
+  /** How the devices connected. */
+  transport: Transport;
+  /** The target's WebSocket server (ws runs): uWebSockets.js, ws or mosquitto; null over TCP. */
+  wsServer: string | null;
   /** The headline figure; see throughput() for its definition per QoS. */
   msgPerSec: number;
   /**
@@ -101,8 +108,8 @@ export interface ScenarioResult {
  * is live before the clock starts; a bridge still connecting upstream would
  * otherwise drop the first messages and look lossy.
  */
-async function probe(target: Target, job: UplinkJob, receivers: Receiver[], timeoutMs = 20_000): Promise<void> {
-  const socket = await connectRaw('127.0.0.1', target.devicePort, `${job.runTag}probe`, () => undefined);
+async function probe(endpoint: DeviceEndpoint, job: UplinkJob, receivers: Receiver[], timeoutMs = 20_000): Promise<void> {
+  const socket = await connectLink(endpoint, `${job.runTag}probe`, () => undefined);
   socket.on('error', () => undefined);
   const { template } = publishLayout(topicFor(job.topicPattern, 'probe'), 0, job.payload, PROBE_ID);
   const deadline = Date.now() + timeoutMs;
@@ -116,7 +123,7 @@ async function probe(target: Target, job: UplinkJob, receivers: Receiver[], time
       await sleep(100);
     }
   } finally {
-    socket.end();
+    void disconnect(socket);
   }
 }
 
@@ -142,12 +149,17 @@ export async function runUplink(target: Target, job: UplinkJob, hooks: UplinkHoo
         }),
       );
     }
-    await probe(target, job, receivers);
+    const transport = job.transport ?? 'tcp';
+    const endpoint = target.endpoint(transport);
+    // Over the devices' transport: a WebSocket listener that does not forward must fail here, not look lossy.
+    await probe(endpoint, job, receivers);
     const running: RunningUplink = { target, receivers, meter: null, startedAt: 0 };
     await h.beforeStart?.(running);
     pool = await PublisherPool.connect({
-      host: '127.0.0.1',
-      port: target.devicePort,
+      host: endpoint.host,
+      port: endpoint.port,
+      transport,
+      wsPath: endpoint.path,
       devices: job.devices,
       messages: job.messages,
       payload: job.payload,
@@ -232,7 +244,8 @@ export async function runUplink(target: Target, job: UplinkJob, hooks: UplinkHoo
         : throughput(job.qos, publisher.acked, publisher.firstSendAt, publisher.lastAckAt, brokers);
     const delivered = brokers.reduce((n, b) => n + b.distinct, 0) / Math.max(1, brokers.length);
     const resources = resourceReport(procs, 'msg', delivered, windowS);
-    const result: ScenarioResult = { msgPerSec, deliveredPerSec, endedBy, durationMs, publisher, brokers, e2e, resources };
+    const wsServer = transport === 'ws' ? target.wsServer : null;
+    const result: ScenarioResult = { transport, wsServer, msgPerSec, deliveredPerSec, endedBy, durationMs, publisher, brokers, e2e, resources };
     if (job.qos === 'mixed') result.byQos = publisher.byQos.map((q) => breakdown(q, brokers));
     return result;
   } finally {
