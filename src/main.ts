@@ -120,7 +120,12 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   }
 
   const httpAnswers = new Map<number, (reason: number) => void>();
-  let latencyReplies: { ack: string[]; rtt: string[]; done: () => void } | null = null;
+  // Histograms the threads handed over and the collector has not taken yet. A reply that comes
+  // after a collection gave up waiting is kept for the next one: each is recorded only once.
+  const latency = { ack: [] as string[], rtt: brokers.map(() => [] as string[]), waiting: 0, wake: null as (() => void) | null };
+  const gotLatency = (): void => {
+    if (latency.waiting > 0 && --latency.waiting === 0) latency.wake?.();
+  };
   const writers = brokers.map((broker, b) => {
     const w = watch(new Worker(path.join(WORKERS, 'writer.worker.js'), {
       workerData: {
@@ -134,9 +139,9 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     // "broker connected" lines were).
     w.on('message', (m: FromWriter | { t: 'log'; line: string }) => {
       if (onWorkerMessage(m)) return;
-      if (m.t === 'metrics' && latencyReplies !== null) {
-        latencyReplies.rtt[m.broker] = m.rtt;
-        latencyReplies.done();
+      if (m.t === 'metrics') {
+        if (m.rtt !== '') latency.rtt[m.broker].push(m.rtt);
+        gotLatency();
       }
     });
     return w;
@@ -191,9 +196,9 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       } else if (msg.t === 'relay') toShard(msg.to, msg.msg);
       else if (msg.t === 'published') httpAnswers.get(msg.id)?.(msg.reason);
       else if (msg.t === 'auth') onAuth(msg);
-      else if (msg.t === 'metrics' && latencyReplies !== null) {
-        latencyReplies.ack.push(msg.ackLatency);
-        latencyReplies.done();
+      else if (msg.t === 'metrics') {
+        if (msg.ackLatency !== '') latency.ack.push(msg.ackLatency);
+        gotLatency();
       }
       else if (msg.t === 'ready') resolve(msg);
       else if (msg.t === 'failed') reject(new Error(`cannot listen on ${cfg.host}:${cfg.port}: ${msg.message}`));
@@ -240,15 +245,17 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     writerStats: () => readWriterStats(writerStats, brokers.length),
     uplinkRings: uplink, downlinkRings: downlink,
     pullLatency: () => new Promise((resolve) => {
-      let left = shards + writers.length;
-      const replies = { ack: [] as string[], rtt: brokers.map(() => ''), done: () => { if (--left === 0) finish(); } };
-      const finish = (): void => {
+      const take = (): void => {
         clearTimeout(timer);
-        if (latencyReplies === replies) latencyReplies = null;
-        resolve({ ack: replies.ack, rtt: replies.rtt });
+        latency.wake = null;
+        latency.waiting = 0;
+        const ack = latency.ack.splice(0);
+        const rtt = latency.rtt.map((list) => list.splice(0));
+        resolve({ ack, rtt });
       };
-      const timer = setTimeout(finish, 500);
-      latencyReplies = replies;
+      const timer = setTimeout(take, 500);
+      latency.waiting = shards + writers.length;
+      latency.wake = take;
       for (const w of shardWorkers) w.postMessage({ t: 'metrics' } satisfies ToShard);
       for (const w of writers) w.postMessage({ t: 'metrics' } satisfies ToWriter);
     }),

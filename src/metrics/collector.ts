@@ -15,8 +15,9 @@ export interface CollectorSources {
   writerStats(): Record<WriterField, number>[];
   uplinkRings: RingBuffers[][];
   downlinkRings: RingBuffers[][];
-  /** Asks every thread for its histograms since the last call. */
-  pullLatency(): Promise<{ ack: string[]; rtt: string[] }>;
+  /** Asks every thread for its histograms since the last call (several per broker when a
+   *  reply came late). */
+  pullLatency(): Promise<{ ack: string[]; rtt: string[][] }>;
 }
 
 /** Seconds of latency history the quantiles cover. */
@@ -87,7 +88,7 @@ export class MetricsCollector {
     try {
       const { ack, rtt } = await this.src.pullLatency();
       this.ack.push(ack);
-      this.rtt.forEach((w, b) => w.push(rtt[b] === undefined ? [] : [rtt[b]]));
+      this.rtt.forEach((w, b) => w.push(rtt[b] ?? []));
       const shards = this.src.shardStats();
       const last = this.ack.merged(true);
       this.history.push({

@@ -69,9 +69,13 @@ describe('HTTP: metrics, health, publish', { timeout: 120_000 }, () => {
     const ws = await connectClient(`ws://127.0.0.1:${daemon.wsPort}/mqtt`, { clientId: unique('m-ws') });
     t.after(() => closeClient(ws));
     for (let i = 0; i < 20; i++) await publish(tcp, unique('http/m'), `m${i}`, { qos: 1 });
-    // Latency histograms reach the supervisor once a second.
-    await sleep(2200);
-    const all = await metrics();
+    // Latency histograms reach the supervisor once a second: wait until this traffic is in.
+    const counted = (f: Families, broker: string): number =>
+      f.get('fanout_broker_rtt_seconds')?.samples.find((x) => x.name === 'fanout_broker_rtt_seconds_count' && x.labels.broker === broker)?.value ?? 0;
+    const all = await waitFor('the round trips in /metrics', async () => {
+      const f = await metrics();
+      return counted(f, 'b1') >= 20 && counted(f, 'b2') >= 20 && (f.get('fanout_ack_latency_seconds')?.samples.find((x) => x.name === 'fanout_ack_latency_seconds_count')?.value ?? 0) >= 20 ? f : null;
+    }, { timeoutMs: 15_000, intervalMs: 250 });
     const conns = family(all, 'fanout_connections');
     assert.equal(conns.type, 'gauge');
     const byTransport = (tr: string): number => conns.samples.filter((m) => m.labels.transport === tr).reduce((n, m) => n + m.value, 0);
