@@ -75,7 +75,8 @@ export const HELP = `Usage: npm run loadtest -- [scenario] [options]
 Compares mqtt-fanout (dist/src/cli.js) with a mosquitto bridge doing the same
 job (--target both, "compare"), alternating targets round by round with fresh
 processes (target + 2 upstream mosquittos) per run. downlink compares it with
-devices subscribed on the first upstream mosquitto directly (mosquitto-direct).
+devices subscribed on the first upstream mosquitto directly (mosquitto-direct);
+http has no peer.
 
 Scenarios
   uplink          N devices publish M messages each; every message must reach
@@ -141,7 +142,8 @@ Common options
   --rounds N         rounds of every target (x qos)         [3]
   --target T         fanout | mosquitto | both | compare    [both]
                      (downlink: mosquitto = mosquitto-direct, devices and
-                     publisher on upstream b1 itself; also accepted by name)
+                     publisher on upstream b1 itself; also accepted by name;
+                     http: fanout only, there is no peer)    [http: fanout]
   --threads N        load generator worker threads          [2]
   --json FILE        write every raw figure as JSON
   --keep-logs        keep each run's temp dir (configs, logs)

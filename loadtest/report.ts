@@ -123,6 +123,41 @@ function ratioLines(rat: Record<string, number>): string[] {
   return lines.length ? ['', ...lines.map(([head, text]) => `${head} ${text.replace(/ ws\/tcp /g, ' ')}`)] : [];
 }
 
+/**
+ * WebSocket over TCP round by round: each ws run against the tcp run of the same
+ * target, QoS and round, which ran just before it. Under drift (a shared machine)
+ * these pairs hold steadier than a ratio of medians taken over different moments.
+ */
+export function pairedRatios(records: RunRecord<ScenarioResult>[]): { key: string; what: 'deliv/s' | 'cpu µs/msg'; perRound: number[]; median: number }[] {
+  const out: { key: string; what: 'deliv/s' | 'cpu µs/msg'; perRound: number[]; median: number }[] = [];
+  const groups = [...new Set(records.filter((r) => r.transport === 'ws').map((r) => `${r.target}|${r.qos}`))];
+  for (const g of groups) {
+    const pairs = records.flatMap((ws) => {
+      if (ws.transport !== 'ws' || `${ws.target}|${ws.qos}` !== g || !ws.result) return [];
+      const tcp = records.find((r) => r.transport === 'tcp' && r.target === ws.target && r.qos === ws.qos && r.round === ws.round);
+      return tcp?.result ? [{ ws: ws.result, tcp: tcp.result }] : [];
+    });
+    if (pairs.length === 0) continue;
+    const [target, qos] = g.split('|');
+    const key = `${target} qos${qos === 'null' ? 'mix' : qos}`;
+    const deliv = pairs.map((p) => p.ws.deliveredPerSec / p.tcp.deliveredPerSec);
+    const cpu = pairs.map((p) => p.ws.resources.targetCpuUs / p.tcp.resources.targetCpuUs);
+    out.push({ key, what: 'deliv/s', perRound: deliv, median: median(deliv) }, { key, what: 'cpu µs/msg', perRound: cpu, median: median(cpu) });
+  }
+  return out;
+}
+
+function pairedLines(records: RunRecord<ScenarioResult>[]): string[] {
+  const paired = pairedRatios(records);
+  if (paired.length === 0) return [];
+  const line = (what: string): string =>
+    paired
+      .filter((p) => p.what === what)
+      .map((p) => `${p.key} ${p.median.toFixed(2)}x (${p.perRound.map((x) => x.toFixed(2)).join(' ')})`)
+      .join(', ');
+  return ['', 'ws/tcp round by round, median (each round):', `  deliv/s:    ${line('deliv/s')}`, `  cpu µs/msg: ${line('cpu µs/msg')}`];
+}
+
 /** Per-run problems worth a line: errors, device errors, unacked or refused publishes, exit notes. */
 export function problems(records: RunRecord<ScenarioResult>[]): string[] {
   return records.flatMap((r) => {
@@ -197,6 +232,7 @@ export function renderReport(records: RunRecord<ScenarioResult>[]): string {
     '',
     table(medLatHead, medLatRows, 4),
     ...ratioLines(ratios(sums)),
+    ...pairedLines(records),
   ];
   const notes = problems(records);
   if (notes.length) parts.push('', 'Notes', ...notes);

@@ -11,7 +11,7 @@ import type { Qos } from './mqtt-wire';
 import type { Transport } from './mqtt-ws';
 import { MAX_HTTP_REQUESTS, Options, ScenarioName } from './options';
 import type { ProgressLine, RunRecord } from './output';
-import { renderReport, ratios, summarize } from './report';
+import { pairedRatios, renderReport, ratios, summarize } from './report';
 import { renderHttp, summarizeHttp } from './report-http';
 import { renderIdle, renderStorm } from './report-connections';
 import { downlinkRatios, renderDownlink, summarizeDownlink } from './report-downlink';
@@ -135,7 +135,7 @@ const uplink: ScenarioDef<ScenarioResult> = {
   render: renderReport,
   summary: (records) => {
     const medians = summarize(records);
-    return { medians, ratios: ratios(medians) };
+    return { medians, ratios: ratios(medians), wsOverTcpByRound: pairedRatios(records) };
   },
 };
 

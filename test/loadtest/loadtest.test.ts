@@ -387,6 +387,7 @@ test('uplink over WebSocket through the mosquitto bridge; the report sets ws bes
     assert.match(text, /^1\s+mosquitto\s+ws\s+1\s+-\s+[\d,]+\s+[\d,]+\s+b1=0 b2=0\s+b1=0 b2=0\s+complete$/m);
     assert.match(text, /^ws\/tcp msg\/s:\s+mosquitto qos1 \d+\.\d\dx$/m);
     assert.match(text, /served by mosquitto mosquitto/);
+    assert.match(text, /^ {2}deliv\/s: {4}mosquitto qos1 \d+\.\d\dx \(\d+\.\d\d\)$/m);
   });
 });
 
