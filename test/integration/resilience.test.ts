@@ -10,7 +10,7 @@ import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { MqttClient } from 'mqtt';
 import { Collector, closeClient, connectClient, publish, waitPoolOnline } from '../helpers/clients';
-import { DaemonProcess } from '../helpers/daemon';
+import { DaemonProcess, type LogLine } from '../helpers/daemon';
 import { Mosquitto } from '../helpers/mosquitto';
 import { Scope, sleep, waitFor } from '../helpers/wait';
 
@@ -20,8 +20,31 @@ function distinct(c: Collector, prefix: string): Set<string> {
   return s;
 }
 
+/**
+ * The topics a broker acknowledged (PUBACK) before `before` (ms since the epoch), from the
+ * daemon's trace lines: each `out` line names the packet id a message went out with on one
+ * broker connection, each `in` line the id the broker acknowledged on it.
+ */
+function ackedBy(lines: LogLine[], broker: string, before: number): Set<string> {
+  const topicOf = new Map<string, string>();
+  const acked = new Set<string>();
+  for (const l of lines) {
+    if (l.broker !== broker || typeof l.time !== 'number') continue;
+    const packet = l.packet as { type?: string; messageId?: number; topic?: string } | undefined;
+    if (packet?.messageId === undefined) continue;
+    const key = `${String(l.clientId)}/${packet.messageId}`;
+    if (l.trace === 'out' && packet.topic !== undefined) topicOf.set(key, packet.topic);
+    else if (l.trace === 'in' && packet.type === 'puback' && l.time < before) {
+      const topic = topicOf.get(key);
+      if (topic !== undefined) acked.add(topic);
+    }
+  }
+  return acked;
+}
+
 async function waitAllAt(c: Collector, name: string, prefix: string, expected: string[], timeoutMs: number): Promise<void> {
-  await waitFor(`all ${expected.length} messages at ${name}`, () => distinct(c, prefix).size >= expected.length, {
+  const missingNow = (): number => { const got = distinct(c, prefix); return expected.filter((t) => !got.has(t)).length; };
+  await waitFor(`all ${expected.length} messages at ${name}`, () => missingNow() === 0, {
     timeoutMs,
     detail: () => {
       const got = distinct(c, prefix);
@@ -67,7 +90,11 @@ describe('resilience', { timeout: 150_000 }, () => {
     t.after(() => s.close());
     const b1 = s.use(await Mosquitto.start());
     const b2 = s.use(await Mosquitto.start());
-    const daemon = s.use(await DaemonProcess.start({ FANOUT_BROKERS: `b1=${b1.url({ pool: 2 })},b2=${b2.url({ pool: 2, protocol: 5 })}` }));
+    // Traced, so that the daemon's log tells which messages the killed b1 had acknowledged.
+    const daemon = s.use(await DaemonProcess.start({
+      FANOUT_BROKERS: `b1=${b1.url({ pool: 2 })},b2=${b2.url({ pool: 2, protocol: 5 })}`,
+      FANOUT_TRACE_CLIENTS: `res-kill-${process.pid}-*`,
+    }));
     await waitPoolOnline(b1.port, daemon.proxyId, 'b1', 2);
     await waitPoolOnline(b2.port, daemon.proxyId, 'b2', 2);
     const run = `res/kill/${process.pid}-${Date.now()}`;
@@ -90,6 +117,7 @@ describe('resilience', { timeout: 150_000 }, () => {
     await b1.kill();
     const ackedAtKill = acked();
     await sleep(500);
+    const restartedAt = Date.now();
     await b1.start();
     t.diagnostic(`b1 killed after ${ackedAtKill} acks, restarted 500 ms later`);
 
@@ -100,7 +128,13 @@ describe('resilience', { timeout: 150_000 }, () => {
     assert.deepEqual(publishers.flatMap((p) => p.errors).map((e) => e.message), []);
     assert.ok(ackedAtKill < all.length, 'the stream was over before the kill: the test proves nothing');
     await waitAllAt(at2, 'b2', `${run}/`, all, 30_000);
-    await waitAllAt(at1, 'b1 (killed and restarted)', `${run}/`, all, 30_000);
+    // b1 loses what it had acknowledged but not yet passed on when it was killed: that loss is
+    // the broker's. Every other message must be there, resent by the daemon after the restart.
+    const lostByBroker = ackedBy(daemon.lines, 'b1', restartedAt);
+    await waitAllAt(at1, 'b1 (killed and restarted)', `${run}/`, all.filter((topic) => !lostByBroker.has(topic)), 30_000);
+    const brokerLost = all.filter((topic) => !distinct(at1, `${run}/`).has(topic));
+    t.diagnostic(`b1 acknowledged ${lostByBroker.size} messages before its restart; it lost ${brokerLost.length} of them in the kill`);
+    assert.ok(brokerLost.length <= 100, `b1 lost ${brokerLost.length} acknowledged messages: more than a kill -9 can explain`);
     // The restarted b1 started empty: a retained "online" there can only come from reconnects.
     await waitPoolOnline(b1.port, daemon.proxyId, 'b1', 2, 10_000);
   });
