@@ -2,6 +2,7 @@
 // readiness for orchestrators, POST /publish for systems that cannot speak MQTT, and the live
 // dashboard. Publishes are handed to a shard and routed exactly like a device's.
 
+import { isValidMqttString } from '../protocol/properties';
 import * as http from 'node:http';
 import type { Logger } from 'pino';
 import type { MetricsCollector } from '../metrics/collector';
@@ -34,7 +35,8 @@ export function parsePublishQuery(query: URLSearchParams): PublishParams | strin
   const topic = query.get('topic');
   if (topic === null || topic === '') return 'topic is required (?topic=...)';
   if (/[+#]/.test(topic)) return 'topic must not contain the wildcards + or #';
-  if (topic.includes('\u0000')) return 'topic must not contain U+0000';
+  const bytes = Buffer.from(topic);
+  if (!isValidMqttString(bytes, 0, bytes.length)) return 'topic must not contain U+0000, control characters (U+0001-U+001F, U+007F-U+009F) or non-characters';
   if (Buffer.byteLength(topic) > 65535) return 'topic is longer than 65535 bytes';
   const qosText = query.get('qos') ?? '0';
   if (!/^[012]$/.test(qosText)) return `qos must be 0, 1 or 2, got ${JSON.stringify(qosText)}`;

@@ -68,6 +68,10 @@ export function decodeConnect(packet: Buffer, packetStart: number, bodyStart: nu
     at += 2 + len;
     return !ok;
   };
+  // Will QoS 3, or a will QoS or retain flag without the will flag [MQTT-3.1.2-11, -13, -14, -15].
+  if ((flags & 0x18) === 0x18 || (!(flags & 0x04) && (flags & 0x38) !== 0)) {
+    return refuse(answerAs === 5 ? 5 : 0, RC_MALFORMED, 'invalid will flags');
+  }
   if (badString()) return refuse(answerAs === 5 ? 5 : 0, RC_MALFORMED, 'client id is not valid UTF-8');
   if (flags & 0x04) {
     if (version === 5) {

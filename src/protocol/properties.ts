@@ -99,16 +99,62 @@ function skipLengthPrefixed(buf: Buffer, pos: number, end: number, utf8: boolean
   return stop;
 }
 
-/** UTF-8 well-formed and free of U+0000 [MQTT-1.5.4-1, MQTT-1.5.4-2]. */
+/**
+ * Well-formed UTF-8 without U+0000 [MQTT-1.5.4-1, MQTT-1.5.4-2], and without the code points a
+ * receiver may treat as malformed [MQTT-1.5.4]: control characters (U+0001-U+001F,
+ * U+007F-U+009F) and non-characters (U+FDD0-U+FDEF, U+xFFFE, U+xFFFF). Brokers such as
+ * mosquitto close the connection on those, so they are refused here, before anything is
+ * forwarded upstream.
+ */
 export function isValidMqttString(buf: Buffer, start: number, end: number): boolean {
   for (let i = start; i < end; i++) {
     const c = buf[i];
-    if (c === 0) return false;
-    if (c >= 0x80) {
-      // isUtf8 accepts U+0000, so the rest still needs the NUL check.
-      const nul = buf.indexOf(0, i);
-      return (nul < 0 || nul >= end) && isUtf8(buf.subarray(start, end));
+    if (c < 0x20 || c === 0x7f) return false;
+    if (c >= 0x80) return isUtf8(buf.subarray(i, end)) && noDiscouraged(buf, i, end);
+  }
+  return true;
+}
+
+/** buf[start, end) is well-formed UTF-8: false when it holds a control or non-character. */
+function noDiscouraged(buf: Buffer, start: number, end: number): boolean {
+  for (let i = start; i < end; i++) {
+    const c = buf[i];
+    if (c < 0x80) {
+      if (c < 0x20 || c === 0x7f) return false;
+    } else if (c === 0xc2) {
+      if (buf[i + 1] <= 0x9f) return false; // U+0080-U+009F
+    } else if (c === 0xef) {
+      const b1 = buf[i + 1];
+      const b2 = buf[i + 2];
+      if (b1 === 0xb7 && b2 >= 0x90 && b2 <= 0xaf) return false; // U+FDD0-U+FDEF
+      if (b1 === 0xbf && b2 >= 0xbe) return false; // U+FFFE, U+FFFF
+    } else if (c >= 0xf0) {
+      if ((buf[i + 1] & 0x0f) === 0x0f && buf[i + 2] === 0xbf && buf[i + 3] >= 0xbe) return false; // U+xFFFE, U+xFFFF
     }
+  }
+  return true;
+}
+
+/**
+ * Whether every topic filter of a SUBSCRIBE or UNSUBSCRIBE passes isValidMqttString, on the raw
+ * bytes: mqtt-packet decodes strings leniently. `packet` is the whole packet from its first
+ * byte. Framing errors are left to the full parser (true).
+ */
+export function filtersAreValid(packet: Buffer, v5: boolean, subscribe: boolean): boolean {
+  const end = packet.length;
+  let pos = 1;
+  while (pos < end && packet[pos] & 0x80) pos++;
+  pos += 1 + 2; // end of the remaining length, then the packet id
+  if (v5) {
+    const propsLen = readVarint(packet, pos, end);
+    if (propsLen < 0) return true;
+    pos = varintEnd + propsLen;
+  }
+  while (pos + 2 <= end) {
+    const len = packet.readUInt16BE(pos);
+    if (pos + 2 + len > end) return true;
+    if (!isValidMqttString(packet, pos + 2, pos + 2 + len)) return false;
+    pos += 2 + len + (subscribe ? 1 : 0);
   }
   return true;
 }

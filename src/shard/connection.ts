@@ -11,6 +11,7 @@ import { decodePublish, encodePublishHead, publishSize } from '../protocol/publi
 import { varintSize, writeVarint } from '../protocol/framer';
 import { copyBytes } from '../protocol/bytes';
 import { withinTopicLimits } from '../protocol/topic';
+import { filtersAreValid } from '../protocol/properties';
 import { decodeConnect, encodeConnack, type ConnackOptions } from '../protocol/connect';
 import * as C from '../protocol/constants';
 import { NO_TOKEN } from '../ring/records';
@@ -441,7 +442,8 @@ export class DeviceConnection implements AckTarget, SessionLink {
   }
 
   private onSubscription(type: number, buf: Buffer, packetStart: number, end: number): void {
-    const packet = this.ctx.parse(this.version, buf.subarray(packetStart, end));
+    const bytes = buf.subarray(packetStart, end);
+    const packet = filtersAreValid(bytes, this.version === 5, type === C.SUBSCRIBE) ? this.ctx.parse(this.version, bytes) : null;
     if (packet === null || (packet.cmd !== 'subscribe' && packet.cmd !== 'unsubscribe')) {
       this.protocolClose(C.RC_MALFORMED, 'malformed SUBSCRIBE/UNSUBSCRIBE');
       return;

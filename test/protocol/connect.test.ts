@@ -172,6 +172,24 @@ test('a will topic containing the (valid) character U+FFFD is accepted', () => {
   assert.ok(u.ok, `refused: ${JSON.stringify(u)}`);
 });
 
+test('will QoS 3, and a will QoS or retain flag without a will, are malformed [MQTT-3.1.2-11, -13 to -15]', () => {
+  // flags: clean (0x02) + will (0x04) + will QoS 3 (0x18); will topic "w", empty will payload.
+  const will = Buffer.from([0, 1, 0x77, 0, 0]);
+  assert.equal(refused(decode(rawConnect('MQTT', 4, Buffer.from('id'), 0x1e, will))).version, 0);
+  const v5 = rawConnect('MQTT', 5, Buffer.from('id'), 0x1e, Buffer.concat([Buffer.from([0]), will]));
+  assert.deepEqual(refused(decode(v5)), { version: 5, code: 0x81 });
+  for (const flags of [0x0a, 0x12, 0x22]) {
+    assert.equal(refused(decode(rawConnect('MQTT', 4, Buffer.from('id'), flags))).version, 0, `flags ${flags.toString(16)}`);
+  }
+  assert.ok(decode(rawConnect('MQTT', 4, Buffer.from('id'), 0x36, will)).ok, 'will QoS 2 with retain is fine');
+});
+
+test('a client id, will topic or user name with a control character is refused', () => {
+  assert.equal(refused(decode(rawConnect('MQTT', 4, Buffer.from('id\u0007')))).version, 0);
+  assert.equal(refused(decode(rawConnect('MQTT', 4, Buffer.from('id'), 0x06, Buffer.from([0, 2, 0x61, 0x0a, 0, 0])))).version, 0);
+  assert.equal(refused(decode(connect({ username: 'name\uffff', password: Buffer.from('p') }))).version, 0);
+});
+
 test('a CONNECT mqtt-packet cannot parse is refused (reserved flag, truncated)', () => {
   const reserved = rawConnect('MQTT', 4, Buffer.from('id'), 0x03);
   assert.equal(refused(decode(reserved)).version, 0);

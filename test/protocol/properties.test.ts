@@ -4,6 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as mqttPacket from 'mqtt-packet';
+import { hasDiscouraged } from '../helpers/bytes';
 import { isValidMqttString, PROP_TOPIC_ALIAS, scanPublishProperties, type PropertyScan } from '../../src/protocol/properties';
 import { readVarint, varintEnd } from '../../src/protocol/framer';
 
@@ -150,9 +151,19 @@ const valid = (b: number[] | Buffer, start = 0, end?: number): boolean => {
   return isValidMqttString(buf, start, end ?? buf.length);
 };
 
-test('isValidMqttString accepts well-formed strings, U+FEFF and non-characters', () => {
-  for (const s of ['', 'a', 'sensors/temp', 'é', 'Ωmega', '中文/主题', '😀🚀', '\u007f', '\ufeffbom', '\uffff', '\u{10ffff}', '\ufffd']) {
+test('isValidMqttString accepts well-formed strings, U+FEFF and the code points next to the refused ones', () => {
+  for (const s of ['', 'a', 'sensors/temp', ' ~', 'é', '\u00a0', 'Ωmega', '中文/主题', '😀🚀', '\ufeffbom', '\ufdcf', '\ufdf0', '\ufffd', '\u{1fffd}', '\u{10fffd}']) {
     assert.equal(valid(Buffer.from(s)), true, JSON.stringify(s));
+  }
+});
+
+test('isValidMqttString rejects control characters and non-characters, as mosquitto does [MQTT-1.5.4]', () => {
+  const bad = ['\u0001', '\t', '\n', '\u001f', '\u007f', '\u0080', '\u009f', '\ufdd0', '\ufdef', '\ufffe', '\uffff', '\u{1fffe}', '\u{10ffff}'];
+  for (const c of bad) {
+    const name = `U+${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}`;
+    assert.equal(valid(Buffer.from(c)), false, name);
+    assert.equal(valid(Buffer.from(`a/${c}/b`)), false, `${name} inside ASCII`);
+    assert.equal(valid(Buffer.from(`é/${c}`)), false, `${name} after a multi-byte character`);
   }
 });
 
@@ -206,10 +217,11 @@ test('isValidMqttString only looks at [start, end)', () => {
   assert.equal(isValidMqttString(multi, 1, 4), false);
 });
 
-test('isValidMqttString agrees with a UTF-8 round trip on all 2-byte and 200,000 random strings without 0x00', () => {
+test('isValidMqttString agrees with a UTF-8 round trip and a code point check on all 2-byte and 200,000 random strings without 0x00', () => {
   // Well-formed UTF-8 survives decoding and re-encoding unchanged; every ill-formed sequence is
   // replaced by U+FFFD (WHATWG decoder) and so changes the bytes.
-  const wellFormed = (b: Buffer): boolean => Buffer.from(b.toString('utf8'), 'utf8').equals(b);
+  // Control characters and non-characters are refused as well.
+  const wellFormed = (b: Buffer): boolean => Buffer.from(b.toString('utf8'), 'utf8').equals(b) && !hasDiscouraged(b.toString('utf8'));
   const b2 = Buffer.alloc(2);
   for (let x = 0; x < 65536; x++) {
     b2[0] = x >> 8;

@@ -10,6 +10,7 @@
 //   FUZZ_SEED=<seed> FUZZ_ONLY=<index> node --test dist/test/protocol/publish.test.js
 // FUZZ_CASES=<n> changes the number of fuzz cases (default 20,000).
 
+import { hasDiscouraged } from '../helpers/bytes';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { isDeepStrictEqual } from 'node:util';
@@ -108,11 +109,14 @@ const NOT_CHECKED_BY_MQTT_PACKET: ReadonlySet<Rule> = new Set<Rule>([
 
 /** Whether b[start, end) is an MQTT UTF-8 Encoded String: 'ok', 'invalid' UTF-8 (Unicode table
  *  3-7: no overlongs, surrogates, > U+10FFFF or truncated sequences) [MQTT-1.5.4-1], or well-formed
- *  but with U+0000 ('null') [MQTT-1.5.4-2]. */
+ *  but with U+0000 ('null') [MQTT-1.5.4-2]. Control characters and non-characters, which a
+ *  receiver may treat as malformed [MQTT-1.5.4] and the proxy does, count as 'invalid'. */
 function mqttString(b: Buffer, start: number, end: number): 'ok' | 'invalid' | 'null' {
   if (!isWellFormedUtf8(b, start, end)) return 'invalid';
-  return b.subarray(start, end).includes(0) ? 'null' : 'ok';
+  if (b.subarray(start, end).includes(0)) return 'null';
+  return hasDiscouraged(b.toString('utf8', start, end)) ? 'invalid' : 'ok';
 }
+
 
 function isWellFormedUtf8(b: Buffer, start: number, end: number): boolean {
   let i = start;
