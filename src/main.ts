@@ -62,17 +62,23 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     }
     return false;
   };
+  const exited = new Set<Worker>();
   const watch = (w: Worker, name: string): Worker => {
     w.on('error', (err) => logger.fatal({ err, thread: name }, 'worker thread failed'));
     w.on('exit', (code) => {
-      if (!stopping) {
-        logger.fatal({ thread: name, code }, 'worker thread exited unexpectedly; stopping');
-        void log.flush().then(() => process.exit(1));
-      }
+      exited.add(w);
+      if (stopping) return;
+      logger.fatal({ thread: name, code }, 'worker thread exited unexpectedly; stopping');
+      // The other threads are stopped in order (a thread that ends with open WebSocket
+      // handles would abort the process), then the daemon exits with 1.
+      const fail = (): void => { void log.flush().then(() => process.exit(1)); };
+      if (stopNow === null) fail();
+      else void stopNow(1).then(fail, fail);
     });
     return w;
   };
   let stopping = false;
+  let stopNow: ((exitCode: number) => Promise<void>) | null = null;
 
   // Rings and doorbells: one uplink and one ack ring per shard x broker.
   const shards = cfg.shards;
@@ -291,21 +297,22 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     ...(tlsPort !== null ? { tlsPort, mtls: cfg.tlsRequireClientCert } : {}),
   }, 'mqtt-fanout ready');
 
-  const stop = async (): Promise<void> => {
+  const stop = async (exitCode = 0): Promise<void> => {
     if (stopping) return;
     stopping = true;
     const deadline = setTimeout(() => {
       logger.warn('shutdown took too long; exiting anyway');
-      void log.flush().then(() => process.exit(0));
+      void log.flush().then(() => process.exit(exitCode));
     }, cfg.shutdownTimeoutMs + 2000);
     deadline.unref();
     logger.info('shutting down: draining devices');
     collector.stop();
-    await Promise.all(shardWorkers.map((w) => request<FromShard>(w, { t: 'drain' }, 'drained')));
+    const alive = (ws: Worker[]): Worker[] => ws.filter((w) => !exited.has(w));
+    await Promise.all(alive(shardWorkers).map((w) => request<FromShard>(w, { t: 'drain' }, 'drained')));
     await Promise.all(shardWorkers.map((w) => w.terminate()));
     Atomics.store(new Int32Array(control), 0, 1);
     Atomics.notify(new Int32Array(control), 0);
-    const results = await Promise.all(writers.map((w) => request<FromWriter>(w, { t: 'drain' } as ToWriter, 'drained')));
+    const results = await Promise.all(alive(writers).map((w) => request<FromWriter>(w, { t: 'drain' } as ToWriter, 'drained')));
     for (const r of results) {
       if (r.t === 'drained' && (r.leftInRings > 0 || r.leftInflight > 0)) {
         logger.warn({ broker: r.broker, leftInRings: r.leftInRings, leftInflight: r.leftInflight }, 'broker did not take everything before the shutdown deadline');
@@ -318,6 +325,8 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     logger.info('stopped');
     clearTimeout(deadline);
   };
+
+  stopNow = stop;
 
   /** SIGHUP: the TLS listener's certificate files are read again. */
   const reload = (): void => {

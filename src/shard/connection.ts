@@ -646,8 +646,10 @@ export class DeviceConnection implements AckTarget, SessionLink {
     if (this.state === CLOSED) return;
     if (reason >= 0x80 && reason !== C.RC_SESSION_TAKEN_OVER && reason !== C.RC_SERVER_SHUTTING_DOWN) this.ctx.stats.add('protocolErrors');
     this.ctx.log.debug({ conn: this.id, clientId: this.clientId, reason, why }, 'closing device connection');
-    // MQTT 5: the reason code, and what went wrong in words when it was the device's doing.
-    if (this.version === 5 && this.state === CONNECTED) {
+    // MQTT 5: the reason code, and what went wrong in words when it was the device's doing;
+    // never before the CONNACK (still pending while the session comes from another shard)
+    // [MQTT-3.14.0-1]: then the connection is just closed.
+    if (this.version === 5 && this.state === CONNECTED && this.connack === null) {
       this.send(reason >= 0x80 && reason !== C.RC_SESSION_TAKEN_OVER && reason !== C.RC_SERVER_SHUTTING_DOWN
         ? mqttPacket.generate({ cmd: 'disconnect', reasonCode: reason, properties: { reasonString: why } }, { protocolVersion: 5 })
         : C.disconnectV5(reason));

@@ -738,6 +738,16 @@ export class Shard implements ShardContext {
     this.endOfTurn();
   }
 
+  /**
+   * Closes the WebSocket listener and its connections at once. A thread that ends with live
+   * uWS apps aborts the whole process, so a failing shard calls this before it exits.
+   */
+  closeWebSockets(): void {
+    const ws = this.ws;
+    this.ws = null;
+    ws?.closeAll();
+  }
+
   /** Stop accepting and reading, let accepted messages be acknowledged, then say goodbye. */
   private async drain(): Promise<void> {
     this.draining = true;
