@@ -122,6 +122,8 @@ export class Session {
   acl: AclChecker | null = null;
   /** Protocol level of the device's last CONNECT. */
   version = 4;
+  /** Ended here (expired, replaced, or moved to another shard): counted out once. */
+  ended = false;
   readonly subs = new Map<string, Sub>();
   readonly inflight = new Map<number, Outgoing>();
   private queue: Outgoing[] = [];

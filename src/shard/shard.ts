@@ -341,6 +341,7 @@ export class Shard implements ShardContext {
     }
     if (conn.state === 2) {
       // The device left while its session travelled: keep the session for its next CONNECT.
+      session.lastConn = conn.id;
       session.detach(Date.now());
       this.offline.set(conn.id, session);
       return;
@@ -389,7 +390,10 @@ export class Shard implements ShardContext {
     this.downlink.drain(Date.now());
     const pending = e.session.takePending();
     this.subs.dropSession(e.session);
-    this.stats.add('sessions', -1);
+    if (!e.session.ended) {
+      e.session.ended = true;
+      this.stats.add('sessions', -1);
+    }
     if (send) this.relay(e.to, { t: 'tail', clientId, pending });
   }
 
@@ -398,10 +402,12 @@ export class Shard implements ShardContext {
   }
 
   private endSession(session: Session): void {
+    if (this.sessions.get(session.clientId) === session) this.sessions.delete(session.clientId);
+    if (this.offline.get(session.lastConn) === session) this.offline.delete(session.lastConn);
+    if (session.ended) return;
+    session.ended = true;
     this.stats.add('subscriptions', -session.subs.size);
     this.subs.dropSession(session);
-    if (this.sessions.get(session.clientId) === session) this.sessions.delete(session.clientId);
-    this.offline.delete(session.lastConn);
     this.stats.add('sessions', -1);
   }
 
@@ -716,6 +722,7 @@ export class Shard implements ShardContext {
     const now = Date.now();
     for (const [connId, session] of this.offline) {
       if (session.expiresAt <= now) {
+        this.offline.delete(connId);
         this.endSession(session);
         this.sendRegistry({ claim: false, conn: connId, clientId: session.clientId });
       }
