@@ -170,8 +170,9 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
     description: 'QoS 1/2 messages kept per device session while the device is away or its window is full.' },
   queueOverflow: { name: 'FANOUT_QUEUE_OVERFLOW', default: 'block', ...oneOf(['block', 'drop-oldest', 'drop-new']),
     description: 'What a full session queue does with one more message. block: for a connected device, the shard '
-      + 'stops taking messages from the brokers until the device acknowledges (the brokers hold them; at most 10 s, '
-      + 'then drop-oldest); for an absent one, drop-oldest. drop-oldest / drop-new: drop at once. Drops are counted and logged.' },
+      + 'stops taking messages from the brokers until the device acknowledges (the brokers hold them); a device that '
+      + 'acknowledged nothing for 2 s, or held the brokers for 10 s, overflows with drop-oldest until its queue is half '
+      + 'empty; for an absent one, drop-oldest. drop-oldest / drop-new: drop at once. Drops are counted and logged.' },
   sessionExpiryMaxS: { name: 'FANOUT_SESSION_EXPIRY_MAX', default: '86400', ...integer(0, 4294967295),
     description: 'Upper bound of the MQTT 5 session expiry and the expiry of MQTT 3.1.1 persistent '
       + '(clean session 0) sessions, in seconds.' },

@@ -13,8 +13,12 @@ import { HOLD_REQ, SHARED_REQ } from '../broker/downlink';
 import { fingerprint } from './no-local';
 
 const HOLD_ID_MASK = 0x3fffffff;
-/** Longest a full queue of a connected device holds the shard's downlink (then drop-oldest). */
+/** Longest a full queue of a connected device holds the shard's downlink; after that, that
+ *  session's queue overflows (FANOUT_QUEUE_OVERFLOW's drop rule) until it has drained to half. */
 const BLOCK_MAX_MS = 10_000;
+/** A device with a full queue that acknowledged nothing for this long is not slow but stuck:
+ *  it does not hold the downlink at all. */
+const QUIET_MS = 2000;
 
 export class ShardDownlink {
   private readonly scratch = new StoredMessage(Buffer.alloc(0), 0, 0, 0, 0, '', 0);
@@ -103,15 +107,7 @@ export class ShardDownlink {
       plan.push({ session, q, r, subIds });
     };
     this.collect(m, qos, retain, req, fpOf, hand);
-    if (this.limits.block && plan.length > 0) {
-      for (const d of plan) {
-        if (d.q > 0 && d.session.link !== null && d.session.queued >= this.limits.maxQueued) {
-          if (this.blockedSince === 0) this.blockedSince = now;
-          // Not forever: a device that stopped reading must not hold every other one back.
-          if (now - this.blockedSince < BLOCK_MAX_MS) return false;
-        }
-      }
-    }
+    if (this.limits.block && plan.length > 0 && this.mustWait(now)) return false;
     this.blockedSince = 0;
     for (const d of plan) {
       // Read access is checked at delivery too, as mosquitto does (FANOUT_ACL_FILE).
@@ -123,6 +119,30 @@ export class ShardDownlink {
       this.delivered++;
     }
     return true;
+  }
+
+  /**
+   * FANOUT_QUEUE_OVERFLOW=block: whether the planned deliveries wait for a connected device's
+   * full queue. Only a device that is slow, not one that stopped: one that acknowledged nothing
+   * for QUIET_MS, or held the downlink for BLOCK_MAX_MS, overflows instead, so that it cannot
+   * hold every other device (and the brokers' acknowledgements behind them) back.
+   */
+  private mustWait(now: number): boolean {
+    const max = this.limits.maxQueued;
+    let wait = false;
+    for (const d of this.plan) {
+      const s = d.session;
+      if (d.q === 0 || s.link === null) continue;
+      if (s.overflowing && s.queued <= max / 2) s.overflowing = false;
+      if (s.queued < max || s.overflowing) continue;
+      if (now - s.lastAck >= QUIET_MS) s.overflowing = true;
+      else wait = true;
+    }
+    if (!wait) return false;
+    if (this.blockedSince === 0) this.blockedSince = now;
+    if (now - this.blockedSince < BLOCK_MAX_MS) return true;
+    for (const d of this.plan) if (d.q > 0 && d.session.queued >= max) d.session.overflowing = true;
+    return false;
   }
 
   private collect(m: StoredMessage, qos: number, retain: boolean, req: number, fpOf: () => number,

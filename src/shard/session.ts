@@ -124,6 +124,11 @@ export class Session {
   version = 4;
   /** Ended here (expired, replaced, or moved to another shard): counted out once. */
   ended = false;
+  /** When the device last acknowledged a delivery (or connected), ms since the epoch. */
+  lastAck = 0;
+  /** FANOUT_QUEUE_OVERFLOW=block gave up waiting for this session's full queue: until it has
+   *  drained to half, its queue overflows instead of holding the downlink again. */
+  overflowing = false;
   readonly subs = new Map<string, Sub>();
   readonly inflight = new Map<number, Outgoing>();
   private queue: Outgoing[] = [];
@@ -217,6 +222,7 @@ export class Session {
   acked(type: 'puback' | 'pubrec' | 'pubcomp', id: number, reason: number): boolean {
     const out = this.inflight.get(id);
     if (out === undefined) return false;
+    this.lastAck = Date.now();
     if (type === 'pubrec') {
       if (out.stage !== 1 || out.qos !== 2) return false;
       if (reason >= 0x80) {
@@ -236,6 +242,8 @@ export class Session {
   attach(link: SessionLink, connId: number, limits: SessionLimits, now: number): void {
     this.link = link;
     this.lastConn = connId;
+    this.lastAck = now;
+    this.overflowing = false;
     for (const [id, out] of this.inflight) {
       if (out.stage === 2) link.writePubrel(id);
       else if (!link.writePublish(out, id, true, now)) {

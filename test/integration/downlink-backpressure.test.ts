@@ -67,3 +67,49 @@ for (const policy of ['block', 'drop-oldest'] as const) {
     });
   });
 }
+
+describe('FANOUT_QUEUE_OVERFLOW=block and a device that stopped acknowledging', { timeout: 120_000 }, () => {
+  const scope = new Scope();
+  let up: Mosquitto;
+  let daemon: DaemonProcess;
+
+  before(async () => {
+    up = scope.use(await Mosquitto.start({ extraConfig: ['max_queued_messages 0'] }));
+    daemon = scope.use(await DaemonProcess.start({
+      FANOUT_BROKERS: `up=${up.url({ pool: 1 })}`,
+      FANOUT_SHARDS: 1,
+      FANOUT_MAX_INFLIGHT: 5,
+      FANOUT_MAX_QUEUED_MESSAGES: 10,
+      FANOUT_QUEUE_OVERFLOW: 'block',
+    }));
+    await waitPoolOnline(up.port, daemon.proxyId, 'up', 1);
+  });
+  after(() => scope.close());
+
+  test('it does not hold the other devices back: they get every message, and its queue overflows (counted)', async () => {
+    const stuck = mqtt.connect(`mqtt://127.0.0.1:${daemon.port}`, { clientId: `stuck-${process.pid}`, reconnectPeriod: 0 });
+    // Never acknowledges: the callback that would send the PUBACK is not called.
+    stuck.handleMessage = () => { /* stuck */ };
+    await withTimeout(new Promise((resolve) => stuck.once('connect', resolve)), 10_000, 'CONNACK');
+    await stuck.subscribeAsync('stuck/#', { qos: 1 });
+    const healthy = await connectClient(daemon.port, { clientId: `healthy-${process.pid}` });
+    const got: number[] = [];
+    healthy.on('message', (_topic, payload) => got.push(Number(payload.toString())));
+    await healthy.subscribeAsync('stuck/#', { qos: 1 });
+    try {
+      const pub = await connectClient(up.port, { clientId: `stuck-pub-${process.pid}` });
+      try {
+        await Promise.all(Array.from({ length: MESSAGES }, (_, i) => pub.publishAsync('stuck/x', String(i), { qos: 1 })));
+      } finally {
+        await closeClient(pub);
+      }
+      // Without the rule, each message beyond the stuck queue held the downlink for 10 s.
+      await waitFor(`${MESSAGES} messages at the healthy device`, () => got.length >= MESSAGES, { timeoutMs: 30_000, detail: () => `got ${got.length}` });
+      assert.deepEqual(got, Array.from({ length: MESSAGES }, (_, i) => i));
+      assert.ok(await daemon.waitForLog((l) => /session queue full/.test(l.msg), 10_000), 'the overflow of the stuck queue is logged');
+    } finally {
+      await closeClient(healthy);
+      await closeClient(stuck);
+    }
+  });
+});
