@@ -133,8 +133,12 @@ class Upstream {
 
 /** Generations kept for late retained messages (QoS 1/2 ones can lag behind the SUBACK). */
 const KEEP_GENERATIONS = 4;
-/** How long a retained-message fetch subscription lives (split mode). */
+/** Longest a retained-message fetch subscription lives (split mode). */
 const FETCH_LINGER_MS = 5000;
+/** A fetch subscription ends this long after its SUBACK or its last retained message: the
+ *  broker sends the retained messages right after the SUBACK, and until the UNSUBSCRIBE the
+ *  subscription also receives live traffic (one more copy of every matching message). */
+const FETCH_QUIET_MS = 500;
 const MAX_SUB_ID = 268435455;
 /** Request ids with this bit name a shared group's hold (the shard's id for it): its turn. */
 export const SHARED_REQ = 0x80000000;
@@ -169,7 +173,8 @@ export class WriterDownlink {
   private readonly fetchWaiting = new Map<string, Recipient[]>();
   private readonly fetches = new Map<number, { filter: string; recipients: Recipient[]; acked: boolean }>();
   private readonly fetchByPacket = new Map<number, number[]>();
-  private readonly fetchTimers = new Map<string, NodeJS.Timeout>();
+  /** Per fetched filter: its unsubscribe at the latest (FETCH_LINGER_MS) and once it is quiet. */
+  private readonly fetchTimers = new Map<string, { cap: NodeJS.Timeout; quiet: NodeJS.Timeout | null }>();
 
   constructor(
     private readonly broker: number,
@@ -301,7 +306,8 @@ export class WriterDownlink {
   }
 
   /** Split mode: a short-lived subscription per filter on the fetch link brings its retained
-   *  messages; it is dropped after FETCH_LINGER_MS (a later request for the filter renews it). */
+   *  messages; it is dropped once they stopped coming (FETCH_QUIET_MS), or FETCH_LINGER_MS at
+   *  the latest (a later request for the filter renews it). */
   private flushFetches(): void {
     const link = this.fetchLink!();
     if (!link.subscribable) return;
@@ -315,18 +321,43 @@ export class WriterDownlink {
       }, { protocolVersion: 5 }));
       this.fetchByPacket.set(id, [gen]);
       const old = this.fetchTimers.get(filter);
-      if (old) clearTimeout(old);
-      const timer = setTimeout(() => {
-        this.fetchTimers.delete(filter);
-        for (const [g, f] of this.fetches) if (f.filter === filter && f.acked) this.fetches.delete(g);
-        if (link.subscribable) {
-          link.sendControl((messageId) => mqttPacket.generate({ cmd: 'unsubscribe', messageId, unsubscriptions: [filter] }, { protocolVersion: 5 }));
-        }
-      }, FETCH_LINGER_MS);
-      timer.unref();
-      this.fetchTimers.set(filter, timer);
+      if (old) {
+        clearTimeout(old.cap);
+        if (old.quiet) clearTimeout(old.quiet);
+      }
+      const cap = setTimeout(() => this.endFetch(filter), FETCH_LINGER_MS);
+      cap.unref();
+      this.fetchTimers.set(filter, { cap, quiet: null });
     }
     this.fetchWaiting.clear();
+  }
+
+  /** Ends the fetch subscription of `filter`, unless a newer request renewed it meanwhile. */
+  private endFetch(filter: string): void {
+    const t = this.fetchTimers.get(filter);
+    if (t === undefined) return;
+    for (const [, f] of this.fetches) if (f.filter === filter && !f.acked) return; // renewed, SUBACK to come
+    clearTimeout(t.cap);
+    if (t.quiet) clearTimeout(t.quiet);
+    this.fetchTimers.delete(filter);
+    // Retained messages the broker had buffered before the UNSUBSCRIBE may still come: their
+    // generations keep their recipients a while longer.
+    const gens: number[] = [];
+    for (const [g, f] of this.fetches) if (f.filter === filter) gens.push(g);
+    setTimeout(() => { for (const g of gens) this.fetches.delete(g); }, FETCH_LINGER_MS).unref();
+    const link = this.fetchLink!();
+    if (link.subscribable) {
+      link.sendControl((messageId) => mqttPacket.generate({ cmd: 'unsubscribe', messageId, unsubscriptions: [filter] }, { protocolVersion: 5 }));
+    }
+  }
+
+  /** (Re)starts the quiet countdown of a fetched filter: a SUBACK, or a retained message. */
+  private fetchActive(filter: string): void {
+    const t = this.fetchTimers.get(filter);
+    if (t === undefined) return;
+    if (t.quiet) clearTimeout(t.quiet);
+    t.quiet = setTimeout(() => this.endFetch(filter), FETCH_QUIET_MS);
+    t.quiet.unref();
   }
 
   /** The broker answered a retained-message fetch. */
@@ -336,7 +367,10 @@ export class WriterDownlink {
     this.fetchByPacket.delete(id);
     for (const g of gens) {
       const f = this.fetches.get(g);
-      if (f) f.acked = true;
+      if (f) {
+        f.acked = true;
+        this.fetchActive(f.filter);
+      }
     }
   }
 
@@ -457,7 +491,10 @@ export class WriterDownlink {
       if (retain) {
         for (const g of scan.subIds) {
           const f = this.fetches.get(g);
-          if (f) out.push(...f.recipients);
+          if (f) {
+            out.push(...f.recipients);
+            this.fetchActive(f.filter);
+          }
         }
       }
     } else if (retain && !this.split) {
