@@ -113,8 +113,11 @@ function checkWssPort(c: Config): void {
   }
 }
 
+/** What the device-facing TLS listeners (TLS and WSS) are configured with. */
+export type DeviceTls = Pick<Config, 'tlsCert' | 'tlsKey' | 'tlsCa' | 'tlsRequireClientCert' | 'tlsIdentityAsUsername'>;
+
 /** The TLS and WSS listeners' key material, read from the configured files (again on SIGHUP). */
-export function tlsFiles(c: Config): tls.SecureContextOptions {
+export function tlsFiles(c: DeviceTls): tls.SecureContextOptions {
   return {
     cert: fs.readFileSync(c.tlsCert!),
     key: fs.readFileSync(c.tlsKey!),

@@ -121,8 +121,9 @@ export class MetricsCollector {
 
     metric('fanout_connections', 'gauge', 'Device connections open, by transport and shard.',
       shards.flatMap((s, i): [Record<string, string | number>, number][] => [
-        [{ transport: 'tcp', shard: i }, s.connections - s.wsConnections - s.tlsConnections], [{ transport: 'tls', shard: i }, s.tlsConnections],
-        [{ transport: 'ws', shard: i }, s.wsConnections]]));
+        [{ transport: 'tcp', shard: i }, s.connections - s.wsConnections - s.wssConnections - s.tlsConnections],
+        [{ transport: 'tls', shard: i }, s.tlsConnections], [{ transport: 'ws', shard: i }, s.wsConnections],
+        [{ transport: 'wss', shard: i }, s.wssConnections]]));
     metric('fanout_sessions', 'gauge', 'Device sessions (connected or kept for an absent device), by shard.', perShard('sessions'));
     metric('fanout_subscriptions', 'gauge', 'Device subscriptions, by shard.', perShard('subscriptions'));
     metric('fanout_device_publishes_total', 'counter', 'PUBLISH packets taken from devices, by shard.', perShard('publishesIn'));
@@ -197,7 +198,7 @@ export class MetricsCollector {
     const result = {
       at: Date.now(),
       connections: sum(shards, 'connections'),
-      wsConnections: sum(shards, 'wsConnections'),
+      wsConnections: sum(shards, 'wsConnections') + sum(shards, 'wssConnections'),
       sessions: sum(shards, 'sessions'),
       subscriptions: sum(shards, 'subscriptions'),
       ackLatency: { p50: q(ack, 50), p90: q(ack, 90), p99: q(ack, 99), p999: q(ack, 99.9) },
