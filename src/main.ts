@@ -11,7 +11,7 @@ import { createRing, type RingBuffers } from './ring/spsc';
 import { createDoorbell } from './ring/doorbell';
 import { ClientRegistry } from './registry';
 import { startEmbeddedBroker, type EmbeddedBroker } from './embedded';
-import type { FromShard, ToShard } from './shard/shard';
+import type { FromShard, ToShard, WsPlan } from './shard/shard';
 import { assertPortFree, loadReuseport, type ListenPlan } from './ingress/listen';
 import type { FromWriter, ToWriter } from './broker/writer';
 import { createStats, readShardStats, readWriterStats, type ShardField } from './metrics/stats';
@@ -29,6 +29,8 @@ export interface Daemon {
   readonly port: number;
   /** WebSocket listener port, null when off. */
   readonly wsPort: number | null;
+  /** Secure WebSocket listener port, null when off. */
+  readonly wssPort: number | null;
   /** HTTP listener port, null when off. */
   readonly httpPort: number | null;
   /** TLS listener port, null when off. */
@@ -180,12 +182,11 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     fetch: (previous, next, clientId) => toShard(previous.shard, { t: 'export', conn: previous.conn, clientId, to: next.shard, toConn: next.conn }),
     none: (next) => toShard(next.shard, { t: 'session', conn: next.conn, from: -1, state: null }),
   });
-  type WsPlan = { host: string; port: number; fallbackPlan: ListenPlan | null } | null;
-  type Ready = { port: number; wsPort: number | null; ws: string | null; tlsPort: number | null };
-  const startShard = (s: number, listen: ListenPlan, ws: WsPlan, tlsPlan: ListenPlan | null): Promise<Ready> => new Promise((resolve, reject) => {
+  type Ready = Extract<FromShard, { t: 'ready' }>;
+  const startShard = (s: number, listen: ListenPlan, ws: WsPlan | null, wss: WsPlan | null, tlsPlan: ListenPlan | null): Promise<Ready> => new Promise((resolve, reject) => {
     const w = watch(new Worker(path.join(WORKERS, 'shard.worker.js'), {
       workerData: {
-        config: cfg, index: s, listen, ws, tls: tlsPlan, uplinkRings: uplink[s], ackRings: acks[s],
+        config: cfg, index: s, listen, ws, wss, tls: tlsPlan, uplinkRings: uplink[s], ackRings: acks[s],
         downlinkRings: downlink[s], writerPorts: shardEnds[s],
         doorbell: shardBells[s], writerDoorbells: writerBells, stats,
       },
@@ -214,14 +215,22 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   // The first shard binds the port (possibly 0 = any); the others join the port it got.
   // WebSocket: uWS binds SO_REUSEPORT itself; its `ws` fallback needs the reuseport binary (else
   // only the first shard serves WebSocket).
-  let wsPlan: WsPlan = null;
-  if (cfg.wsPort !== null) {
-    await assertPortFree(cfg.host, cfg.wsPort);
+  const planWs = async (wsPort: number | null): Promise<WsPlan | null> => {
+    if (wsPort === null) return null;
+    await assertPortFree(cfg.host, wsPort);
     const { address } = await dns.lookup(cfg.host);
     // uSockets sets SO_REUSEPORT only on a given port: pick the free port here for port 0.
-    const wsPort0 = cfg.wsPort === 0 ? await freePort(address) : cfg.wsPort;
-    wsPlan = { host: address, port: wsPort0, fallbackPlan: plan.kind === 'reuseport' ? { kind: 'reuseport', host: address, port: wsPort0 } : null };
-  }
+    const port0 = wsPort === 0 ? await freePort(address) : wsPort;
+    return { host: address, port: port0, fallbackPlan: plan.kind === 'reuseport' ? { kind: 'reuseport', host: address, port: port0 } : null };
+  };
+  /** What the other shards get once the first has bound: null when only the first can serve. */
+  const joinWs = (p: WsPlan | null, port: number | null, implementation: string | null): WsPlan | null => {
+    if (p === null || port === null) return null;
+    const fallbackPlan: ListenPlan | null = p.fallbackPlan === null ? null : { kind: 'reuseport', host: p.host, port };
+    return implementation === 'uWebSockets.js' || fallbackPlan !== null ? { ...p, port, fallbackPlan } : null;
+  };
+  let wsPlan = await planWs(cfg.wsPort);
+  let wssPlan = await planWs(cfg.wssPort);
   // TLS: a reuseport socket per shard like plain TCP; without the binary, the first shard only.
   let tlsPlan: ListenPlan | null = null;
   if (cfg.tlsPort !== null) {
@@ -229,20 +238,22 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     const { address } = await dns.lookup(cfg.host);
     tlsPlan = { kind: plan.kind === 'reuseport' ? 'reuseport' : 'plain', host: address, port: cfg.tlsPort };
   }
-  const first = await startShard(0, plan, wsPlan, tlsPlan);
+  const first = await startShard(0, plan, wsPlan, wssPlan, tlsPlan);
   const tlsPort = first.tlsPort;
   if (tlsPlan !== null && tlsPort !== null) tlsPlan = tlsPlan.kind === 'reuseport' ? { ...tlsPlan, port: tlsPort } : null;
   const port = first.port;
-  const wsPort = first.wsPort;
+  const { wsPort, wssPort } = first;
   if (plan.kind === 'reuseport') plan = { ...plan, port };
-  if (wsPlan !== null && wsPort !== null) {
-    if (first.ws !== 'uWebSockets.js') {
-      logger.warn('the native uWebSockets.js binary does not load here: WebSocket devices are served by the ws package instead');
-    }
-    const fallbackPlan: ListenPlan | null = wsPlan.fallbackPlan === null ? null : { kind: 'reuseport', host: wsPlan.host, port: wsPort };
-    wsPlan = first.ws === 'uWebSockets.js' || fallbackPlan !== null ? { ...wsPlan, port: wsPort, fallbackPlan } : null;
+  if ((wsPort !== null && first.ws !== 'uWebSockets.js') || (wssPort !== null && first.wss !== 'uWebSockets.js' && !cfg.tlsRequireClientCert)) {
+    logger.warn('the native uWebSockets.js binary does not load here: WebSocket devices are served by the ws package instead');
   }
-  await Promise.all(Array.from({ length: shards - 1 }, (_, i) => startShard(i + 1, plan, wsPlan, tlsPlan)));
+  if (wssPort !== null && cfg.tlsRequireClientCert) {
+    logger.info('FANOUT_TLS_REQUIRE_CLIENT_CERT: secure WebSocket devices are served by node https and the ws package, '
+      + 'since uWebSockets.js verifies a client certificate only when one is shown');
+  }
+  wsPlan = joinWs(wsPlan, wsPort, first.ws);
+  wssPlan = joinWs(wssPlan, wssPort, first.wss);
+  await Promise.all(Array.from({ length: shards - 1 }, (_, i) => startShard(i + 1, plan, wsPlan, wssPlan, tlsPlan)));
 
   // HTTP: metrics, health, publish, dashboard.
   const collector = new MetricsCollector({
@@ -293,6 +304,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   logger.info({
     port, host: cfg.host, shards, listen: plan.kind, brokers: brokers.map((b) => b.name),
     ...(wsPort !== null ? { wsPort, wsPath: cfg.wsPath, websocket: first.ws } : {}),
+    ...(wssPort !== null ? { wssPort, wsPath: cfg.wsPath, secureWebsocket: first.wss } : {}),
     ...(httpServer !== null ? { httpPort: httpServer.boundPort } : {}),
     ...(tlsPort !== null ? { tlsPort, mtls: cfg.tlsRequireClientCert } : {}),
   }, 'mqtt-fanout ready');
@@ -328,7 +340,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
 
   stopNow = stop;
 
-  /** SIGHUP: the TLS listener's certificate files are read again. */
+  /** SIGHUP: the certificate files of the TLS and WSS listeners are read again. */
   const reload = (): void => {
     for (let s = 0; s < shards; s++) toShard(s, { t: 'tls-reload' });
     authenticator?.reload().then(
@@ -337,7 +349,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     );
   };
 
-  return { port, wsPort, tlsPort, httpPort: httpServer?.boundPort ?? null, brokers, stop, reload, shardStats: () => readShardStats(stats, shards) };
+  return { port, wsPort, wssPort, tlsPort, httpPort: httpServer?.boundPort ?? null, brokers, stop, reload, shardStats: () => readShardStats(stats, shards) };
 }
 
 function freePort(host: string): Promise<number> {

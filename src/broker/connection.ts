@@ -46,6 +46,8 @@ export class BrokerConnection {
   /** Messages sent per QoS (first sends only) and their bytes. */
   readonly sent = [0, 0, 0];
   bytesOut = 0;
+  /** Bytes received from the broker, every packet. */
+  bytesIn = 0;
   private readonly sentAt = new Float64Array(65536);
   /** Packet ids of messages sent for traced devices, until their handshake ends. */
   private readonly traced = new Uint8Array(65536);
@@ -186,6 +188,7 @@ export class BrokerConnection {
 
   private onData(chunk: Buffer): void {
     this.lastRx = this.ctx.now;
+    this.bytesIn += chunk.length;
     this.framer.push(chunk);
     if (this.held === null) this.readPackets();
   }

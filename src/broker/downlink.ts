@@ -164,9 +164,14 @@ export class WriterDownlink {
   private readonly targets: Int32Array;
   private readonly scan: ForwardScan = { expiry: -1, subIds: [] };
   private propsScratch = Buffer.alloc(1024);
-  delivered = 0;
+  /** Messages passed to the shards, by the QoS the broker sent them with. */
+  readonly deliveredByQos = [0, 0, 0];
   dropped = 0;
   tooLarge = 0;
+
+  get delivered(): number {
+    return this.deliveredByQos[0] + this.deliveredByQos[1] + this.deliveredByQos[2];
+  }
 
   /** Retained messages come from short-lived subscriptions on `fetchLink` (see above). */
   readonly split: boolean;
@@ -575,7 +580,7 @@ export class WriterDownlink {
     for (let i = 0; i < n; i++) {
       for (const r of out) this.write(r.shard, r.req, qos, retain, locals[i], propsLen, expiry, seq, buf, pos, payloadLen);
     }
-    this.delivered++;
+    this.deliveredByQos[qos]++;
     return true;
   }
 

@@ -140,13 +140,14 @@ export class Writer implements WriterContext {
   /** Copies the connections' counters into shared memory for the supervisor. */
   private publishStats(): void {
     const st = this.stats;
-    let up = 0, reconnects = 0, inflight = 0, bytes = 0, lost = 0;
+    let up = 0, reconnects = 0, inflight = 0, bytes = 0, bytesIn = 0, lost = 0;
     const sent = [0, 0, 0];
     for (const c of this.pool) {
       if (c.up) up++;
       reconnects += c.reconnects;
       inflight += c.inflight;
       bytes += c.bytesOut;
+      bytesIn += c.bytesIn;
       lost += c.qos0BytesLost;
       for (let q = 0; q < 3; q++) sent[q] += c.sent[q];
     }
@@ -158,9 +159,13 @@ export class Writer implements WriterContext {
     st.set('messagesOutQos1', sent[1]);
     st.set('messagesOutQos2', sent[2]);
     st.set('bytesOut', bytes);
+    st.set('bytesIn', bytesIn);
     st.set('tooLarge', this.droppedTooLarge);
     st.set('qos0BytesLost', lost);
-    st.set('downlinkIn', this.downlink.delivered);
+    const received = this.downlink.deliveredByQos;
+    st.set('downlinkInQos0', received[0]);
+    st.set('downlinkInQos1', received[1]);
+    st.set('downlinkInQos2', received[2]);
     st.set('downlinkUnmatched', this.downlink.dropped);
     st.set('downlinkTooLarge', this.downlink.tooLarge);
     st.set('upstreamFilters', this.downlink.filterCount);

@@ -57,6 +57,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts?: { cpus?:
       `FANOUT_RING_BYTES=${quote(value)} is invalid: expected at least twice FANOUT_MAX_PACKET_SIZE plus 128 (${minRing}); raise it or lower FANOUT_MAX_PACKET_SIZE`);
   }
   checkTls(config);
+  checkWssPort(config);
   for (const [variable, path] of [['FANOUT_PASSWORD_FILE', config.passwordFile], ['FANOUT_ACL_FILE', config.aclFile]] as const) {
     if (path === null) continue;
     try {
@@ -83,9 +84,11 @@ function checkTls(c: Config): void {
       fail(variable, path, `expected a readable file (${(err as NodeJS.ErrnoException).code ?? 'unreadable'})`);
     }
   }
-  if (c.tlsPort !== null) {
-    if (c.tlsCert === null) fail('FANOUT_TLS_CERT', '', 'expected a certificate file: FANOUT_TLS_PORT is set');
-    if (c.tlsKey === null) fail('FANOUT_TLS_KEY', '', 'expected a private key file: FANOUT_TLS_PORT is set');
+  // Both TLS listeners serve the same certificate; the message names the one that asked for it.
+  const listener = c.tlsPort !== null ? 'FANOUT_TLS_PORT' : c.wssPort !== null ? 'FANOUT_WSS_PORT' : null;
+  if (listener !== null) {
+    if (c.tlsCert === null) fail('FANOUT_TLS_CERT', '', `expected a certificate file: ${listener} is set`);
+    if (c.tlsKey === null) fail('FANOUT_TLS_KEY', '', `expected a private key file: ${listener} is set`);
     try {
       tls.createSecureContext(tlsFiles(c));
     } catch (err) {
@@ -98,8 +101,23 @@ function checkTls(c: Config): void {
   }
 }
 
-/** The TLS listener's key material, read from the configured files (again on SIGHUP). */
-export function tlsFiles(c: Config): tls.SecureContextOptions {
+/** uSockets binds the WebSocket ports with SO_REUSEPORT, so a port shared with another listener
+ *  would not fail: the kernel would hand each connection to one of them at random. */
+function checkWssPort(c: Config): void {
+  if (c.wssPort === null || c.wssPort === 0) return;
+  const others = [['FANOUT_PORT', c.port], ['FANOUT_WS_PORT', c.wsPort], ['FANOUT_TLS_PORT', c.tlsPort], ['FANOUT_HTTP_PORT', c.httpPort]] as const;
+  const clash = others.find(([, port]) => port === c.wssPort);
+  if (clash !== undefined) {
+    const value = String(c.wssPort);
+    throw new ConfigError('FANOUT_WSS_PORT', value, `FANOUT_WSS_PORT=${quote(value)} is invalid: expected a port no other listener uses (${clash[0]} is ${value})`);
+  }
+}
+
+/** What the device-facing TLS listeners (TLS and WSS) are configured with. */
+export type DeviceTls = Pick<Config, 'tlsCert' | 'tlsKey' | 'tlsCa' | 'tlsRequireClientCert' | 'tlsIdentityAsUsername'>;
+
+/** The TLS and WSS listeners' key material, read from the configured files (again on SIGHUP). */
+export function tlsFiles(c: DeviceTls): tls.SecureContextOptions {
   return {
     cert: fs.readFileSync(c.tlsCert!),
     key: fs.readFileSync(c.tlsKey!),

@@ -63,6 +63,8 @@ export interface Config {
   readonly port: number;
   /** MQTT-over-WebSocket listener port, null when off. */
   readonly wsPort: number | null;
+  /** MQTT-over-secure-WebSocket listener port, null when off; then tlsCert and tlsKey are set. */
+  readonly wssPort: number | null;
   readonly wsPath: string;
   /** HTTP listener (metrics, health, publish, dashboard) port, null when off. */
   readonly httpPort: number | null;

@@ -2,8 +2,9 @@
 // serves TCP and WebSocket devices alike.
 
 import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 
-export type TransportKind = 'tcp' | 'tls' | 'ws';
+export type TransportKind = 'tcp' | 'tls' | 'ws' | 'wss';
 
 export interface DeviceTransport {
   readonly kind: TransportKind;
@@ -56,4 +57,11 @@ export class TcpTransport implements DeviceTransport {
   onceDrain(cb: () => void): void {
     this.socket.once('drain', cb);
   }
+}
+
+/** The common name of the certificate a device presented (verified by the handshake when
+ *  FANOUT_TLS_REQUIRE_CLIENT_CERT is set), or null. */
+export function peerCommonName(socket: TLSSocket): string | null {
+  const cn = socket.getPeerCertificate().subject?.CN;
+  return Array.isArray(cn) ? cn[0] : cn ?? null;
 }

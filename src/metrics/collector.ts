@@ -121,13 +121,15 @@ export class MetricsCollector {
 
     metric('fanout_connections', 'gauge', 'Device connections open, by transport and shard.',
       shards.flatMap((s, i): [Record<string, string | number>, number][] => [
-        [{ transport: 'tcp', shard: i }, s.connections - s.wsConnections - s.tlsConnections], [{ transport: 'tls', shard: i }, s.tlsConnections],
-        [{ transport: 'ws', shard: i }, s.wsConnections]]));
+        [{ transport: 'tcp', shard: i }, s.connections - s.wsConnections - s.wssConnections - s.tlsConnections],
+        [{ transport: 'tls', shard: i }, s.tlsConnections], [{ transport: 'ws', shard: i }, s.wsConnections],
+        [{ transport: 'wss', shard: i }, s.wssConnections]]));
     metric('fanout_sessions', 'gauge', 'Device sessions (connected or kept for an absent device), by shard.', perShard('sessions'));
     metric('fanout_subscriptions', 'gauge', 'Device subscriptions, by shard.', perShard('subscriptions'));
     metric('fanout_device_publishes_total', 'counter', 'PUBLISH packets taken from devices, by shard.', perShard('publishesIn'));
     metric('fanout_http_publishes_total', 'counter', 'Messages taken from POST /publish, by shard.', perShard('httpPublishes'));
     metric('fanout_device_bytes_in_total', 'counter', 'Bytes received from devices, by shard.', perShard('bytesIn'));
+    metric('fanout_device_bytes_out_total', 'counter', 'Bytes sent to devices, by shard.', perShard('bytesOut'));
     metric('fanout_deliveries_total', 'counter', 'Messages delivered (or queued) to devices, by shard.', perShard('messagesOut'));
     metric('fanout_backpressure_pauses_total', 'counter', 'Times a device was paused because a ring or its window was full, by shard.', perShard('backpressurePauses'));
     metric('fanout_takeovers_total', 'counter', 'Client-id takeovers, by shard.', perShard('takeovers'));
@@ -145,7 +147,8 @@ export class MetricsCollector {
     });
     writers.forEach((w, b) => {
       drops.push([{ reason: 'too_large_for_broker', broker: brokers[b].name }, w.tooLarge],
-        [{ reason: 'downlink_too_large', broker: brokers[b].name }, w.downlinkTooLarge]);
+        [{ reason: 'downlink_too_large', broker: brokers[b].name }, w.downlinkTooLarge],
+        [{ reason: 'downlink_unmatched', broker: brokers[b].name }, w.downlinkUnmatched]);
     });
     metric('fanout_drops_total', 'counter', 'Messages not passed on, by reason.', drops);
     metric('fanout_qos0_bytes_lost_total', 'counter', 'Unsent bytes holding QoS 0 messages when a broker connection dropped, by broker.', perBroker('qos0BytesLost'));
@@ -153,7 +156,10 @@ export class MetricsCollector {
       writers.flatMap((w, b): [Record<string, string | number>, number][] => [0, 1, 2].map((q) => [{ broker: brokers[b].name, qos: q },
         q === 0 ? w.messagesOutQos0 : q === 1 ? w.messagesOutQos1 : w.messagesOutQos2])));
     metric('fanout_broker_bytes_out_total', 'counter', 'Bytes of PUBLISH packets sent to brokers, by broker.', perBroker('bytesOut'));
-    metric('fanout_broker_messages_in_total', 'counter', 'Messages from brokers passed to devices, by broker.', perBroker('downlinkIn'));
+    metric('fanout_broker_bytes_in_total', 'counter', 'Bytes received from brokers (every packet), by broker.', perBroker('bytesIn'));
+    metric('fanout_broker_messages_in_total', 'counter', 'Messages from brokers passed to devices, by broker and the QoS the broker sent.',
+      writers.flatMap((w, b): [Record<string, string | number>, number][] => [0, 1, 2].map((q) => [{ broker: brokers[b].name, qos: q },
+        q === 0 ? w.downlinkInQos0 : q === 1 ? w.downlinkInQos1 : w.downlinkInQos2])));
     metric('fanout_broker_inflight', 'gauge', 'Messages sent to a broker and not yet acknowledged, by broker.', perBroker('inflight'));
     metric('fanout_broker_connections_up', 'gauge', 'Broker connections up, by broker.', perBroker('connectionsUp'));
     metric('fanout_broker_connections', 'gauge', 'Broker connections configured (pool), by broker.', perBroker('connections'));
@@ -197,7 +203,7 @@ export class MetricsCollector {
     const result = {
       at: Date.now(),
       connections: sum(shards, 'connections'),
-      wsConnections: sum(shards, 'wsConnections'),
+      wsConnections: sum(shards, 'wsConnections') + sum(shards, 'wssConnections'),
       sessions: sum(shards, 'sessions'),
       subscriptions: sum(shards, 'subscriptions'),
       ackLatency: { p50: q(ack, 50), p90: q(ack, 90), p99: q(ack, 99), p999: q(ack, 99.9) },
@@ -210,7 +216,7 @@ export class MetricsCollector {
         reconnects: writers[i].reconnects,
         queuedBytes: this.src.uplinkRings.reduce((n, rings) => n + ringUsed(rings[i]), 0),
         messagesOut: writers[i].messagesOutQos0 + writers[i].messagesOutQos1 + writers[i].messagesOutQos2,
-        messagesIn: writers[i].downlinkIn,
+        messagesIn: writers[i].downlinkInQos0 + writers[i].downlinkInQos1 + writers[i].downlinkInQos2,
       })),
       history: this.history,
     };

@@ -5,13 +5,15 @@ export const SHARD_FIELDS = [
   'connections', 'publishesIn', 'backpressurePauses', 'willsPublished', 'takeovers', 'protocolErrors',
   'messagesOut', 'dropQueueFull', 'dropExpired', 'dropTooLarge', 'dropOfflineQos0', 'sessions', 'subscriptions', 'unrouted',
   'wsConnections', 'bytesIn', 'httpPublishes', 'tlsConnections', 'throttled', 'refusedRate', 'authRefused', 'aclDenied',
+  'wssConnections', 'bytesOut',
 ] as const;
 export type ShardField = (typeof SHARD_FIELDS)[number];
 
 /** A writer's row: refreshed from its connections every second. */
 export const WRITER_FIELDS = [
   'connectionsUp', 'connections', 'reconnects', 'inflight', 'messagesOutQos0', 'messagesOutQos1', 'messagesOutQos2',
-  'bytesOut', 'tooLarge', 'qos0BytesLost', 'downlinkIn', 'downlinkUnmatched', 'downlinkTooLarge', 'upstreamFilters',
+  'bytesOut', 'tooLarge', 'qos0BytesLost', 'downlinkInQos0', 'downlinkInQos1', 'downlinkInQos2', 'downlinkUnmatched',
+  'downlinkTooLarge', 'upstreamFilters', 'bytesIn',
 ] as const;
 export type WriterField = (typeof WRITER_FIELDS)[number];
 

@@ -616,6 +616,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     this.outLen = 0;
     if (this.traced) this.trace('out', chunk);
     if (this.transport.destroyed) return;
+    this.ctx.stats.add('bytesOut', chunk.length);
     if (!this.transport.write(chunk) && !this.writeBlocked) {
       // The device does not read what we send: stop reading it until it does, so its
       // acknowledgements cannot pile up in memory.

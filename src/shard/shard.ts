@@ -21,8 +21,8 @@ import { DeviceConnection } from './connection';
 import type { ShardContext } from './context';
 import { ShardStats } from '../metrics/stats';
 import { listenShard, type ListenPlan } from '../ingress/listen';
-import { TcpTransport, type DeviceTransport } from '../ingress/transport';
-import { listenWebSocket, type WsListener } from '../ingress/websocket';
+import { peerCommonName, TcpTransport, type DeviceTransport } from '../ingress/transport';
+import { listenWebSocket, type WsImplementation, type WsListener } from '../ingress/websocket';
 import { RateLimitedLog } from '../log';
 import { HttpPublisher, type HttpPublish } from './http-publish';
 import { compileGlobs } from '../protocol/trace';
@@ -44,7 +44,9 @@ export interface ShardOptions {
   /** The TLS listener (FANOUT_TLS_PORT), null when off. */
   tls: ListenPlan | null;
   /** The WebSocket listener (FANOUT_WS_PORT), null when off. */
-  ws: { host: string; port: number; fallbackPlan: ListenPlan | null } | null;
+  ws: WsPlan | null;
+  /** The secure WebSocket listener (FANOUT_WSS_PORT), null when off. */
+  wss: WsPlan | null;
   uplinkRings: RingBuffers[];
   ackRings: RingBuffers[];
   downlinkRings: RingBuffers[];
@@ -55,6 +57,14 @@ export interface ShardOptions {
   stats: SharedArrayBuffer;
   port: MessagePort;
   log: Logger;
+}
+
+/** Where a shard's WebSocket listener binds; `fallbackPlan` is for the `ws` package (null: only
+ *  the first shard serves it). */
+export interface WsPlan {
+  host: string;
+  port: number;
+  fallbackPlan: ListenPlan | null;
 }
 
 /** Messages the supervisor sends (or relays from another shard) to a shard. */
@@ -82,7 +92,10 @@ export interface RegistryOp {
 
 /** Messages a shard sends to the supervisor. */
 export type FromShard =
-  | { t: 'ready'; shard: number; port: number; wsPort: number | null; ws: string | null; tlsPort: number | null }
+  | {
+    t: 'ready'; shard: number; port: number; wsPort: number | null; ws: WsImplementation | null;
+    wssPort: number | null; wss: WsImplementation | null; tlsPort: number | null;
+  }
   | { t: 'failed'; shard: number; message: string }
   | { t: 'registry'; shard: number; ops: RegistryOp[] }
   | { t: 'relay'; to: number; msg: ToShard }
@@ -138,6 +151,7 @@ export class Shard implements ShardContext {
   private nextId = 1;
   draining = false;
   private ws: WsListener | null = null;
+  private wss: WsListener | null = null;
   private stopped = false;
 
   constructor(private readonly opts: ShardOptions) {
@@ -178,11 +192,15 @@ export class Shard implements ShardContext {
     this.downlink = new ShardDownlink(opts.downlinkRings.map((r) => new RingConsumer(r)), writerBells, this.subs, this.limits);
   }
 
-  /** SIGHUP: new certificates for new connections; established ones keep theirs. */
+  /** SIGHUP: new certificates for new connections (TLS and WSS); established ones keep theirs. */
   private reloadTls(): void {
-    if (this.tlsServer === null) return;
+    if (this.tlsServer === null && this.wss === null) return;
     try {
-      this.tlsServer.setSecureContext({ ...tlsFiles(this.config) });
+      // Checked once for both listeners, so they cannot end up with different certificates.
+      const files = tlsFiles(this.config);
+      tls.createSecureContext(files);
+      this.tlsServer?.setSecureContext(files);
+      this.wss?.reload();
       if (this.index === 0) this.log.info({ cert: this.config.tlsCert }, 'TLS certificates reloaded');
     } catch (err) {
       this.log.error({ err: (err as Error).message, cert: this.config.tlsCert }, 'TLS certificates not reloaded: the files do not make a TLS context; the previous ones stay in use');
@@ -429,11 +447,9 @@ export class Shard implements ShardContext {
     this.server.on('error', (err) => this.log.error({ err }, 'listener error'));
     listenShard(this.server, this.opts.listen).then(
       async (port) => {
-        let wsPort: number | null = null;
-        if (this.opts.ws !== null) {
-          this.ws = await listenWebSocket(this, { ...this.opts.ws, maxPacketSize: this.config.maxPacketSize, path: this.config.wsPath, log: this.log });
-          wsPort = this.ws.port;
-        }
+        const common = { maxPacketSize: this.config.maxPacketSize, path: this.config.wsPath };
+        if (this.opts.ws !== null) this.ws = await listenWebSocket(this, { ...this.opts.ws, ...common, tls: null });
+        if (this.opts.wss !== null) this.wss = await listenWebSocket(this, { ...this.opts.wss, ...common, tls: this.config });
         let tlsPort: number | null = null;
         if (this.opts.tls !== null) {
           this.tlsServer = tls.createServer({
@@ -443,7 +459,10 @@ export class Shard implements ShardContext {
           this.tlsServer.on('error', (err) => this.log.error({ err }, 'TLS listener error'));
           tlsPort = await listenShard(this.tlsServer, this.opts.tls);
         }
-        this.send({ t: 'ready', shard: this.index, port, wsPort, ws: this.ws?.implementation ?? null, tlsPort });
+        this.send({
+          t: 'ready', shard: this.index, port, wsPort: this.ws?.port ?? null, ws: this.ws?.implementation ?? null,
+          wssPort: this.wss?.port ?? null, wss: this.wss?.implementation ?? null, tlsPort,
+        });
       },
     ).catch((err: Error) => this.send({ t: 'failed', shard: this.index, message: err.message }));
     this.tick = setInterval(() => this.onTick(), 1000);
@@ -462,27 +481,31 @@ export class Shard implements ShardContext {
       socket.destroy();
       return;
     }
-    const conn = this.attach(new TcpTransport(socket, secure ? 'tls' : 'tcp'));
-    if (secure && this.config.tlsIdentityAsUsername) {
-      // Verified against FANOUT_TLS_CA by the handshake (FANOUT_TLS_REQUIRE_CLIENT_CERT).
-      const cn = (socket as tls.TLSSocket).getPeerCertificate().subject?.CN;
-      conn.tlsIdentity = Array.isArray(cn) ? cn[0] : cn ?? null;
-    }
+    // Verified against FANOUT_TLS_CA by the handshake (FANOUT_TLS_REQUIRE_CLIENT_CERT).
+    const identity = secure && this.config.tlsIdentityAsUsername ? peerCommonName(socket as tls.TLSSocket) : null;
+    const conn = this.attach(new TcpTransport(socket, secure ? 'tls' : 'tcp'), identity);
     socket.on('data', (chunk: Buffer) => this.onData(conn, chunk));
     socket.on('error', () => { /* 'close' follows and does the cleanup */ });
     socket.on('close', () => this.onClose(conn));
   }
 
-  /** A new device connection over any transport; the transport feeds onData() and onClose(). */
-  attach(transport: DeviceTransport): DeviceConnection {
+  /** A new device connection over any transport; the transport feeds onData() and onClose().
+   *  `tlsIdentity`: the CN of its verified certificate, standing for the user name. */
+  attach(transport: DeviceTransport, tlsIdentity: string | null = null): DeviceConnection {
     const id = this.nextId;
     this.nextId = (this.nextId + 1) >>> 0 || 1;
     const conn = new DeviceConnection(this, transport, id);
+    conn.tlsIdentity = tlsIdentity;
     this.conns.set(id, conn);
     this.stats.add('connections');
-    if (transport.kind === 'ws') this.stats.add('wsConnections');
-    else if (transport.kind === 'tls') this.stats.add('tlsConnections');
+    this.countTransport(transport, 1);
     return conn;
+  }
+
+  private countTransport(transport: DeviceTransport, n: number): void {
+    if (transport.kind === 'ws') this.stats.add('wsConnections', n);
+    else if (transport.kind === 'wss') this.stats.add('wssConnections', n);
+    else if (transport.kind === 'tls') this.stats.add('tlsConnections', n);
   }
 
   heldBytes(conn: DeviceConnection): number {
@@ -503,8 +526,7 @@ export class Shard implements ShardContext {
     if (!this.conns.delete(conn.id)) return;
     this.blockedConns.delete(conn);
     this.stats.add('connections', -1);
-    if (conn.transport.kind === 'ws') this.stats.add('wsConnections', -1);
-    else if (conn.transport.kind === 'tls') this.stats.add('tlsConnections', -1);
+    this.countTransport(conn.transport, -1);
     this.leaveSession(conn);
     const will = conn.closed();
     if (will !== null && !this.draining) {
@@ -750,9 +772,10 @@ export class Shard implements ShardContext {
    * uWS apps aborts the whole process, so a failing shard calls this before it exits.
    */
   closeWebSockets(): void {
-    const ws = this.ws;
+    const open = [this.ws, this.wss];
     this.ws = null;
-    ws?.closeAll();
+    this.wss = null;
+    for (const l of open) l?.closeAll();
   }
 
   /** Stop accepting and reading, let accepted messages be acknowledged, then say goodbye. */
@@ -769,12 +792,15 @@ export class Shard implements ShardContext {
     }
     this.endOfTurn();
     this.ws?.stopListening();
+    this.wss?.stopListening();
     for (const c of this.conns.values()) c.shutdown();
     for (const p of this.pendingWills.values()) clearTimeout(p.timer);
     // uWS sockets must be gone before the thread exits: give the goodbyes a moment, then cut.
     const wsDeadline = Date.now() + 500;
-    while (this.ws !== null && this.ws.open > 0 && Date.now() < wsDeadline) await new Promise((r) => setTimeout(r, 10));
+    const wsOpen = (): number => (this.ws?.open ?? 0) + (this.wss?.open ?? 0);
+    while (wsOpen() > 0 && Date.now() < wsDeadline) await new Promise((r) => setTimeout(r, 10));
     this.ws?.closeAll();
+    this.wss?.closeAll();
     this.stopped = true;
     this.warnings.flush(true);
     if (this.tick) clearInterval(this.tick);

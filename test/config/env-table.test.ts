@@ -13,7 +13,7 @@ test('README.md documents exactly the declared variables (run `npm run docs:env`
 test('describeEnv lists every variable once, in declaration order, fully documented', () => {
   const rows = describeEnv();
   assert.deepEqual(rows.map((row) => row.name), [
-    'FANOUT_HOST', 'FANOUT_PORT', 'FANOUT_WS_PORT', 'FANOUT_WS_PATH', 'FANOUT_HTTP_PORT', 'FANOUT_TLS_PORT', 'FANOUT_TLS_CERT',
+    'FANOUT_HOST', 'FANOUT_PORT', 'FANOUT_WS_PORT', 'FANOUT_WSS_PORT', 'FANOUT_WS_PATH', 'FANOUT_HTTP_PORT', 'FANOUT_TLS_PORT', 'FANOUT_TLS_CERT',
     'FANOUT_TLS_KEY', 'FANOUT_TLS_CA', 'FANOUT_TLS_REQUIRE_CLIENT_CERT', 'FANOUT_TLS_CN_AS_USERNAME', 'FANOUT_SHARDS',
     'FANOUT_BROKERS', 'FANOUT_ROUTES', 'FANOUT_MAX_PACKET_SIZE',
     'FANOUT_MAX_INFLIGHT', 'FANOUT_PASSWORD_FILE', 'FANOUT_ACL_FILE', 'FANOUT_ALLOW_ANONYMOUS', 'FANOUT_MAX_CONNECTIONS', 'FANOUT_MAX_CONNECT_RATE', 'FANOUT_MAX_TOPIC_LENGTH',

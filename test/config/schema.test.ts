@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import os from 'node:os';
 import { ConfigError, loadConfig, type Config } from '../../src/config';
 import { boolean, defaultProxyId } from '../../src/config/schema';
+import { makePki } from '../helpers/certs';
 
 function configError(env: NodeJS.ProcessEnv, opts?: { cpus?: number }): ConfigError {
   try {
@@ -27,6 +28,7 @@ const DEFAULTS = {
   host: '0.0.0.0',
   port: 1883,
   wsPort: null,
+  wssPort: null,
   wsPath: '/mqtt',
   httpPort: null,
   tlsPort: null,
@@ -71,7 +73,7 @@ test('an empty environment yields the documented defaults', () => {
 });
 
 const NAMES = [
-  'FANOUT_HOST', 'FANOUT_PORT', 'FANOUT_WS_PORT', 'FANOUT_WS_PATH', 'FANOUT_HTTP_PORT', 'FANOUT_TLS_PORT', 'FANOUT_TLS_CERT',
+  'FANOUT_HOST', 'FANOUT_PORT', 'FANOUT_WS_PORT', 'FANOUT_WSS_PORT', 'FANOUT_WS_PATH', 'FANOUT_HTTP_PORT', 'FANOUT_TLS_PORT', 'FANOUT_TLS_CERT',
     'FANOUT_TLS_KEY', 'FANOUT_TLS_CA', 'FANOUT_TLS_REQUIRE_CLIENT_CERT', 'FANOUT_TLS_CN_AS_USERNAME', 'FANOUT_SHARDS',
   'FANOUT_BROKERS', 'FANOUT_ROUTES', 'FANOUT_MAX_PACKET_SIZE',
   'FANOUT_MAX_INFLIGHT', 'FANOUT_PASSWORD_FILE', 'FANOUT_ACL_FILE', 'FANOUT_ALLOW_ANONYMOUS', 'FANOUT_MAX_CONNECTIONS', 'FANOUT_MAX_CONNECT_RATE', 'FANOUT_MAX_TOPIC_LENGTH',
@@ -311,5 +313,28 @@ test('FANOUT_ALLOW_ANONYMOUS defaults to false with a password file, true withou
   for (const variable of ['FANOUT_PASSWORD_FILE', 'FANOUT_ACL_FILE']) {
     const err = configError({ [variable]: '/nonexistent/file' });
     assert.equal(err.message, `${variable}="/nonexistent/file" is invalid: expected a readable file (ENOENT)`);
+  }
+});
+
+test('FANOUT_WSS_PORT: a port from 0 to 65535, needing the TLS certificate and key, on a port of its own', () => {
+  for (const bad of ['-1', '65536', 'x']) assertRejected('FANOUT_WSS_PORT', bad, 'expected an integer from 0 to 65535');
+  assert.equal(configError({ FANOUT_WSS_PORT: '0' }).message, 'FANOUT_TLS_CERT="" is invalid: expected a certificate file: FANOUT_WSS_PORT is set');
+  const pki = makePki('config');
+  try {
+    const { cert, key } = pki.issue('server', 'server', { server: true });
+    assert.equal(configError({ FANOUT_WSS_PORT: '0', FANOUT_TLS_CERT: cert }).message,
+      'FANOUT_TLS_KEY="" is invalid: expected a private key file: FANOUT_WSS_PORT is set');
+    const tls = { FANOUT_TLS_CERT: cert, FANOUT_TLS_KEY: key };
+    assert.equal(loadConfig({ ...tls, FANOUT_WSS_PORT: '0' }).wssPort, 0);
+    assert.equal(loadConfig({ ...tls, FANOUT_WSS_PORT: '65535' }).wssPort, 65535);
+    // Port 0 twice is two free ports, not a clash.
+    assert.equal(loadConfig({ ...tls, FANOUT_WSS_PORT: '0', FANOUT_PORT: '0', FANOUT_WS_PORT: '0' }).wssPort, 0);
+    for (const other of ['FANOUT_PORT', 'FANOUT_WS_PORT', 'FANOUT_TLS_PORT', 'FANOUT_HTTP_PORT']) {
+      assertRejected('FANOUT_WSS_PORT', '8884', `expected a port no other listener uses (${other} is 8884)`, { ...tls, FANOUT_WSS_PORT: '8884', [other]: '8884' });
+    }
+    assert.match(configError({ ...tls, FANOUT_TLS_KEY: cert, FANOUT_WSS_PORT: '0' }).message,
+      /^FANOUT_TLS_CERT=".*" is invalid: the certificate, key \(FANOUT_TLS_KEY\) and CA files do not make a TLS context/);
+  } finally {
+    pki.remove();
   }
 });

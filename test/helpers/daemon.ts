@@ -56,6 +56,8 @@ export class DaemonProcess {
   port = 0;
   /** WebSocket port (FANOUT_WS_PORT set), else 0. */
   wsPort = 0;
+  /** Secure WebSocket port (FANOUT_WSS_PORT set), else 0. */
+  wssPort = 0;
   readonly proxyId: string;
   /** Resolves when the process has exited and its output is read. */
   readonly exited: Promise<ExitInfo>;
@@ -93,6 +95,7 @@ export class DaemonProcess {
       const ready = await d.waitForLog((l) => l.msg === 'mqtt-fanout ready', timeoutMs);
       d.port = Number(ready.port);
       d.wsPort = Number(ready.wsPort ?? 0);
+      d.wssPort = Number(ready.wssPort ?? 0);
     } catch (err) {
       await d.close();
       throw err;

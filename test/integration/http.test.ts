@@ -97,6 +97,82 @@ describe('HTTP: metrics, health, publish', { timeout: 120_000 }, () => {
     assert.ok(family(all, 'fanout_drops_total').samples.length > 0);
   });
 
+  test('GET /metrics: messages by broker and QoS, and bytes, in and out, count exactly the traffic sent', async (t) => {
+    const id = unique('exact');
+    const dev = await connectClient(daemon.port, { clientId: `${id}-dev` });
+    t.after(() => closeClient(dev));
+    let received = 0;
+    dev.on('message', () => { received++; });
+    const down = `http/down/${id}`;
+    await dev.subscribeAsync(`${down}/#`, { qos: 2 });
+    const upstream = await connectClient(b1.port, { clientId: `${id}-up` });
+    t.after(() => closeClient(upstream));
+    const snapshot = async (): Promise<Record<string, number>> => {
+      const all = await metrics();
+      const total = (name: string): number => family(all, name).samples.reduce((n, m) => n + m.value, 0);
+      const out: Record<string, number> = { deviceBytesOut: total('fanout_device_bytes_out_total') };
+      for (const broker of ['b1', 'b2']) {
+        out[`${broker}BytesIn`] = value(all, 'fanout_broker_bytes_in_total', { broker });
+        out[`${broker}BytesOut`] = value(all, 'fanout_broker_bytes_out_total', { broker });
+        for (const qos of ['0', '1', '2']) {
+          out[`${broker}In${qos}`] = value(all, 'fanout_broker_messages_in_total', { broker, qos });
+          out[`${broker}Out${qos}`] = value(all, 'fanout_broker_messages_out_total', { broker, qos });
+        }
+      }
+      return out;
+    };
+    // MQTT 3.1.1 PUBLISH: fixed header, remaining length, topic, packet id for QoS 1/2, payload.
+    const publishSize = (topic: string, payloadLen: number, qos: number): number => {
+      const rest = 2 + Buffer.byteLength(topic) + (qos > 0 ? 2 : 0) + payloadLen;
+      return 1 + (rest < 128 ? 1 : rest < 16384 ? 2 : 3) + rest;
+    };
+    const payload = Buffer.alloc(1000, 1);
+    // Counters are refreshed once a second: wait until nothing moves before taking the baseline.
+    await sleep(1200);
+    const base = await snapshot();
+
+    // Broker -> device: 3 messages at QoS 0, 7 at QoS 1, 2 at QoS 2, from b1 (which serves subscriptions).
+    const plan: [number, number][] = [[0, 3], [1, 7], [2, 2]];
+    let downBytes = 0;
+    for (const [qos, n] of plan) {
+      for (let i = 0; i < n; i++) {
+        const topic = `${down}/q${qos}/${i}`;
+        await publish(upstream, topic, payload, { qos: qos as 0 | 1 | 2 });
+        downBytes += publishSize(topic, payload.length, qos);
+      }
+    }
+    // Device -> brokers: 5 messages at QoS 2, forwarded to both.
+    const upTopic = unique('http/up');
+    for (let i = 0; i < 5; i++) await publish(dev, upTopic, payload, { qos: 2 });
+    const upBytes = 5 * publishSize(upTopic, payload.length, 2);
+    await waitFor('the device to receive the 12 messages', () => received === 12);
+
+    // Each QoS 2 message also carries a PUBREL (4 bytes) from the broker, and to the device.
+    const pubrels = 2 * 4;
+    const diff = (now: Record<string, number>): Record<string, number> =>
+      Object.fromEntries(Object.entries(now).map(([k, v]) => [k, v - base[k]]));
+    const d = await waitFor('the traffic in /metrics', async () => {
+      const x = diff(await snapshot());
+      return x.b1In1 >= 7 && x.b1In2 >= 2 && x.b1Out2 >= 5 && x.b2Out2 >= 5 && x.b1BytesIn >= downBytes + pubrels
+        && x.deviceBytesOut >= downBytes + pubrels ? x : null;
+    }, { timeoutMs: 15_000, intervalMs: 250 });
+    assert.deepEqual([d.b1In0, d.b1In1, d.b1In2], [3, 7, 2], 'messages from b1 by QoS');
+    assert.deepEqual([d.b2In0, d.b2In1, d.b2In2], [0, 0, 0], 'b2 serves no subscription');
+    for (const broker of ['b1', 'b2']) assert.deepEqual([d[`${broker}Out0`], d[`${broker}Out1`], d[`${broker}Out2`]], [0, 0, 5], `messages to ${broker} by QoS`);
+    assert.equal(d.b1BytesOut, upBytes, 'PUBLISH bytes to b1 (MQTT 3.1.1)');
+    assert.ok(d.b2BytesOut >= upBytes, `PUBLISH bytes to b2: ${d.b2BytesOut}`);
+    // The 5 QoS 2 publishes are acknowledged with a PUBREC and a PUBCOMP (4 bytes each, with
+    // MQTT 3.1.1), by each broker and to the device. Keep-alive answers (2 bytes) may come in
+    // between; nothing else should.
+    const acks = 5 * 2 * 4;
+    const near = (got: number, expected: number, what: string): void =>
+      assert.ok(got >= expected && got <= expected + 8, `${what}: ${got}, expected ${expected}`);
+    near(d.b1BytesIn, downBytes + pubrels + acks, 'bytes from b1');
+    // MQTT 5 acknowledgements may carry a reason code.
+    assert.ok(d.b2BytesIn >= acks && d.b2BytesIn <= 5 * 2 * 6 + 8, `bytes from b2 are only acknowledgements: ${d.b2BytesIn}`);
+    near(d.deviceBytesOut, downBytes + pubrels + acks, 'bytes to devices');
+  });
+
   test('POST /publish reaches both brokers with its QoS and retain flag, and answers 200', async () => {
     const topic = unique('http/pub');
     const res = await fetch(`${base}/publish?topic=${encodeURIComponent(topic)}&qos=1&retain=true`, { method: 'POST', body: 'from http' });
