@@ -1,14 +1,18 @@
 // Entry point: `cli.js [scenario] [options]`. Alternates the targets round by
 // round (A B A B ...) so slow drift of the machine (thermal, page cache, other
 // tenants) hits both alike; with --transport both, each target runs over TCP
-// and then over WebSocket within the round.
+// and then over WebSocket within the round (likewise TLS).
 import type { Transport } from './mqtt-ws';
 import { HELP, Options, parseOptions, UsageError } from './options';
 import { ProgressLine, RunRecord, writeJson } from './output';
 import { installCleanupHandlers } from './procs';
 import { SCENARIO_DEFS, ScenarioDef, UPSTREAM_COUNT } from './scenarios';
-import { startTarget, Target, TargetKind } from './targets';
+import { isFanout, startTarget, Target, TargetKind } from './targets';
 import type { Qos } from './mqtt-wire';
+
+/** One letter each in client ids, which MQTT 3.1.1 servers need only accept up to 23 bytes long. */
+const KIND_TAG: Record<TargetKind, string> = { fanout: 'f', 'fanout-auth': 'a', mosquitto: 'm', 'mosquitto-direct': 'd' };
+const TRANSPORT_TAG: Record<Transport, string> = { tcp: 't', ws: 'w', tls: 's' };
 
 async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, kind: TargetKind, transport: Transport, qos: Qos | null, progress: ProgressLine): Promise<RunRecord> {
   const via = opts.transports.length > 1 || transport !== 'tcp' ? `/${transport}` : '';
@@ -19,7 +23,7 @@ async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, k
     target: kind,
     transport,
     qos,
-    shards: kind === 'fanout' ? opts.shards : null,
+    shards: isFanout(kind) ? opts.shards : null,
     error: null,
     result: null,
     notes: [],
@@ -27,7 +31,7 @@ async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, k
   let target: Target | null = null;
   progress.write(`${label} starting`);
   try {
-    const setup = def.targetSetup(opts, qos);
+    const setup = def.targetSetup(opts, qos, kind);
     target = await startTarget(kind, {
       upstreams: UPSTREAM_COUNT,
       qos: setup.qos,
@@ -37,8 +41,10 @@ async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, k
       keepLogs: opts.keepLogs,
       ws: setup.ws,
       http: setup.http,
+      tls: setup.tls,
+      auth: setup.auth,
     });
-    const runTag = `lt${process.pid}r${round}${kind[0]}${transport[0]}${qos ?? 'x'}-`;
+    const runTag = `lt${process.pid}r${round}${KIND_TAG[kind]}${TRANSPORT_TAG[transport]}${qos ?? 'x'}-`;
     record.result = await def.run(target, opts, qos, { runTag, label, progress, transport });
   } catch (err) {
     record.error = (err as Error).message;

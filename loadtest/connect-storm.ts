@@ -18,6 +18,8 @@ export interface ConnectionJob {
   concurrency: number;
   timeoutMs: number;
   runTag: string;
+  /** Connections give user names and passwords (deviceCredentials): the target is fanout-auth. */
+  auth?: boolean;
 }
 
 export interface StormJob extends ConnectionJob {
@@ -76,6 +78,7 @@ export function startConnections(target: Target, job: ConnectionJob): Promise<Co
     timeoutMs: job.timeoutMs,
     concurrency: job.concurrency,
     ramp: job.ramp,
+    auth: job.auth,
   });
 }
 

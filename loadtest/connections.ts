@@ -21,6 +21,8 @@ export interface ConnWorkerConfig {
   concurrency: number;
   /** Attempts per second this worker starts; 0 = as fast as `concurrency` allows. */
   ramp: number;
+  /** Each connection gives its user name and password (deviceCredentials of its number). */
+  auth: boolean;
 }
 
 export type ToConnWorker = { type: 'open'; count: number } | { type: 'close' };
@@ -72,6 +74,8 @@ export interface ConnectionOptions {
   concurrency: number;
   /** Total attempts per second; 0 = unpaced. */
   ramp: number;
+  /** Connections authenticate (the auth scenario). */
+  auth?: boolean;
 }
 
 export interface StepResult extends Omit<StepStats, 'histogram'> {
@@ -112,6 +116,7 @@ export class ConnectionPool {
         timeoutMs: opts.timeoutMs,
         concurrency: Math.max(1, share(opts.concurrency, threads, t)),
         ramp: opts.ramp / threads,
+        auth: opts.auth ?? false,
       };
       const slot: Slot = { worker: new Worker(entry, { workerData: cfg }), waiting: [], failure: null };
       const failAll = (err: Error): void => {

@@ -2,6 +2,7 @@
 // CONNACK a connection sends nothing but PINGREQ every keep-alive period.
 import type * as net from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
+import { deviceCredentials } from './auth-files';
 import { encodeHistogram, newHistogram, recordMs } from './latency';
 import { ConnectError, connectRaw, disconnect, PACKET, PINGREQ_FRAME } from './mqtt-wire';
 import { openPaced } from './pacing';
@@ -43,6 +44,7 @@ async function openStep(count: number): Promise<StepStats> {
           protocol: cfg.protocol,
           keepalive: cfg.keepalive,
           timeoutMs: cfg.timeoutMs,
+          ...(cfg.auth ? deviceCredentials(cfg.ids[i]) : {}),
         });
         const t1 = performance.now();
         recordMs(hist, t1 - t0);

@@ -42,13 +42,22 @@ export function upstreamConf(port: number, persist: { dir: string; file: string 
  * bridge keeps its queue for the lost upstream (local_cleansession false; with
  * the default it discards it on reconnect) and retries after 1..10 s
  * (restart_timeout; seconds are its finest unit, fanout's backoff is 0.1..10 s).
- * `wsPort` adds a WebSocket listener for the devices beside the TCP one.
+ * `wsPort` adds a WebSocket listener for the devices beside the TCP one, `tls`
+ * a TLS listener with that certificate and key.
  */
-export function bridgeConf(port: number, upstreams: UpstreamRef[], qos: Qos, durable = false, wsPort: number | null = null): string {
+export function bridgeConf(
+  port: number,
+  upstreams: UpstreamRef[],
+  qos: Qos,
+  durable = false,
+  wsPort: number | null = null,
+  tls: { port: number; certPath: string; keyPath: string } | null = null,
+): string {
   const lines = [
     `listener ${port} 127.0.0.1`,
     // MQTT over WebSocket for the devices (Debian's mosquitto is built with websockets); any URL path is served.
     ...(wsPort === null ? [] : [`listener ${wsPort} 127.0.0.1`, 'protocol websockets']),
+    ...(tls === null ? [] : [`listener ${tls.port} 127.0.0.1`, `certfile ${tls.certPath}`, `keyfile ${tls.keyPath}`]),
     'allow_anonymous true',
     'persistence false',
     'max_queued_messages 0',

@@ -3,6 +3,7 @@
 // at a million packets per run would measure our GC rather than the target, so
 // the hot paths (PUBLISH out, PUBACK in, PUBLISH in) are framed by hand here.
 import * as net from 'node:net';
+import * as tls from 'node:tls';
 import { generate, parser, IConnackPacket, Packet } from 'mqtt-packet';
 
 export const PACKET = {
@@ -137,6 +138,9 @@ export interface ConnectSettings {
   keepalive?: number;
   /** Clean session (3.1.1) / clean start (5); default true. */
   clean?: boolean;
+  /** For a target that authenticates devices (the auth scenario). */
+  username?: string;
+  password?: string;
 }
 
 export function encodeConnect(clientId: string, s: ConnectSettings = {}): Buffer {
@@ -148,6 +152,8 @@ export function encodeConnect(clientId: string, s: ConnectSettings = {}): Buffer
     clean: s.clean ?? true,
     keepalive: s.keepalive ?? 0,
     clientId,
+    ...(s.username === undefined ? {} : { username: s.username }),
+    ...(s.password === undefined ? {} : { password: Buffer.from(s.password) }),
     ...(protocolVersion === 5 ? { properties: {} } : {}),
   });
 }
@@ -243,6 +249,8 @@ export function parseConnack(buf: Buffer, start: number, length: number, protoco
 export interface ConnectOptions extends ConnectSettings {
   timeoutMs?: number;
   onConnack?: (info: ConnackInfo) => void;
+  /** MQTT over TLS: the PEM CA the target's certificate is verified against. */
+  tlsCa?: string;
 }
 
 /**
@@ -262,15 +270,18 @@ export function connackGate(protocol: ProtocolLevel, ok: (info: ConnackInfo) => 
 }
 
 /**
- * Opens a TCP connection and completes the MQTT CONNECT handshake. Frames that
- * follow the CONNACK (possibly in the same chunk) go to `onFrame`. Rejects
- * with a ConnectError whose `kind` tells refusals from timeouts and errors.
+ * Opens a TCP connection (a TLS one with `opts.tlsCa`, verifying the target's
+ * certificate) and completes the MQTT CONNECT handshake. Frames that follow
+ * the CONNACK (possibly in the same chunk) go to `onFrame`. Rejects with a
+ * ConnectError whose `kind` tells refusals from timeouts and errors.
  */
 export function connectRaw(host: string, port: number, clientId: string, onFrame: FrameHandler, opts: ConnectOptions = {}): Promise<net.Socket> {
   const timeoutMs = opts.timeoutMs ?? 10_000;
   const protocol = opts.protocol ?? 4;
+  const secure = opts.tlsCa !== undefined;
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host, port });
+    // tls.TLSSocket is a net.Socket: the devices use it the same way.
+    const socket: net.Socket = secure ? tls.connect({ host, port, ca: opts.tlsCa, servername: net.isIP(host) ? undefined : host }) : net.connect({ host, port });
     socket.setNoDelay(true);
     let settled = false;
     const fail = (err: ConnectError): void => {
@@ -308,6 +319,6 @@ export function connectRaw(host: string, port: number, clientId: string, onFrame
     });
     socket.once('error', onError);
     socket.once('close', onEarlyClose);
-    socket.once('connect', () => socket.write(encodeConnect(clientId, opts)));
+    socket.once(secure ? 'secureConnect' : 'connect', () => socket.write(encodeConnect(clientId, opts)));
   });
 }

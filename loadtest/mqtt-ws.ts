@@ -14,20 +14,23 @@ import type * as net from 'node:net';
 import WebSocket from 'ws';
 import { ConnectError, connackGate, ConnectOptions, connectRaw, encodeConnect, FrameHandler, Framer, MqttSocket } from './mqtt-wire';
 
-export type Transport = 'tcp' | 'ws';
-export const TRANSPORTS: readonly Transport[] = ['tcp', 'ws'];
+/** Plain TCP, MQTT over WebSocket, or MQTT over TLS. */
+export type Transport = 'tcp' | 'ws' | 'tls';
+export const TRANSPORTS: readonly Transport[] = ['tcp', 'ws', 'tls'];
 
-/** Where devices connect: the target's TCP port, or its WebSocket port and path. */
+/** Where devices connect: the target's TCP port, its WebSocket port and path, or its TLS port. */
 export interface DeviceEndpoint {
   transport: Transport;
   host: string;
   port: number;
-  /** URL path of the WebSocket listener; ignored over TCP. */
+  /** URL path of the WebSocket listener; ignored otherwise. */
   path: string;
+  /** tls: PEM CA the target's certificate is verified against. */
+  ca?: string;
 }
 
 export function endpointLabel(e: DeviceEndpoint): string {
-  return e.transport === 'ws' ? `ws://${e.host}:${e.port}${e.path}` : `${e.host}:${e.port}`;
+  return e.transport === 'ws' ? `ws://${e.host}:${e.port}${e.path}` : e.transport === 'tls' ? `tls://${e.host}:${e.port}` : `${e.host}:${e.port}`;
 }
 
 /** As net.Socket: write() says false once this much waits to be sent. */
@@ -130,6 +133,7 @@ export function connectWs(e: DeviceEndpoint, clientId: string, onFrame: FrameHan
 /** A device connection over the endpoint's transport, once CONNACK accepted it. */
 export function connectLink(e: DeviceEndpoint, clientId: string, onFrame: FrameHandler, opts: ConnectOptions = {}): Promise<MqttSocket> {
   if (e.transport === 'ws') return connectWs(e, clientId, onFrame, opts);
-  const socket: Promise<net.Socket> = connectRaw(e.host, e.port, clientId, onFrame, opts);
+  if (e.transport === 'tls' && e.ca === undefined) return Promise.reject(new ConnectError(`no CA for the TLS endpoint ${endpointLabel(e)}`, 'error'));
+  const socket: Promise<net.Socket> = connectRaw(e.host, e.port, clientId, onFrame, e.transport === 'tls' ? { ...opts, tlsCa: e.ca } : opts);
   return socket;
 }

@@ -6,7 +6,7 @@ import { PAYLOAD_HEADER_BYTES, ProtocolLevel, Qos } from './mqtt-wire';
 import type { Transport } from './mqtt-ws';
 import type { TargetKind } from './targets';
 
-export const SCENARIOS = ['uplink', 'connect-storm', 'idle', 'broker-outage', 'mixed', 'downlink', 'http'] as const;
+export const SCENARIOS = ['uplink', 'connect-storm', 'idle', 'broker-outage', 'mixed', 'downlink', 'http', 'auth'] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
 /** What the http scenario loads: POST /publish (once per --qos) and GET /metrics. */
 export type HttpEndpoint = 'publish' | 'metrics';
@@ -57,7 +57,7 @@ export interface Options {
   holdS: number;
   killAtS: number;
   downForS: number;
-  /** uplink: how devices connect, each a run of its own per round (--transport both: tcp then ws). */
+  /** uplink: how devices connect, each a run of its own per round, in the order tcp, ws, tls. */
   transports: Transport[];
   /** http: requests in all instead of a duration (autocannon's amount); null = --duration. */
   amount: number | null;
@@ -96,10 +96,17 @@ Scenarios
                   /publish at each --qos (every message answered 200 must
                   reach both upstreams) and GET /metrics; req/s, latency,
                   non-2xx. fanout only: mosquitto has no HTTP publish
+  auth            the cost of authentication and authorisation: mqtt-fanout
+                  without (fanout) and with FANOUT_PASSWORD_FILE and
+                  FANOUT_ACL_FILE (fanout-auth; a user per device, $7$
+                  PBKDF2-SHA512 hashes, an ACL pattern per device topic);
+                  each run a connect storm of --connections, then QoS 1
+                  uplink of --devices x --messages; auth/no-auth ratios
 
-Stream options (uplink, mixed, broker-outage; those marked * also downlink)
+Stream options (uplink, mixed, broker-outage, auth; those marked * also downlink)
   --devices N      * devices (connections)                  [100]
-  --messages N     * messages per device                    [10000; outage: from --duration]
+  --messages N     * messages per device                    [10000; outage: from --duration;
+                                                             auth: 1000]
                      downlink: published in all             [1000]
   --duration S       instead of --messages: with --rate, rate x S messages;
                      without, every device publishes for S seconds
@@ -114,11 +121,13 @@ Stream options (uplink, mixed, broker-outage; those marked * also downlink)
                      (downlink: of the publisher)           [16]
   --topic PATTERN    device topic, {id} = device number     [load/{id}]
   --idle-timeout S * end a run after S s without progress   [10]
-  --transport T      uplink: tcp | ws | both: devices connect over TCP or
-                     MQTT over WebSocket (binary frames, subprotocol mqtt);
-                     both = a run over each per round and target [tcp]
-Connection options (connect-storm, idle)
-  --connections N    connections, at most ${MAX_CONNECTIONS}               [5000]
+  --transport T      uplink: tcp, ws (MQTT over WebSocket: binary frames,
+                     subprotocol mqtt), tls (MQTT over TLS, certificates
+                     made with openssl for the run), a comma-separated list
+                     (tcp,tls), both (= tcp,ws) or all: a run over each per
+                     round and target, in the order tcp, ws, tls [tcp]
+Connection options (connect-storm, idle, auth)
+  --connections N    connections, at most ${MAX_CONNECTIONS}               [5000; auth: 2000]
   --steps N          connect-storm: steps up to --connections [5]
   --hold S           idle: seconds to hold the connections  [10]
 HTTP options (http; also --payload, --idle-timeout)
@@ -143,7 +152,8 @@ Common options
   --target T         fanout | mosquitto | both | compare    [both]
                      (downlink: mosquitto = mosquitto-direct, devices and
                      publisher on upstream b1 itself; also accepted by name;
-                     http: fanout only, there is no peer)    [http: fanout]
+                     http: fanout only, there is no peer;    [http: fanout]
+                     auth: fanout | fanout-auth | both)
   --threads N        load generator worker threads          [2]
   --json FILE        write every raw figure as JSON
   --keep-logs        keep each run's temp dir (configs, logs)
@@ -174,8 +184,8 @@ function num(name: string, raw: string | undefined, def: number, min: number, ex
   return n;
 }
 
-const STREAM: ScenarioName[] = ['uplink', 'mixed', 'broker-outage'];
-const CONNS: ScenarioName[] = ['connect-storm', 'idle'];
+const STREAM: ScenarioName[] = ['uplink', 'mixed', 'broker-outage', 'auth'];
+const CONNS: ScenarioName[] = ['connect-storm', 'idle', 'auth'];
 const STREAM_DOWN: ScenarioName[] = [...STREAM, 'downlink'];
 const HTTP: ScenarioName[] = ['http'];
 
@@ -201,6 +211,18 @@ const APPLIES: Record<string, ScenarioName[]> = {
   'kill-at': ['broker-outage'],
   'down-for': ['broker-outage'],
 };
+
+const TRANSPORT_ORDER: readonly Transport[] = ['tcp', 'ws', 'tls'];
+
+/** tcp | ws | tls | both (tcp,ws) | all, or a comma-separated list; always in the order tcp, ws, tls. */
+function parseTransports(raw: string): Transport[] {
+  const words = raw === 'both' ? ['tcp', 'ws'] : raw === 'all' ? [...TRANSPORT_ORDER] : raw.split(',').map((w) => w.trim());
+  const bad = words.find((w) => !(TRANSPORT_ORDER as readonly string[]).includes(w));
+  if (bad !== undefined || words.length === 0) {
+    throw new UsageError(`--transport must be tcp, ws, tls, a comma-separated list of them, both (tcp,ws) or all, got '${raw}'`);
+  }
+  return TRANSPORT_ORDER.filter((t) => words.includes(t));
+}
 
 /** Returns null when --help was asked for. Throws UsageError on bad input. */
 export function parseOptions(argv: string[]): Options | null {
@@ -277,19 +299,18 @@ export function parseOptions(argv: string[]): Options | null {
         ? endpoints.includes('publish')
           ? qosList
           : []
-        : scenario === 'broker-outage'
+        : scenario === 'broker-outage' || scenario === 'auth'
           ? [1]
           : [];
 
-  const transportMap: Record<string, Transport[]> = { tcp: ['tcp'], ws: ['ws'], both: ['tcp', 'ws'] };
-  const transports = transportMap[v.transport ?? 'tcp'];
-  if (!transports) throw new UsageError(`--transport must be tcp, ws or both, got '${v.transport}'`);
+  const transports = parseTransports(v.transport ?? 'tcp');
 
-  // The downlink peer is mosquitto itself serving the devices, not the bridge.
-  const peer: TargetKind = scenario === 'downlink' ? 'mosquitto-direct' : 'mosquitto';
+  // The downlink peer is mosquitto itself serving the devices, not the bridge; auth's is mqtt-fanout with auth.
+  const peer: TargetKind = scenario === 'downlink' ? 'mosquitto-direct' : scenario === 'auth' ? 'fanout-auth' : 'mosquitto';
   const targetRaw = v.target ?? (scenario === 'http' ? 'fanout' : 'both');
-  const targetMap: Record<string, TargetKind[]> = { fanout: ['fanout'], mosquitto: [peer], both: ['fanout', peer], compare: ['fanout', peer] };
-  if (scenario === 'downlink') targetMap['mosquitto-direct'] = [peer];
+  const targetMap: Record<string, TargetKind[]> = { fanout: ['fanout'], both: ['fanout', peer], compare: ['fanout', peer] };
+  if (scenario !== 'auth') targetMap.mosquitto = [peer];
+  if (scenario === 'downlink' || scenario === 'auth') targetMap[peer] = [peer];
   if (scenario === 'http' && targetRaw !== 'fanout') {
     throw new UsageError(`http: --target must be fanout: mosquitto has no HTTP publish endpoint, so this scenario has no peer (got '${targetRaw}')`);
   }
@@ -325,14 +346,14 @@ export function parseOptions(argv: string[]): Options | null {
     // Not used: http sizes its receivers from --amount (or MAX_HTTP_REQUESTS).
     messages = 0;
   } else if (durationS === null) {
-    messages = int('messages', v.messages, scenario === 'downlink' ? 1000 : 10_000, 1, 0xffffffff);
+    messages = int('messages', v.messages, scenario === 'downlink' || scenario === 'auth' ? 1000 : 10_000, 1, 0xffffffff);
   } else if (rate > 0) {
     messages = Math.max(1, Math.round((rate * durationS) / devices));
   } else {
     messages = Math.max(1, Math.min(0xffffffff, Math.floor(TIME_BOUND_BITS / devices)));
     timeBound = true;
   }
-  const connections = int('connections', v.connections, scenario === 'http' ? 10 : 5000, 1, MAX_CONNECTIONS);
+  const connections = int('connections', v.connections, scenario === 'http' ? 10 : scenario === 'auth' ? 2000 : 5000, 1, MAX_CONNECTIONS);
   // autocannon gives each connection a share of --amount; a connection with none is an error there.
   if (amount !== null && amount < connections) throw new UsageError(`--amount (${amount}) must be at least --connections (${connections})`);
   // The receivers keep one bit per message and broker (downlink: per device): 2e9 is 250 MB each.

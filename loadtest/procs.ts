@@ -227,6 +227,10 @@ export interface DaemonOptions {
   ws?: boolean;
   /** Also serve HTTP (FANOUT_HTTP_PORT, a port the daemon picks). */
   http?: boolean;
+  /** Also listen for MQTT over TLS (FANOUT_TLS_PORT, a port the daemon picks) with this certificate and key. */
+  tls?: { certPath: string; keyPath: string } | null;
+  /** More FANOUT_* variables (the auth scenario's password and ACL files). */
+  env?: Record<string, string>;
 }
 
 export interface StartedDaemon {
@@ -237,6 +241,7 @@ export interface StartedDaemon {
   /** WebSocket implementation the daemon uses (uWebSockets.js, or ws where the native binary does not load). */
   wsServer: string | null;
   httpPort: number | null;
+  tlsPort: number | null;
 }
 
 /** Starts the fan-out daemon and waits for its `mqtt-fanout ready` log line. */
@@ -252,6 +257,8 @@ export async function startDaemon(opts: DaemonOptions): Promise<StartedDaemon> {
     // Port 0: the daemon picks free ports and names them in its ready line.
     ...(opts.ws ? { FANOUT_WS_PORT: '0' } : {}),
     ...(opts.http ? { FANOUT_HTTP_PORT: '0' } : {}),
+    ...(opts.tls ? { FANOUT_TLS_PORT: '0', FANOUT_TLS_CERT: opts.tls.certPath, FANOUT_TLS_KEY: opts.tls.keyPath } : {}),
+    ...opts.env,
   };
   const proc = spawnManaged('mqtt-fanout', process.execPath, [opts.entry], { env, logPath: path.join(opts.dir, 'mqtt-fanout.log'), pipeStdout: true });
   const ready = await waitForLogLine(proc, (line) => line.msg === 'mqtt-fanout ready');
@@ -262,10 +269,12 @@ export async function startDaemon(opts: DaemonOptions): Promise<StartedDaemon> {
     wsPath: opts.ws && typeof ready.wsPath === 'string' ? ready.wsPath : null,
     wsServer: opts.ws && typeof ready.websocket === 'string' ? ready.websocket : null,
     httpPort: opts.http ? portOf('httpPort') : null,
+    tlsPort: opts.tls ? portOf('tlsPort') : null,
   };
   if (opts.ws && started.wsPort === null) throw new Error(`mqtt-fanout: the ready line names no wsPort: ${JSON.stringify(ready)}`);
   if (opts.http && started.httpPort === null) throw new Error(`mqtt-fanout: the ready line names no httpPort: ${JSON.stringify(ready)}`);
+  if (opts.tls && started.tlsPort === null) throw new Error(`mqtt-fanout: the ready line names no tlsPort: ${JSON.stringify(ready)}`);
   // The ready line is the contract, but a port check costs nothing and catches a daemon bound elsewhere.
-  for (const port of [opts.port, started.wsPort, started.httpPort]) if (port !== null) await waitForPort(port, proc, 5000);
+  for (const port of [opts.port, started.wsPort, started.httpPort, started.tlsPort]) if (port !== null) await waitForPort(port, proc, 5000);
   return started;
 }

@@ -32,6 +32,8 @@ export interface PublisherWorkerConfig {
   ramp: number;
   /** Handshakes this worker has in flight at once while connecting. */
   concurrency: number;
+  /** Each device gives its user name and password (deviceCredentials). */
+  auth: boolean;
 }
 
 export type ToWorker = { type: 'start' } | { type: 'close' };
@@ -74,9 +76,12 @@ export type FromWorker =
 export interface PublisherOptions {
   host: string;
   port: number;
-  /** tcp (the default), or ws: `port` is then a WebSocket port serving `wsPath`. */
+  /** tcp (the default), ws: `port` is then a WebSocket port serving `wsPath`, or tls, verified against `ca`. */
   transport?: Transport;
   wsPath?: string;
+  ca?: string;
+  /** Devices authenticate: each gives its user name and password (deviceCredentials). */
+  auth?: boolean;
   devices: number;
   messages: number;
   payload: number;
@@ -144,7 +149,7 @@ export class PublisherPool {
       const ids: number[] = [];
       for (let id = t; id < opts.devices; id += threads) ids.push(id);
       const cfg: PublisherWorkerConfig = {
-        endpoint: { transport: opts.transport ?? 'tcp', host: opts.host, port: opts.port, path: opts.wsPath ?? '/mqtt' },
+        endpoint: { transport: opts.transport ?? 'tcp', host: opts.host, port: opts.port, path: opts.wsPath ?? '/mqtt', ca: opts.ca },
         ids,
         messages: opts.messages,
         payload: opts.payload,
@@ -158,6 +163,7 @@ export class PublisherPool {
         durationMs: opts.durationMs,
         ramp: opts.ramp / threads,
         concurrency: Math.max(1, share(opts.concurrency, threads, t)),
+        auth: opts.auth ?? false,
       };
       const worker = new Worker(entry, { workerData: cfg });
       let onConnected: () => void = () => undefined;

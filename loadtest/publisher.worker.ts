@@ -6,6 +6,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { encodeHistogram, Histogram, newHistogram, recordMs } from './latency';
 import { ackFrame, ackRefused, disconnect, MqttSocket, PACKET, PINGREQ_FRAME, publishLayout, PublishLayout, Qos, topicFor } from './mqtt-wire';
+import { deviceCredentials } from './auth-files';
 import { connectLink } from './mqtt-ws';
 import { openPaced } from './pacing';
 import type { FromWorker, PublisherStats, PublisherWorkerConfig, QosStats, ToWorker } from './publisher';
@@ -99,6 +100,7 @@ class Device {
     const socket = await connectLink(cfg.endpoint, `${cfg.clientPrefix}${this.id}`, (h, b, s, l) => this.onFrame(h, b, s, l), {
       protocol: cfg.protocol,
       keepalive: cfg.keepalive,
+      ...(cfg.auth ? deviceCredentials(this.id) : {}),
       // A target that allows fewer unacknowledged publishes than asked for would disconnect us for exceeding it.
       onConnack: (info) => (this.window = Math.min(cfg.inflight, info.receiveMaximum)),
     });

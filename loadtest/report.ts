@@ -77,8 +77,9 @@ const cpuOf = (s: UplinkSummary): number => s.resources?.targetCpuUs ?? NaN;
 
 /**
  * From the medians. fanout over mosquitto per QoS: over TCP `qos1` (msg/s) and
- * `qos1 deliv` (deliv/s), over WebSocket `ws qos1` and `ws qos1 deliv`. WebSocket
- * over TCP per target: `fanout ws/tcp qos1`, `... deliv` and `... cpu` (CPU per message).
+ * `qos1 deliv` (deliv/s), over WebSocket `ws qos1` and `ws qos1 deliv` (over TLS
+ * `tls qos1`, ...). WebSocket or TLS over TCP per target: `fanout ws/tcp qos1`,
+ * `... deliv` and `... cpu` (CPU per message).
  */
 export function ratios(summaries: UplinkSummary[]): Record<string, number> {
   const out: Record<string, number> = {};
@@ -92,9 +93,9 @@ export function ratios(summaries: UplinkSummary[]): Record<string, number> {
     put(key, s.msgPerSec, base.msgPerSec);
     put(`${key} deliv`, s.deliveredPerSec, base.deliveredPerSec);
   }
-  for (const s of summaries.filter((x) => x.transport === 'ws')) {
+  for (const s of summaries.filter((x) => x.transport !== 'tcp')) {
     const base = summaries.find((x) => x.target === s.target && x.transport === 'tcp' && x.qos === s.qos);
-    const key = `${s.target} ws/tcp qos${qosCell(s.qos)}`;
+    const key = `${s.target} ${s.transport}/tcp qos${qosCell(s.qos)}`;
     if (!base) continue;
     put(key, s.msgPerSec, base.msgPerSec);
     put(`${key} deliv`, s.deliveredPerSec, base.deliveredPerSec);
@@ -103,59 +104,82 @@ export function ratios(summaries: UplinkSummary[]): Record<string, number> {
   return out;
 }
 
+const OTHER_TRANSPORTS = ['ws', 'tls'] as const;
+
 function ratioLines(rat: Record<string, number>): string[] {
   const pick = (re: RegExp): string =>
     Object.entries(rat)
       .flatMap(([k, v]) => {
         const m = re.exec(k);
-        return m ? [`${m[1]} ${v.toFixed(2)}x`] : [];
+        return m ? [`${m.slice(1).join(' ')} ${v.toFixed(2)}x`] : [];
       })
       .join(', ');
   const lines = [
-    ['fanout/mosquitto msg/s:          ', pick(/^(qos\w+)$/)],
-    ['fanout/mosquitto deliv/s:        ', pick(/^(qos\w+) deliv$/)],
-    ['fanout/mosquitto over ws msg/s:  ', pick(/^ws (qos\w+)$/)],
-    ['fanout/mosquitto over ws deliv/s:', pick(/^ws (qos\w+) deliv$/)],
-    ['ws/tcp msg/s:                    ', pick(/^(\S+ ws\/tcp qos\w+)$/)],
-    ['ws/tcp deliv/s:                  ', pick(/^(\S+ ws\/tcp qos\w+) deliv$/)],
-    ['ws/tcp cpu µs/msg:               ', pick(/^(\S+ ws\/tcp qos\w+) cpu$/)],
+    ['fanout/mosquitto msg/s:', pick(/^(qos\w+)$/)],
+    ['fanout/mosquitto deliv/s:', pick(/^(qos\w+) deliv$/)],
+    ...OTHER_TRANSPORTS.flatMap((t) => [
+      [`fanout/mosquitto over ${t} msg/s:`, pick(new RegExp(`^${t} (qos\\w+)$`))],
+      [`fanout/mosquitto over ${t} deliv/s:`, pick(new RegExp(`^${t} (qos\\w+) deliv$`))],
+    ]),
+    ...OTHER_TRANSPORTS.flatMap((t) => [
+      [`${t}/tcp msg/s:`, pick(new RegExp(`^(\\S+) ${t}/tcp (qos\\w+)$`))],
+      [`${t}/tcp deliv/s:`, pick(new RegExp(`^(\\S+) ${t}/tcp (qos\\w+) deliv$`))],
+      [`${t}/tcp cpu µs/msg:`, pick(new RegExp(`^(\\S+) ${t}/tcp (qos\\w+) cpu$`))],
+    ]),
   ].filter(([, text]) => text !== '');
-  return lines.length ? ['', ...lines.map(([head, text]) => `${head} ${text.replace(/ ws\/tcp /g, ' ')}`)] : [];
+  const width = Math.max(0, ...lines.map(([head]) => head.length));
+  return lines.length ? ['', ...lines.map(([head, text]) => `${head.padEnd(width)} ${text}`)] : [];
+}
+
+export interface PairedRatio {
+  /** The transport measured against TCP. */
+  transport: Transport;
+  /** Target and QoS, e.g. `fanout qos1`. */
+  key: string;
+  what: 'deliv/s' | 'cpu µs/msg';
+  perRound: number[];
+  median: number;
 }
 
 /**
- * WebSocket over TCP round by round: each ws run against the tcp run of the same
- * target, QoS and round, which ran just before it. Under drift (a shared machine)
- * these pairs hold steadier than a ratio of medians taken over different moments.
+ * WebSocket (or TLS) over TCP round by round: each ws or tls run against the tcp
+ * run of the same target, QoS and round, which ran shortly before it. Under drift
+ * (a shared machine) these pairs hold steadier than a ratio of medians taken over
+ * different moments.
  */
-export function pairedRatios(records: RunRecord<ScenarioResult>[]): { key: string; what: 'deliv/s' | 'cpu µs/msg'; perRound: number[]; median: number }[] {
-  const out: { key: string; what: 'deliv/s' | 'cpu µs/msg'; perRound: number[]; median: number }[] = [];
-  const groups = [...new Set(records.filter((r) => r.transport === 'ws').map((r) => `${r.target}|${r.qos}`))];
-  for (const g of groups) {
-    const pairs = records.flatMap((ws) => {
-      if (ws.transport !== 'ws' || `${ws.target}|${ws.qos}` !== g || !ws.result) return [];
-      const tcp = records.find((r) => r.transport === 'tcp' && r.target === ws.target && r.qos === ws.qos && r.round === ws.round);
-      return tcp?.result ? [{ ws: ws.result, tcp: tcp.result }] : [];
-    });
-    if (pairs.length === 0) continue;
-    const [target, qos] = g.split('|');
-    const key = `${target} qos${qos === 'null' ? 'mix' : qos}`;
-    const deliv = pairs.map((p) => p.ws.deliveredPerSec / p.tcp.deliveredPerSec);
-    const cpu = pairs.map((p) => p.ws.resources.targetCpuUs / p.tcp.resources.targetCpuUs);
-    out.push({ key, what: 'deliv/s', perRound: deliv, median: median(deliv) }, { key, what: 'cpu µs/msg', perRound: cpu, median: median(cpu) });
+export function pairedRatios(records: RunRecord<ScenarioResult>[]): PairedRatio[] {
+  const out: PairedRatio[] = [];
+  for (const transport of OTHER_TRANSPORTS) {
+    const groups = [...new Set(records.filter((r) => r.transport === transport).map((r) => `${r.target}|${r.qos}`))];
+    for (const g of groups) {
+      const pairs = records.flatMap((other) => {
+        if (other.transport !== transport || `${other.target}|${other.qos}` !== g || !other.result) return [];
+        const tcp = records.find((r) => r.transport === 'tcp' && r.target === other.target && r.qos === other.qos && r.round === other.round);
+        return tcp?.result ? [{ other: other.result, tcp: tcp.result }] : [];
+      });
+      if (pairs.length === 0) continue;
+      const [target, qos] = g.split('|');
+      const key = `${target} qos${qos === 'null' ? 'mix' : qos}`;
+      const deliv = pairs.map((p) => p.other.deliveredPerSec / p.tcp.deliveredPerSec);
+      const cpu = pairs.map((p) => p.other.resources.targetCpuUs / p.tcp.resources.targetCpuUs);
+      out.push({ transport, key, what: 'deliv/s', perRound: deliv, median: median(deliv) }, { transport, key, what: 'cpu µs/msg', perRound: cpu, median: median(cpu) });
+    }
   }
   return out;
 }
 
 function pairedLines(records: RunRecord<ScenarioResult>[]): string[] {
   const paired = pairedRatios(records);
-  if (paired.length === 0) return [];
-  const line = (what: string): string =>
-    paired
-      .filter((p) => p.what === what)
-      .map((p) => `${p.key} ${p.median.toFixed(2)}x (${p.perRound.map((x) => x.toFixed(2)).join(' ')})`)
-      .join(', ');
-  return ['', 'ws/tcp round by round, median (each round):', `  deliv/s:    ${line('deliv/s')}`, `  cpu µs/msg: ${line('cpu µs/msg')}`];
+  return OTHER_TRANSPORTS.flatMap((transport) => {
+    const mine = paired.filter((p) => p.transport === transport);
+    if (mine.length === 0) return [];
+    const line = (what: string): string =>
+      mine
+        .filter((p) => p.what === what)
+        .map((p) => `${p.key} ${p.median.toFixed(2)}x (${p.perRound.map((x) => x.toFixed(2)).join(' ')})`)
+        .join(', ');
+    return ['', `${transport}/tcp round by round, median (each round):`, `  deliv/s:    ${line('deliv/s')}`, `  cpu µs/msg: ${line('cpu µs/msg')}`];
+  });
 }
 
 /** Per-run problems worth a line: errors, device errors, unacked or refused publishes, exit notes. */
@@ -211,10 +235,14 @@ export function renderReport(records: RunRecord<ScenarioResult>[]): string {
   const medLatHead = ['target', 'transport', 'qos', 'runs', ...latencyHead('ack'), ...latencyHead('e2e')];
   const medLatRows = sums.map((s) => [...sumKey(s), ...latencyCells(s.ack), ...latencyCells(s.e2e)]);
   const wsServers = [...new Set(records.flatMap((r) => (r.result?.wsServer ? [`${r.target} ${r.result.wsServer}`] : [])))];
+  const tlsSessions = [...new Set(records.flatMap((r) => (r.result?.tlsSession ? [`${r.target} ${r.result.tlsSession}`] : [])))];
   const parts = [
     machineLine(records.map((r) => r.shards)),
     ...(wsServers.length
       ? [`WebSocket (ws runs): devices send one binary frame per write (subprotocol mqtt, zero masking key); served by ${wsServers.join(', ')}.`]
+      : []),
+    ...(tlsSessions.length
+      ? [`TLS (tls runs): devices verify the target's certificate (ECDSA P-256, made for the run) and keep one session each; ${tlsSessions.join(', ')}.`]
       : []),
     '',
     'Runs. msg/s: QoS 1/2 device acks / first send..last ack; QoS 0 (and mixed) = deliv/s.',

@@ -1,6 +1,7 @@
 // Scenario registry: how the options become a job for each scenario, which
 // target set-up it needs, how one run is summed up on the terminal and which
 // report renders its records. cli.ts only loops rounds and targets.
+import { AuthResult, runAuth } from './auth';
 import { runBrokerOutage, OutageResult, VICTIM } from './broker-outage';
 import { runConnectStorm, StormResult, ConnectionJob } from './connect-storm';
 import { DownlinkJob, DownlinkResult, runDownlink } from './downlink';
@@ -12,12 +13,13 @@ import type { Transport } from './mqtt-ws';
 import { MAX_HTTP_REQUESTS, Options, ScenarioName } from './options';
 import type { ProgressLine, RunRecord } from './output';
 import { pairedRatios, renderReport, ratios, summarize } from './report';
+import { authRatios, renderAuth, summarizeAuth } from './report-auth';
 import { renderHttp, summarizeHttp } from './report-http';
 import { renderIdle, renderStorm } from './report-connections';
 import { downlinkRatios, renderDownlink, summarizeDownlink } from './report-downlink';
 import { renderMixed } from './report-mixed';
 import { renderOutage } from './report-outage';
-import type { Target } from './targets';
+import type { Target, TargetKind } from './targets';
 import { Progress, runUplink, ScenarioResult, UplinkJob } from './uplink';
 
 /** Connection attempts without CONNACK after this long count as timeouts. */
@@ -40,6 +42,10 @@ export interface TargetSetup {
   ws?: boolean;
   /** Start mqtt-fanout's HTTP listener. */
   http?: boolean;
+  /** Start the target's TLS listener for devices. */
+  tls?: boolean;
+  /** fanout-auth's users and the topics its ACL lets them publish on. */
+  auth?: { users: number; topicPattern: string } | null;
 }
 
 export interface ScenarioDef<R> {
@@ -48,7 +54,7 @@ export interface ScenarioDef<R> {
    * of http's POST /publish runs (null: its GET /metrics run), [null] otherwise.
    */
   variants(opts: Options): (Qos | null)[];
-  targetSetup(opts: Options, qos: Qos | null): TargetSetup;
+  targetSetup(opts: Options, qos: Qos | null, kind: TargetKind): TargetSetup;
   run(target: Target, opts: Options, qos: Qos | null, ctx: RunContext): Promise<R>;
   /** Keep the logs of such a run: something was lost or failed. */
   suspicious(r: R): boolean;
@@ -127,15 +133,15 @@ const streamSuspicious = (r: ScenarioResult): boolean =>
 
 const uplink: ScenarioDef<ScenarioResult> = {
   variants: (opts) => opts.qos,
-  // With --transport both, the TCP runs' target has the WebSocket listener too, idle: the pair differs only in the devices' transport.
-  targetSetup: (opts, qos) => ({ qos: qos ?? 1, recoverable: null, ws: opts.transports.includes('ws') }),
+  // With several transports, every run's target has all their listeners, the unused ones idle: the runs differ only in the devices' transport.
+  targetSetup: (opts, qos) => ({ qos: qos ?? 1, recoverable: null, ws: opts.transports.includes('ws'), tls: opts.transports.includes('tls') }),
   run: (target, opts, qos, ctx) => runUplink(target, { ...uplinkJob(opts, qos ?? 1, ctx.runTag), transport: ctx.transport }, streamProgress(ctx)),
   suspicious: streamSuspicious,
   line: (r) => `${int(r.msgPerSec)} msg/s, missing ${missingOf(r)}, cpu ${fixed(r.resources.targetCpuUs, 1)} µs/msg`,
   render: renderReport,
   summary: (records) => {
     const medians = summarize(records);
-    return { medians, ratios: ratios(medians), wsOverTcpByRound: pairedRatios(records) };
+    return { medians, ratios: ratios(medians), overTcpByRound: pairedRatios(records) };
   },
 };
 
@@ -231,6 +237,24 @@ const http: ScenarioDef<HttpResult> = {
   summary: (records) => ({ medians: summarizeHttp(records) }),
 };
 
+const auth: ScenarioDef<AuthResult> = {
+  variants: () => [1],
+  // A user for every connection of the storm and every device of the stream (the same numbers).
+  targetSetup: (opts, _qos, kind) => ({
+    qos: 1,
+    recoverable: null,
+    auth: kind === 'fanout-auth' ? { users: Math.max(opts.devices, opts.connections), topicPattern: opts.topic } : null,
+  }),
+  run: (target, opts, _qos, ctx) =>
+    runAuth(target, { connection: connectionJob(opts, ctx.runTag), uplink: uplinkJob(opts, 1, ctx.runTag) }, (text) => ctx.progress.update(`${ctx.label} ${text}`)),
+  suspicious: (r) => r.storm.ok < r.storm.connections || streamSuspicious(r.uplink),
+  line: (r) =>
+    `${int(r.storm.ok)}/${int(r.storm.connections)} connected at ${int(r.storm.connPerSec)} conn/s (${fixed(r.storm.resources.targetCpuUs, 1)} µs/conn), ` +
+    `${int(r.uplink.msgPerSec)} msg/s (${fixed(r.uplink.resources.targetCpuUs, 1)} µs/msg), missing ${missingOf(r.uplink)}`,
+  render: renderAuth,
+  summary: (records) => ({ medians: summarizeAuth(records), ratios: authRatios(records) }),
+};
+
 function erase<R>(def: ScenarioDef<R>): ScenarioDef<unknown> {
   return def as unknown as ScenarioDef<unknown>;
 }
@@ -243,5 +267,6 @@ export const SCENARIO_DEFS: Record<ScenarioName, ScenarioDef<unknown>> = {
   idle: erase(idle),
   downlink: erase(downlink),
   http: erase(http),
+  auth: erase(auth),
 };
 

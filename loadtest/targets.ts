@@ -3,11 +3,16 @@
 // from one measurement into the next. `mosquitto-direct` (downlink) is no
 // front process at all: devices use the one upstream mosquitto themselves.
 // On request a target also listens for MQTT over WebSocket (mqtt-fanout's
-// FANOUT_WS_PORT, a `protocol websockets` listener on the bridge) and, for
-// mqtt-fanout, HTTP (FANOUT_HTTP_PORT); the daemon picks those ports and names
-// them in its ready line.
+// FANOUT_WS_PORT, a `protocol websockets` listener on the bridge), for MQTT
+// over TLS (FANOUT_TLS_PORT, a TLS listener on the bridge; certificates made
+// for the run) and, for mqtt-fanout, HTTP (FANOUT_HTTP_PORT); the daemon picks
+// those ports and names them in its ready line. `fanout-auth` is mqtt-fanout
+// authenticating and authorising every device (FANOUT_PASSWORD_FILE and
+// FANOUT_ACL_FILE, written for the run).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { writeAuthFiles } from './auth-files';
+import { makeServerCerts } from './certs';
 import { bridgeConf, upstreamConf, UpstreamRef, writeConf } from './mosquitto-conf';
 import type { Qos } from './mqtt-wire';
 import type { DeviceEndpoint, Transport } from './mqtt-ws';
@@ -25,8 +30,16 @@ import {
   waitForPort,
 } from './procs';
 
-/** mosquitto: the bridge; mosquitto-direct: upstream b1 itself serving the devices (downlink's peer). */
-export type TargetKind = 'fanout' | 'mosquitto' | 'mosquitto-direct';
+/**
+ * mosquitto: the bridge; mosquitto-direct: upstream b1 itself serving the devices (downlink's peer);
+ * fanout-auth: mqtt-fanout with a password file and an ACL file (the auth scenario).
+ */
+export type TargetKind = 'fanout' | 'fanout-auth' | 'mosquitto' | 'mosquitto-direct';
+
+/** The targets that are mqtt-fanout. */
+export function isFanout(kind: TargetKind): boolean {
+  return kind === 'fanout' || kind === 'fanout-auth';
+}
 
 export interface TargetOptions {
   upstreams: number;
@@ -47,6 +60,10 @@ export interface TargetOptions {
   ws?: boolean;
   /** fanout only: FANOUT_HTTP_PORT (POST /publish, /metrics). */
   http?: boolean;
+  /** A TLS listener for devices as well (fanout: FANOUT_TLS_PORT; bridge: a TLS listener). */
+  tls?: boolean;
+  /** fanout-auth: users 0..users-1 (and the probe) in the password file; the ACL lets each publish on its topic. */
+  auth?: { users: number; topicPattern: string } | null;
 }
 
 export interface Target {
@@ -59,6 +76,8 @@ export interface Target {
   wsServer: string | null;
   /** mqtt-fanout's HTTP port, when asked for (TargetOptions.http). */
   httpPort: number | null;
+  /** TLS listener for devices, when asked for (TargetOptions.tls). */
+  tlsPort: number | null;
   /** Where devices connect over `transport`; throws if the target has no such listener. */
   endpoint(transport: Transport): DeviceEndpoint;
   /** mosquitto-direct: b1 only, which is also the device port. */
@@ -146,13 +165,19 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
       upstreams.push(ref);
     }
     const devicePort = direct ? upstreams[0].port : await allocatePort();
-    if ((opts.ws && direct) || (opts.http && kind !== 'fanout')) throw new Error(`${kind} has no ${opts.http ? 'HTTP' : 'WebSocket'} listener here`);
+    if ((opts.ws && direct) || (opts.http && !isFanout(kind)) || (opts.tls && direct)) {
+      throw new Error(`${kind} has no ${opts.http ? 'HTTP' : opts.ws ? 'WebSocket' : 'TLS'} listener here`);
+    }
+    if ((kind === 'fanout-auth') !== (opts.auth != null)) throw new Error(`${kind}: the auth files go with fanout-auth, and only with it`);
     let wsPort: number | null = null;
     let wsPath = '/mqtt';
     let wsServer: string | null = null;
     let httpPort: number | null = null;
+    let tlsPort: number | null = null;
+    const certs = opts.tls ? makeServerCerts(dir) : null;
     // mosquitto-direct starts nothing in front: b1 is the target.
-    if (kind === 'fanout') {
+    if (isFanout(kind)) {
+      const auth = opts.auth ? writeAuthFiles(dir, opts.auth.users, opts.auth.topicPattern) : null;
       const daemon = await startDaemon({
         entry: daemonEntry(),
         port: devicePort,
@@ -162,22 +187,31 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
         dir,
         ws: opts.ws,
         http: opts.http,
+        tls: certs,
+        env: auth ? { FANOUT_PASSWORD_FILE: auth.passwordFile, FANOUT_ACL_FILE: auth.aclFile } : {},
       });
       procs.push(daemon.proc);
-      ({ wsPort, wsServer, httpPort } = daemon);
+      ({ wsPort, wsServer, httpPort, tlsPort } = daemon);
       wsPath = daemon.wsPath ?? wsPath;
     } else if (kind === 'mosquitto') {
       wsPort = opts.ws ? await allocatePort() : null;
-      const conf = writeConf(dir, 'bridge', bridgeConf(devicePort, upstreams, opts.qos, recoverable !== null, wsPort));
+      tlsPort = certs ? await allocatePort() : null;
+      const tls = certs && tlsPort !== null ? { port: tlsPort, certPath: certs.certPath, keyPath: certs.keyPath } : null;
+      const conf = writeConf(dir, 'bridge', bridgeConf(devicePort, upstreams, opts.qos, recoverable !== null, wsPort, tls));
       const bridge = await startMosquitto('bridge', conf, devicePort, dir);
       procs.push(bridge);
       if (wsPort !== null) {
         await waitForPort(wsPort, bridge);
         wsServer = 'mosquitto';
       }
+      if (tlsPort !== null) await waitForPort(tlsPort, bridge);
     }
     const endpoint = (transport: Transport): DeviceEndpoint => {
       if (transport === 'tcp') return { transport, host: '127.0.0.1', port: devicePort, path: wsPath };
+      if (transport === 'tls') {
+        if (tlsPort === null || certs === null) throw new Error(`${kind} was started without a TLS listener`);
+        return { transport, host: '127.0.0.1', port: tlsPort, path: wsPath, ca: certs.caPem };
+      }
       if (wsPort === null) throw new Error(`${kind} was started without a WebSocket listener`);
       return { transport, host: '127.0.0.1', port: wsPort, path: wsPath };
     };
@@ -221,10 +255,11 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
       wsPath,
       wsServer,
       httpPort,
+      tlsPort,
       endpoint,
       upstreams,
       dir,
-      shards: kind === 'fanout' ? opts.shards : null,
+      shards: isFanout(kind) ? opts.shards : null,
       watched,
       stop,
       casualties,

@@ -3,6 +3,8 @@
 // upstream killed mid-stream) are this same stream with other settings and
 // hooks; connect-storm and idle sit beside it with the same shape: take a
 // started Target and a job, return a result.
+import * as tls from 'node:tls';
+import { deviceCredentials } from './auth-files';
 import { LatencySummary, mergeEncoded, newHistogram, summarize } from './latency';
 import { disconnect, filterFor, PROBE_ID, ProtocolLevel, publishLayout, Qos, topicFor } from './mqtt-wire';
 import { connectLink, DeviceEndpoint, Transport } from './mqtt-ws';
@@ -36,6 +38,8 @@ export interface UplinkJob {
   concurrency?: number;
   /** How the devices (and the probe) connect to the target; tcp by default. */
   transport?: Transport;
+  /** The devices (and the probe) give user names and passwords (deviceCredentials): the target is fanout-auth. */
+  auth?: boolean;
 }
 
 export interface Progress {
@@ -79,8 +83,10 @@ export interface QosBreakdown {
 export interface ScenarioResult {
   /** How the devices connected. */
   transport: Transport;
-  /** The target's WebSocket server (ws runs): uWebSockets.js, ws or mosquitto; null over TCP. */
+  /** The target's WebSocket server (ws runs): uWebSockets.js, ws or mosquitto; null otherwise. */
   wsServer: string | null;
+  /** tls runs: the protocol and cipher suite the devices' sessions use, e.g. `TLSv1.3 TLS_AES_256_GCM_SHA384`; null otherwise. */
+  tlsSession: string | null;
   /** The headline figure; see throughput() for its definition per QoS. */
   msgPerSec: number;
   /**
@@ -108,9 +114,11 @@ export interface ScenarioResult {
  * is live before the clock starts; a bridge still connecting upstream would
  * otherwise drop the first messages and look lossy.
  */
-async function probe(endpoint: DeviceEndpoint, job: UplinkJob, receivers: Receiver[], timeoutMs = 20_000): Promise<void> {
-  const socket = await connectLink(endpoint, `${job.runTag}probe`, () => undefined);
+async function probe(endpoint: DeviceEndpoint, job: UplinkJob, receivers: Receiver[], timeoutMs = 20_000): Promise<string | null> {
+  const socket = await connectLink(endpoint, `${job.runTag}probe`, () => undefined, job.auth ? deviceCredentials('probe') : {});
   socket.on('error', () => undefined);
+  // What the devices' TLS sessions are (they all make the same offer): protocol and cipher suite.
+  const session = socket instanceof tls.TLSSocket ? `${socket.getProtocol()} ${socket.getCipher().standardName ?? socket.getCipher().name}` : null;
   const { template } = publishLayout(topicFor(job.topicPattern, 'probe'), 0, job.payload, PROBE_ID);
   const deadline = Date.now() + timeoutMs;
   try {
@@ -125,6 +133,7 @@ async function probe(endpoint: DeviceEndpoint, job: UplinkJob, receivers: Receiv
   } finally {
     void disconnect(socket);
   }
+  return session;
 }
 
 export async function runUplink(target: Target, job: UplinkJob, hooks: UplinkHooks | ((p: Progress) => void) = {}): Promise<ScenarioResult> {
@@ -152,7 +161,7 @@ export async function runUplink(target: Target, job: UplinkJob, hooks: UplinkHoo
     const transport = job.transport ?? 'tcp';
     const endpoint = target.endpoint(transport);
     // Over the devices' transport: a WebSocket listener that does not forward must fail here, not look lossy.
-    await probe(endpoint, job, receivers);
+    const tlsSession = await probe(endpoint, job, receivers);
     const running: RunningUplink = { target, receivers, meter: null, startedAt: 0 };
     await h.beforeStart?.(running);
     pool = await PublisherPool.connect({
@@ -160,6 +169,8 @@ export async function runUplink(target: Target, job: UplinkJob, hooks: UplinkHoo
       port: endpoint.port,
       transport,
       wsPath: endpoint.path,
+      ca: endpoint.ca,
+      auth: job.auth ?? false,
       devices: job.devices,
       messages: job.messages,
       payload: job.payload,
@@ -245,7 +256,7 @@ export async function runUplink(target: Target, job: UplinkJob, hooks: UplinkHoo
     const delivered = brokers.reduce((n, b) => n + b.distinct, 0) / Math.max(1, brokers.length);
     const resources = resourceReport(procs, 'msg', delivered, windowS);
     const wsServer = transport === 'ws' ? target.wsServer : null;
-    const result: ScenarioResult = { transport, wsServer, msgPerSec, deliveredPerSec, endedBy, durationMs, publisher, brokers, e2e, resources };
+    const result: ScenarioResult = { transport, wsServer, tlsSession, msgPerSec, deliveredPerSec, endedBy, durationMs, publisher, brokers, e2e, resources };
     if (job.qos === 'mixed') result.byQos = publisher.byQos.map((q) => breakdown(q, brokers));
     return result;
   } finally {

@@ -20,7 +20,7 @@ import { startHttp } from './ingress/http';
 import * as fs from 'node:fs';
 import { Authenticator } from './auth/authenticator';
 import { parseAclFile } from './auth/acl';
-import { ConfigError } from './config/index';
+import { ConfigError, redactedConfig } from './config/index';
 import type * as http from 'node:http';
 
 const WORKERS = path.join(__dirname, '..', 'workers');
@@ -56,6 +56,9 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     logger.info({ broker: embedded.broker.redactedUrl }, 'FANOUT_BROKERS not set: started an embedded broker (aedes) as the only upstream');
   }
   const cfg: Config = Object.freeze({ ...config, brokers });
+  // Broker passwords, from URLs or files, show as *** (redactedConfig); pino's redact paths only
+  // reach a `password` field one level down.
+  logger.debug({ config: redactedConfig(cfg) }, 'configuration');
 
   const onWorkerMessage = (m: { t: string; line?: string }): boolean => {
     if (m.t === 'log') {

@@ -29,6 +29,22 @@ export function renderEnvTable(): string {
     '',
     table('Parameter', describeBrokerParams()),
     '',
+    'A broker\'s user name and password can be kept out of the environment, as Docker and Kubernetes',
+    'secrets are: `FANOUT_BROKER_<NAME>_USERNAME_FILE` and `FANOUT_BROKER_<NAME>_PASSWORD_FILE` name files',
+    'holding them, `<NAME>` being the broker\'s name in `FANOUT_BROKERS` upper-cased, with `_` for any',
+    'character other than a letter or a digit (`cloud-eu` → `CLOUD_EU`). Each file holds the value on one',
+    'line of UTF-8, not percent-encoded; one trailing newline is dropped. The files are read once, at start-up.',
+    'Start-up stops, naming the variable, when a file is missing, unreadable, empty or has more than one line,',
+    'when no broker (or more than one) has that `<NAME>`, when the URL already has a user name or password',
+    'of its own (give each in one place), and when a password has no user name to go with it. Passwords read',
+    'from files are hidden like the URL\'s: `***` wherever the configuration is shown, and in no log line.',
+    '',
+    '```sh',
+    "FANOUT_BROKERS='cloud-eu=mqtts://mqtt.example.com,site=mqtt://127.0.0.1:1884'",
+    'FANOUT_BROKER_CLOUD_EU_USERNAME_FILE=/run/secrets/cloud_user',
+    'FANOUT_BROKER_CLOUD_EU_PASSWORD_FILE=/run/secrets/cloud_password',
+    '```',
+    '',
   ].join('\n');
 }
 

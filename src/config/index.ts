@@ -4,7 +4,8 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import tls from 'node:tls';
-import { redactList } from './brokers';
+import { applyCredentialFiles, credentialVariable, isCredentialVariable } from './broker-files';
+import { parseBrokerList, redactList } from './brokers';
 import { envSchema, SPECS, type ShownParams } from './schema';
 import type { BrokerConfig, Config } from './types';
 
@@ -12,6 +13,7 @@ export type {
   AckMode, BrokerConfig, Config, LogLevel, QoS, QueueOverflow, RetainMode, Route, RouteDirection,
 } from './types';
 export { describeBrokerParams, redactUrl } from './brokers';
+export { brokerEnvName, credentialVariable } from './broker-files';
 export { defaultRoutes, RouteTable, type OutMatch } from './routes';
 
 export class ConfigError extends Error {
@@ -66,8 +68,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts?: { cpus?:
       throw new ConfigError(variable, path, `${variable}=${quote(path)} is invalid: expected a readable file (${(err as NodeJS.ErrnoException).code ?? 'unreadable'})`);
     }
   }
+  const credentials = applyCredentialFiles(config.brokers, config.embeddedBroker, env);
+  if (!credentials.ok) {
+    const { variable, value, reason } = credentials;
+    throw new ConfigError(variable, value, `${variable}=${quote(value)} is invalid: ${reason}`);
+  }
   const allowAnonymous = config.allowAnonymous ?? config.passwordFile === null;
-  return deepFreeze({ ...config, allowAnonymous });
+  return deepFreeze({ ...config, brokers: credentials.brokers, allowAnonymous });
 }
 
 /** The TLS variables go together, and the files must make a usable TLS context now rather than
@@ -130,7 +137,8 @@ export function describeEnv(): Array<{ name: string; default: string; allowed: s
   return SPECS.map(({ name, default: def, allowed, description }) => ({ name, default: def, allowed, description }));
 }
 
-/** The config as a plain object safe to log: a broker password is only ever shown as `***`. */
+/** The config as a plain object safe to log: a broker password, from its URL or from a file,
+ *  is only ever shown as `***`. */
 export function redactedConfig(c: Config): object {
   return { ...c, brokers: c.brokers.map(redactBroker) };
 }
@@ -139,17 +147,26 @@ function redactBroker({ password, ...rest }: BrokerConfig): object {
   return password === undefined ? rest : { ...rest, password: '***' };
 }
 
+/** The broker credential files (FANOUT_BROKER_<NAME>_..._FILE) are known by their pattern here;
+ *  whether <NAME> is a broker is checked once FANOUT_BROKERS is parsed. */
 function rejectUnknown(env: NodeJS.ProcessEnv): void {
   const known = SPECS.map((spec) => spec.name);
   const unknown = Object.keys(env)
-    .filter((name) => name.startsWith(PREFIX) && env[name] !== '' && env[name] !== undefined && !known.includes(name))
+    .filter((name) => name.startsWith(PREFIX) && env[name] !== '' && env[name] !== undefined && !known.includes(name) && !isCredentialVariable(name))
     .sort();
   if (unknown.length === 0) return;
   const variable = unknown[0];
   const value = shown(env[variable]);
-  const suggestion = closest(variable, known);
+  const suggestion = closest(variable, [...known, ...credentialVariables(env.FANOUT_BROKERS)]);
   const hint = suggestion === undefined ? '' : ` (did you mean ${suggestion}?)`;
   throw new ConfigError(variable, value, `${variable}=${quote(value)} is not a known variable${hint}`);
+}
+
+/** The file variables of the brokers in FANOUT_BROKERS, as suggestions for a misspelt one. */
+function credentialVariables(brokers: string | undefined): string[] {
+  const parsed = brokers === undefined || brokers === '' ? null : parseBrokerList(brokers);
+  if (parsed === null || !parsed.ok) return [];
+  return parsed.brokers.flatMap((b) => [credentialVariable(b.name, 'USERNAME'), credentialVariable(b.name, 'PASSWORD')]);
 }
 
 /** Every shown value goes through redactList, so a URL with a password pasted into the wrong

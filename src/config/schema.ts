@@ -140,7 +140,8 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
   brokers: { name: 'FANOUT_BROKERS', default: 'none: an embedded broker is started', ...brokerList,
     fallback: () => [],
     description: 'Upstream brokers device publishes are forwarded to (all of them unless FANOUT_ROUTES '
-      + 'says otherwise); see the URL parameters below.' },
+      + 'says otherwise); see the URL parameters below. User name and password may come from files instead: '
+      + 'FANOUT_BROKER_<NAME>_USERNAME_FILE and FANOUT_BROKER_<NAME>_PASSWORD_FILE, below.' },
   routes: { name: 'FANOUT_ROUTES', default: 'none: every broker gets every publish, the first one also serves subscriptions',
     allowed: ROUTES_ALLOWED, schema: z.string(), fallback: () => '',
     description: 'Which topics each broker gets from devices (out) and serves to them (in), '

@@ -35,6 +35,10 @@ export interface BrokerConfig {
   readonly port: number;
   readonly username?: string;
   readonly password?: string;
+  /** Where username / password were read from (FANOUT_BROKER_<NAME>_USERNAME_FILE,
+   *  _PASSWORD_FILE); absent when they came from the URL or are not set. */
+  readonly usernameFile?: string;
+  readonly passwordFile?: string;
   /** Highest QoS sent to this broker (URL `maxQos`, default 2). */
   readonly maxQos: QoS;
   /** Retain flag handling (URL `retain`, default forward). */

@@ -98,6 +98,9 @@ export interface CollectorOptions {
   /** MQTT 5 Retain As Published, to see the retain flag the publisher sent. */
   rap?: boolean;
   clientId?: string;
+  /** For a broker that wants a user name and password. */
+  username?: string;
+  password?: string;
 }
 
 /** Subscribes on a broker and records every message it delivers. */
@@ -116,6 +119,8 @@ export class Collector {
       clientId: opts.clientId ?? `collector-${process.pid}-${Math.random().toString(36).slice(2, 10)}`,
       reconnectPeriod: opts.reconnect ? 50 : 0,
       clean: true,
+      username: opts.username,
+      password: opts.password,
     });
     const c = new Collector(client);
     const list = Array.isArray(filters) ? filters : [filters];

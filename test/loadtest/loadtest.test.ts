@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
 import * as os from 'node:os';
+import * as path from 'node:path';
 import { parser, IConnectPacket, IPublishPacket, Packet } from 'mqtt-packet';
 import { runBrokerOutage } from '../../loadtest/broker-outage';
 import { runConnectStorm } from '../../loadtest/connect-storm';
@@ -21,6 +23,13 @@ import { renderReport } from '../../loadtest/report';
 import { connectionJob, downlinkJob, httpJob, uplinkJob } from '../../loadtest/scenarios';
 import { startTarget, Target, TargetKind } from '../../loadtest/targets';
 import { runUplink, ScenarioResult } from '../../loadtest/uplink';
+import { deviceCredentials, writeAuthFiles } from '../../loadtest/auth-files';
+import { runAuth, type AuthResult } from '../../loadtest/auth';
+import { ConnectError, connectRaw } from '../../loadtest/mqtt-wire';
+import type { Transport } from '../../loadtest/mqtt-ws';
+import { renderAuth } from '../../loadtest/report-auth';
+import { parseAclFile } from '../../src/auth/acl';
+import { parsePasswordFile, verifyPassword } from '../../src/auth/password-file';
 
 function frames(bytes: Buffer, chunkSize: number): { type: number; body: Buffer }[] {
   const out: { type: number; body: Buffer }[] = [];
@@ -50,7 +59,7 @@ function record<R>(target: Target, result: R): RunRecord<R> {
 }
 
 async function withMosquitto<T>(
-  setup: { qos?: 0 | 1 | 2; recoverable?: string; kind?: TargetKind; ws?: boolean; http?: boolean },
+  setup: { qos?: 0 | 1 | 2; recoverable?: string; kind?: TargetKind; ws?: boolean; http?: boolean; tls?: boolean; auth?: { users: number; topicPattern: string } },
   body: (t: Target) => Promise<T>,
 ): Promise<T> {
   const target = await startTarget(setup.kind ?? 'mosquitto', {
@@ -62,6 +71,8 @@ async function withMosquitto<T>(
     keepLogs: false,
     ws: setup.ws,
     http: setup.http,
+    tls: setup.tls,
+    auth: setup.auth,
   });
   try {
     return await body(target);
@@ -241,6 +252,51 @@ test('options: --transport (uplink only) and the http scenario', () => {
   assert.throws(() => parseOptions(['uplink', '--pipelining', '2']), UsageError);
 });
 
+test('options: --transport takes tls and lists, always run in the order tcp, ws, tls', () => {
+  assert.deepEqual(opts(['--transport', 'tls']).transports, ['tls']);
+  assert.deepEqual(opts(['--transport', 'tcp,tls']).transports, ['tcp', 'tls']);
+  assert.deepEqual(opts(['--transport', 'tls,tcp']).transports, ['tcp', 'tls']);
+  assert.deepEqual(opts(['--transport', 'all']).transports, ['tcp', 'ws', 'tls']);
+  assert.deepEqual(opts(['--transport', 'tls, ws']).transports, ['ws', 'tls']);
+  for (const bad of ['tcp,quic', 'tcp,', '', 'TLS']) assert.throws(() => parseOptions(['--transport', bad]), UsageError, bad);
+});
+
+test('options: the auth scenario compares fanout with fanout-auth, QoS 1, a storm and a stream', () => {
+  const a = opts(['auth']);
+  assert.deepEqual([a.targets, a.qos, a.transports], [['fanout', 'fanout-auth'], [1], ['tcp']]);
+  assert.deepEqual([a.connections, a.devices, a.messages, a.inflight, a.payload], [2000, 100, 1000, 16, 64]);
+  assert.deepEqual(opts(['auth', '--target', 'fanout-auth']).targets, ['fanout-auth']);
+  assert.deepEqual(opts(['auth', '--target', 'fanout']).targets, ['fanout']);
+  const sized = opts(['auth', '--connections', '300', '--devices', '20', '--messages', '50', '--rate', '500']);
+  assert.deepEqual([sized.connections, sized.devices, sized.messages, sized.rate], [300, 20, 50, 500]);
+  assert.throws(() => parseOptions(['auth', '--target', 'mosquitto']), UsageError);
+  assert.throws(() => parseOptions(['uplink', '--target', 'fanout-auth']), UsageError);
+  for (const misplaced of [['--qos', '0'], ['--transport', 'tls'], ['--steps', '2'], ['--hold', '1']]) {
+    assert.throws(() => parseOptions(['auth', ...misplaced]), UsageError, misplaced.join(' '));
+  }
+});
+
+test('auth files: the password file is what the daemon verifies ($7$, 101 iterations), the ACL covers each device\'s topic', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lt-auth-files-'));
+  try {
+    const { passwordFile, aclFile } = writeAuthFiles(dir, 3, 'site/{id}/telemetry');
+    const parsed = parsePasswordFile(fs.readFileSync(passwordFile, 'utf8'));
+    assert.deepEqual(parsed.errors, []);
+    assert.deepEqual([...parsed.entries.keys()], ['0', '1', '2', 'probe']);
+    for (const id of [0, 2, 'probe'] as const) {
+      const entry = parsed.entries.get(String(id))!;
+      assert.deepEqual([entry.kind, entry.iterations], ['pbkdf2-sha512', 101]);
+      assert.equal(verifyPassword(entry, Buffer.from(deviceCredentials(id).password)), true);
+      assert.equal(verifyPassword(entry, Buffer.from(deviceCredentials(1).password)), false);
+    }
+    const acl = parseAclFile(fs.readFileSync(aclFile, 'utf8'));
+    assert.deepEqual(acl.errors, []);
+    assert.match(fs.readFileSync(aclFile, 'utf8'), /^pattern write site\/%u\/telemetry$/m);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('proc usage: CPU and RSS of a live process, one account across a restart', async () => {
   assert.ok((readRssKB(process.pid) ?? 0) > 1000);
   assert.ok((readCpuSeconds(process.pid) ?? -1) >= 0);
@@ -357,7 +413,7 @@ test('downlink: devices subscribed on mosquitto directly get every message once;
   });
 });
 
-const smallUplink = (runTag: string, qos: 0 | 1, transport: 'tcp' | 'ws'): Parameters<typeof runUplink>[1] => ({
+const smallUplink = (runTag: string, qos: 0 | 1, transport: Transport): Parameters<typeof runUplink>[1] => ({
   devices: 4,
   messages: 250,
   payload: 64,
@@ -427,4 +483,69 @@ test('mqtt-fanout: uplink over its WebSocket listener, and the http scenario ver
     assert.match(text, /^1\s+1\s+[\d,]+\s+b1=0 b2=0\s+b1=0 b2=0\s+/m);
     assert.match(text, /^GET \/metrics\s+-\s+1\s+[\d,]+\s+0\s+0\s+-\s+-/m);
   });
+});
+
+test('uplink over TLS through the bridge and through mqtt-fanout; the report sets tls beside tcp, with ratios per round', { timeout: 90_000 }, async () => {
+  const records: RunRecord<ScenarioResult>[] = [];
+  for (const kind of ['mosquitto', 'fanout'] as const) {
+    await withMosquitto({ kind, tls: true }, async (target) => {
+      assert.ok(target.tlsPort !== null && target.endpoint('tls').ca?.includes('BEGIN CERTIFICATE'));
+      for (const transport of ['tcp', 'tls'] as const) {
+        const r = await runUplink(target, smallUplink(`lttls${process.pid}${kind[0]}${transport}-`, 1, transport));
+        assert.equal(r.endedBy, 'complete', `${kind} ${transport}`);
+        assert.equal(r.publisher.acked, 1000, `${kind} ${transport}`);
+        assert.deepEqual(r.brokers.map((b) => [b.distinct, b.missing, b.duplicates]), [[1000, 0, 0], [1000, 0, 0]], `${kind} ${transport}`);
+        if (transport === 'tls') assert.match(String(r.tlsSession), /^TLSv1\.[23] \S+$/);
+        else assert.equal(r.tlsSession, null);
+        records.push({ ...record(target, r), transport, qos: 1 });
+      }
+    });
+  }
+  const text = renderReport(records);
+  assert.match(text, /^1\s+fanout\s+tls\s+1\s+2\s+[\d,]+\s+[\d,]+\s+b1=0 b2=0\s+b1=0 b2=0\s+complete$/m);
+  assert.match(text, /^TLS \(tls runs\): .*mosquitto TLSv1\.\d \S+, fanout TLSv1\.\d \S+\.$/m);
+  assert.match(text, /^tls\/tcp msg\/s:\s+mosquitto qos1 \d+\.\d\dx, fanout qos1 \d+\.\d\dx$/m);
+  assert.match(text, /^fanout\/mosquitto over tls msg\/s:\s+qos1 \d+\.\d\dx$/m);
+  assert.match(text, /^tls\/tcp round by round, median \(each round\):$/m);
+  assert.match(text, /^ {2}cpu µs\/msg: mosquitto qos1 \d+\.\d\dx \(\d+\.\d\d\), fanout qos1 \d+\.\d\dx \(\d+\.\d\d\)$/m);
+  // A target started without the listener says so instead of connecting elsewhere.
+  await withMosquitto({}, async (target) => assert.throws(() => target.endpoint('tls'), /without a TLS listener/));
+});
+
+test('auth: a connect storm and a QoS 1 stream against mqtt-fanout without and with password and ACL files', { timeout: 120_000 }, async () => {
+  const o = opts(['auth', '--connections', '60', '--devices', '4', '--messages', '100', '--topic', 'site/{id}/up']);
+  const records: RunRecord<AuthResult>[] = [];
+  for (const kind of ['fanout', 'fanout-auth'] as const) {
+    const auth = kind === 'fanout-auth' ? { users: Math.max(o.devices, o.connections), topicPattern: o.topic } : undefined;
+    await withMosquitto({ kind, auth }, async (target) => {
+      const tag = `ltauth${process.pid}${kind === 'fanout' ? 'o' : 'a'}-`;
+      const r = await runAuth(target, { connection: connectionJob(o, tag), uplink: uplinkJob(o, 1, tag) });
+      assert.equal(r.auth, kind === 'fanout-auth');
+      assert.deepEqual([r.storm.ok, r.storm.refused, r.storm.timeouts, r.storm.errors, r.storm.steps.length], [60, 0, 0, 0, 1], kind);
+      assert.equal(r.uplink.endedBy, 'complete', kind);
+      assert.equal(r.uplink.publisher.acked, 400, kind);
+      // Nothing the ACL should allow was dropped (MQTT 3.1.1 devices get a PUBACK for a denied publish too).
+      assert.deepEqual(r.uplink.brokers.map((b) => [b.distinct, b.missing]), [[400, 0], [400, 0]], kind);
+      if (kind === 'fanout-auth') {
+        // The files are in force: no password, or another device's, is refused (CONNACK 0x05).
+        const refused = async (creds: { username?: string; password?: string }): Promise<string> => {
+          const err = await connectRaw('127.0.0.1', target.devicePort, `${tag}x`, () => undefined, creds).then(
+            (socket) => { socket.destroy(); return null; },
+            (e: unknown) => e,
+          );
+          assert.ok(err instanceof ConnectError && err.kind === 'refused', String(err));
+          return err.message;
+        };
+        assert.match(await refused({}), /code 5$/);
+        assert.match(await refused({ username: '1', password: deviceCredentials(2).password }), /code 5$/);
+      }
+      records.push({ ...record(target, r), scenario: 'auth', qos: 1 });
+    });
+  }
+  const text = renderAuth(records);
+  assert.match(text, /^1\s+fanout-auth\s+60\/60\s+[\d,]+\s/m);
+  assert.match(text, /^1\s+fanout-auth\s+[\d,]+\s+[\d,]+\s+.*b1=0 b2=0\s+b1=0 b2=0\s+complete$/m);
+  for (const figure of ['conn/s', 'cpu µs/conn', 'msg/s', 'cpu µs/msg']) {
+    assert.match(text, new RegExp(`^${figure.replace('/', '\\/')}\\s+\\d+\\.\\d\\dx\\s+\\d+\\.\\d\\dx\\s+\\d+\\.\\d\\d$`, 'm'), figure);
+  }
 });
