@@ -82,6 +82,10 @@ export class BrokerConnection {
   private readonly received2 = new Set<number>();
   /** A broker PUBLISH the shards' rings could not take yet; the socket is paused meanwhile. */
   private held: { header: number; buf: Buffer; start: number; end: number } | null = null;
+  /** QoS 2 publishes in flight (1 per packet id), and their limit (MQTT 3.1.1: URL `qos2Inflight`). */
+  private readonly qos2 = new Uint8Array(65536);
+  private inflight2 = 0;
+  private readonly maxInflight2: number;
   private readonly statusTopic: string;
 
   constructor(private readonly ctx: WriterContext, private readonly broker: BrokerConfig, private readonly config: Config, readonly index: number) {
@@ -89,13 +93,15 @@ export class BrokerConnection {
     this.maxInflight = Math.min(broker.inflight, 65535);
     this.maxQos = broker.maxQos;
     this.v5 = broker.protocolVersion === 5;
+    this.maxInflight2 = this.v5 ? 65535 : broker.qos2Inflight;
     this.statusTopic = config.statusTopic.replace('{clientId}', this.clientId);
   }
 
   /** Whether a record can be taken now without exceeding any window. */
   canAccept(qos: number): boolean {
     return this.state === UP && this.writable && !this.resending && this.outLen < OUT_HIGH_WATER &&
-      (qos === 0 || this.maxQos === 0 || this.inflight < this.maxInflight);
+      (qos === 0 || this.maxQos === 0 || (this.inflight < this.maxInflight &&
+        (qos === 1 || this.maxQos === 1 || this.inflight2 < this.maxInflight2)));
   }
 
   get up(): boolean {
@@ -435,6 +441,8 @@ export class BrokerConnection {
       this.stages[id] = AWAIT_ACK;
       this.order[id] = this.sequence++;
       this.inflight++;
+      this.qos2[id] = q === 2 ? 1 : 0;
+      if (q === 2) this.inflight2++;
     } else {
       this.qos0Pending = true;
       if (token !== NO_TOKEN) this.ctx.ack(shard, token, 0);
@@ -453,6 +461,10 @@ export class BrokerConnection {
     this.stages[id] = FREE;
     this.slabs[id] = undefined;
     this.inflight--;
+    if (this.qos2[id] === 1) {
+      this.qos2[id] = 0;
+      this.inflight2--;
+    }
     this.ctx.schedulePump();
   }
 

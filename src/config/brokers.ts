@@ -43,7 +43,7 @@ export function redactList(value: string): string {
   return value.split(',').map(redactUrl).join(',');
 }
 
-type ParamKey = 'maxQos' | 'retain' | 'pool' | 'protocolVersion' | 'keepalive' | 'inflight' | 'ca' | 'cert' | 'key' | 'insecure';
+type ParamKey = 'maxQos' | 'retain' | 'pool' | 'protocolVersion' | 'keepalive' | 'inflight' | 'qos2Inflight' | 'ca' | 'cert' | 'key' | 'insecure';
 
 interface ParamSpec<T> {
   /** Name in the URL query (differs from the BrokerConfig field for `protocol`). */
@@ -107,6 +107,12 @@ const PARAMS: { readonly [K in ParamKey]: ParamSpec<BrokerConfig[K]> } = {
   inflight: {
     name: 'inflight', default: '1000', ...integerParam(1, 65535),
     description: "Unacknowledged QoS 1/2 publishes per connection, further capped by the broker's Receive Maximum.",
+  },
+  qos2Inflight: {
+    name: 'qos2Inflight', default: '20', ...integerParam(1, 65535),
+    description: 'MQTT 3.1.1 only: QoS 2 publishes awaiting PUBREC/PUBCOMP per connection. A 3.1.1 broker cannot '
+      + "announce its limit, and mosquitto closes a connection that exceeds its max_inflight_messages (20 by default); "
+      + "MQTT 5 brokers announce theirs (Receive Maximum), which is used instead.",
   },
   ca: {
     name: 'ca', default: '', ...fileParam,
@@ -258,6 +264,7 @@ function parseQuery(query: string): Pick<BrokerConfig, ParamKey> {
     protocolVersion: read('protocolVersion'),
     keepalive: read('keepalive'),
     inflight: read('inflight'),
+    qos2Inflight: read('qos2Inflight'),
     ca: read('ca'),
     cert: read('cert'),
     key: read('key'),

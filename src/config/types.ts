@@ -52,6 +52,8 @@ export interface BrokerConfig {
   /** Max unacknowledged QoS 1/2 publishes per connection, further capped by the broker's
    *  Receive Maximum (URL `inflight`, default 1000). */
   readonly inflight: number;
+  /** MQTT 3.1.1: QoS 2 publishes awaiting PUBREC/PUBCOMP per connection (URL `qos2Inflight`, default 20). */
+  readonly qos2Inflight: number;
   /** mqtts: CA file, client certificate and key files (null: none), and whether the broker's
    *  certificate goes unverified (URL `ca`, `cert`, `key`, `insecure`). */
   readonly ca: string | null;
