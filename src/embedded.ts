@@ -20,7 +20,7 @@ export async function startEmbeddedBroker(port = 0): Promise<EmbeddedBroker> {
   const address = server.address() as net.AddressInfo;
   const broker: BrokerConfig = Object.freeze({
     name: 'embedded', transport: 'mqtt', host: '127.0.0.1', port: address.port, maxQos: 2, retain: 'forward',
-    pool: 2, protocolVersion: 4, keepalive: 60, inflight: 1000, qos2Inflight: 1000, ca: null, cert: null, key: null, insecure: false,
+    pool: 2, protocolVersion: 4, keepalive: 60, inflight: 1000, ca: null, cert: null, key: null, insecure: false,
     redactedUrl: `mqtt://127.0.0.1:${address.port}`,
   });
   return {

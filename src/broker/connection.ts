@@ -31,6 +31,9 @@ const CONTROL = 3; // SUBSCRIBE / UNSUBSCRIBE sent, waiting for SUBACK / UNSUBAC
 const OUT_CHUNK = 64 * 1024;
 /** Stop taking records while this much is queued for the socket in one turn. */
 const OUT_HIGH_WATER = 1024 * 1024;
+/** In-flight publishes towards an MQTT 3.1.1 broker when the URL says `inflight=auto`: such a
+ *  broker cannot announce a limit, and mosquitto's max_inflight_messages is 20 by default. */
+const AUTO_INFLIGHT_V4 = 20;
 
 export class BrokerConnection {
   readonly clientId: string;
@@ -82,26 +85,20 @@ export class BrokerConnection {
   private readonly received2 = new Set<number>();
   /** A broker PUBLISH the shards' rings could not take yet; the socket is paused meanwhile. */
   private held: { header: number; buf: Buffer; start: number; end: number } | null = null;
-  /** QoS 2 publishes in flight (1 per packet id), and their limit (MQTT 3.1.1: URL `qos2Inflight`). */
-  private readonly qos2 = new Uint8Array(65536);
-  private inflight2 = 0;
-  private readonly maxInflight2: number;
   private readonly statusTopic: string;
 
   constructor(private readonly ctx: WriterContext, private readonly broker: BrokerConfig, private readonly config: Config, readonly index: number) {
     this.clientId = `${config.proxyId}-${broker.name}-${index}`;
-    this.maxInflight = Math.min(broker.inflight, 65535);
     this.maxQos = broker.maxQos;
     this.v5 = broker.protocolVersion === 5;
-    this.maxInflight2 = this.v5 ? 65535 : broker.qos2Inflight;
+    this.maxInflight = broker.inflight > 0 ? broker.inflight : this.v5 ? 65535 : AUTO_INFLIGHT_V4;
     this.statusTopic = config.statusTopic.replace('{clientId}', this.clientId);
   }
 
   /** Whether a record can be taken now without exceeding any window. */
   canAccept(qos: number): boolean {
     return this.state === UP && this.writable && !this.resending && this.outLen < OUT_HIGH_WATER &&
-      (qos === 0 || this.maxQos === 0 || (this.inflight < this.maxInflight &&
-        (qos === 1 || this.maxQos === 1 || this.inflight2 < this.maxInflight2)));
+      (qos === 0 || this.maxQos === 0 || this.inflight < this.maxInflight);
   }
 
   get up(): boolean {
@@ -332,7 +329,8 @@ export class BrokerConnection {
       return;
     }
     const props = ack.properties ?? {};
-    this.maxInflight = Math.min(this.broker.inflight, props.receiveMaximum ?? 65535);
+    const configured = this.broker.inflight > 0 ? this.broker.inflight : this.v5 ? 65535 : AUTO_INFLIGHT_V4;
+    this.maxInflight = Math.min(configured, props.receiveMaximum ?? 65535);
     this.maxQos = Math.min(this.broker.maxQos, props.maximumQoS ?? 2);
     this.retainAvailable = props.retainAvailable !== false;
     this.maxPacketSize = props.maximumPacketSize ?? 0x0fffffff;
@@ -441,8 +439,6 @@ export class BrokerConnection {
       this.stages[id] = AWAIT_ACK;
       this.order[id] = this.sequence++;
       this.inflight++;
-      this.qos2[id] = q === 2 ? 1 : 0;
-      if (q === 2) this.inflight2++;
     } else {
       this.qos0Pending = true;
       if (token !== NO_TOKEN) this.ctx.ack(shard, token, 0);
@@ -461,10 +457,6 @@ export class BrokerConnection {
     this.stages[id] = FREE;
     this.slabs[id] = undefined;
     this.inflight--;
-    if (this.qos2[id] === 1) {
-      this.qos2[id] = 0;
-      this.inflight2--;
-    }
     this.ctx.schedulePump();
   }
 

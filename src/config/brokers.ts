@@ -43,7 +43,7 @@ export function redactList(value: string): string {
   return value.split(',').map(redactUrl).join(',');
 }
 
-type ParamKey = 'maxQos' | 'retain' | 'pool' | 'protocolVersion' | 'keepalive' | 'inflight' | 'qos2Inflight' | 'ca' | 'cert' | 'key' | 'insecure';
+type ParamKey = 'maxQos' | 'retain' | 'pool' | 'protocolVersion' | 'keepalive' | 'inflight' | 'ca' | 'cert' | 'key' | 'insecure';
 
 interface ParamSpec<T> {
   /** Name in the URL query (differs from the BrokerConfig field for `protocol`). */
@@ -96,8 +96,10 @@ const PARAMS: { readonly [K in ParamKey]: ParamSpec<BrokerConfig[K]> } = {
     description: 'Connections opened to this broker.',
   },
   protocolVersion: {
-    name: 'protocol', default: '3.1.1', allowed: '3.1.1 (or 4) or 5 (or 5.0)',
-    description: 'MQTT protocol version spoken to this broker.',
+    name: 'protocol', default: '5', allowed: '3.1.1 (or 4) or 5 (or 5.0)',
+    description: 'MQTT protocol version spoken to this broker. 5 (the default) lets devices have Retain As Published, '
+      + 'and the broker announces its Receive Maximum (mosquitto: max_inflight_messages, 20 by default, which bounds '
+      + 'the publishes in flight per connection); 3.1.1 for brokers without MQTT 5.',
     parse: (raw) => (raw === '3.1.1' || raw === '4' ? 4 : raw === '5' || raw === '5.0' ? 5 : undefined),
   },
   keepalive: {
@@ -105,14 +107,11 @@ const PARAMS: { readonly [K in ParamKey]: ParamSpec<BrokerConfig[K]> } = {
     description: 'Keep-alive towards this broker in seconds; 0 disables it.',
   },
   inflight: {
-    name: 'inflight', default: '1000', ...integerParam(1, 65535),
-    description: "Unacknowledged QoS 1/2 publishes per connection, further capped by the broker's Receive Maximum.",
-  },
-  qos2Inflight: {
-    name: 'qos2Inflight', default: '20', ...integerParam(1, 65535),
-    description: 'MQTT 3.1.1 only: QoS 2 publishes awaiting PUBREC/PUBCOMP per connection. A 3.1.1 broker cannot '
-      + "announce its limit, and mosquitto closes a connection that exceeds its max_inflight_messages (20 by default); "
-      + "MQTT 5 brokers announce theirs (Receive Maximum), which is used instead.",
+    name: 'inflight', default: 'auto', allowed: 'auto or an integer from 1 to 65535',
+    description: 'Unacknowledged QoS 1/2 publishes per connection. auto: 20 for MQTT 3.1.1, whose brokers cannot '
+      + "announce a limit (mosquitto's max_inflight_messages is 20 by default, and it closes a connection that exceeds "
+      + "it); for MQTT 5 the broker's Receive Maximum. A number is further capped by the Receive Maximum.",
+    parse: (raw) => (raw === 'auto' ? 0 : parseDecimal(raw, 1, 65535)),
   },
   ca: {
     name: 'ca', default: '', ...fileParam,
@@ -264,7 +263,6 @@ function parseQuery(query: string): Pick<BrokerConfig, ParamKey> {
     protocolVersion: read('protocolVersion'),
     keepalive: read('keepalive'),
     inflight: read('inflight'),
-    qos2Inflight: read('qos2Inflight'),
     ca: read('ca'),
     cert: read('cert'),
     key: read('key'),

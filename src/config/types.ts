@@ -50,10 +50,8 @@ export interface BrokerConfig {
   /** Keep-alive towards the broker in seconds (URL `keepalive`, default 60). */
   readonly keepalive: number;
   /** Max unacknowledged QoS 1/2 publishes per connection, further capped by the broker's
-   *  Receive Maximum (URL `inflight`, default 1000). */
+   *  Receive Maximum (URL `inflight`; 0: auto, 20 for MQTT 3.1.1, the Receive Maximum for 5). */
   readonly inflight: number;
-  /** MQTT 3.1.1: QoS 2 publishes awaiting PUBREC/PUBCOMP per connection (URL `qos2Inflight`, default 20). */
-  readonly qos2Inflight: number;
   /** mqtts: CA file, client certificate and key files (null: none), and whether the broker's
    *  certificate goes unverified (URL `ca`, `cert`, `key`, `insecure`). */
   readonly ca: string | null;

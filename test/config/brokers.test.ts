@@ -28,7 +28,7 @@ function assertRejected(value: string, shownEntry: string, reason: string): void
 }
 
 const PARAM_DEFAULTS = {
-  maxQos: 2, retain: 'forward', pool: 4, protocolVersion: 4, keepalive: 60, inflight: 1000, qos2Inflight: 20, ca: null, cert: null, key: null, insecure: false,
+  maxQos: 2, retain: 'forward', pool: 4, protocolVersion: 5, keepalive: 60, inflight: 0, ca: null, cert: null, key: null, insecure: false,
 };
 
 test('a minimal entry gets the default port and parameters', () => {
@@ -44,14 +44,14 @@ test('a minimal entry gets the default port and parameters', () => {
 test('every URL part and parameter is converted', () => {
   const [broker] = brokers(
     `cloud=mqtts://dev%20ice:${SECRET}%2C%40@[2001:db8::1]:8884` +
-      '?maxQos=1&retain=strip&pool=64&protocol=5&keepalive=0&inflight=65535&qos2Inflight=7',
+      '?maxQos=1&retain=strip&pool=64&protocol=5&keepalive=0&inflight=65535',
   );
   assert.deepEqual(broker, {
     name: 'cloud', transport: 'mqtts', host: '2001:db8::1', port: 8884,
     username: 'dev ice', password: `${SECRET},@`,
-    maxQos: 1, retain: 'strip', pool: 64, protocolVersion: 5, keepalive: 0, inflight: 65535, qos2Inflight: 7,
+    maxQos: 1, retain: 'strip', pool: 64, protocolVersion: 5, keepalive: 0, inflight: 65535,
     ca: null, cert: null, key: null, insecure: false,
-    redactedUrl: 'mqtts://dev%20ice:***@[2001:db8::1]:8884?maxQos=1&retain=strip&pool=64&protocol=5&keepalive=0&inflight=65535&qos2Inflight=7',
+    redactedUrl: 'mqtts://dev%20ice:***@[2001:db8::1]:8884?maxQos=1&retain=strip&pool=64&protocol=5&keepalive=0&inflight=65535',
   });
 });
 
@@ -81,9 +81,8 @@ test('each parameter rejects values outside its allowed set', () => {
     ['protocol', '3', 'protocol must be 3.1.1 (or 4) or 5 (or 5.0)'],
     ['keepalive', '65536', 'keepalive must be an integer from 0 to 65535'],
     ['keepalive', '-1', 'keepalive must be an integer from 0 to 65535'],
-    ['inflight', '0', 'inflight must be an integer from 1 to 65535'],
-    ['inflight', '', 'inflight must be an integer from 1 to 65535'],
-    ['qos2Inflight', '0', 'qos2Inflight must be an integer from 1 to 65535'],
+    ['inflight', '0', 'inflight must be auto or an integer from 1 to 65535'],
+    ['inflight', '', 'inflight must be auto or an integer from 1 to 65535'],
   ];
   for (const [param, value, reason] of cases) {
     const entry = `cloud=mqtt://u:***@h:1883?${param}=${value}`;
@@ -94,7 +93,7 @@ test('each parameter rejects values outside its allowed set', () => {
 
 test('an unknown parameter is named along with the known ones', () => {
   assertRejected(`a=mqtt://u:${SECRET}@h?qos=1`, 'a=mqtt://u:***@h?qos=1',
-    'broker "a": unknown parameter "qos", known parameters are maxQos, retain, pool, protocol, keepalive, inflight, qos2Inflight, ca, cert, key, insecure');
+    'broker "a": unknown parameter "qos", known parameters are maxQos, retain, pool, protocol, keepalive, inflight, ca, cert, key, insecure');
 });
 
 test('TLS parameters: readable files (percent-decoded), cert with key, insecure, mqtts only', () => {

@@ -38,7 +38,7 @@ test('machine-dependent defaults are documented in words, so the table is the sa
 
 test('describeBrokerParams lists the URL parameters with their defaults', () => {
   assert.deepEqual(describeBrokerParams().map((row) => [row.name, row.default]), [
-    ['maxQos', '2'], ['retain', 'forward'], ['pool', '4'], ['protocol', '3.1.1'], ['keepalive', '60'], ['inflight', '1000'], ['qos2Inflight', '20'],
+    ['maxQos', '2'], ['retain', 'forward'], ['pool', '4'], ['protocol', '5'], ['keepalive', '60'], ['inflight', 'auto'],
     ['ca', ''], ['cert', ''], ['key', ''], ['insecure', 'false'],
   ]);
 });
