@@ -191,11 +191,11 @@ export class ShardSubscriptions {
     return req;
   }
 
-  /** Forgets retained-message requests old enough that nothing more will answer them. */
+  /** Forgets retained-message requests old enough that nothing more will answer them, and
+   *  those of subscriptions that ended (which would keep their sessions in memory). */
   sweep(now: number): void {
     for (const [req, r] of this.requests) {
-      if (now - r.at < REQUEST_TTL_MS) break;
-      this.requests.delete(req);
+      if (now - r.at >= REQUEST_TTL_MS || r.sub.session.subs.get(r.sub.key) !== r.sub) this.requests.delete(req);
     }
   }
 
