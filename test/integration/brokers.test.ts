@@ -34,9 +34,9 @@ describe('broker parameters: b1 maxQos=0 retain=strip pool=2, b2 protocol=5 pool
     b3 = scope.use(await Mosquitto.start());
     daemon = scope.use(await DaemonProcess.start({
       FANOUT_BROKERS: [
-        `b1=${b1.url({ maxQos: 0, retain: 'strip', pool: pools.b1 })}`,
+        `b1=${b1.url({ maxQos: 0, retain: 'strip', pool: pools.b1, protocol: '3.1.1' })}`,
         `b2=${b2.url({ protocol: 5, pool: pools.b2, keepalive: 30 })}`,
-        `b3=${b3.url({ maxQos: 1, pool: pools.b3 })}`,
+        `b3=${b3.url({ maxQos: 1, pool: pools.b3, protocol: '3.1.1' })}`,
       ].join(','),
     }));
     await waitPoolOnline(b1.port, daemon.proxyId, 'b1', pools.b1);
@@ -192,7 +192,7 @@ describe('a broker with a smaller maximum packet size (b2: mosquitto max_packet_
   before(async () => {
     b1 = scope.use(await Mosquitto.start());
     b2 = scope.use(await Mosquitto.start({ extraConfig: ['max_packet_size 1000'] }));
-    daemon = scope.use(await DaemonProcess.start({ FANOUT_BROKERS: `b1=${b1.url({ pool: 1 })},b2=${b2.url({ pool: 1, protocol: 5 })}` }));
+    daemon = scope.use(await DaemonProcess.start({ FANOUT_BROKERS: `b1=${b1.url({ pool: 1, protocol: '3.1.1' })},b2=${b2.url({ pool: 1, protocol: 5 })}` }));
     await waitPoolOnline(b1.port, daemon.proxyId, 'b1', 1);
     await waitPoolOnline(b2.port, daemon.proxyId, 'b2', 1);
     at1 = scope.use(await Collector.start(b1.port, 'mps/#', { qos: 1 }));

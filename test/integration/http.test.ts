@@ -26,7 +26,7 @@ describe('HTTP: metrics, health, publish', { timeout: 120_000 }, () => {
     b1 = scope.use(await Mosquitto.start());
     b2 = scope.use(await Mosquitto.start());
     daemon = scope.use(await DaemonProcess.start({
-      FANOUT_BROKERS: `b1=${b1.url({ pool: 1 })},b2=${b2.url({ pool: 1, protocol: 5 })}`,
+      FANOUT_BROKERS: `b1=${b1.url({ pool: 1, protocol: '3.1.1' })},b2=${b2.url({ pool: 1, protocol: 5 })}`,
       FANOUT_HTTP_PORT: 0,
       FANOUT_WS_PORT: 0,
     }));
