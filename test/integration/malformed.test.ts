@@ -121,6 +121,15 @@ describe('malformed input', { timeout: 150_000 }, () => {
       bytes: (v) => packet(0x30, publishBody(v, Buffer.from('mal/nul\u0000x'), 0)),
       reason: 0x81,
     },
+    ...([['mal/ctl\u0007bell', 'U+0007'], ['mal/ctl\u0085next', 'U+0085'], ['mal/nonchar\uffff', 'U+FFFF']].map(([topic, cp]): Case => ({
+      name: `PUBLISH with ${cp} in the topic (a control character or non-character, refused by mosquitto too)`,
+      topic, bytes: (v) => packet(0x32, publishBody(v, Buffer.from(topic), 1)), reason: 0x81,
+    }))),
+    {
+      name: 'SUBSCRIBE with U+FFFF in the topic filter',
+      bytes: (v) => packet(0x82, [0x00, 0x01], v === 5 ? [0x00] : [], str('mal/sub/\uffff'), [0x01]),
+      reason: 0x81,
+    },
     ...(['mal/wild/+', 'mal/wild/#'].map((topic): Case => ({
       name: `PUBLISH with a wildcard in the topic (${topic})`, topic, bytes: (v) => packet(0x32, publishBody(v, topic, 1)), reason: 0x90,
     }))),
