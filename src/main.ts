@@ -183,7 +183,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   const registry = new ClientRegistry({
     kick: (owner) => toShard(owner.shard, { t: 'kick', conn: owner.conn }),
     fetch: (previous, next, clientId) => toShard(previous.shard, { t: 'export', conn: previous.conn, clientId, to: next.shard, toConn: next.conn }),
-    none: (next) => toShard(next.shard, { t: 'session', conn: next.conn, from: -1, state: null }),
+    none: (next) => toShard(next.shard, { t: 'session', conn: next.conn, from: -1, exportId: 0, state: null }),
   });
   type Ready = Extract<FromShard, { t: 'ready' }>;
   const startShard = (s: number, listen: ListenPlan, ws: WsPlan | null, wss: WsPlan | null, tlsPlan: ListenPlan | null): Promise<Ready> => new Promise((resolve, reject) => {

@@ -144,6 +144,8 @@ export class Session {
   /** While the session arrives from another shard: deliveries wait here, in order, until the
    *  messages the old shard still had are in. */
   importing: Outgoing[] | null = null;
+  /** The old shard's export this session is the import of (its tail carries the same id). */
+  importId = 0;
   /** Subscriptions with No Local, and the device's recent publishes while there are any. */
   noLocalSubs = 0;
   own: OwnPublishes | null = null;

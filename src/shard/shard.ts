@@ -78,9 +78,11 @@ export type ToShard =
   // Moving a persistent session: the old shard exports it to the new one, the new one says
   // when its subscriptions are registered upstream, the old one sends what came meanwhile.
   | { t: 'export'; conn: number; clientId: string; to: number; toConn: number }
-  | { t: 'session'; conn: number; from: number; state: SessionState | null }
-  | { t: 'registered'; clientId: string }
-  | { t: 'tail'; clientId: string; pending: PendingState[] };
+  // `exportId` names one export on the old shard: one client id may be on its way to several
+  // shards at once in a CONNECT race, and each export is counted out on its own.
+  | { t: 'session'; conn: number; from: number; exportId: number; state: SessionState | null }
+  | { t: 'registered'; exportId: number }
+  | { t: 'tail'; clientId: string; exportId: number; pending: PendingState[] };
 /** A client-id claim (a CONNECT) or release (the connection and its pending will are gone). */
 export interface RegistryOp {
   claim: boolean;
@@ -132,7 +134,8 @@ export class Shard implements ShardContext {
   /** Connections whose CONNECT waits for their session to arrive from another shard. */
   private readonly awaiting = new Map<number, { conn: DeviceConnection; expiryMs: number; timer: NodeJS.Timeout }>();
   /** Sessions handed to another shard, still collecting messages until it has taken over. */
-  private readonly exporting = new Map<string, { session: Session; to: number; timer: NodeJS.Timeout }>();
+  private readonly exporting = new Map<number, { session: Session; to: number; timer: NodeJS.Timeout }>();
+  private nextExport = 1;
   private readonly index: number;
   private readonly port: MessagePort;
   private readonly acks: RingConsumer[];
@@ -310,7 +313,7 @@ export class Shard implements ShardContext {
     }
     if (session === undefined && !clean && this.config.shards > 1) {
       // The session may live on another shard: ask for it; the CONNECT waits for the answer.
-      const timer = setTimeout(() => this.onSessionState({ t: 'session', conn: conn.id, from: -1, state: null }), 5000);
+      const timer = setTimeout(() => this.onSessionState({ t: 'session', conn: conn.id, from: -1, exportId: 0, state: null }), 5000);
       this.awaiting.set(conn.id, { conn, expiryMs, timer });
       this.claim(conn, true);
       return null;
@@ -334,7 +337,7 @@ export class Shard implements ShardContext {
     const wait = this.awaiting.get(m.conn);
     if (wait === undefined) {
       // Timed out here and answered late: the device already has a new session.
-      if (m.state !== null && m.from >= 0) this.relay(m.from, { t: 'registered', clientId: m.state.clientId });
+      if (m.state !== null && m.from >= 0) this.relay(m.from, { t: 'registered', exportId: m.exportId });
       return;
     }
     clearTimeout(wait.timer);
@@ -345,12 +348,15 @@ export class Shard implements ShardContext {
     session.expiryMs = wait.expiryMs;
     if (state !== null) {
       session.restore(state.pending);
-      if (m.from >= 0) session.importing = [];
+      if (m.from >= 0) {
+        session.importing = [];
+        session.importId = m.exportId;
+      }
       // Re-subscribe without retained messages (a resumed session is not a new subscription);
       // once every writer has the filters, the old shard can send what it collected meanwhile.
       let left = state.subs.length + 1;
       const one = (): void => {
-        if (--left === 0 && m.from >= 0) this.relay(m.from, { t: 'registered', clientId: session.clientId });
+        if (--left === 0 && m.from >= 0) this.relay(m.from, { t: 'registered', exportId: m.exportId });
       };
       for (const sub of state.subs) {
         this.subs.subscribe(session, state.version === 5, sub.subId, [{ topic: sub.topic, qos: sub.qos, nl: sub.nl, rap: sub.rap, rh: 2 }], one);
@@ -383,7 +389,7 @@ export class Shard implements ShardContext {
       session = null;
     }
     if (session === null) {
-      this.relay(m.to, { t: 'session', conn: m.toConn, from: -1, state: null });
+      this.relay(m.to, { t: 'session', conn: m.toConn, from: -1, exportId: 0, state: null });
       return;
     }
     this.offline.delete(session.lastConn);
@@ -393,16 +399,19 @@ export class Shard implements ShardContext {
       subs: [...session.subs.values()].map((s) => ({ topic: s.key, qos: s.qos, nl: s.noLocal, rap: s.retainAsPublished, subId: s.subId })),
       pending: session.takePending(),
     };
-    // Until the new shard has the subscriptions upstream, messages keep arriving here.
-    const timer = setTimeout(() => this.onRegistered(session.clientId, false), 30_000);
-    this.exporting.set(session.clientId, { session, to: m.to, timer });
-    this.relay(m.to, { t: 'session', conn: m.toConn, from: this.index, state });
+    // Until the new shard has the subscriptions upstream, messages keep arriving here. Should it
+    // never say so, what was collected goes to it anyway after 30 s.
+    // Unique across shards, so a tail is never taken for another shard's.
+    const exportId = this.index + this.config.shards * this.nextExport++;
+    const timer = setTimeout(() => this.onRegistered(exportId), 30_000);
+    this.exporting.set(exportId, { session, to: m.to, timer });
+    this.relay(m.to, { t: 'session', conn: m.toConn, from: this.index, exportId, state });
   }
 
-  private onRegistered(clientId: string, send = true): void {
-    const e = this.exporting.get(clientId);
+  private onRegistered(exportId: number): void {
+    const e = this.exporting.get(exportId);
     if (e === undefined) return;
-    this.exporting.delete(clientId);
+    this.exporting.delete(exportId);
     clearTimeout(e.timer);
     // Everything a writer put in our rings before the new shard's filters is read now.
     this.downlink.drain(Date.now());
@@ -412,7 +421,7 @@ export class Shard implements ShardContext {
       e.session.ended = true;
       this.stats.add('sessions', -1);
     }
-    if (send) this.relay(e.to, { t: 'tail', clientId, pending });
+    this.relay(e.to, { t: 'tail', clientId: e.session.clientId, exportId, pending });
   }
 
   private relay(to: number, msg: ToShard): void {
@@ -606,10 +615,10 @@ export class Shard implements ShardContext {
     } else if (m.t === 'session') {
       this.onSessionState(m);
     } else if (m.t === 'registered') {
-      this.onRegistered(m.clientId);
+      this.onRegistered(m.exportId);
     } else if (m.t === 'tail') {
       const session = this.sessions.get(m.clientId);
-      if (session?.importing) session.finishImport(m.pending, this.limits, Date.now());
+      if (session?.importing && session.importId === m.exportId) session.finishImport(m.pending, this.limits, Date.now());
     }
     this.endOfTurn();
   }

@@ -13,6 +13,22 @@ import { Scope, waitFor, withTimeout } from '../helpers/wait';
 
 const MESSAGES = 300;
 
+/** One broker and a one-shard daemon whose devices have a window of 5 and a queue of 10. */
+async function slowSetup(scope: Scope, policy: 'block' | 'drop-oldest', env: Record<string, number> = {}): Promise<{ up: Mosquitto; daemon: DaemonProcess }> {
+  // The broker keeps what the proxy does not take yet (no queue limit for its session).
+  const up = scope.use(await Mosquitto.start({ extraConfig: ['max_queued_messages 0'] }));
+  const daemon = scope.use(await DaemonProcess.start({
+    FANOUT_BROKERS: `up=${up.url({ pool: 1 })}`,
+    FANOUT_SHARDS: 1,
+    FANOUT_MAX_INFLIGHT: 5,
+    FANOUT_MAX_QUEUED_MESSAGES: 10,
+    FANOUT_QUEUE_OVERFLOW: policy,
+    ...env,
+  }));
+  await waitPoolOnline(up.port, daemon.proxyId, 'up', 1);
+  return { up, daemon };
+}
+
 for (const policy of ['block', 'drop-oldest'] as const) {
   describe(`downlink burst to a slow device, FANOUT_QUEUE_OVERFLOW=${policy}`, { timeout: 120_000 }, () => {
     const scope = new Scope();
@@ -20,18 +36,7 @@ for (const policy of ['block', 'drop-oldest'] as const) {
     let daemon: DaemonProcess;
 
     before(async () => {
-      // The broker keeps what the proxy does not take yet (no queue limit for its session).
-      up = scope.use(await Mosquitto.start({ extraConfig: ['max_queued_messages 0'] }));
-      daemon = scope.use(await DaemonProcess.start({
-        FANOUT_BROKERS: `up=${up.url({ pool: 1 })}`,
-        FANOUT_SHARDS: 1,
-        FANOUT_MAX_INFLIGHT: 5,
-        FANOUT_MAX_QUEUED_MESSAGES: 10,
-        FANOUT_QUEUE_OVERFLOW: policy,
-        FANOUT_RING_BYTES: 65536,
-        FANOUT_MAX_PACKET_SIZE: 16384,
-      }));
-      await waitPoolOnline(up.port, daemon.proxyId, 'up', 1);
+      ({ up, daemon } = await slowSetup(scope, policy, { FANOUT_RING_BYTES: 65536, FANOUT_MAX_PACKET_SIZE: 16384 }));
     });
     after(() => scope.close());
 
@@ -74,15 +79,7 @@ describe('FANOUT_QUEUE_OVERFLOW=block and a device that stopped acknowledging', 
   let daemon: DaemonProcess;
 
   before(async () => {
-    up = scope.use(await Mosquitto.start({ extraConfig: ['max_queued_messages 0'] }));
-    daemon = scope.use(await DaemonProcess.start({
-      FANOUT_BROKERS: `up=${up.url({ pool: 1 })}`,
-      FANOUT_SHARDS: 1,
-      FANOUT_MAX_INFLIGHT: 5,
-      FANOUT_MAX_QUEUED_MESSAGES: 10,
-      FANOUT_QUEUE_OVERFLOW: 'block',
-    }));
-    await waitPoolOnline(up.port, daemon.proxyId, 'up', 1);
+    ({ up, daemon } = await slowSetup(scope, 'block'));
   });
   after(() => scope.close());
 
