@@ -22,6 +22,8 @@ import { Authenticator } from './auth/authenticator';
 import { parseAclFile } from './auth/acl';
 import { ConfigError, redactedConfig } from './config/index';
 import type * as http from 'node:http';
+import { randomBytes } from 'node:crypto';
+import { lockSpoolDir } from './broker/spool';
 
 const WORKERS = path.join(__dirname, '..', 'workers');
 
@@ -56,6 +58,17 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     logger.info({ broker: embedded.broker.redactedUrl }, 'FANOUT_BROKERS not set: started an embedded broker (aedes) as the only upstream');
   }
   const cfg: Config = Object.freeze({ ...config, brokers });
+  let releaseSpool: (() => void) | null = null;
+  if (cfg.spoolDir !== null) {
+    const lock = lockSpoolDir(cfg.spoolDir);
+    if (!lock.ok) {
+      await embedded?.close();
+      throw new ConfigError('FANOUT_SPOOL_DIR', cfg.spoolDir, `FANOUT_SPOOL_DIR="${cfg.spoolDir}" is invalid: expected a folder no other running daemon uses (process ${lock.holder} holds it)`);
+    }
+    releaseSpool = lock.release;
+  }
+  // Spool entries of this run carry it: tokens of an earlier run mean nothing now.
+  const runId = randomBytes(4).readUInt32LE(0);
   // Broker passwords, from URLs or files, show as *** (redactedConfig); pino's redact paths only
   // reach a `password` field one level down.
   logger.debug({ config: redactedConfig(cfg) }, 'configuration');
@@ -142,7 +155,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       workerData: {
         config: cfg, broker, index: b, uplinkRings: uplink.map((r) => r[b]), ackRings: acks.map((r) => r[b]),
         downlinkRings: downlink.map((r) => r[b]), shardPorts: writerEnds[b], stats: writerStats,
-        doorbell: writerBells[b], shardDoorbells: shardBells,
+        doorbell: writerBells[b], shardDoorbells: shardBells, runId, recovering: false,
       },
       transferList: writerEnds[b],
     }), `writer-${broker.name}`);
@@ -336,6 +349,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     await Promise.all([...writers, ...(listener ? [listener] : [])].map((w) => w.terminate()));
     await embedded?.close();
     await authenticator?.close();
+    releaseSpool?.();
     if (httpServer !== null) await new Promise((r) => httpServer!.close(r));
     logger.info('stopped');
     clearTimeout(deadline);

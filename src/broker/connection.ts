@@ -66,6 +66,8 @@ export class BrokerConnection {
   private readonly lengths = new Uint32Array(65536);
   private readonly tokens = new Uint32Array(65536);
   private readonly shards = new Uint8Array(65536);
+  /** Spool sequence number of the message under each packet id (-1: not from the spool). */
+  private readonly tags = new Float64Array(65536).fill(-1);
   private readonly stages = new Uint8Array(65536);
   private readonly order = new Uint32Array(65536);
   private sequence = 0;
@@ -406,7 +408,7 @@ export class BrokerConnection {
    * (the caller answers the device with 0x95 and counts it).
    */
   publish(qos: number, retain: boolean, token: number, shard: number, topicSrc: Buffer, topicStart: number, topicLen: number,
-    propsStart: number, propsLen: number, src: Buffer, payloadStart: number, payloadLen: number, trace = false): boolean {
+    propsStart: number, propsLen: number, src: Buffer, payloadStart: number, payloadLen: number, trace = false, tag = -1): boolean {
     const q = qos < this.maxQos ? qos : this.maxQos;
     const size = publishSize(topicLen, q, this.v5 ? propsLen : 0, payloadLen, this.v5);
     if (size > this.maxPacketSize) return false;
@@ -438,10 +440,12 @@ export class BrokerConnection {
       this.shards[id] = shard;
       this.stages[id] = AWAIT_ACK;
       this.order[id] = this.sequence++;
+      this.tags[id] = tag;
       this.inflight++;
     } else {
       this.qos0Pending = true;
       if (token !== NO_TOKEN) this.ctx.ack(shard, token, 0);
+      if (tag >= 0) this.ctx.spoolDone(tag);
     }
     return true;
   }
@@ -454,6 +458,11 @@ export class BrokerConnection {
 
   private free(id: number): void {
     if (this.tokens[id] !== NO_TOKEN) this.answer(id, 0);
+    const tag = this.tags[id];
+    if (tag >= 0) {
+      this.tags[id] = -1;
+      this.ctx.spoolDone(tag);
+    }
     this.stages[id] = FREE;
     this.slabs[id] = undefined;
     this.inflight--;

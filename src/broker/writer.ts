@@ -16,6 +16,7 @@ import { RateLimitedLog } from '../log';
 import { LatencyRecorder } from '../metrics/latency';
 import { WriterStats } from '../metrics/stats';
 import { buildRouting } from '../shard/build-routing';
+import { SpooledPath, type SpooledHost } from './spooled';
 
 export interface WriterOptions {
   config: Config;
@@ -32,12 +33,37 @@ export interface WriterOptions {
   stats: SharedArrayBuffer;
   port: MessagePort;
   log: Logger;
+  /** Tells tokens of this daemon run from those of an earlier one in the spool. */
+  runId: number;
+  /** This writer replaces one that failed: it answers only the tokens the shards still wait
+   *  for (see Recovery), which they send once they have read what its predecessor answered. */
+  recovering: boolean;
 }
 
-export type ToWriter = { t: 'drain' } | { t: 'metrics' };
+export type ToWriter =
+  | { t: 'drain' }
+  | { t: 'metrics' }
+  // Recovery: the tokens a shard still waits for from this broker.
+  | { t: 'pending'; shard: number; tokens: number[] };
 export type FromWriter =
   | { t: 'drained'; broker: string; leftInRings: number; leftInflight: number }
-  | { t: 'metrics'; broker: number; rtt: string };
+  | { t: 'metrics'; broker: number; rtt: string }
+  // Recovery without a spool: tokens whose messages went with the failed writer.
+  | { t: 'lost'; broker: number; shard: number; tokens: number[] };
+
+/**
+ * A restarted writer's catch-up. Its predecessor may have answered some tokens and taken records
+ * it never sent; the shards say which tokens they still wait for. The new writer answers only
+ * those, once each. When it has read past everything that was in the rings (and the spool) at
+ * its start, a token still waited for was in the failed thread's memory: with a spool it was
+ * finished or is on disk (answered), without one the message is lost and the shard closes its
+ * device, which sends it again when it reconnects.
+ */
+interface Recovery {
+  pending: (Set<number> | null)[];
+  marks: number[];
+  logMark: number;
+}
 
 /** Records taken per ring before moving to the next, for fairness between shards. */
 const SLICE = 512;
@@ -48,7 +74,7 @@ const NAP_MS = 1;
 /** How long after the last record taken the writer keeps polling rather than parking. */
 const BUSY_WINDOW_MS = 5;
 
-export class Writer implements WriterContext {
+export class Writer implements WriterContext, SpooledHost {
   readonly log: Logger;
   readonly warnings: RateLimitedLog;
   now = Date.now();
@@ -74,6 +100,9 @@ export class Writer implements WriterContext {
   private stopped = false;
   private tick: NodeJS.Timeout | null = null;
   private readonly pumpBound = (): void => this.pump();
+  /** FANOUT_SPOOL_DIR: records go through this broker's durable log. */
+  private readonly spooled: SpooledPath | null;
+  private recovery: Recovery | null = null;
 
   constructor(private readonly opts: WriterOptions) {
     this.log = opts.log;
@@ -92,6 +121,33 @@ export class Writer implements WriterContext {
     // Subscriptions live on the first connection of the pool; the others only publish.
     this.downlink = new WriterDownlink(opts.index, opts.shardPorts, downRings, buildRouting(opts.config),
       () => this.pool[0], () => this.schedulePump(), this.pool.length >= 2 ? () => this.pool[1] : null);
+    this.spooled = opts.config.spoolDir === null ? null : new SpooledPath(this, opts.config, opts.broker, opts.runId);
+    if (opts.recovering) {
+      this.recovery = { pending: this.rings.map(() => null), marks: this.rings.map((r) => r.committedPosition()), logMark: 0 };
+    }
+  }
+
+  /** SpooledHost: whether this writer may answer `token` (always, unless recovering). */
+  ownsToken(shard: number, token: number): boolean {
+    const r = this.recovery;
+    if (r === null) return true;
+    return r.pending[shard]?.delete(token) === true;
+  }
+
+  stalled(conn: BrokerConnection, qos: number): void {
+    this.stalledOn.push(conn, qos);
+  }
+
+  tooLarge(size: number): void {
+    this.droppedTooLarge++;
+    this.warnings.warn('too-large', { broker: this.opts.broker.name, size, total: this.droppedTooLarge },
+      'message larger than the broker accepts: not forwarded (MQTT 5 devices get reason 0x83)');
+  }
+
+  spoolDone(tag: number): void {
+    const sp = this.spooled!;
+    sp.done(tag);
+    if (sp.full) this.schedulePump();
   }
 
   onBrokerPublish(conn: BrokerConnection, header: number, buf: Buffer, start: number, end: number): boolean {
@@ -106,6 +162,7 @@ export class Writer implements WriterContext {
   }
 
   onConnected(conn: BrokerConnection, sessionPresent: boolean): void {
+    this.spooled?.onConnected();
     if (conn === this.pool[0]) this.downlink.onConnected(sessionPresent);
     else if (conn === this.pool[1] && this.downlink.split) this.downlink.onFetchConnected();
   }
@@ -117,6 +174,10 @@ export class Writer implements WriterContext {
     if (this.opts.broker.insecure) {
       this.log.warn({ broker: this.opts.broker.name }, "insecure=true: the broker's TLS certificate is not verified");
     }
+    if (this.spooled !== null) {
+      this.spooled.open();
+      if (this.recovery !== null) this.recovery.logMark = this.spooled.spool.appendEnd;
+    }
     for (const c of this.pool) c.connect();
     this.tick = setInterval(() => {
       this.now = Date.now();
@@ -127,7 +188,10 @@ export class Writer implements WriterContext {
     }, 1000);
     this.opts.port.on('message', (m: ToWriter) => {
       if (m.t === 'drain') void this.drain();
-      else if (m.t === 'metrics') {
+      else if (m.t === 'pending') {
+        if (this.recovery !== null) this.recovery.pending[m.shard] = new Set(m.tokens);
+        this.schedulePump();
+      } else if (m.t === 'metrics') {
         this.publishStats();
         const reply: FromWriter = { t: 'metrics', broker: this.opts.index, rtt: this.rtt.take() };
         this.opts.port.postMessage(reply);
@@ -169,6 +233,14 @@ export class Writer implements WriterContext {
     st.set('downlinkUnmatched', this.downlink.dropped);
     st.set('downlinkTooLarge', this.downlink.tooLarge);
     st.set('upstreamFilters', this.downlink.filterCount);
+    const sp = this.spooled;
+    if (sp !== null) {
+      st.set('spoolBytes', sp.spool.bytes);
+      st.set('spoolUnsent', sp.spool.unread);
+      st.set('spoolDropped', sp.dropped);
+      st.set('spoolConflated', sp.conflated);
+      st.set('spoolCorrupt', sp.spool.corrupt);
+    }
   }
 
   schedulePump(): void {
@@ -186,38 +258,53 @@ export class Writer implements WriterContext {
     }
     this.downlink.flushControl();
     let budget = BUDGET;
-    let progressed = true;
     this.stalledOn.length = 0;
-    while (budget > 0 && progressed) {
-      progressed = false;
-      for (let s = 0; s < this.rings.length; s++) {
-        const r = this.take(s, Math.min(SLICE, budget));
-        if (r > 0) {
-          budget -= r;
-          progressed = true;
+    const recovery = this.recovery;
+    if (recovery !== null && recovery.pending.includes(null)) {
+      // Nothing is answered before every shard said what it still waits for.
+    } else if (this.spooled !== null) {
+      const took = this.spooled.take(this.rings, BUDGET, this.wakeShard);
+      const sent = this.spooled.feed(BUDGET);
+      budget = BUDGET - Math.max(took, sent);
+    } else {
+      let progressed = true;
+      while (budget > 0 && progressed) {
+        progressed = false;
+        for (let s = 0; s < this.rings.length; s++) {
+          const r = this.take(s, Math.min(SLICE, budget));
+          if (r > 0) {
+            budget -= r;
+            progressed = true;
+          }
         }
       }
     }
+    if (recovery !== null && !recovery.pending.includes(null)) this.checkRecovered(recovery);
     for (const c of this.pool) c.flush();
     this.commitAcks();
     this.downlink.commit(this.wakeShard);
     if (budget === 0) {
       this.schedulePump();
-    } else if (this.stalledOn.length > 0) {
+      return;
+    }
+    if (this.stalledOn.length > 0) {
       // A connection that was only full for this turn's output is free again after the flush;
       // one that waits for acks, 'drain' or a reconnect calls schedulePump() itself.
       for (let i = 0; i < this.stalledOn.length; i += 2) {
         if ((this.stalledOn[i] as BrokerConnection).canAccept(this.stalledOn[i + 1] as number)) {
           this.schedulePump();
-          break;
+          return;
         }
       }
-    } else {
-      this.now = Date.now();
-      if (budget < BUDGET) this.lastBusy = this.now;
-      if (this.now - this.lastBusy <= BUSY_WINDOW_MS) this.nap();
-      else this.sleep();
+      // Without a spool the rings wait for that connection; with one they go on into the log.
+      if (this.spooled === null) return;
     }
+    // A full spool waits for the broker to finish entries (spoolDone).
+    if (this.spooled?.full) return;
+    this.now = Date.now();
+    if (budget < BUDGET) this.lastBusy = this.now;
+    if (this.now - this.lastBusy <= BUSY_WINDOW_MS) this.nap();
+    else this.sleep();
   }
 
   /** Moves up to `max` records from shard `s`'s ring to the connections and returns the count.
@@ -243,7 +330,8 @@ export class Writer implements WriterContext {
       }
       const topicLen = view.getUint16(at + 2, true);
       const propsLen = view.getUint32(at + 4, true);
-      const token = view.getUint32(at + 8, true);
+      let token = view.getUint32(at + 8, true);
+      if (token !== NO_TOKEN && !this.ownsToken(s, token)) token = NO_TOKEN;
       const topicAt = at + UPLINK_HEADER;
       const propsAt = topicAt + topicLen;
       const payloadAt = propsAt + propsLen;
@@ -251,9 +339,7 @@ export class Writer implements WriterContext {
       const ok = conn.publish(qos, (flags & FLAG_RETAIN) !== 0 && this.opts.broker.retain === 'forward', token, s,
         buf, topicAt, topicLen, propsAt, (flags & FLAG_V5) !== 0 ? propsLen : 0, buf, payloadAt, payloadLen, (flags & FLAG_TRACE) !== 0);
       if (!ok) {
-        this.droppedTooLarge++;
-        this.warnings.warn('too-large', { broker: this.opts.broker.name, size: ring.lastLength, total: this.droppedTooLarge },
-          'message larger than the broker accepts: not forwarded (MQTT 5 devices get reason 0x83)');
+        this.tooLarge(ring.lastLength);
         // 0x95 is not a valid PUBACK/PUBREC reason; 0x83 (implementation specific error) is.
         if (token !== NO_TOKEN) this.ack(s, token, 0x83);
       }
@@ -261,6 +347,30 @@ export class Writer implements WriterContext {
     }
     if (ring.release()) this.shardBells[s].ring();
     return n;
+  }
+
+  /** Recovery ends once the rings (and the spool) are read past what they held at the start. */
+  private checkRecovered(r: Recovery): void {
+    for (let s = 0; s < this.rings.length; s++) if (((this.rings[s].position - r.marks[s]) | 0) < 0) return;
+    if (this.spooled !== null && this.spooled.spool.readPosition < r.logMark) return;
+    this.recovery = null;
+    let left = 0;
+    for (let s = 0; s < r.pending.length; s++) {
+      const tokens = [...r.pending[s]!];
+      if (tokens.length === 0) continue;
+      left += tokens.length;
+      if (this.spooled !== null) {
+        // In the spool before the failure, or finished with its answer lost: on disk now.
+        this.spooled.spool.sync(() => {
+          for (const t of tokens) this.ack(s, t, 0);
+          this.commitAcks();
+        });
+      } else {
+        const lost: FromWriter = { t: 'lost', broker: this.opts.index, shard: s, tokens };
+        this.opts.port.postMessage(lost);
+      }
+    }
+    this.log.info({ broker: this.opts.broker.name, unanswered: left, spool: this.spooled !== null }, 'writer recovered after a restart');
   }
 
   /** Busy: look at the rings again in NAP_MS without asking shards to notify. A cross-thread
@@ -343,7 +453,7 @@ export class Writer implements WriterContext {
   /** Shutdown: send what the rings hold, wait for the broker's acks, then say goodbye. */
   private async drain(): Promise<void> {
     const deadline = Date.now() + this.opts.config.shutdownTimeoutMs / 2;
-    const pending = (): number => this.rings.reduce((n, r) => n + r.used(), 0);
+    const pending = (): number => this.rings.reduce((n, r) => n + r.used(), 0) + (this.spooled?.spool.unread ?? 0);
     const inflight = (): number => this.pool.reduce((n, c) => n + c.inflight, 0);
     while ((pending() > 0 || inflight() > 0) && Date.now() < deadline) {
       this.schedulePump();
@@ -351,6 +461,8 @@ export class Writer implements WriterContext {
     }
     this.stopped = true;
     if (this.tick) clearInterval(this.tick);
+    // What the broker did not finish stays in the spool for the next start.
+    this.spooled?.close();
     const m: FromWriter = { t: 'drained', broker: this.opts.broker.name, leftInRings: pending(), leftInflight: inflight() };
     await Promise.all(this.pool.map((c) => c.close()));
     this.opts.port.postMessage(m);

@@ -60,6 +60,19 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts?: { cpus?:
   }
   checkTls(config);
   checkWssPort(config);
+  if (config.spoolDir !== null) {
+    try {
+      fs.mkdirSync(config.spoolDir, { recursive: true });
+      fs.accessSync(config.spoolDir, fs.constants.R_OK | fs.constants.W_OK | fs.constants.X_OK);
+    } catch (err) {
+      throw new ConfigError('FANOUT_SPOOL_DIR', config.spoolDir,
+        `FANOUT_SPOOL_DIR=${quote(config.spoolDir)} is invalid: expected a folder this process can create, read and write (${(err as NodeJS.ErrnoException).code ?? 'unusable'})`);
+    }
+  }
+  if (config.conflateTopics !== null && config.spoolDir === null) {
+    const value = config.conflateTopics.join(',');
+    throw new ConfigError('FANOUT_CONFLATE_TOPICS', value, `FANOUT_CONFLATE_TOPICS=${quote(value)} is invalid: conflation works on the spool, and FANOUT_SPOOL_DIR is not set`);
+  }
   for (const [variable, path] of [['FANOUT_PASSWORD_FILE', config.passwordFile], ['FANOUT_ACL_FILE', config.aclFile]] as const) {
     if (path === null) continue;
     try {

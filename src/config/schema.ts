@@ -6,6 +6,7 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import { BROKERS_ALLOWED, isHostName, parseBrokerList, parseDecimal } from './brokers';
 import { parseRoutes, ROUTES_ALLOWED, RoutesError } from './routes';
+import { validateTopicFilter } from '../protocol/topic';
 import type { Config, Route } from './types';
 
 /** Facts about the machine that some defaults derive from; injected to keep tests stable. */
@@ -82,6 +83,14 @@ const urlPath = rule('a URL path starting with / (letters, digits and -._~/ only
 const filePath = rule('a file path', (raw) => (raw.includes('\0') ? undefined : raw));
 
 const PROXY_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** FANOUT_SPOOL_FSYNC_MS: milliseconds, or `off` (-1): acknowledged once written, never synced. */
+const fsyncMs = rule("an integer from 0 to 60000, or off", (raw) => (raw === 'off' ? -1 : parseDecimal(raw, 0, 60000)));
+
+const filterList = rule('comma-separated MQTT topic filters (+ and # as wildcards, no $share)', (raw) => {
+  const filters = raw.split(',').map((f) => f.trim());
+  return filters.every((f) => f.length > 0 && Buffer.byteLength(f) <= 65535 && validateTopicFilter(f, { sharedAllowed: false }) === 0) ? filters : undefined;
+});
 
 export function defaultProxyId(hostname: string): string {
   return `fanout-${hostname.replace(/[^A-Za-z0-9_-]/g, '-')}`.slice(0, 64);
@@ -187,7 +196,25 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
       + 'at least 2 × (FANOUT_MAX_PACKET_SIZE + 64), so any accepted packet fits.' },
   ack: { name: 'FANOUT_ACK', default: 'all', ...oneOf(['all', 'any', 'local']),
     description: 'When a device publish is acknowledged: once all brokers, any one broker, '
-      + 'or only the proxy itself (local) took it.' },
+      + 'or only the proxy itself (local) took it; with FANOUT_SPOOL_DIR, local means once it is in every broker\'s spool (see FANOUT_SPOOL_FSYNC_MS).' },
+  spoolDir: { name: 'FANOUT_SPOOL_DIR', default: 'none: no spool, messages wait in memory', ...filePath, fallback: () => null,
+    description: 'Folder of the durable spool: every message to a broker is appended to that broker\'s log here first, '
+      + 'sent from there at the broker\'s pace, and replayed after a restart (see Durable spool above).' },
+  spoolFsyncMs: { name: 'FANOUT_SPOOL_FSYNC_MS', default: '10', ...fsyncMs,
+    description: 'With FANOUT_SPOOL_DIR: how long appended messages may wait for an fdatasync, in milliseconds (0: each batch at once). '
+      + 'FANOUT_ACK=local acknowledges a device only after it; off: never synced, acknowledged once written (survives a crash of the daemon, not of the machine).' },
+  spoolMaxBytes: { name: 'FANOUT_SPOOL_MAX_BYTES', default: '1073741824', ...integer(1048576, 2 ** 50),
+    description: 'With FANOUT_SPOOL_DIR: bytes each broker\'s spool may hold on disk.' },
+  spoolOverflow: { name: 'FANOUT_SPOOL_OVERFLOW', default: 'block', ...oneOf(['block', 'drop-oldest']),
+    description: 'With FANOUT_SPOOL_DIR: what a full spool does. block: the writer stops taking messages, so devices are slowed down; '
+      + 'drop-oldest: its oldest segment file is deleted, its unsent messages counted and logged as dropped.' },
+  conflateTopics: { name: 'FANOUT_CONFLATE_TOPICS', default: 'none', ...filterList, fallback: () => null,
+    description: 'With FANOUT_SPOOL_DIR: topics (filters) of which only the newest message per topic is kept while a broker is away; '
+      + 'the older ones are skipped (and counted) when it comes back.' },
+  threadHeapMb: { name: 'FANOUT_THREAD_HEAP_MB', default: '4096', ...integer(32, 1048576),
+    description: 'Heap limit of each shard and writer thread, in MiB: a thread that runs out is restarted alone instead of ending the daemon.' },
+  testHooks: { name: 'FANOUT_TEST_HOOKS', default: 'false', ...boolean(),
+    description: 'For tests only: POST /test/crash?thread=… on the HTTP listener makes that thread fail (uncaught error or out of memory), to test restarts.' },
   logLevel: { name: 'FANOUT_LOG_LEVEL', default: 'info',
     ...oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
     description: 'Least severe level that is logged.' },

@@ -109,6 +109,18 @@ export interface Config {
   readonly pendingThrottleMs: number;
   readonly ringBytes: number;
   readonly ack: AckMode;
+  /** FANOUT_SPOOL_DIR: folder of the per-broker durable logs; null when off. */
+  readonly spoolDir: string | null;
+  /** Longest wait for an fdatasync of the spool, ms; 0: each batch; -1 (off): never synced. */
+  readonly spoolFsyncMs: number;
+  readonly spoolMaxBytes: number;
+  readonly spoolOverflow: 'block' | 'drop-oldest';
+  /** Filters of topics conflated while a broker is away; null when off. */
+  readonly conflateTopics: readonly string[] | null;
+  /** Heap limit of each shard and writer thread (MiB). */
+  readonly threadHeapMb: number;
+  /** FANOUT_TEST_HOOKS: POST /test/crash is served. */
+  readonly testHooks: boolean;
   readonly logLevel: LogLevel;
   /** FANOUT_TRACE_CLIENTS: globs on client ids whose packets are logged decoded; null when off. */
   readonly traceClients: string | null;

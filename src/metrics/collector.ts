@@ -164,6 +164,11 @@ export class MetricsCollector {
     metric('fanout_broker_connections_up', 'gauge', 'Broker connections up, by broker.', perBroker('connectionsUp'));
     metric('fanout_broker_connections', 'gauge', 'Broker connections configured (pool), by broker.', perBroker('connections'));
     metric('fanout_broker_reconnects_total', 'counter', 'Broker reconnections, by broker.', perBroker('reconnects'));
+    metric('fanout_spool_bytes', 'gauge', 'Bytes each broker\'s spool holds on disk (FANOUT_SPOOL_DIR), by broker.', perBroker('spoolBytes'));
+    metric('fanout_spool_unsent_bytes', 'gauge', 'Bytes in each broker\'s spool not yet sent to it, by broker.', perBroker('spoolUnsent'));
+    metric('fanout_spool_dropped_total', 'counter', 'Messages the full spool dropped (FANOUT_SPOOL_OVERFLOW=drop-oldest), by broker.', perBroker('spoolDropped'));
+    metric('fanout_spool_conflated_total', 'counter', 'Messages replaced by a newer one on their topic while the broker was away (FANOUT_CONFLATE_TOPICS), by broker.', perBroker('spoolConflated'));
+    metric('fanout_spool_corrupt_total', 'counter', 'Corrupt or truncated stretches of the spool skipped, by broker.', perBroker('spoolCorrupt'));
     metric('fanout_upstream_filters', 'gauge', 'Subscriptions the proxy holds at each broker (one per distinct filter).', perBroker('upstreamFilters'));
     const fill: [Record<string, string | number>, number][] = [];
     for (let s = 0; s < this.src.shards; s++) {

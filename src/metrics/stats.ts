@@ -13,7 +13,7 @@ export type ShardField = (typeof SHARD_FIELDS)[number];
 export const WRITER_FIELDS = [
   'connectionsUp', 'connections', 'reconnects', 'inflight', 'messagesOutQos0', 'messagesOutQos1', 'messagesOutQos2',
   'bytesOut', 'tooLarge', 'qos0BytesLost', 'downlinkInQos0', 'downlinkInQos1', 'downlinkInQos2', 'downlinkUnmatched',
-  'downlinkTooLarge', 'upstreamFilters', 'bytesIn',
+  'downlinkTooLarge', 'upstreamFilters', 'bytesIn', 'spoolBytes', 'spoolUnsent', 'spoolDropped', 'spoolConflated', 'spoolCorrupt',
 ] as const;
 export type WriterField = (typeof WRITER_FIELDS)[number];
 

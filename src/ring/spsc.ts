@@ -152,6 +152,16 @@ export class RingConsumer extends RingSide {
     this.tail = this.previous;
   }
 
+  /** Free-running byte position of the next record to read (compare with (a - b) | 0). */
+  get position(): number {
+    return this.tail;
+  }
+
+  /** Free-running byte position the producer has committed up to. */
+  committedPosition(): number {
+    return Atomics.load(this.ctrl, HEAD) >>> 0;
+  }
+
   /** Whether a record is waiting, without consuming it. */
   hasData(): boolean {
     if (this.tail !== this.limit) return true;

@@ -385,7 +385,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     } else if (qos === 1 && this.qos1 !== null && this.qos1.has(id)) {
       return true;
     }
-    const tracked = qos > 0 && ctx.config.ack !== 'local';
+    const tracked = qos > 0 && (ctx.config.ack !== 'local' || ctx.config.spoolDir !== null);
     if (tracked && this.inflightCount >= ctx.config.maxInflight) return false;
     m.qos = qos;
     m.retain = v.retain;

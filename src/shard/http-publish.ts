@@ -48,7 +48,7 @@ export class HttpPublisher implements AckTarget {
     m.propsA = m.propsAEnd = m.propsB = m.propsBEnd = 0;
     m.payloadStart = 0;
     m.payloadEnd = payload.length;
-    const tracked = p.qos > 0 && ctx.config.ack !== 'local';
+    const tracked = p.qos > 0 && (ctx.config.ack !== 'local' || ctx.config.spoolDir !== null);
     if (tracked && this.waiting.size >= 65535) return false;
     if (!ctx.uplink.fits(m)) return false;
     ctx.stats.add('httpPublishes');

@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import { ConfigError, loadConfig, type Config } from '../../src/config';
 import { boolean, defaultProxyId } from '../../src/config/schema';
 import { makePki } from '../helpers/certs';
@@ -56,6 +58,13 @@ const DEFAULTS = {
   pendingThrottleMs: 10,
   ringBytes: 4194304,
   ack: 'all',
+  spoolDir: null,
+  spoolFsyncMs: 10,
+  spoolMaxBytes: 1073741824,
+  spoolOverflow: 'block',
+  conflateTopics: null,
+  threadHeapMb: 4096,
+  testHooks: false,
   logLevel: 'info',
   traceClients: null,
   proxyId: defaultProxyId(os.hostname()),
@@ -78,7 +87,8 @@ const NAMES = [
   'FANOUT_BROKERS', 'FANOUT_ROUTES', 'FANOUT_MAX_PACKET_SIZE',
   'FANOUT_MAX_INFLIGHT', 'FANOUT_PASSWORD_FILE', 'FANOUT_ACL_FILE', 'FANOUT_ALLOW_ANONYMOUS', 'FANOUT_MAX_CONNECTIONS', 'FANOUT_MAX_CONNECT_RATE', 'FANOUT_MAX_TOPIC_LENGTH',
     'FANOUT_MAX_TOPIC_LEVELS', 'FANOUT_MAX_SUBSCRIPTIONS', 'FANOUT_MAX_PUBLISH_RATE', 'FANOUT_MAX_QUEUED_MESSAGES', 'FANOUT_QUEUE_OVERFLOW', 'FANOUT_SESSION_EXPIRY_MAX',
-  'FANOUT_PENDING_THROTTLE_MS', 'FANOUT_RING_BYTES', 'FANOUT_ACK', 'FANOUT_LOG_LEVEL', 'FANOUT_TRACE_CLIENTS', 'FANOUT_PROXY_ID',
+  'FANOUT_PENDING_THROTTLE_MS', 'FANOUT_RING_BYTES', 'FANOUT_ACK', 'FANOUT_SPOOL_DIR', 'FANOUT_SPOOL_FSYNC_MS', 'FANOUT_SPOOL_MAX_BYTES',
+  'FANOUT_SPOOL_OVERFLOW', 'FANOUT_CONFLATE_TOPICS', 'FANOUT_THREAD_HEAP_MB', 'FANOUT_TEST_HOOKS', 'FANOUT_LOG_LEVEL', 'FANOUT_TRACE_CLIENTS', 'FANOUT_PROXY_ID',
   'FANOUT_STATUS_TOPIC', 'FANOUT_CONNECT_TIMEOUT_MS', 'FANOUT_SHUTDOWN_TIMEOUT_MS', 'FANOUT_RECONNECT_MIN_MS',
   'FANOUT_RECONNECT_MAX_MS',
 ];
@@ -205,6 +215,38 @@ test('enumerations accept exactly the listed words', () => {
     assertRejected('FANOUT_QUEUE_OVERFLOW', bad, 'expected block, drop-oldest or drop-new');
   }
   assert.equal(loadConfig({ FANOUT_QUEUE_OVERFLOW: 'drop-oldest' }).queueOverflow, 'drop-oldest');
+});
+
+test('the spool variables: fsync wait or off, bound, overflow policy, conflated filters, and a usable folder', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fanout-spool-config-'));
+  try {
+    const spool = { FANOUT_SPOOL_DIR: path.join(dir, 'new', 'spool') };
+    const c = loadConfig({ ...spool, FANOUT_SPOOL_FSYNC_MS: 'off', FANOUT_SPOOL_MAX_BYTES: '1048576', FANOUT_SPOOL_OVERFLOW: 'drop-oldest',
+      FANOUT_CONFLATE_TOPICS: 'devices/+/telemetry, sensors/#' });
+    assert.equal(c.spoolDir, spool.FANOUT_SPOOL_DIR);
+    assert.ok(fs.statSync(spool.FANOUT_SPOOL_DIR).isDirectory(), 'the folder is created at start-up');
+    assert.equal(c.spoolFsyncMs, -1);
+    assert.equal(c.spoolMaxBytes, 1048576);
+    assert.equal(c.spoolOverflow, 'drop-oldest');
+    assert.deepEqual(c.conflateTopics, ['devices/+/telemetry', 'sensors/#']);
+    assert.equal(loadConfig({ FANOUT_SPOOL_FSYNC_MS: '0' }).spoolFsyncMs, 0);
+    for (const bad of ['never', '-1', '60001', 'OFF']) assertRejected('FANOUT_SPOOL_FSYNC_MS', bad, 'expected an integer from 0 to 60000, or off');
+    assertRejected('FANOUT_SPOOL_MAX_BYTES', '1048575', 'expected an integer from 1048576 to 1125899906842624');
+    assertRejected('FANOUT_SPOOL_OVERFLOW', 'drop-new', 'expected block or drop-oldest');
+    for (const bad of ['a/#/b', 'a+', '', 'x,,y', '$share/g/x']) {
+      if (bad === '') continue; // empty counts as unset
+      assertRejected('FANOUT_CONFLATE_TOPICS', bad, 'expected comma-separated MQTT topic filters', { ...spool, FANOUT_CONFLATE_TOPICS: bad });
+    }
+    assertRejected('FANOUT_CONFLATE_TOPICS', 'a/+', 'conflation works on the spool, and FANOUT_SPOOL_DIR is not set');
+    const file = path.join(dir, 'a-file');
+    fs.writeFileSync(file, '');
+    assertRejected('FANOUT_SPOOL_DIR', path.join(file, 'spool'), 'expected a folder this process can create, read and write (ENOTDIR)');
+    assertRejected('FANOUT_THREAD_HEAP_MB', '31', 'expected an integer from 32 to 1048576');
+    assert.equal(loadConfig({ FANOUT_TEST_HOOKS: 'true' }).testHooks, true);
+    assertRejected('FANOUT_TEST_HOOKS', 'on', 'expected true, false, 1, 0, yes or no');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('the listen host must be a host name or an IP address', () => {
