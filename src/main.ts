@@ -14,7 +14,7 @@ import { startEmbeddedBroker, type EmbeddedBroker } from './embedded';
 import type { FromShard, ToShard, WsPlan } from './shard/shard';
 import { assertPortFree, loadReuseport, type ListenPlan } from './ingress/listen';
 import type { FromWriter, ToWriter } from './broker/writer';
-import { createStats, readShardStats, readWriterStats, type ShardField } from './metrics/stats';
+import { clearStatsRow, createStats, readShardStats, readWriterStats, type ShardField } from './metrics/stats';
 import { MetricsCollector } from './metrics/collector';
 import { startHttp } from './ingress/http';
 import * as fs from 'node:fs';
@@ -26,6 +26,9 @@ import { randomBytes } from 'node:crypto';
 import { lockSpoolDir } from './broker/spool';
 
 const WORKERS = path.join(__dirname, '..', 'workers');
+/** A thread restarted this many times within the window is not restarted again. */
+const MAX_RESTARTS = 5;
+const RESTART_WINDOW_MS = 60_000;
 
 export interface Daemon {
   readonly port: number;
@@ -81,20 +84,40 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     return false;
   };
   const exited = new Set<Worker>();
-  const watch = (w: Worker, name: string): Worker => {
-    w.on('error', (err) => logger.fatal({ err, thread: name }, 'worker thread failed'));
+  const restarts = new Map<string, number[]>();
+  /** Fatal: the other threads are stopped in order (a thread that ends with open WebSocket
+   *  handles would abort the process), then the daemon exits with 1. */
+  const failHard = (): void => {
+    const fail = (): void => { void log.flush().then(() => process.exit(1)); };
+    if (stopNow === null) fail();
+    else void stopNow(1).then(fail, fail);
+  };
+  /** A shard or writer that fails once the daemon runs is restarted alone (at most
+   *  MAX_RESTARTS times in RESTART_WINDOW_MS: a thread that keeps failing is a defect that a
+   *  restart does not mend); anything else, or a failure during start-up, stops the daemon. */
+  const watch = (w: Worker, name: string, restart: (() => void) | null = null): Worker => {
+    w.on('error', (err) => logger.error({ err, thread: name }, 'worker thread failed'));
     w.on('exit', (code) => {
       exited.add(w);
       if (stopping) return;
-      logger.fatal({ thread: name, code }, 'worker thread exited unexpectedly; stopping');
-      // The other threads are stopped in order (a thread that ends with open WebSocket
-      // handles would abort the process), then the daemon exits with 1.
-      const fail = (): void => { void log.flush().then(() => process.exit(1)); };
-      if (stopNow === null) fail();
-      else void stopNow(1).then(fail, fail);
+      const now = Date.now();
+      const recent = (restarts.get(name) ?? []).filter((t) => now - t < RESTART_WINDOW_MS);
+      if (restart !== null && running && recent.length < MAX_RESTARTS) {
+        recent.push(now);
+        restarts.set(name, recent);
+        logger.error({ thread: name, code, restartsInWindow: recent.length }, 'worker thread exited unexpectedly; restarting it');
+        restart();
+        return;
+      }
+      logger.fatal({ thread: name, code, restartsInWindow: recent.length }, restart !== null && running
+        ? 'worker thread keeps failing; stopping' : 'worker thread exited unexpectedly; stopping');
+      failHard();
     });
     return w;
   };
+  const threadLimits = { maxOldGenerationSizeMb: cfg.threadHeapMb };
+  /** Set once every thread started: from then on a failed shard or writer is restarted. */
+  let running = false;
   let stopping = false;
   let stopNow: ((exitCode: number) => Promise<void>) | null = null;
 
@@ -150,15 +173,22 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   const gotLatency = (): void => {
     if (latency.waiting > 0 && --latency.waiting === 0) latency.wake?.();
   };
-  const writers = brokers.map((broker, b) => {
+  const writers: Worker[] = [];
+  const shardWorkers: Worker[] = [];
+  const toShard = (s: number, m: ToShard, transfer: MessagePort[] = []): void => shardWorkers[s]?.postMessage(m, transfer);
+  /** Shards being replaced: the writers that still have to let go of them, then the start. */
+  const resetting = new Map<number, { left: Set<number>; start: () => void }>();
+  const spawnWriter = (b: number, shardPorts: MessagePort[], recovering: boolean): void => {
+    const broker = brokers[b];
     const w = watch(new Worker(path.join(WORKERS, 'writer.worker.js'), {
       workerData: {
         config: cfg, broker, index: b, uplinkRings: uplink.map((r) => r[b]), ackRings: acks.map((r) => r[b]),
-        downlinkRings: downlink.map((r) => r[b]), shardPorts: writerEnds[b], stats: writerStats,
-        doorbell: writerBells[b], shardDoorbells: shardBells, runId, recovering: false,
+        downlinkRings: downlink.map((r) => r[b]), shardPorts, stats: writerStats,
+        doorbell: writerBells[b], shardDoorbells: shardBells, runId, recovering,
       },
-      transferList: writerEnds[b],
-    }), `writer-${broker.name}`);
+      transferList: shardPorts,
+      resourceLimits: threadLimits,
+    }), `writer-${broker.name}`, () => restartWriter(b));
     // Listening from the start: a message emitted before a listener exists is lost (the first
     // "broker connected" lines were).
     w.on('message', (m: FromWriter | { t: 'log'; line: string }) => {
@@ -166,13 +196,26 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       if (m.t === 'metrics') {
         if (m.rtt !== '') latency.rtt[m.broker].push(m.rtt);
         gotLatency();
+      } else if (m.t === 'lost') {
+        toShard(m.shard, { t: 'lost', broker: m.broker, tokens: m.tokens });
+      } else if (m.t === 'shard-reset-done') {
+        const r = resetting.get(m.shard);
+        if (r !== undefined && r.left.delete(m.broker) && r.left.size === 0) r.start();
       }
     });
-    return w;
-  });
-
-  const shardWorkers: Worker[] = [];
-  const toShard = (s: number, m: ToShard): void => shardWorkers[s]?.postMessage(m);
+    writers[b] = w;
+  };
+  /** A writer failed: its successor takes the same rings, gets new channels to the shards, and
+   *  answers only what the shards say they still wait for (see Writer's Recovery). */
+  const restartWriter = (b: number): void => {
+    const channels = shardWorkers.map(() => new MessageChannel());
+    spawnWriter(b, channels.map((c) => c.port1), true);
+    channels.forEach((c, s) => {
+      if (resetting.has(s)) writers[b].postMessage({ t: 'pending', shard: s, tokens: [] } satisfies ToWriter);
+      toShard(s, { t: 'writer-restarted', broker: b, port: c.port2 }, [c.port2]);
+    });
+  };
+  brokers.forEach((_, b) => spawnWriter(b, writerEnds[b], false));
   // Authentication: the password file is verified on this thread's piscina pool, never on a shard.
   let authenticator: Authenticator | null = null;
   if (cfg.passwordFile !== null) {
@@ -199,15 +242,17 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     none: (next) => toShard(next.shard, { t: 'session', conn: next.conn, from: -1, exportId: 0, state: null }),
   });
   type Ready = Extract<FromShard, { t: 'ready' }>;
-  const startShard = (s: number, listen: ListenPlan, ws: WsPlan | null, wss: WsPlan | null, tlsPlan: ListenPlan | null): Promise<Ready> => new Promise((resolve, reject) => {
+  const startShard = (s: number, listen: ListenPlan, ws: WsPlan | null, wss: WsPlan | null, tlsPlan: ListenPlan | null,
+    writerPorts: MessagePort[] = shardEnds[s], restarted = false): Promise<Ready> => new Promise((resolve, reject) => {
     const w = watch(new Worker(path.join(WORKERS, 'shard.worker.js'), {
       workerData: {
         config: cfg, index: s, listen, ws, wss, tls: tlsPlan, uplinkRings: uplink[s], ackRings: acks[s],
-        downlinkRings: downlink[s], writerPorts: shardEnds[s],
+        downlinkRings: downlink[s], writerPorts, restarted,
         doorbell: shardBells[s], writerDoorbells: writerBells, stats,
       },
-      transferList: shardEnds[s],
-    }), `shard-${s}`);
+      transferList: writerPorts,
+      resourceLimits: threadLimits,
+    }), `shard-${s}`, plan.kind === 'reuseport' ? () => restartShard(s) : null);
     w.on('message', (m: FromShard | { t: 'log'; line: string }) => {
       if (onWorkerMessage(m)) return;
       const msg = m as FromShard;
@@ -217,6 +262,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
           else registry.release(op.clientId, { shard: msg.shard, conn: op.conn });
         }
       } else if (msg.t === 'relay') toShard(msg.to, msg.msg);
+      else if (msg.t === 'pending') writers[msg.broker]?.postMessage({ t: 'pending', shard: msg.shard, tokens: msg.tokens } satisfies ToWriter);
       else if (msg.t === 'published') httpAnswers.get(msg.id)?.(msg.reason);
       else if (msg.t === 'auth') onAuth(msg);
       else if (msg.t === 'metrics') {
@@ -271,6 +317,35 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   wssPlan = joinWs(wssPlan, wssPort, first.wss);
   await Promise.all(Array.from({ length: shards - 1 }, (_, i) => startShard(i + 1, plan, wsPlan, wssPlan, tlsPlan)));
 
+  /**
+   * A shard failed: its devices lost their connections (they reconnect to the other shards at
+   * once) and its sessions are gone. Its client ids are released; every writer lets go of what it
+   * held and stops answering its old tokens; then a new shard starts on the same rings and port.
+   * (Only with SO_REUSEPORT listeners: a shared listening descriptor dies with the shard that
+   * used it.)
+   */
+  const restartShard = (s: number): void => {
+    registry.dropShard(s);
+    clearStatsRow(stats, s);
+    const channels = writers.map(() => new MessageChannel());
+    resetting.set(s, {
+      left: new Set(writers.map((_, b) => b)),
+      start: () => {
+        startShard(s, plan, wsPlan, wssPlan, tlsPlan, channels.map((c) => c.port2), true).then(
+          () => {
+            resetting.delete(s);
+            logger.info({ shard: s }, 'shard restarted');
+          },
+          (err: Error) => {
+            logger.fatal({ shard: s, err: err.message }, 'shard could not be restarted; stopping');
+            failHard();
+          },
+        );
+      },
+    });
+    writers.forEach((w, b) => w.postMessage({ t: 'shard-reset', shard: s, port: channels[b].port1 } satisfies ToWriter, [channels[b].port1]));
+  };
+
   // HTTP: metrics, health, publish, dashboard.
   const collector = new MetricsCollector({
     brokers, shards,
@@ -300,6 +375,14 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     let nextShard = 0;
     httpServer = await startHttp({
       host: cfg.host, port: cfg.httpPort, maxPacketSize: cfg.maxPacketSize, log: logger, metrics: collector,
+      testCrash: cfg.testHooks ? (thread, kind) => {
+        const target = /^shard-(\d+)$/.test(thread) ? shardWorkers[Number(thread.slice(6))]
+          : thread.startsWith('writer-') ? writers[brokers.findIndex((b) => b.name === thread.slice(7))] : undefined;
+        if (target === undefined) return false;
+        logger.warn({ thread, kind }, 'FANOUT_TEST_HOOKS: making a thread fail on request');
+        target.postMessage({ t: 'test-crash', kind });
+        return true;
+      } : undefined,
       ready: () => {
         const ws = readWriterStats(writerStats, brokers.length);
         const list = brokers.map((b, i) => ({ name: b.name, up: ws[i].connectionsUp }));
@@ -317,6 +400,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       }),
     });
   }
+  running = true;
   logger.info({
     port, host: cfg.host, shards, listen: plan.kind, brokers: brokers.map((b) => b.name),
     ...(wsPort !== null ? { wsPort, wsPath: cfg.wsPath, websocket: first.ws } : {}),

@@ -43,6 +43,11 @@ export class ClientRegistry {
     if (current !== undefined && current.shard === owner.shard && current.conn === owner.conn) this.owners.delete(clientId);
   }
 
+  /** A shard failed: every client id it owned is free. */
+  dropShard(shard: number): void {
+    for (const [id, owner] of this.owners) if (owner.shard === shard) this.owners.delete(id);
+  }
+
   get size(): number {
     return this.owners.size;
   }

@@ -450,6 +450,11 @@ export class BrokerConnection {
     return true;
   }
 
+  /** Shard `shard` was replaced: its old tokens must not be answered to the new one. */
+  forgetShard(shard: number): void {
+    for (let id = 1; id < 65536; id++) if (this.stages[id] !== FREE && this.shards[id] === shard) this.tokens[id] = NO_TOKEN;
+  }
+
   private answer(id: number, reason: number): void {
     const token = this.tokens[id];
     if (token !== NO_TOKEN) this.ctx.ack(this.shards[id], token, reason);

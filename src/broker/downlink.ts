@@ -455,6 +455,30 @@ export class WriterDownlink {
     this.onChange();
   }
 
+  /**
+   * Shard `s` failed and is replaced: everything it held is released (upstream subscriptions
+   * nobody else holds are dropped at the broker), retained messages owed to it are forgotten
+   * (its request ids mean nothing to the new shard), and `port` is the new shard's channel.
+   */
+  resetShard(s: number, port: MessagePort): void {
+    this.ports[s] = port;
+    port.on('message', (m: ShardToWriter) => this.onShard(m));
+    const other = (r: Recipient): boolean => r.shard !== s;
+    for (const u of [...this.subs.values()]) {
+      u.waiting = u.waiting.filter(other);
+      for (const [g, list] of u.gens) u.gens.set(g, list.filter(other));
+      for (const [group, h] of [...u.holds]) {
+        if (h.want[s] < 0) continue;
+        h.want[s] = -1;
+        if (--h.holders === 0) u.holds.delete(group);
+        if (--u.holders === 0) this.forget(u);
+      }
+    }
+    for (const [filter, list] of this.fetchWaiting) this.fetchWaiting.set(filter, list.filter(other));
+    for (const f of this.fetches.values()) f.recipients = f.recipients.filter(other);
+    this.onChange();
+  }
+
   private reply(shard: number, acks: SubAck[]): void {
     const m: WriterToShard = { t: 'subacks', broker: this.broker, acks };
     this.ports[shard].postMessage(m);

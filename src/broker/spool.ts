@@ -150,8 +150,9 @@ export class Spool {
     return this.bytes + len + SPOOL_OVERHEAD <= this.opts.maxBytes;
   }
 
-  /** Appends one ring record (visible to peek() after flush()). */
-  append(src: Buffer, at: number, len: number, shard: number): void {
+  /** Appends one ring record (visible to peek() after flush()); `token`, when given, replaces
+   *  the record's ack token. */
+  append(src: Buffer, at: number, len: number, shard: number, token = -1): void {
     const need = SPOOL_OVERHEAD + len;
     if (this.pendLen + need > this.pend.length) {
       const grown = Buffer.allocUnsafe(Math.max(this.pend.length * 2, this.pendLen + need));
@@ -167,6 +168,7 @@ export class Spool {
     p[o + HEADER + 6] = 0;
     p[o + HEADER + 7] = 0;
     src.copy(p, o + SPOOL_OVERHEAD, at, at + len);
+    if (token >= 0 && len >= 12) p.writeUInt32LE(token, o + SPOOL_OVERHEAD + 8);
     p.writeUInt32LE(crc32(p.subarray(o + HEADER, o + need)), o + 4);
     this.pendLen += need;
   }

@@ -31,8 +31,14 @@ export interface SpooledHost {
   stalled(conn: BrokerConnection, qos: number): void;
   /** A message larger than the broker takes: counted and logged by the writer. */
   tooLarge(size: number): void;
-  /** Whether shard `s`'s token `token` may be answered by this writer (see Writer.recovering). */
+  /** Whether shard `s`'s token `token` in an entry a failed predecessor appended may be
+   *  answered by this writer (see Writer's Recovery). */
   ownsToken(shard: number, token: number): boolean;
+  /** A token read from a ring: always this writer's to answer. */
+  takeToken(shard: number, token: number): void;
+  /** Whether the next record of shard `s`'s ring carries a token of the shard running now (false
+   *  for records a failed shard left). Asked before taking the record. */
+  tokenFresh(s: number, ring: RingConsumer): boolean;
 }
 
 export class SpooledPath {
@@ -83,6 +89,7 @@ export class SpooledPath {
       const ring = rings[s];
       const buf = ring.buffer;
       while (n < budget) {
+        const fresh = this.host.tokenFresh(s, ring);
         const at = ring.next();
         if (at < 0) break;
         const len = ring.lastLength;
@@ -95,10 +102,13 @@ export class SpooledPath {
           }
         }
         const pos = spool.appendEnd;
-        spool.append(buf, at, len, s);
-        if (this.durable) {
+        spool.append(buf, at, len, s, fresh ? -1 : NO_TOKEN);
+        if (fresh) {
           const token = buf.readUInt32LE(at + 8);
-          if (token !== NO_TOKEN) this.unsynced.push(s, token);
+          if (token !== NO_TOKEN) {
+            this.host.takeToken(s, token);
+            if (this.durable) this.unsynced.push(s, token);
+          }
         }
         if (away) this.noteConflation(buf, at, pos);
         n++;
@@ -133,10 +143,14 @@ export class SpooledPath {
   }
 
   private tokenOf(e: SpoolEntry): number {
-    if (e.runId !== this.runId) return NO_TOKEN;
+    if (e.runId !== this.runId || e.pos < this.staleBefore[e.shard]) return NO_TOKEN;
     const token = e.buf.readUInt32LE(e.at + 8);
-    return token !== NO_TOKEN && this.host.ownsToken(e.shard, token) ? token : NO_TOKEN;
+    if (token === NO_TOKEN || e.pos >= this.inherited) return token;
+    return this.host.ownsToken(e.shard, token) ? token : NO_TOKEN;
   }
+
+  /** Entries before this position were appended by a failed predecessor (see tokenOf). */
+  private inherited = 0;
 
   private noteConflation(buf: Buffer, at: number, pos: number): void {
     const topic = buf.toString('utf8', at + UPLINK_HEADER, at + UPLINK_HEADER + buf.readUInt16LE(at + 2));
@@ -151,6 +165,17 @@ export class SpooledPath {
     this.superseded.delete(e.pos);
     const topic = e.buf.toString('utf8', e.at + UPLINK_HEADER, e.at + UPLINK_HEADER + e.buf.readUInt16LE(e.at + 2));
     if (this.latest.get(topic) === e.pos) this.latest.delete(topic);
+  }
+
+  /** Entries of shard s before this log position carry tokens of a shard that failed. */
+  private readonly staleBefore: number[] = [];
+
+  /** Shard `s` was replaced: nothing appended so far is answered to the new one. */
+  resetShard(s: number): void {
+    this.staleBefore[s] = this.spool.appendEnd;
+    const keep: number[] = [];
+    for (let i = 0; i < this.unsynced.length; i += 2) if (this.unsynced[i] !== s) keep.push(this.unsynced[i], this.unsynced[i + 1]);
+    this.unsynced = keep;
   }
 
   /** A connection came up: what the log holds now is replayed in paced batches. */
@@ -280,9 +305,7 @@ export class SpooledPath {
   }
 
   private answerUnsynced(tokens: number[]): void {
-    for (let i = 0; i < tokens.length; i += 2) {
-      if (this.host.ownsToken(tokens[i], tokens[i + 1])) this.host.ack(tokens[i], tokens[i + 1], 0);
-    }
+    for (let i = 0; i < tokens.length; i += 2) this.host.ack(tokens[i], tokens[i + 1], 0);
     this.host.commitAcks();
   }
 
@@ -293,8 +316,10 @@ export class SpooledPath {
 
   private cursorTimer: NodeJS.Timeout | null = null;
 
-  open(): void {
+  /** `recovering`: this writer replaces one that failed; what the log holds is inherited. */
+  open(recovering: boolean): void {
     this.spool.open();
+    if (recovering) this.inherited = this.spool.appendEnd;
     // The saved cursor is where a restart replays from: what the broker finished after it is
     // sent again (QoS 1 duplicates), so it is saved often.
     this.cursorTimer = setInterval(() => this.spool.saveCursor(), CURSOR_SAVE_MS);

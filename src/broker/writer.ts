@@ -17,6 +17,7 @@ import { LatencyRecorder } from '../metrics/latency';
 import { WriterStats } from '../metrics/stats';
 import { buildRouting } from '../shard/build-routing';
 import { SpooledPath, type SpooledHost } from './spooled';
+import { crashForTest } from '../test-hooks';
 
 export interface WriterOptions {
   config: Config;
@@ -43,11 +44,15 @@ export interface WriterOptions {
 export type ToWriter =
   | { t: 'drain' }
   | { t: 'metrics' }
+  // Shard `shard` failed and is being replaced; `port` is the new shard's control channel.
+  | { t: 'shard-reset'; shard: number; port: MessagePort }
+  | { t: 'test-crash'; kind: 'throw' | 'oom' }
   // Recovery: the tokens a shard still waits for from this broker.
   | { t: 'pending'; shard: number; tokens: number[] };
 export type FromWriter =
   | { t: 'drained'; broker: string; leftInRings: number; leftInflight: number }
   | { t: 'metrics'; broker: number; rtt: string }
+  | { t: 'shard-reset-done'; broker: number; shard: number }
   // Recovery without a spool: tokens whose messages went with the failed writer.
   | { t: 'lost'; broker: number; shard: number; tokens: number[] };
 
@@ -103,6 +108,8 @@ export class Writer implements WriterContext, SpooledHost {
   /** FANOUT_SPOOL_DIR: records go through this broker's durable log. */
   private readonly spooled: SpooledPath | null;
   private recovery: Recovery | null = null;
+  /** Per shard ring: the position before which records were left by a failed shard (-1: none). */
+  private readonly staleUntil: number[];
 
   constructor(private readonly opts: WriterOptions) {
     this.log = opts.log;
@@ -122,16 +129,48 @@ export class Writer implements WriterContext, SpooledHost {
     this.downlink = new WriterDownlink(opts.index, opts.shardPorts, downRings, buildRouting(opts.config),
       () => this.pool[0], () => this.schedulePump(), this.pool.length >= 2 ? () => this.pool[1] : null);
     this.spooled = opts.config.spoolDir === null ? null : new SpooledPath(this, opts.config, opts.broker, opts.runId);
+    this.staleUntil = this.rings.map(() => -1);
     if (opts.recovering) {
       this.recovery = { pending: this.rings.map(() => null), marks: this.rings.map((r) => r.committedPosition()), logMark: 0 };
     }
   }
 
-  /** SpooledHost: whether this writer may answer `token` (always, unless recovering). */
+  /** SpooledHost: whether this writer may answer `token` of a spool entry its predecessor
+   *  appended (always, unless recovering: then only once, and only if the shard still waits). */
   ownsToken(shard: number, token: number): boolean {
     const r = this.recovery;
     if (r === null) return true;
     return r.pending[shard]?.delete(token) === true;
+  }
+
+  /** SpooledHost: a token read from a ring now. Nobody answered it yet (the predecessor never
+   *  took its record, or it was written since), so this writer owns it in any case; it is struck
+   *  off the list of what the shards wait for so as not to be reported lost. */
+  takeToken(shard: number, token: number): void {
+    this.recovery?.pending[shard]?.delete(token);
+  }
+
+  tokenFresh(s: number, ring: RingConsumer): boolean {
+    const until = this.staleUntil[s];
+    if (until < 0) return true;
+    if (((ring.position - until) | 0) < 0) return false;
+    this.staleUntil[s] = -1;
+    return true;
+  }
+
+  /** Shard `s` failed: what it left in its ring still goes to the broker, but no answer for it
+   *  may reach the shard that replaces it (its tokens are new), and what it held is released. */
+  private resetShard(s: number, port: MessagePort): void {
+    this.staleUntil[s] = this.rings[s].committedPosition();
+    for (const c of this.pool) c.forgetShard(s);
+    this.overflow[s] = [];
+    this.spooled?.resetShard(s);
+    this.downlink.resetShard(s, port);
+    this.commitAcks();
+    this.downlink.commit(this.wakeShard);
+    const done: FromWriter = { t: 'shard-reset-done', broker: this.opts.index, shard: s };
+    this.opts.port.postMessage(done);
+    this.schedulePump();
   }
 
   stalled(conn: BrokerConnection, qos: number): void {
@@ -175,7 +214,7 @@ export class Writer implements WriterContext, SpooledHost {
       this.log.warn({ broker: this.opts.broker.name }, "insecure=true: the broker's TLS certificate is not verified");
     }
     if (this.spooled !== null) {
-      this.spooled.open();
+      this.spooled.open(this.recovery !== null);
       if (this.recovery !== null) this.recovery.logMark = this.spooled.spool.appendEnd;
     }
     for (const c of this.pool) c.connect();
@@ -188,6 +227,8 @@ export class Writer implements WriterContext, SpooledHost {
     }, 1000);
     this.opts.port.on('message', (m: ToWriter) => {
       if (m.t === 'drain') void this.drain();
+      else if (m.t === 'shard-reset') this.resetShard(m.shard, m.port);
+      else if (m.t === 'test-crash') crashForTest(m.kind);
       else if (m.t === 'pending') {
         if (this.recovery !== null) this.recovery.pending[m.shard] = new Set(m.tokens);
         this.schedulePump();
@@ -317,6 +358,7 @@ export class Writer implements WriterContext, SpooledHost {
     const pool = this.pool;
     let n = 0;
     while (n < max) {
+      const fresh = this.tokenFresh(s, ring);
       const at = ring.next();
       if (at < 0) break;
       const flags = buf[at + 1];
@@ -331,7 +373,8 @@ export class Writer implements WriterContext, SpooledHost {
       const topicLen = view.getUint16(at + 2, true);
       const propsLen = view.getUint32(at + 4, true);
       let token = view.getUint32(at + 8, true);
-      if (token !== NO_TOKEN && !this.ownsToken(s, token)) token = NO_TOKEN;
+      if (!fresh) token = NO_TOKEN;
+      else if (token !== NO_TOKEN) this.takeToken(s, token);
       const topicAt = at + UPLINK_HEADER;
       const propsAt = topicAt + topicLen;
       const payloadAt = propsAt + propsLen;

@@ -150,10 +150,15 @@ export type BrokerListResult =
 
 class EntryError extends Error {}
 
+/** Each in-flight device publish keeps one bit per broker it waits for. */
+export const MAX_BROKERS = 31;
+
 export function parseBrokerList(value: string): BrokerListResult {
   const brokers: BrokerConfig[] = [];
   const names = new Set<string>();
-  for (const raw of value.split(',')) {
+  const entries = value.split(',');
+  if (entries.length > MAX_BROKERS) return { ok: false, entry: redactUrl(value), reason: `at most ${MAX_BROKERS} brokers, got ${entries.length}` };
+  for (const raw of entries) {
     const entry = raw.trim();
     try {
       const broker = parseEntry(entry);

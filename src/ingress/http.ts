@@ -19,6 +19,8 @@ export interface HttpDeps {
   /** Routes a message; resolves with 0 or the first refusal reason once it is acknowledged as
    *  FANOUT_ACK says (QoS 0: once it is in the rings). */
   publish(topic: string, payload: Buffer, qos: number, retain: boolean): Promise<number>;
+  /** FANOUT_TEST_HOOKS only: makes a thread fail; false when there is no such thread. */
+  testCrash?: (thread: string, kind: 'throw' | 'oom') => boolean;
 }
 
 /** How long POST /publish waits for the brokers before answering 504. */
@@ -74,10 +76,19 @@ export function startHttp(deps: HttpDeps): Promise<http.Server & { boundPort: nu
         void publish(url, req, res);
         return;
       default:
-        if (url.pathname === '/publish') json(res, 405, { error: 'use POST /publish?topic=...&qos=...&retain=... with the payload as body' });
+        if (route === 'POST /test/crash' && deps.testCrash !== undefined) testCrash(url, res, deps.testCrash);
+        else if (url.pathname === '/publish') json(res, 405, { error: 'use POST /publish?topic=...&qos=...&retain=... with the payload as body' });
         else json(res, 404, { error: `no route for ${route}` });
     }
   });
+
+  const testCrash = (url: URL, res: http.ServerResponse, crash: NonNullable<HttpDeps['testCrash']>): void => {
+    const thread = url.searchParams.get('thread') ?? '';
+    const kind = url.searchParams.get('kind') ?? 'throw';
+    if (kind !== 'throw' && kind !== 'oom') json(res, 400, { error: 'kind must be throw or oom' });
+    else if (!crash(thread, kind)) json(res, 404, { error: `no thread ${JSON.stringify(thread)} (shard-<n> or writer-<broker>)` });
+    else json(res, 202, { thread, kind });
+  };
 
   const publish = async (url: URL, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
     const params = parsePublishQuery(url.searchParams);

@@ -19,6 +19,11 @@ export type WriterField = (typeof WRITER_FIELDS)[number];
 
 const STRIDE = 32;
 
+/** Zeroes one row: the counters of a thread that failed, before its successor starts. */
+export function clearStatsRow(sab: SharedArrayBuffer, index: number): void {
+  new Float64Array(sab, index * STRIDE * 8, STRIDE).fill(0);
+}
+
 export function createStats(rows: number): SharedArrayBuffer {
   return new SharedArrayBuffer(rows * STRIDE * 8);
 }

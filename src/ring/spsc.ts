@@ -162,6 +162,12 @@ export class RingConsumer extends RingSide {
     return Atomics.load(this.ctrl, HEAD) >>> 0;
   }
 
+  /** Drops everything committed so far unread (a restarted thread's stale records). */
+  skipAll(): void {
+    this.tail = this.limit = Atomics.load(this.ctrl, HEAD) >>> 0;
+    this.release();
+  }
+
   /** Whether a record is waiting, without consuming it. */
   hasData(): boolean {
     if (this.tail !== this.limit) return true;

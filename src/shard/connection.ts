@@ -404,7 +404,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     }
     m.token = NO_TOKEN;
     if (tracked) {
-      m.token = ctx.inflight.allocate(this, id, qos, ctx.uplink.planned);
+      m.token = ctx.inflight.allocate(this, id, qos, ctx.uplink.plannedMask);
       this.inflightCount++;
       if (qos === 1) (this.qos1 ??= new Set()).add(id);
     }

@@ -29,6 +29,12 @@ export class ShardDownlink {
   /** When the head record started waiting for a full queue (0: not waiting). */
   private blockedSince = 0;
 
+  /** Drops what the rings hold unread (a restarted shard: those deliveries were for sessions
+   *  that died with its predecessor). */
+  skipAll(): void {
+    for (const r of this.rings) r.skipAll();
+  }
+
   /** A record waits for a session queue to have room. */
   get stalled(): boolean {
     return this.blockedSince !== 0;

@@ -63,7 +63,7 @@ export class HttpPublisher implements AckTarget {
       while (this.waiting.has(id)) id = id === 65535 ? 1 : id + 1;
       this.nextId = id === 65535 ? 1 : id + 1;
       this.waiting.set(id, p.id);
-      m.token = ctx.inflight.allocate(this, id, p.qos, ctx.uplink.planned);
+      m.token = ctx.inflight.allocate(this, id, p.qos, ctx.uplink.plannedMask);
     }
     ctx.uplink.write(m);
     if (!tracked) this.answer(p.id, 0);

@@ -1,6 +1,8 @@
 // The shard's table of device publishes waiting for broker acknowledgements. A slot index is the
 // token carried through the rings; it is reused only after every broker has answered, so an
-// acknowledgement can never reach the wrong message.
+// acknowledgement can never reach the wrong message. Each slot keeps one bit per broker still to
+// answer: a second answer from the same broker changes nothing, and a restarted writer can be
+// told exactly which tokens it still owes (pendingOn).
 
 import { performance } from 'node:perf_hooks';
 import type { AckMode } from '../config/types';
@@ -14,6 +16,7 @@ export interface AckTarget {
 }
 
 export class InflightTable {
+  /** Bit b: broker b has not answered yet. */
   private remaining: Int32Array;
   private messageId: Uint16Array;
   private qos: Uint8Array;
@@ -26,7 +29,10 @@ export class InflightTable {
   private size = 0;
   active = 0;
 
-  constructor(private readonly brokers: number, private readonly mode: AckMode, initial = 1024, private readonly latency: LatencyRecorder | null = null) {
+  private readonly all: number;
+
+  constructor(brokers: number, private readonly mode: AckMode, initial = 1024, private readonly latency: LatencyRecorder | null = null) {
+    this.all = brokers >= 31 ? 0x7fffffff : (1 << brokers) - 1;
     this.started = new Float64Array(initial);
     this.remaining = new Int32Array(initial);
     this.messageId = new Uint16Array(initial);
@@ -37,8 +43,8 @@ export class InflightTable {
     this.freeList = new Int32Array(initial);
   }
 
-  /** A slot for one publish waiting on `brokers` answers (default: every broker). */
-  allocate(owner: AckTarget, messageId: number, qos: number, brokers = this.brokers): number {
+  /** A slot for one publish waiting on the brokers of the bit mask `brokers` (default: all). */
+  allocate(owner: AckTarget, messageId: number, qos: number, brokers = this.all): number {
     let slot: number;
     if (this.freeCount > 0) {
       slot = this.freeList[--this.freeCount];
@@ -57,12 +63,13 @@ export class InflightTable {
     return slot;
   }
 
-  /** Applies one broker's answer for `slot`. */
-  ack(slot: number, reason: number): void {
-    if (slot >= this.size || this.remaining[slot] <= 0) return;
+  /** Applies broker `broker`'s answer for `slot`; an answer it already gave is ignored. */
+  ack(slot: number, reason: number, broker: number): void {
+    const bit = 1 << broker;
+    if (slot >= this.size || (this.remaining[slot] & bit) === 0) return;
     const owner = this.owners[slot]!;
     if (reason >= 0x80 && this.reason[slot] === 0) this.reason[slot] = reason;
-    const left = --this.remaining[slot];
+    const left = (this.remaining[slot] &= ~bit);
     // 'all': answer when every broker has; 'any': at the first broker that accepted, or with
     // the first refusal once every broker has refused.
     const accepted = reason < 0x80;
@@ -78,6 +85,19 @@ export class InflightTable {
       this.active--;
       owner.uplinkSettled(this.messageId[slot], this.qos[slot]);
     }
+  }
+
+  /** Tokens still waiting for broker `broker` (for its writer after a restart). */
+  pendingOn(broker: number): number[] {
+    const bit = 1 << broker;
+    const out: number[] = [];
+    for (let slot = 0; slot < this.size; slot++) if ((this.remaining[slot] & bit) !== 0) out.push(slot);
+    return out;
+  }
+
+  /** The owner of a slot still waiting for `broker`, or null. */
+  ownerWaitingOn(slot: number, broker: number): AckTarget | null {
+    return slot < this.size && (this.remaining[slot] & (1 << broker)) !== 0 ? this.owners[slot] : null;
   }
 
   private grow(): void {

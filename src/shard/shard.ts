@@ -4,6 +4,7 @@
 
 import * as net from 'node:net';
 import * as tls from 'node:tls';
+import * as v8 from 'node:v8';
 import { tlsFiles } from '../config/index';
 import type { MessagePort } from 'node:worker_threads';
 import type { Logger } from 'pino';
@@ -33,6 +34,11 @@ import { Session, type SessionLimits, type SessionState, type PendingState } fro
 import { ShardSubscriptions } from './subscriptions';
 import { ShardDownlink } from './downlink';
 import { buildRouting, buildRoutes } from './build-routing';
+import { crashForTest } from '../test-hooks';
+
+/** Heap watch of shards with uWS listeners (see watchHeap). */
+const HEAP_CHECK_MS = 50;
+const HEAP_ALARM = 0.8;
 
 /** Poll interval while acknowledgements keep arriving (see ackLoop). */
 const NAP_MS = 1;
@@ -57,6 +63,8 @@ export interface ShardOptions {
   stats: SharedArrayBuffer;
   port: MessagePort;
   log: Logger;
+  /** This shard replaces one that failed: what its rings hold back from the writers is stale. */
+  restarted: boolean;
 }
 
 /** Where a shard's WebSocket listener binds; `fallbackPlan` is for the `ws` package (null: only
@@ -82,7 +90,13 @@ export type ToShard =
   // shards at once in a CONNECT race, and each export is counted out on its own.
   | { t: 'session'; conn: number; from: number; exportId: number; state: SessionState | null }
   | { t: 'registered'; exportId: number }
-  | { t: 'tail'; clientId: string; exportId: number; pending: PendingState[] };
+  | { t: 'tail'; clientId: string; exportId: number; pending: PendingState[] }
+  // Writer `broker` failed and was restarted: its new control channel; the shard reads what the
+  // old one answered, then says which tokens it still waits for.
+  | { t: 'writer-restarted'; broker: number; port: MessagePort }
+  // Tokens the failed writer `broker` took with it (no spool): their devices send again.
+  | { t: 'lost'; broker: number; tokens: number[] }
+  | { t: 'test-crash'; kind: 'throw' | 'oom' };
 /** A client-id claim (a CONNECT) or release (the connection and its pending will are gone). */
 export interface RegistryOp {
   claim: boolean;
@@ -104,6 +118,7 @@ export type FromShard =
   | { t: 'drained'; shard: number }
   | { t: 'metrics'; shard: number; ackLatency: string }
   | { t: 'published'; id: number; reason: number }
+  | { t: 'pending'; shard: number; broker: number; tokens: number[] }
   | { t: 'auth'; shard: number; id: number; username: string; password: Buffer | undefined };
 
 export class Shard implements ShardContext {
@@ -468,12 +483,18 @@ export class Shard implements ShardContext {
           this.tlsServer.on('error', (err) => this.log.error({ err }, 'TLS listener error'));
           tlsPort = await listenShard(this.tlsServer, this.opts.tls);
         }
+        if (this.ws?.implementation === 'uWebSockets.js' || this.wss?.implementation === 'uWebSockets.js') this.watchHeap();
         this.send({
           t: 'ready', shard: this.index, port, wsPort: this.ws?.port ?? null, ws: this.ws?.implementation ?? null,
           wssPort: this.wss?.port ?? null, wss: this.wss?.implementation ?? null, tlsPort,
         });
       },
     ).catch((err: Error) => this.send({ t: 'failed', shard: this.index, message: err.message }));
+    if (this.opts.restarted) {
+      // Acks and deliveries for the failed shard's devices and sessions: nobody here to take them.
+      for (const a of this.acks) a.skipAll();
+      this.downlink.skipAll();
+    }
     this.tick = setInterval(() => this.onTick(), 1000);
     this.port.on('message', (m: ToShard) => this.onMessage(m));
     void this.ackLoop();
@@ -616,11 +637,41 @@ export class Shard implements ShardContext {
       this.onSessionState(m);
     } else if (m.t === 'registered') {
       this.onRegistered(m.exportId);
+    } else if (m.t === 'writer-restarted') {
+      this.onWriterRestarted(m.broker, m.port);
+    } else if (m.t === 'lost') {
+      this.onLost(m.broker, m.tokens);
+    } else if (m.t === 'test-crash') {
+      crashForTest(m.kind);
     } else if (m.t === 'tail') {
       const session = this.sessions.get(m.clientId);
       if (session?.importing && session.importId === m.exportId) session.finishImport(m.pending, this.limits, Date.now());
     }
     this.endOfTurn();
+  }
+
+  private onWriterRestarted(broker: number, port: MessagePort): void {
+    // Answers the failed writer committed before it died are still valid; the new one answers
+    // nothing before it has the list below.
+    this.drainAcks();
+    this.subs.replaceWriter(broker, port);
+    this.send({ t: 'pending', shard: this.index, broker, tokens: this.inflight.pendingOn(broker) });
+  }
+
+  /** Publishes that went with a failed writer (no spool): their devices are closed without an
+   *  acknowledgement, so they send them again when they reconnect. */
+  private onLost(broker: number, tokens: number[]): void {
+    let closed = 0;
+    for (const token of tokens) {
+      const owner = this.inflight.ownerWaitingOn(token, broker);
+      if (owner === null) continue;
+      if (owner instanceof DeviceConnection && owner.state !== 2) {
+        owner.protocolClose(C.RC_UNSPECIFIED, 'a broker writer failed with this device\'s publish in flight');
+        closed++;
+      }
+      this.inflight.ack(token, C.RC_UNSPECIFIED, broker);
+    }
+    this.log.warn({ broker, lost: tokens.length, closed }, 'publishes lost with a failed writer: their devices were closed to send them again');
   }
 
   /** A session resumed elsewhere (or a takeover) cancels a will waiting for its delay. */
@@ -716,7 +767,7 @@ export class Shard implements ShardContext {
       let at: number;
       let n = 0;
       while ((at = ring.next()) >= 0) {
-        this.inflight.ack(view.getUint32(at, true), buf[at + 4]);
+        this.inflight.ack(view.getUint32(at, true), buf[at + 4], b);
         total++;
         if (++n === 4096) {
           if (ring.release()) this.ackWriters[b].ring();
@@ -774,6 +825,28 @@ export class Shard implements ShardContext {
     // The doorbell wait has a timeout, but a missed wake-up must not stall blocked devices.
     if (this.blockedConns.size > 0 || this.willQueue.length > 0) this.drainAcks();
     this.endOfTurn();
+  }
+
+  /**
+   * A thread that V8 ends for running out of heap (FANOUT_THREAD_HEAP_MB) cannot close its uWS
+   * apps first, and their open handles then abort the whole process. So a shard serving uWS
+   * watches its heap and, close to the limit, closes them and fails on purpose: the supervisor
+   * restarts it like any other failed shard. (A heap that fills within one check interval still
+   * takes the process down.)
+   */
+  private watchHeap(): void {
+    // V8 gives up when the old generation reaches FANOUT_THREAD_HEAP_MB.
+    const limit = this.config.threadHeapMb * 1048576;
+    const timer = setInterval(() => {
+      const h = v8.getHeapStatistics();
+      if (h.used_heap_size < HEAP_ALARM * limit) return;
+      clearInterval(timer);
+      this.log.error({ usedMb: Math.round(h.used_heap_size / 1048576), limitMb: this.config.threadHeapMb },
+        'shard heap nearly exhausted (FANOUT_THREAD_HEAP_MB): closing its WebSocket apps and failing on purpose to be restarted');
+      this.closeWebSockets();
+      setImmediate(() => { throw new Error('shard heap nearly exhausted'); });
+    }, HEAP_CHECK_MS);
+    timer.unref();
   }
 
   /**

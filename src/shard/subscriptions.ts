@@ -71,7 +71,7 @@ export class ShardSubscriptions {
 
   constructor(
     private readonly shard: number,
-    private readonly writers: MessagePort[],
+    private writers: MessagePort[],
     private readonly routing: DownlinkRouting,
     private readonly schedule: () => void,
     private readonly limits: { readonly maxTopicLength: number; readonly maxTopicLevels: number; readonly maxSubscriptions: number } =
@@ -271,6 +271,22 @@ export class ShardSubscriptions {
       else keep.push(w);
     }
     h.waiters = keep;
+  }
+
+  /**
+   * Writer `b` was restarted: the new one knows no filters. Its channel replaces the old one,
+   * and every filter held at that broker is registered again, without asking for retained
+   * messages (the devices had them; a resumed subscription is not a new one).
+   */
+  replaceWriter(b: number, port: MessagePort): void {
+    this.writers = this.writers.map((w, i) => (i === b ? port : w));
+    port.on('message', (m: WriterToShard) => this.onWriter(m));
+    this.ops[b] = [];
+    for (const h of this.held[b].values()) {
+      if (h.asked < 0) h.asked = maxQos(h);
+      this.ops[b].push(this.op(h, h.asked, 0));
+    }
+    this.schedule();
   }
 
   /** Sends this turn's changes to the writers, one message per writer. */

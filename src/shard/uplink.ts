@@ -35,8 +35,10 @@ export class Uplink {
   private readonly targets: Uint8Array;
   private readonly topics: (Buffer | null)[];
   private readonly caps: Uint8Array;
-  /** Brokers the message in hand goes to, after fits(). */
+  /** Brokers the message in hand goes to, after fits(): their number and their bit mask. */
   planned = 0;
+  plannedMask = 0;
+  private readonly allMask: number;
 
   constructor(private readonly rings: RingProducer[], private readonly doorbells: Doorbell[], private readonly routes: RouteTable | null = null) {
     this.dirty = rings.map(() => false);
@@ -44,6 +46,8 @@ export class Uplink {
     this.topics = rings.map(() => null);
     this.caps = new Uint8Array(rings.length).fill(2);
     this.planned = rings.length;
+    this.allMask = rings.length >= 31 ? 0x7fffffff : (1 << rings.length) - 1;
+    this.plannedMask = this.allMask;
   }
 
   static recordSize(m: UplinkMessage): number {
@@ -56,6 +60,7 @@ export class Uplink {
     if (routes === null) return;
     const topic = m.topic.toString('utf8', m.topicStart, m.topicStart + m.topicLen);
     let n = 0;
+    let mask = 0;
     for (let b = 0; b < this.rings.length; b++) {
       const o = routes.outMatch(b, topic);
       if (o === null) {
@@ -63,11 +68,13 @@ export class Uplink {
         continue;
       }
       this.targets[b] = 1;
+      mask |= 1 << b;
       this.topics[b] = o.topic === topic ? null : Buffer.from(o.topic);
       this.caps[b] = o.qos;
       n++;
     }
     this.planned = n;
+    this.plannedMask = mask;
   }
 
   /** True when every ring `m` goes to can take it now; otherwise the full rings are flagged so

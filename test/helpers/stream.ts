@@ -28,6 +28,8 @@ export class Stream {
   readonly acked = new Set<string>();
   readonly sent = new Set<string>();
   readonly errors: string[] = [];
+  /** Times each device's connection closed. */
+  readonly closes: number[] = [];
   private readonly clients: MqttClient[] = [];
   private stopped = false;
 
@@ -36,13 +38,16 @@ export class Stream {
   static async connect(port: number, run: string, opts: StreamOptions): Promise<Stream> {
     const s = new Stream(run, opts);
     for (let d = 0; d < opts.devices; d++) {
-      s.clients.push(await connectClient(port, {
+      const client = await connectClient(port, {
         clientId: `${run}-d${d}`.replace(/\//g, '-'),
         protocolVersion: opts.protocolVersion ?? 4,
         // A persistent session, so that unacknowledged publishes are sent again on reconnect.
         clean: !opts.reconnect,
         reconnectPeriod: opts.reconnect ? 100 : 0,
-      }));
+      });
+      s.closes.push(0);
+      client.on('close', () => { s.closes[d]++; });
+      s.clients.push(client);
     }
     return s;
   }
@@ -77,6 +82,11 @@ export class Stream {
       if (this.opts.gapMs) await sleep(this.opts.gapMs);
     }
     await Promise.all(pending);
+  }
+
+  /** Devices whose connection is up now. */
+  connected(): number {
+    return this.clients.filter((c) => c.connected).length;
   }
 
   /** Keys of every message the devices published (acknowledged or not). */

@@ -181,6 +181,8 @@ describe('durable spool', { timeout: 180_000 }, () => {
     await waitPoolOnline(b1.port, daemon.proxyId, 'b1', 1);
     const seen = s.use(await Collector.start(b1.port, 'conf/#', { qos: 1, reconnect: true }));
     await b1.stop();
+    // Conflation applies while the broker is away: once the writer has seen it go.
+    await daemon.waitForLog((l) => l.msg === 'broker connection lost' && l.broker === 'b1');
     const device = await connectClient(daemon.port, { clientId: `conf-${process.pid}` });
     s.defer(() => closeClient(device));
     for (let i = 0; i < 10; i++) {
