@@ -14,7 +14,8 @@ import type { WriterContext } from './context';
 import { WriterDownlink } from './downlink';
 import { RateLimitedLog } from '../log';
 import { LatencyRecorder } from '../metrics/latency';
-import { WriterStats } from '../metrics/stats';
+import { setVitals, WriterStats } from '../metrics/stats';
+import { ThreadVitals } from '../metrics/vitals';
 import { buildRouting } from '../shard/build-routing';
 import { SpooledPath, type SpooledHost } from './spooled';
 import { crashForTest } from '../test-hooks';
@@ -218,8 +219,10 @@ export class Writer implements WriterContext, SpooledHost {
       if (this.recovery !== null) this.recovery.logMark = this.spooled.spool.appendEnd;
     }
     for (const c of this.pool) c.connect();
+    const vitals = new ThreadVitals();
     this.tick = setInterval(() => {
       this.now = Date.now();
+      setVitals(this.stats, vitals.sample());
       for (const c of this.pool) c.onTick(this.now);
       this.warnings.flush();
       this.publishStats();

@@ -7,6 +7,7 @@ import type { RingBuffers } from '../ring/spsc';
 import { ringUsed } from '../ring/spsc';
 import { newHistogram, decodeHistogram, type Histogram } from './latency';
 import type { ShardField, WriterField } from './stats';
+import { ThreadVitals, type Vitals } from './vitals';
 
 export interface CollectorSources {
   brokers: readonly BrokerConfig[];
@@ -68,6 +69,9 @@ export class MetricsCollector {
   private readonly history: Sample[] = [];
   private timer: NodeJS.Timeout | null = null;
   private collecting = false;
+  /** The supervisor's own thread (HTTP, registry, logs). */
+  private readonly vitals = new ThreadVitals();
+  private mainVitals: Vitals = { loopDelayP99Ms: 0, loopDelayMaxMs: 0, heapUsedMb: 0 };
 
   constructor(private readonly src: CollectorSources) {
     this.rtt = src.brokers.map(() => new Window());
@@ -83,6 +87,7 @@ export class MetricsCollector {
   }
 
   private async collect(): Promise<void> {
+    this.mainVitals = this.vitals.sample();
     if (this.collecting) return;
     this.collecting = true;
     try {
@@ -179,6 +184,15 @@ export class MetricsCollector {
     }
     metric('fanout_ring_fill_bytes', 'gauge', 'Bytes waiting in the shared-memory rings, by shard, broker and direction.', fill);
     metric('fanout_ring_capacity_bytes', 'gauge', 'Capacity of each ring.', [[{}, this.src.uplinkRings[0]?.[0]?.capacity ?? 0]]);
+
+    const threads: [string, { loopDelayP99Ms: number; loopDelayMaxMs: number; heapUsedMb: number }][] = [
+      ['main', this.mainVitals], ...shards.map((v, i): [string, Vitals] => [`shard-${i}`, v]),
+      ...writers.map((v, b): [string, Vitals] => [`writer-${brokers[b].name}`, v])];
+    metric('fanout_thread_event_loop_delay_seconds', 'gauge', 'How late each thread\'s event loop ran over the last second: p99 and max.',
+      threads.flatMap(([thread, v]): [Record<string, string | number>, number][] => [
+        [{ thread, stat: 'p99' }, v.loopDelayP99Ms / 1000], [{ thread, stat: 'max' }, v.loopDelayMaxMs / 1000]]));
+    metric('fanout_thread_heap_used_bytes', 'gauge', 'JavaScript heap in use, by thread.', threads.map(([thread, v]) => [{ thread }, v.heapUsedMb * 1048576]));
+    metric('fanout_process_resident_bytes', 'gauge', 'Resident memory of the daemon process (every thread).', [[{}, process.memoryUsage.rss()]]);
 
     this.summary(out, 'fanout_ack_latency_seconds', 'Device publish to device acknowledgement (QoS 1/2), quantiles over the last minute.', [[{}, this.ack]]);
     this.summary(out, 'fanout_broker_rtt_seconds', 'PUBLISH to PUBACK/PUBREC at each broker, quantiles over the last minute.',

@@ -5,7 +5,7 @@ export const SHARD_FIELDS = [
   'connections', 'publishesIn', 'backpressurePauses', 'willsPublished', 'takeovers', 'protocolErrors',
   'messagesOut', 'dropQueueFull', 'dropExpired', 'dropTooLarge', 'dropOfflineQos0', 'sessions', 'subscriptions', 'unrouted',
   'wsConnections', 'bytesIn', 'httpPublishes', 'tlsConnections', 'throttled', 'refusedRate', 'authRefused', 'aclDenied',
-  'wssConnections', 'bytesOut',
+  'wssConnections', 'bytesOut', 'loopDelayP99Ms', 'loopDelayMaxMs', 'heapUsedMb',
 ] as const;
 export type ShardField = (typeof SHARD_FIELDS)[number];
 
@@ -14,6 +14,7 @@ export const WRITER_FIELDS = [
   'connectionsUp', 'connections', 'reconnects', 'inflight', 'messagesOutQos0', 'messagesOutQos1', 'messagesOutQos2',
   'bytesOut', 'tooLarge', 'qos0BytesLost', 'downlinkInQos0', 'downlinkInQos1', 'downlinkInQos2', 'downlinkUnmatched',
   'downlinkTooLarge', 'upstreamFilters', 'bytesIn', 'spoolBytes', 'spoolUnsent', 'spoolDropped', 'spoolConflated', 'spoolCorrupt',
+  'loopDelayP99Ms', 'loopDelayMaxMs', 'heapUsedMb',
 ] as const;
 export type WriterField = (typeof WRITER_FIELDS)[number];
 
@@ -48,6 +49,13 @@ export class StatsRow<F extends string> {
   get(field: F): number {
     return this.row[this.fields.indexOf(field)];
   }
+}
+
+/** Writes a thread's vitals (src/metrics/vitals.ts) into its row. */
+export function setVitals(row: { set(field: 'loopDelayP99Ms' | 'loopDelayMaxMs' | 'heapUsedMb', n: number): void }, v: { loopDelayP99Ms: number; loopDelayMaxMs: number; heapUsedMb: number }): void {
+  row.set('loopDelayP99Ms', v.loopDelayP99Ms);
+  row.set('loopDelayMaxMs', v.loopDelayMaxMs);
+  row.set('heapUsedMb', v.heapUsedMb);
 }
 
 export class ShardStats extends StatsRow<ShardField> {

@@ -20,7 +20,8 @@ import { InflightTable } from './inflight';
 import { Uplink, type UplinkMessage } from './uplink';
 import { DeviceConnection } from './connection';
 import type { ShardContext } from './context';
-import { ShardStats } from '../metrics/stats';
+import { setVitals, ShardStats } from '../metrics/stats';
+import { ThreadVitals } from '../metrics/vitals';
 import { listenShard, type ListenPlan } from '../ingress/listen';
 import { peerCommonName, TcpTransport, type DeviceTransport } from '../ingress/transport';
 import { listenWebSocket, type WsImplementation, type WsListener } from '../ingress/websocket';
@@ -800,8 +801,11 @@ export class Shard implements ShardContext {
     }
   }
 
+  private readonly vitals = new ThreadVitals();
+
   private onTick(): void {
     const now = Date.now();
+    setVitals(this.stats, this.vitals.sample());
     for (const [connId, session] of this.offline) {
       if (session.expiresAt <= now) {
         this.offline.delete(connId);
