@@ -270,6 +270,8 @@ class Daemon {
   }
 
   private onStdout(s: string): void {
+    // FUZZ_DAEMON_LOG=<file> keeps every line of the daemon, for looking into a finding.
+    if (process.env.FUZZ_DAEMON_LOG) fs.appendFileSync(process.env.FUZZ_DAEMON_LOG, s);
     const parts = (this.partial + s).split('\n');
     this.partial = parts.pop()!;
     for (const part of parts) {
@@ -750,6 +752,7 @@ function printReport(r: Report): void {
     `duration             ${(Number(f.fuzzMs) / 1000).toFixed(1)} s, ${fmt(Number(f.packetsPerSecond))} packets/s, ${fmt(Number(f.connectionsPerSecond))} connections/s${f.cut ? `, cut short: ${f.cut}` : ''}`,
     `daemon CPU           ${f.daemonCpuS} s during the fuzz phase`,
     `RSS (MB)             start ${MB(f.rssStartKB as number)}, baseline ${MB(f.rssBaselineKB as number)}, peak ${MB(f.rssPeakKB as number)}, after ${MB(f.rssAfterKB as number)} (after − baseline ${MB(Number(f.rssAfterKB) - Number(f.rssBaselineKB))}, tolerance ${r.options.rssToleranceMB})`,
+    `JS heap, all threads baseline ${Number(f.heapBaselineMB).toFixed(1)} MB, after ${Number(f.heapAfterMB).toFixed(1)} MB`,
     `threads              baseline ${f.threadsBaseline}, after ${f.threadsAfter}`,
     `probes during fuzz   GET /metrics ${r.probes.http.count} (max ${r.probes.http.maxMs} ms, ${r.probes.http.failures} failed); MQTT CONNECT ${r.probes.mqtt.count} (max ${r.probes.mqtt.maxMs} ms, ${r.probes.mqtt.failures} failed); QoS 1 publish ${r.probes.uplink.count} (max ${r.probes.uplink.maxMs} ms, ${r.probes.uplink.failures} without PUBACK in ${UPLINK_PROBE_TIMEOUT_MS / 1000} s)`,
     `daemon answers       ${Object.entries(t.replies).map(([k, v]) => `${k} ${fmt(v)}`).join(', ')}`,
@@ -841,6 +844,9 @@ async function main(argv: string[]): Promise<number> {
       }
     }
     const rssBaselineKB = watch.rssKB;
+    // JavaScript heap of every thread: tells a leak in the daemon's objects from memory the
+    // allocator keeps after use (RSS without heap).
+    const heapBaselineMB = ((await gauges(d))?.get('fanout_thread_heap_used_bytes') ?? 0) / 1048576;
     const threadsBefore = threadsOf(d.pid);
     const cpuBefore = cpuSeconds(d.pid);
     watch.resetPeak();
@@ -894,6 +900,7 @@ async function main(argv: string[]): Promise<number> {
     const stateLeft = d.alive ? await waitQuiet(d, ref, quietTimeout) : ['the daemon is not running'];
     if (d.alive) await sleep(o.settleS * 1000);
     const rssAfterKB = d.alive ? watch.rssKB : null;
+    const heapAfterMB = d.alive ? ((await gauges(d))?.get('fanout_thread_heap_used_bytes') ?? 0) / 1048576 : null;
     const threadsAfter = threadsOf(d.pid);
 
     const checks: Check[] = [];
@@ -947,6 +954,12 @@ async function main(argv: string[]): Promise<number> {
     if (!o.only) checks.push({ name: `wrote at least ${fmt(o.packets)} packets`, ok: phase.tally.packets >= o.packets, detail: fmt(phase.tally.packets) });
     watch.close();
     if (d.alive) {
+      // FUZZ_HOLD_S=<seconds> leaves the daemon (and its broker) up that long before the stop, for
+      // looking at a state that did not come back.
+      if (process.env.FUZZ_HOLD_S) {
+        process.stderr.write(`[fuzz] holding the daemon (pid ${d.pid}, HTTP ${d.httpPort}, MQTT ${d.port}) for ${process.env.FUZZ_HOLD_S} s\n`);
+        await sleep(Number(process.env.FUZZ_HOLD_S) * 1000);
+      }
       const s = await d.stop(20_000);
       checks.push({ name: 'stops cleanly on SIGTERM', ok: s.code === 0 && !s.killed, detail: `exit code ${s.code}${s.signal ? `, signal ${s.signal}` : ''} after ${s.ms} ms${s.killed ? ' (SIGKILL)' : ''}` });
     }
@@ -969,7 +982,7 @@ async function main(argv: string[]): Promise<number> {
         packets: phase.tally.packets, connections: phase.tally.connections, closedByDaemon: phase.tally.closedByDaemon,
         fuzzMs: phase.ms, packetsPerSecond: phase.tally.packets / (phase.ms / 1000), connectionsPerSecond: phase.tally.connections / (phase.ms / 1000),
         cut: phase.cut, daemonCpuS: cpuBefore !== null && cpuAfter !== null ? Number((cpuAfter - cpuBefore).toFixed(1)) : null,
-        rssStartKB, rssBaselineKB, rssPeakKB, rssAfterKB, threadsBaseline: threadsBefore.size, threadsAfter: threadsAfter.size,
+        rssStartKB, rssBaselineKB, rssPeakKB, rssAfterKB, heapBaselineMB, heapAfterMB, threadsBaseline: threadsBefore.size, threadsAfter: threadsAfter.size,
       },
       tally: phase.tally, warmup, checks,
       daemon: { logLevels: d.levels, fatal: d.fatal, errors: d.errors, errorKinds: Object.fromEntries(d.errorKinds), warnings: Object.fromEntries(d.warnings), stderrTail: d.stderr.slice(-4000), exit: d.exit },

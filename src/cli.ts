@@ -1,9 +1,14 @@
 #!/usr/bin/env node
 // Entry point: configuration from the environment, then the daemon until SIGTERM/SIGINT.
 
+import * as v8 from 'node:v8';
 import { loadConfig, ConfigError } from './config/index';
 import { createMainLogger } from './log';
 import { startDaemon } from './main';
+
+// Threads give memory back after a load spike by collecting once they are idle (see
+// src/metrics/vitals.ts); worker threads started after this see `gc`.
+v8.setFlagsFromString('--expose-gc');
 
 async function run(): Promise<void> {
   let config;

@@ -1,8 +1,14 @@
 // A thread's own health, sampled once a second into its stats row: how late its event loop ran
 // (p99 and worst over the second) and how much heap it uses. The soak run and /metrics read them.
+//
+// It also gives memory back after a load spike: V8 collects when allocating, so a thread that
+// goes quiet after a burst keeps its garbage (and the process its RSS) indefinitely. A thread
+// that has been idle for a few seconds with much more heap in use than after its last collection
+// collects once. This needs `gc`, which the daemon's entry point exposes (src/cli.ts).
 
-import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+import { monitorEventLoopDelay, performance, type EventLoopUtilization, type IntervalHistogram } from 'node:perf_hooks';
 import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
 
 export interface Vitals {
   loopDelayP99Ms: number;
@@ -10,23 +16,63 @@ export interface Vitals {
   heapUsedMb: number;
 }
 
+/** Seconds of near-idle event loop before an idle collection. */
+const IDLE_S = 5;
+const IDLE_UTILIZATION = 0.05;
+/** Heap growth since the last collection that is worth one. */
+const GROWTH_MB = 32;
+
+function collector(): (() => void) | null {
+  const g = (globalThis as { gc?: () => void }).gc;
+  if (typeof g === 'function') return g;
+  try {
+    const fromContext = vm.runInNewContext('typeof gc === "function" ? gc : null') as (() => void) | null;
+    return fromContext;
+  } catch {
+    return null;
+  }
+}
+
+const heapMb = (): number => v8.getHeapStatistics().used_heap_size / 1048576;
+
 export class ThreadVitals {
   private readonly delay: IntervalHistogram;
+  private readonly gc = collector();
+  private elu: EventLoopUtilization = performance.eventLoopUtilization();
+  private idleS = 0;
+  private heapAfterGc = heapMb();
+  /** Idle collections made. */
+  collections = 0;
 
   constructor() {
     this.delay = monitorEventLoopDelay({ resolution: 10 });
     this.delay.enable();
   }
 
-  /** The figures since the last call. */
+  /** The figures since the last call (call once a second). */
   sample(): Vitals {
     const d = this.delay;
     const v: Vitals = {
       loopDelayP99Ms: d.count > 0 ? d.percentile(99) / 1e6 : 0,
       loopDelayMaxMs: d.count > 0 ? d.max / 1e6 : 0,
-      heapUsedMb: v8.getHeapStatistics().used_heap_size / 1048576,
+      heapUsedMb: heapMb(),
     };
     d.reset();
+    this.reclaim(v.heapUsedMb);
     return v;
+  }
+
+  private reclaim(used: number): void {
+    const now = performance.eventLoopUtilization();
+    const busy = performance.eventLoopUtilization(now, this.elu).utilization;
+    this.elu = now;
+    this.idleS = busy < IDLE_UTILIZATION ? this.idleS + 1 : 0;
+    if (this.gc === null || this.idleS < IDLE_S || used < this.heapAfterGc + GROWTH_MB) {
+      if (used < this.heapAfterGc) this.heapAfterGc = used;
+      return;
+    }
+    this.gc();
+    this.collections++;
+    this.heapAfterGc = heapMb();
   }
 }

@@ -146,6 +146,9 @@ export class ShardDownlink {
     }
     if (!wait) return false;
     if (this.blockedSince === 0) this.blockedSince = now;
+    if (now - this.blockedSince >= 1000 && this.limits.holding !== undefined) {
+      for (const d of this.plan) if (d.q > 0 && d.session.link !== null && d.session.queued >= max && !d.session.overflowing) this.limits.holding(d.session, now - this.blockedSince);
+    }
     if (now - this.blockedSince < BLOCK_MAX_MS) return true;
     for (const d of this.plan) if (d.q > 0 && d.session.queued >= max) d.session.overflowing = true;
     return false;

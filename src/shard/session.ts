@@ -108,6 +108,8 @@ export interface SessionLimits {
   readonly block: boolean;
   /** Counts a message dropped for `reason`. */
   dropped(reason: 'queue-full' | 'expired' | 'too-large' | 'offline-qos0', session: Session): void;
+  /** FANOUT_QUEUE_OVERFLOW=block: the downlink has waited `ms` for this device's full queue. */
+  holding?(session: Session, ms: number): void;
 }
 
 export class Session {

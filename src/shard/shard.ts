@@ -206,6 +206,10 @@ export class Shard implements ShardContext {
         else if (reason === 'too-large') stats.add('dropTooLarge');
         else stats.add('dropOfflineQos0');
       },
+      holding(session, ms) {
+        warnings.warn(`holding-${session.clientId}`, { clientId: session.clientId, queued: session.queued, inflight: session.inflight.size, heldMs: ms, lastAckMsAgo: Date.now() - session.lastAck },
+          'downlink held for a device whose queue is full (FANOUT_QUEUE_OVERFLOW=block)');
+      },
     };
     this.http = new HttpPublisher(this, (id, reason) => this.send({ t: 'published', id, reason }));
     this.downlink = new ShardDownlink(opts.downlinkRings.map((r) => new RingConsumer(r)), writerBells, this.subs, this.limits);
