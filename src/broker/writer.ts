@@ -16,6 +16,8 @@ import { RateLimitedLog } from '../log';
 import { LatencyRecorder } from '../metrics/latency';
 import { WriterStats } from '../metrics/stats';
 import { buildRouting } from '../shard/build-routing';
+import { upstreamModeOf } from '../config/upstream';
+import { DeviceSessions } from './device-sessions';
 
 export interface WriterOptions {
   config: Config;
@@ -34,7 +36,7 @@ export interface WriterOptions {
   log: Logger;
 }
 
-export type ToWriter = { t: 'drain' } | { t: 'metrics' };
+export type ToWriter = { t: 'drain' } | { t: 'metrics' } | { t: 'reload' };
 export type FromWriter =
   | { t: 'drained'; broker: string; leftInRings: number; leftInflight: number }
   | { t: 'metrics'; broker: number; rtt: string };
@@ -54,6 +56,8 @@ export class Writer implements WriterContext {
   now = Date.now();
   readonly pool: BrokerConnection[];
   readonly downlink: WriterDownlink;
+  /** Per-device upstream mode: the devices' own sessions at this broker; null in pooled mode. */
+  private readonly devices: DeviceSessions | null;
   readonly maxIncoming: number;
   readonly rtt = new LatencyRecorder();
   private readonly stats: WriterStats;
@@ -70,7 +74,7 @@ export class Writer implements WriterContext {
   private napping = false;
   private lastBusy = 0;
   /** Connections (and the QoS asked) that could not take a ring's next record this turn. */
-  private readonly stalledOn: (BrokerConnection | number)[] = [];
+  private readonly stalledOn: ({ canAccept(qos: number): boolean } | number)[] = [];
   private stopped = false;
   private tick: NodeJS.Timeout | null = null;
   private readonly pumpBound = (): void => this.pump();
@@ -92,6 +96,9 @@ export class Writer implements WriterContext {
     // Subscriptions live on the first connection of the pool; the others only publish.
     this.downlink = new WriterDownlink(opts.index, opts.shardPorts, downRings, buildRouting(opts.config),
       () => this.pool[0], () => this.schedulePump(), this.pool.length >= 2 ? () => this.pool[1] : null);
+    this.devices = upstreamModeOf(opts.config, opts.broker) === 'per-device'
+      ? new DeviceSessions(this, opts.broker, opts.config, opts.index, opts.shardPorts, downRings, buildRouting(opts.config))
+      : null;
   }
 
   onBrokerPublish(conn: BrokerConnection, header: number, buf: Buffer, start: number, end: number): boolean {
@@ -118,15 +125,18 @@ export class Writer implements WriterContext {
       this.log.warn({ broker: this.opts.broker.name }, "insecure=true: the broker's TLS certificate is not verified");
     }
     for (const c of this.pool) c.connect();
+    this.devices?.start();
     this.tick = setInterval(() => {
       this.now = Date.now();
       for (const c of this.pool) c.onTick(this.now);
+      this.devices?.tick(this.now);
       this.warnings.flush();
       this.publishStats();
       this.schedulePump();
     }, 1000);
     this.opts.port.on('message', (m: ToWriter) => {
       if (m.t === 'drain') void this.drain();
+      else if (m.t === 'reload') this.devices?.reload();
       else if (m.t === 'metrics') {
         this.publishStats();
         const reply: FromWriter = { t: 'metrics', broker: this.opts.index, rtt: this.rtt.take() };
@@ -169,6 +179,7 @@ export class Writer implements WriterContext {
     st.set('downlinkUnmatched', this.downlink.dropped);
     st.set('downlinkTooLarge', this.downlink.tooLarge);
     st.set('upstreamFilters', this.downlink.filterCount);
+    this.devices?.publishStats(st);
   }
 
   schedulePump(): void {
@@ -185,6 +196,7 @@ export class Writer implements WriterContext {
       for (const c of this.pool) c.retryHeld();
     }
     this.downlink.flushControl();
+    this.devices?.pump();
     let budget = BUDGET;
     let progressed = true;
     this.stalledOn.length = 0;
@@ -199,6 +211,7 @@ export class Writer implements WriterContext {
       }
     }
     for (const c of this.pool) c.flush();
+    this.devices?.flush(this.wakeShard);
     this.commitAcks();
     this.downlink.commit(this.wakeShard);
     if (budget === 0) {
@@ -228,6 +241,7 @@ export class Writer implements WriterContext {
     const buf = ring.buffer;
     const view = ring.dataView;
     const pool = this.pool;
+    const devices = this.devices;
     let n = 0;
     while (n < max) {
       const at = ring.next();
@@ -235,6 +249,17 @@ export class Writer implements WriterContext {
       const flags = buf[at + 1];
       const qos = flags & 3;
       const key = view.getUint32(at + 12, true);
+      if (devices !== null && key !== 0) {
+        // A device's record goes to its own session (key 0: wills and HTTP, on the pool).
+        const stall = devices.take(s, key, buf, view, at, ring.lastLength);
+        if (stall !== null) {
+          ring.unreadLast();
+          this.stalledOn.push(stall, qos);
+          break;
+        }
+        n++;
+        continue;
+      }
       const conn = pool[(key + s) % pool.length];
       if (!conn.canAccept(qos)) {
         ring.unreadLast();
@@ -344,7 +369,7 @@ export class Writer implements WriterContext {
   private async drain(): Promise<void> {
     const deadline = Date.now() + this.opts.config.shutdownTimeoutMs / 2;
     const pending = (): number => this.rings.reduce((n, r) => n + r.used(), 0);
-    const inflight = (): number => this.pool.reduce((n, c) => n + c.inflight, 0);
+    const inflight = (): number => this.pool.reduce((n, c) => n + c.inflight, 0) + (this.devices?.inflight ?? 0);
     while ((pending() > 0 || inflight() > 0) && Date.now() < deadline) {
       this.schedulePump();
       await new Promise((r) => setTimeout(r, 10));
@@ -352,7 +377,7 @@ export class Writer implements WriterContext {
     this.stopped = true;
     if (this.tick) clearInterval(this.tick);
     const m: FromWriter = { t: 'drained', broker: this.opts.broker.name, leftInRings: pending(), leftInflight: inflight() };
-    await Promise.all(this.pool.map((c) => c.close()));
+    await Promise.all([...this.pool.map((c) => c.close()), this.devices?.close()]);
     this.opts.port.postMessage(m);
   }
 }

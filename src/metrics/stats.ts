@@ -14,6 +14,9 @@ export const WRITER_FIELDS = [
   'connectionsUp', 'connections', 'reconnects', 'inflight', 'messagesOutQos0', 'messagesOutQos1', 'messagesOutQos2',
   'bytesOut', 'tooLarge', 'qos0BytesLost', 'downlinkInQos0', 'downlinkInQos1', 'downlinkInQos2', 'downlinkUnmatched',
   'downlinkTooLarge', 'upstreamFilters', 'bytesIn',
+  // Per-device upstream mode: the devices' own sessions at the broker.
+  'deviceSessionsUp', 'deviceSessionsConnecting', 'deviceSessionsQueued', 'deviceSessionsDown', 'deviceConnects', 'deviceRefusals',
+  'deviceLosses', 'deviceTimeouts', 'deviceReconnects', 'deviceParked', 'deviceNoSession',
 ] as const;
 export type WriterField = (typeof WRITER_FIELDS)[number];
 
