@@ -385,3 +385,39 @@ describe('per-device upstream mode: FANOUT_UPSTREAM_CONNECT_RATE', { timeout: 12
     assert.ok(maxQueued > 0, 'fanout_upstream_sessions{state="queued"} never showed a waiting session');
   });
 });
+
+describe('per-device upstream mode: a broker that goes away and comes back', { timeout: 120_000 }, () => {
+  const scope = new Scope();
+  after(() => scope.close());
+
+  test('the device stays; its publishes wait at the proxy while its session is down and reach the broker once it is back', async () => {
+    const b = scope.use(await Mosquitto.start({ extraConfig: ['log_type debug'] }));
+    const d = scope.use(await DaemonProcess.start({ FANOUT_BROKERS: `b=${b.url({ pool: 1 })}`, FANOUT_UPSTREAM_MODE: 'per-device', FANOUT_HTTP_PORT: 0 }));
+    const clientId = id('out');
+    const dev = await connectClient(d.port, { clientId });
+    let closed = false;
+    dev.on('close', () => { closed = true; });
+    try {
+      await b.stop();
+      await d.waitForLog((l) => l.msg === 'device session lost; reconnecting (the broker may have published the device\'s will)' && l.clientId === `${clientId}-b`);
+      let acked = 0;
+      const sent = Array.from({ length: 20 }, (_, i) => publish(dev, `out/${i}`, `m${i}`, { qos: 1 }, 30_000).then(() => { acked++; }));
+      await waitFor('the publishes parked at the writer', async () => {
+        const m = await metrics(d);
+        return (m.get('fanout_upstream_parked_messages')?.samples.find((s) => s.labels.broker === 'b')?.value ?? 0) === 20;
+      }, { timeoutMs: 10_000 });
+      assert.equal(acked, 0, 'a publish was acknowledged while its broker was down');
+      await b.start();
+      await Promise.all(sent);
+      assert.equal(closed, false, 'the device was disconnected');
+      const after = b.log.slice(b.log.lastIndexOf('mosquitto version'));
+      for (let i = 0; i < 20; i++) assert.ok(after.includes(`Received PUBLISH from ${clientId}-b (d0, q1, r0, m`) && after.includes(`'out/${i}'`), `out/${i} did not reach the broker`);
+      await waitFor('the reconnect in /metrics', async () => {
+        const m = await metrics(d);
+        return (m.get('fanout_upstream_session_reconnects_total')?.samples.find((s) => s.labels.broker === 'b')?.value ?? 0) >= 1;
+      }, { timeoutMs: 5000 });
+    } finally {
+      await closeClient(dev);
+    }
+  });
+});
