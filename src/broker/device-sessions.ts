@@ -18,7 +18,7 @@ import * as tls from 'node:tls';
 import type { MessagePort } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import type { BrokerConfig, Config } from '../config/types';
-import { loadCredentialsMap, mappedCredentials, upstreamClientId, type CredentialsMap } from '../config/upstream';
+import { loadCredentialsMap, mappedCredentials, perDeviceBrokers, upstreamClientId, type CredentialsMap } from '../config/upstream';
 import type { RateLimitedLog } from '../log';
 import type { LatencyRecorder } from '../metrics/latency';
 import type { WriterStats } from '../metrics/stats';
@@ -47,6 +47,8 @@ const TOMBSTONE_MS = 60_000;
 /** CONNACK codes that mean "this device may not connect": on a reconnect, the device goes. */
 const REFUSES_DEVICE_V5 = new Set([0x85, 0x86, 0x87, 0x8a, 0x8c]);
 const REFUSES_DEVICE_V4 = new Set([0x02, 0x04, 0x05]);
+/** Open files the process needs besides the device and session sockets (rings, pool, logs). */
+const FD_MARGIN = 200;
 
 /** What DeviceSessions needs from its writer. */
 export interface DeviceWriter {
@@ -137,6 +139,27 @@ export class DeviceSessions implements DeviceHost {
       broker: this.broker.name, clientIdTemplate: this.config.upstreamClientId, credentials: this.broker.credentials ?? 'passthrough',
       connectRate: this.config.upstreamConnectRate,
     }, 'per-device upstream mode: every device gets a session of its own at this broker');
+    if (this.index === perDeviceBrokers(this.config).indexOf(true)) this.checkFileLimit();
+  }
+
+  /** Each device holds its own socket and one per per-device broker: say at start-up when the
+   *  open-file limit cannot hold FANOUT_MAX_CONNECTIONS of them (the first writer says it). */
+  private checkFileLimit(): void {
+    let limit: number;
+    try {
+      const m = /^Max open files\s+(\d+)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'));
+      if (m === null) return;
+      limit = Number(m[1]);
+    } catch {
+      return;
+    }
+    const perDevice = 1 + perDeviceBrokers(this.config).filter(Boolean).length;
+    const need = this.config.maxConnections * perDevice;
+    if (need + FD_MARGIN <= limit) return;
+    this.log.warn({
+      maxConnections: this.config.maxConnections, filesPerDevice: perDevice, openFileLimit: limit,
+      devices: Math.max(0, Math.floor((limit - FD_MARGIN) / perDevice)),
+    }, 'per-device mode: the open-file limit (ulimit -n) is reached before FANOUT_MAX_CONNECTIONS; beyond it devices are refused (0x97 / 0x03)');
   }
 
   /** SIGHUP: the credentials map and the TLS files are read again; a broken map keeps the old one. */

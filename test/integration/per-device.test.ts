@@ -260,8 +260,13 @@ describe('per-device upstream mode: two mosquittos with per-client ACLs', { time
     await leave(c);
     await waitFor(`${p}-b1 to leave again`, () => count(b1, `Received DISCONNECT from ${p}-b1`) === 2, { timeoutMs: 10_000 });
     await publishAtBroker(['m4', 'm5']);
-    // A new proxy process knows nothing of the device: only the broker kept its session.
+    // A new proxy process knows nothing of the device: only the broker kept its session. The
+    // devices still connected end their sessions with DISCONNECT at the shutdown (no will), as
+    // the proxy publishes no wills of the devices it disconnects when it stops.
+    const k = `${id('sa')}-b1`;
+    assert.equal(count(b1, `Received DISCONNECT from ${k}`), 0);
     await daemon.stop();
+    await waitFor(`${k} to leave with DISCONNECT`, () => count(b1, `Received DISCONNECT from ${k}`) === 1, { timeoutMs: 5000 });
     daemon = await startProxy();
     ({ c, present } = await connectP({}));
     assert.equal(present, true, 'every broker kept the session, so it is present for the device');
@@ -342,7 +347,13 @@ describe('per-device upstream mode: FANOUT_UPSTREAM_CONNECT_RATE', { timeout: 12
     const at = scope.use(await Collector.start(b.port, 'storm/#', { qos: 1 }));
     const d = scope.use(await DaemonProcess.start({
       FANOUT_BROKERS: `b=${b.url({ pool: 1 })}`, FANOUT_UPSTREAM_MODE: 'per-device', FANOUT_UPSTREAM_CONNECT_RATE: RATE, FANOUT_HTTP_PORT: 0,
+      // More devices than any open-file limit holds with their sessions: said at start-up.
+      FANOUT_MAX_CONNECTIONS: 10_000_000,
     }));
+    const warning = d.lines.find((l) => String(l.msg).startsWith('per-device mode: the open-file limit (ulimit -n) is reached before FANOUT_MAX_CONNECTIONS'));
+    assert.ok(warning, 'no warning about the open-file limit');
+    assert.equal(warning.filesPerDevice, 2);
+    assert.equal(warning.devices, Math.floor((Number(warning.openFileLimit) - 200) / 2));
     let maxQueued = 0;
     let polling = true;
     const poll = (async () => {
