@@ -51,6 +51,8 @@ export interface DeviceOpen {
 }
 
 export type ShardToDevices =
+  /** One turn's messages in one postMessage: it costs tens of microseconds, a share of a connection. */
+  | { t: 'dev-batch'; ms: ShardToDevices[] }
   | DeviceOpen
   | { t: 'dev-sub'; shard: number; key: number; req: number; subs: DeviceSub[] }
   | { t: 'dev-unsub'; shard: number; key: number; filters: string[] };
@@ -61,6 +63,7 @@ export type ShardToDevices =
 export type OpenFailure = 'refused' | 'timeout' | 'files' | 'no-credentials' | 'gone';
 
 export type DevicesToShard =
+  | { t: 'dev-batch'; ms: DevicesToShard[] }
   | { t: 'dev-opened'; broker: number; key: number; ok: true; present: boolean }
   | { t: 'dev-opened'; broker: number; key: number; ok: false; why: OpenFailure; code: number; version: number }
   | { t: 'dev-suback'; broker: number; key: number; req: number; codes: number[] }

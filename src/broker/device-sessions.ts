@@ -74,6 +74,7 @@ export class DeviceSessions implements DeviceHost {
   private readonly heldDown = new Set<DeviceUpstream>();
   private readonly withParked = new Set<DeviceUpstream>();
   private readonly ringDirty: boolean[];
+  private outbox: DevicesToShard[][];
   private readonly locals: string[] = [];
   private readonly scan: ForwardScan = { expiry: -1, subIds: [] };
   private propsScratch = Buffer.alloc(1024);
@@ -107,6 +108,7 @@ export class DeviceSessions implements DeviceHost {
     this.reconnectMaxMs = config.reconnectMaxMs;
     this.connectTimeoutMs = config.upstreamConnectTimeoutMs;
     this.ringDirty = rings.map(() => false);
+    this.outbox = ports.map(() => []);
     this.pacer = new ConnectPacer(config.upstreamConnectRate, (s) => this.startConnect(s));
     this.loadFiles(true);
   }
@@ -200,13 +202,16 @@ export class DeviceSessions implements DeviceHost {
   }
 
   private onShard(m: ShardToDevices): void {
-    if (m.t === 'dev-open') this.open(m);
+    if (m.t === 'dev-batch') for (const one of m.ms) this.onShard(one);
+    else if (m.t === 'dev-open') this.open(m);
     else if (m.t === 'dev-sub') this.sessions.get(keyOf(m.shard, m.key))?.subscribe(m.req, m.subs);
     else if (m.t === 'dev-unsub') this.sessions.get(keyOf(m.shard, m.key))?.unsubscribe(m.filters);
   }
 
+  /** Answers go out with the writer's turn, one message per shard. */
   private reply(shard: number, m: DevicesToShard): void {
-    this.ports[shard].postMessage(m);
+    this.outbox[shard].push(m);
+    this.writer.schedulePump();
   }
 
   private fail(shard: number, key: number, why: OpenFailure, code = 0): void {
@@ -482,6 +487,12 @@ export class DeviceSessions implements DeviceHost {
   /** End of a writer turn: one socket write per session with output, and the downlink records
    *  made visible to the shards. */
   flush(wake: (shard: number) => void): void {
+    for (let s = 0; s < this.outbox.length; s++) {
+      const ms = this.outbox[s];
+      if (ms.length === 0) continue;
+      this.outbox[s] = [];
+      this.ports[s].postMessage(ms.length === 1 ? ms[0] : { t: 'dev-batch', ms } satisfies DevicesToShard);
+    }
     if (this.dirtyList.length > 0) {
       const list = this.dirtyList;
       this.dirtyList = [];

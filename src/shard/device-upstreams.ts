@@ -91,14 +91,17 @@ export class DeviceUpstreams {
   /** This turn's subscription changes, per link and broker. */
   private readonly ops = new Map<Link, { broker: number; subs: DeviceSub[]; answers: ((code: number) => void)[]; unsubs: string[] }[]>();
   private pendingCloses: { broker: number; key: number; how: number; reason: number; expiry: number }[] = [];
+  private outbox: ShardToDevices[][];
 
   constructor(private readonly ctx: DeviceUpstreamsContext, private readonly ports: MessagePort[]) {
     this.perDevice = perDeviceBrokers(ctx.config);
     this.v5 = ctx.config.brokers.map((b) => b.protocolVersion === 5);
+    this.outbox = ports.map(() => []);
     ports.forEach((p, b) => {
       if (!this.perDevice[b]) return;
       p.on('message', (m: DevicesToShard) => {
-        this.onWriter(m);
+        if (m.t === 'dev-batch') for (const one of m.ms) this.onWriter(one);
+        else this.onWriter(m);
         // A CONNACK, SUBACK or DISCONNECT written for it goes out with the shard's next turn.
         this.ctx.schedule();
       });
@@ -128,7 +131,7 @@ export class DeviceUpstreams {
         maxPacketSize: props?.maximumPacketSize ?? 0, userProperties: (props?.userProperties as Record<string, string | string[]> | undefined) ?? null,
         trace: conn.traced, subs: this.subsAt(session, b),
       };
-      this.ports[b].postMessage(m);
+      this.post(b, m);
     }
     // The writers time the sessions out themselves; this is the safety net.
     link.timer = setTimeout(() => this.answer(link, { ok: false, code: conn.version === 5 ? C.RC_SERVER_UNAVAILABLE : C.CONNACK_V4_UNAVAILABLE }),
@@ -157,6 +160,7 @@ export class DeviceUpstreams {
   }
 
   private onWriter(m: DevicesToShard): void {
+    if (m.t === 'dev-batch') return;
     const link = this.links.get(m.key);
     if (m.t === 'dev-suback') {
       const w = this.waiters.get(m.req);
@@ -356,8 +360,23 @@ export class DeviceUpstreams {
     return op;
   }
 
-  /** This turn's subscription changes go to the writers, one message per device and broker. */
+  private post(b: number, m: ShardToDevices): void {
+    this.outbox[b].push(m);
+    this.ctx.schedule();
+  }
+
+  /** This turn's opens and subscription changes go to the writers, one message per writer. */
   flush(): void {
+    this.flushOps();
+    for (let b = 0; b < this.outbox.length; b++) {
+      const ms = this.outbox[b];
+      if (ms.length === 0) continue;
+      this.outbox[b] = [];
+      this.ports[b].postMessage(ms.length === 1 ? ms[0] : { t: 'dev-batch', ms } satisfies ShardToDevices);
+    }
+  }
+
+  private flushOps(): void {
     if (this.ops.size === 0) return;
     for (const [link, list] of this.ops) {
       for (const op of list) {
@@ -366,10 +385,10 @@ export class DeviceUpstreams {
           this.nextReq = this.nextReq === 0x7fffffff ? 1 : this.nextReq + 1;
           this.waiters.set(req, { link, answers: op.answers });
           link.reqs.add(req);
-          this.ports[op.broker].postMessage({ t: 'dev-sub', shard: this.ctx.index, key: link.conn.id, req, subs: op.subs } satisfies ShardToDevices);
+          this.post(op.broker, { t: 'dev-sub', shard: this.ctx.index, key: link.conn.id, req, subs: op.subs });
         }
         if (op.unsubs.length > 0) {
-          this.ports[op.broker].postMessage({ t: 'dev-unsub', shard: this.ctx.index, key: link.conn.id, filters: op.unsubs } satisfies ShardToDevices);
+          this.post(op.broker, { t: 'dev-unsub', shard: this.ctx.index, key: link.conn.id, filters: op.unsubs });
         }
       }
     }

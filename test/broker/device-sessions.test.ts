@@ -101,7 +101,7 @@ async function setup(): Promise<void> {
   };
   const { port1, port2 } = new MessageChannel();
   shard = port2;
-  shard.on('message', (m: DevicesToShard) => fromWriter.push(m));
+  shard.on('message', (m: DevicesToShard) => fromWriter.push(...(m.t === 'dev-batch' ? m.ms : [m])));
   sessions = new DeviceSessions(writer, config.brokers[0], config, 0, [port1], [new RingProducer(createRing(65536))], {
     inFilters: () => [], localTopics: (_b, remote, out) => { out.length = 0; out.push(remote); return 1; },
   });
