@@ -238,10 +238,11 @@ export class DeviceUpstream {
     this.isDirty = false;
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
-    // SUBSCRIBEs in flight are asked again on the next connection.
+    // SUBSCRIBEs in flight are asked again on the next connection, whole (an MQTT 5 one is a
+    // packet per filter, some of which may have been answered).
     if (this.controls.size > 0) {
-      const again: ControlOp[] = [];
-      for (const c of this.controls.values()) if (c.offset === 0) again.push(c.op);
+      const again = new Set<ControlOp>();
+      for (const c of this.controls.values()) again.add(c.op);
       this.controls.clear();
       this.pendingOps = [...again, ...this.pendingOps];
     }
@@ -531,7 +532,6 @@ export class DeviceUpstream {
     let offset = 0;
     for (const group of groups) {
       const id = this.freeId();
-      // offset 0 marks the packet that stands for the whole operation when it must be sent again.
       this.controls.set(id, { op, req: op.req, offset });
       const sid = group[0].sid;
       this.send(mqttPacket.generate({

@@ -60,6 +60,8 @@ interface Link {
   readonly states: Int8Array;
   readonly present: boolean[];
   done: ((a: UpstreamAnswer) => void) | null;
+  /** The CONNECT was accepted: only then may the device's end leave a will to publish. */
+  accepted: boolean;
   timer: NodeJS.Timeout | null;
   /** Brokers whose writers hold records of the device (dev-hold), as bits. */
   held: number;
@@ -114,7 +116,7 @@ export class DeviceUpstreams {
     const n = this.perDevice.length;
     const link: Link = {
       conn, session, proxyPresent, clean: p.clean !== false, states: new Int8Array(n).fill(-1), present: new Array<boolean>(n).fill(false),
-      done, timer: null, held: 0, reqs: new Set(),
+      done, accepted: false, timer: null, held: 0, reqs: new Set(),
     };
     this.links.set(conn.id, link);
     this.linkOfSession.set(session, link);
@@ -230,6 +232,7 @@ export class DeviceUpstreams {
     const done = link.done;
     if (done === null) return;
     link.done = null;
+    link.accepted = a.ok;
     if (link.timer !== null) clearTimeout(link.timer);
     link.timer = null;
     done(a);
@@ -245,8 +248,9 @@ export class DeviceUpstreams {
 
   /**
    * The device connection is gone: its sessions end behind its last publishes. Clean (the
-   * broker drops the will) after a DISCONNECT, when it was never answered, and at shutdown;
-   * lost (the broker publishes the will) otherwise.
+   * broker drops the will) after a DISCONNECT, when the CONNECT was not accepted (never
+   * answered, or refused by another broker), and at shutdown; lost (the broker publishes the
+   * will) otherwise.
    */
   closed(conn: DeviceConnection, shuttingDown: boolean): void {
     const link = this.links.get(conn.id);
@@ -254,12 +258,12 @@ export class DeviceUpstreams {
     this.links.delete(conn.id);
     if (this.linkOfSession.get(link.session) === link) this.linkOfSession.delete(link.session);
     this.gone.set(conn.id, { session: link.session, at: Date.now() });
-    const unanswered = link.done !== null;
+    const quiet = !link.accepted || shuttingDown;
     link.done = null;
     if (link.timer !== null) clearTimeout(link.timer);
     for (const req of link.reqs) this.waiters.delete(req);
     this.ops.delete(link);
-    const how = unanswered || shuttingDown ? CLOSE_QUIET : conn.disconnectReason >= 0 ? CLOSE_CLEAN : CLOSE_LOST;
+    const how = quiet ? CLOSE_QUIET : conn.disconnectReason >= 0 ? CLOSE_CLEAN : CLOSE_LOST;
     for (let b = 0; b < link.states.length; b++) {
       if (link.states[b] < 0) continue;
       const c = { broker: b, key: conn.id, how, reason: Math.max(0, conn.disconnectReason), expiry: conn.disconnectExpiryS };

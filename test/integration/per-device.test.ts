@@ -10,6 +10,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
@@ -68,6 +69,8 @@ describe('per-device upstream mode: two mosquittos with per-client ACLs', { time
     FANOUT_UPSTREAM_MODE: 'per-device',
     FANOUT_HTTP_PORT: 0,
     FANOUT_LOG_LEVEL: 'debug',
+    // The keep-alive test's device: its sessions are traced packet by packet.
+    FANOUT_TRACE_CLIENTS: 'ka*',
   }));
 
   /** A device through the proxy; closed at the end of the suite if the test does not. */
@@ -227,6 +230,12 @@ describe('per-device upstream mode: two mosquittos with per-client ACLs', { time
     await publish(d, `devices/${k}-b2/still`, 'here', { qos: 1 });
     await obs2.waitForCount(1, (m) => m.topic === `devices/${k}-b2/still`);
     assert.equal(count(b1, `Client ${k}-b1 has exceeded timeout`) + count(b2, `Client ${k}-b2 has exceeded timeout`), 0);
+    // FANOUT_TRACE_CLIENTS covers the device's sessions too, in both directions.
+    const traced = (dir: string, type: string, broker: string): boolean => daemon.lines.some((l) => l.trace === dir && l.clientId === `${k}-${broker}` &&
+      l.device === k && (l.packet as { type?: string } | undefined)?.type === type);
+    for (const b of ['b1', 'b2']) {
+      assert.ok(traced('out', 'connect', b) && traced('in', 'connack', b) && traced('out', 'pingreq', b) && traced('out', 'publish', b), `trace of ${k}-${b}`);
+    }
   });
 
   test('the broker keeps the session while the device is away: QoS 1 messages queued there arrive when it is back, through a restarted proxy too', async () => {
@@ -286,7 +295,7 @@ describe('per-device upstream mode: a broker that checks passwords', { timeout: 
     const passwd = path.join(dir, 'passwd');
     execFileSync(PASSWD, ['-c', '-b', passwd, 'alice', 'alice-pw']);
     fs.chmodSync(passwd, 0o644);
-    b3 = scope.use(await Mosquitto.start({ extraConfig: ['allow_anonymous false', `password_file ${passwd}`] }));
+    b3 = scope.use(await Mosquitto.start({ extraConfig: ['allow_anonymous false', `password_file ${passwd}`, 'log_type debug'] }));
   });
   after(async () => {
     await scope.close();
@@ -294,10 +303,11 @@ describe('per-device upstream mode: a broker that checks passwords', { timeout: 
   });
 
   /** The CONNACK code a device gets from the proxy (0: accepted). */
-  async function codeOf(port: number, version: 4 | 5, creds: { username?: string; password?: string }, clientId: string): Promise<number> {
+  async function codeOf(port: number, version: 4 | 5, creds: { username?: string; password?: string }, clientId: string,
+    will?: { topic: string; payload: Buffer; qos: 0 | 1 | 2; retain: boolean }): Promise<number> {
     const c = await RawClient.open(port, version);
     try {
-      const ack = await c.handshake({ clientId, ...creds, password: creds.password === undefined ? undefined : Buffer.from(creds.password) });
+      const ack = await c.handshake({ clientId, ...creds, password: creds.password === undefined ? undefined : Buffer.from(creds.password), will });
       return ack.reasonCode ?? ack.returnCode ?? -1;
     } finally {
       c.destroy();
@@ -330,8 +340,24 @@ describe('per-device upstream mode: a broker that checks passwords', { timeout: 
     assert.equal(await codeOf(d.port, 5, { username: 'mapped', password: 'anything' }, good), 0);
     assert.equal(count(b3, `as ${good}-fx (p5, c1, k60, u'alice')`), 1, 'fixed: the URL\'s user');
     assert.equal(count(b3, `as ${good}-mp (p5, c1, k60, u'alice')`), 1, 'map: the entry\'s user');
-    assert.equal(await codeOf(d.port, 5, { username: 'stranger' }, id('ms5')), 0x87, 'no entry in the map, MQTT 5');
+    const wills = scope.use(await Collector.start(b3.port, 'wills/#', { qos: 1, username: 'alice', password: 'alice-pw' }));
+    const stranger = id('ms5');
+    const will = { topic: `wills/${stranger}`, payload: Buffer.from('gone'), qos: 1 as const, retain: false };
+    assert.equal(await codeOf(d.port, 5, { username: 'stranger' }, stranger, will), 0x87, 'no entry in the map, MQTT 5');
     assert.equal(await codeOf(d.port, 4, { username: 'stranger' }, id('ms4')), 0x05, 'no entry in the map, MQTT 3.1.1');
+    // The session the fixed broker had opened for the refused device ends with DISCONNECT: the
+    // device never connected, so the broker must not publish its will.
+    await waitFor(`${stranger}-fx to end with DISCONNECT`, () => count(b3, `Received DISCONNECT from ${stranger}-fx`) === 1, { timeoutMs: 10_000 });
+    const fence = await connectClient(b3.port, { username: 'alice', password: 'alice-pw', clientId: id('mf') });
+    await publish(fence, 'wills/fence', 'fence', { qos: 1 });
+    await closeClient(fence);
+    await wills.waitForCount(1, (m) => m.topic === 'wills/fence');
+    assert.equal(wills.count((m) => m.topic === will.topic), 0, 'the will of a refused device was published');
+    // SIGHUP reads the map again: the stranger has an entry now.
+    fs.writeFileSync(map, JSON.stringify({ mapped: { username: 'alice', password: 'alice-pw' }, stranger: { username: 'alice', password: 'alice-pw' } }));
+    d.proc.kill('SIGHUP');
+    await d.waitForLog((l) => l.msg === 'credentials map reloaded' && l.broker === 'mp' && l.entries === 2);
+    assert.equal(await codeOf(d.port, 5, { username: 'stranger' }, id('mr')), 0, 'the reloaded map has the stranger');
     await d.stop();
   });
 });
@@ -350,8 +376,7 @@ describe('per-device upstream mode: FANOUT_UPSTREAM_CONNECT_RATE', { timeout: 12
       // More devices than any open-file limit holds with their sessions: said at start-up.
       FANOUT_MAX_CONNECTIONS: 10_000_000,
     }));
-    const warning = d.lines.find((l) => String(l.msg).startsWith('per-device mode: the open-file limit (ulimit -n) is reached before FANOUT_MAX_CONNECTIONS'));
-    assert.ok(warning, 'no warning about the open-file limit');
+    const warning = await d.waitForLog((l) => String(l.msg).startsWith('per-device mode: the open-file limit (ulimit -n) is reached before FANOUT_MAX_CONNECTIONS'));
     assert.equal(warning.filesPerDevice, 2);
     assert.equal(warning.devices, Math.floor((Number(warning.openFileLimit) - 200) / 2));
     let maxQueued = 0;
@@ -430,5 +455,37 @@ describe('per-device upstream mode: a broker that goes away and comes back', { t
     } finally {
       await closeClient(dev);
     }
+  });
+});
+
+describe('per-device upstream mode: a broker that never answers', { timeout: 60_000 }, () => {
+  const scope = new Scope();
+  after(() => scope.close());
+
+  test('the device is refused after FANOUT_UPSTREAM_CONNECT_TIMEOUT_MS with 0x88 (MQTT 5) or 0x03 (3.1.1), and the timeout is counted', async () => {
+    // Takes the connection, reads the CONNECT, says nothing.
+    const silent = net.createServer((socket) => socket.on('error', () => undefined));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    scope.defer(() => new Promise((r) => silent.close(r)));
+    const port = (silent.address() as net.AddressInfo).port;
+    const d = scope.use(await DaemonProcess.start({
+      FANOUT_BROKERS: `mute=mqtt://127.0.0.1:${port}?pool=1`, FANOUT_UPSTREAM_MODE: 'per-device', FANOUT_UPSTREAM_CONNECT_TIMEOUT_MS: 1000,
+      FANOUT_HTTP_PORT: 0,
+    }));
+    const answer = async (version: 4 | 5): Promise<number> => {
+      const c = await RawClient.open(d.port, version);
+      try {
+        const ack = await c.handshake({ clientId: id(`mute${version}`) });
+        return ack.reasonCode ?? ack.returnCode ?? -1;
+      } finally {
+        c.destroy();
+      }
+    };
+    assert.deepEqual(await Promise.all([answer(5), answer(4)]), [0x88, 0x03]);
+    await d.waitForLog((l) => l.msg === 'device session not up within FANOUT_UPSTREAM_CONNECT_TIMEOUT_MS: device refused');
+    await waitFor('the timeouts in /metrics', async () => {
+      const m = await metrics(d);
+      return m.get('fanout_upstream_session_timeouts_total')?.samples.find((s) => s.labels.broker === 'mute')?.value === 2;
+    }, { timeoutMs: 5000 });
   });
 });
