@@ -125,6 +125,10 @@ export class DeviceSessions implements DeviceHost {
     return this.writer.maxIncoming;
   }
 
+  get rtt(): LatencyRecorder {
+    return this.writer.rtt;
+  }
+
   get inflight(): number {
     let n = 0;
     for (const s of this.sessions.values()) n += s.inflightCount;

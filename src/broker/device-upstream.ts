@@ -25,6 +25,7 @@ import { CLOSE_CLEAN, CLOSE_LOST, NO_TOKEN } from '../ring/records';
 import type { DeviceSub, DeviceWill } from './device-protocol';
 import { nextBackoff } from './backoff';
 import type { Logger } from 'pino';
+import type { LatencyRecorder } from '../metrics/latency';
 
 export const IDLE = 0;
 export const CONNECTING = 1;
@@ -48,7 +49,6 @@ interface Pending {
   /** 1: PUBLISH sent, waiting for PUBACK / PUBREC; 2: PUBREL sent, waiting for PUBCOMP. */
   stage: number;
   sentAt: number;
-  traced: boolean;
 }
 
 /** A record the session could not send when it was taken from the ring (copied). */
@@ -72,6 +72,8 @@ export interface DeviceHost {
   readonly broker: BrokerConfig;
   readonly reconnectMinMs: number;
   readonly reconnectMaxMs: number;
+  /** Broker round trips (PUBLISH -> PUBACK / PUBREC), for /metrics. */
+  readonly rtt: LatencyRecorder;
   /** How long a connect may wait for its CONNACK. */
   readonly connectTimeoutMs: number;
   ack(shard: number, token: number, reason: number): void;
@@ -307,6 +309,7 @@ export class DeviceUpstream {
         const reason = end - start > 2 ? buf[start + 2] : 0;
         const p = this.inflight.get(id);
         if (p === undefined || p.stage !== 1) return true;
+        this.host.rtt.since(p.sentAt, performance.now());
         if (p.token !== NO_TOKEN) this.host.ack(this.id.shard, p.token, reason);
         p.token = NO_TOKEN;
         if (type === C.PUBREC && reason < 0x80) {
@@ -483,7 +486,7 @@ export class DeviceUpstream {
         packet: describePackets(out.subarray(start, pos), this.v5 ? 5 : 4)[0] }, 'proxy -> broker (device session of a traced device)');
     }
     if (q > 0) {
-      this.inflight.set(id, { bytes: out.subarray(start, pos), token, stage: 1, sentAt: performance.now(), traced: trace });
+      this.inflight.set(id, { bytes: out.subarray(start, pos), token, stage: 1, sentAt: performance.now() });
     } else if (token !== NO_TOKEN) {
       this.host.ack(this.id.shard, token, 0);
     }

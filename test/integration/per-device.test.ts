@@ -43,7 +43,7 @@ function count(broker: Mosquitto, line: string): number {
   return broker.log.split('\n').filter((l) => l.includes(line)).length;
 }
 
-async function metrics(d: DaemonProcess): Promise<Map<string, { samples: { labels: Record<string, string>; value: number }[] }>> {
+async function metrics(d: DaemonProcess): Promise<Map<string, { samples: { name: string; labels: Record<string, string>; value: number }[] }>> {
   const port = Number(d.lines.find((l) => l.msg === 'mqtt-fanout ready')?.httpPort);
   const res = await fetch(`http://127.0.0.1:${port}/metrics`);
   return parsePrometheus(await res.text());
@@ -146,7 +146,10 @@ describe('per-device upstream mode: two mosquittos with per-client ACLs', { time
     const value = (m: Awaited<ReturnType<typeof metrics>>, name: string): number => m.get(name)?.samples.find((x) => x.labels.broker === 'b1')?.value ?? NaN;
     const m = await waitFor('both devices\' sessions and the lost one in /metrics', async () => {
       const x = await metrics(daemon);
-      return sessionsGauge(x, 'b1', 'up') === 2 && sessionsGauge(x, 'b2', 'up') === 2 && value(x, 'fanout_upstream_session_reconnects_total') >= 1 ? x : undefined;
+      // The device sessions' round trips are the broker's too.
+      const rtt = x.get('fanout_broker_rtt_seconds')?.samples.find((r) => r.name === 'fanout_broker_rtt_seconds_count' && r.labels.broker === 'b1')?.value ?? 0;
+      return sessionsGauge(x, 'b1', 'up') === 2 && sessionsGauge(x, 'b2', 'up') === 2 && value(x, 'fanout_upstream_session_reconnects_total') >= 1 && rtt >= 3
+        ? x : undefined;
     }, { timeoutMs: 5000 });
     assert.ok(value(m, 'fanout_upstream_session_losses_total') >= 1, 'fanout_upstream_session_losses_total');
     assert.equal(value(m, 'fanout_upstream_session_refusals_total'), 0, 'fanout_upstream_session_refusals_total');
