@@ -467,9 +467,16 @@ describe('per-device upstream mode: a broker that never answers', { timeout: 60_
 
   test('the device is refused after FANOUT_UPSTREAM_CONNECT_TIMEOUT_MS with 0x88 (MQTT 5) or 0x03 (3.1.1), and the timeout is counted', async () => {
     // Takes the connection, reads the CONNECT, says nothing.
-    const silent = net.createServer((socket) => socket.on('error', () => undefined));
+    const sockets = new Set<net.Socket>();
+    const silent = net.createServer((socket) => {
+      sockets.add(socket);
+      socket.on('error', () => undefined);
+    });
     await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
-    scope.defer(() => new Promise((r) => silent.close(r)));
+    scope.defer(() => new Promise((r) => {
+      silent.close(r);
+      for (const socket of sockets) socket.destroy();
+    }));
     const port = (silent.address() as net.AddressInfo).port;
     const d = scope.use(await DaemonProcess.start({
       FANOUT_BROKERS: `mute=mqtt://127.0.0.1:${port}?pool=1`, FANOUT_UPSTREAM_MODE: 'per-device', FANOUT_UPSTREAM_CONNECT_TIMEOUT_MS: 1000,
