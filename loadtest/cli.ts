@@ -11,12 +11,14 @@ import { isFanout, startTarget, Target, TargetKind } from './targets';
 import type { Qos } from './mqtt-wire';
 
 /** One letter each in client ids, which MQTT 3.1.1 servers need only accept up to 23 bytes long. */
-const KIND_TAG: Record<TargetKind, string> = { fanout: 'f', 'fanout-auth': 'a', mosquitto: 'm', 'mosquitto-direct': 'd' };
+const KIND_TAG: Record<TargetKind, string> = { fanout: 'f', 'fanout-auth': 'a', 'fanout-per-device': 'p', mosquitto: 'm', 'mosquitto-direct': 'd' };
 const TRANSPORT_TAG: Record<Transport, string> = { tcp: 't', ws: 'w', tls: 's' };
 
-async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, kind: TargetKind, transport: Transport, qos: Qos | null, progress: ProgressLine): Promise<RunRecord> {
+async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, kind: TargetKind, transport: Transport, qos: Qos | null, progress: ProgressLine,
+  devices: number | null = null): Promise<RunRecord> {
   const via = opts.transports.length > 1 || transport !== 'tcp' ? `/${transport}` : '';
-  const label = `[${opts.scenario} round ${round}/${opts.rounds} ${kind}${via}${qos === null ? '' : ` qos${qos}`}]`;
+  const label = `[${opts.scenario} round ${round}/${opts.rounds}${devices === null ? '' : ` ${devices} devices`} ${kind}${via}${qos === null ? '' : ` qos${qos}`}]`;
+  if (devices !== null) opts = { ...opts, devices, connections: devices };
   const record: RunRecord = {
     scenario: opts.scenario,
     round,
@@ -24,6 +26,7 @@ async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, k
     transport,
     qos,
     shards: isFanout(kind) ? opts.shards : null,
+    devices,
     error: null,
     result: null,
     notes: [],
@@ -43,6 +46,7 @@ async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, k
       http: setup.http,
       tls: setup.tls,
       auth: setup.auth,
+      upstreamRate: opts.upstreamRate,
     });
     const runTag = `lt${process.pid}r${round}${KIND_TAG[kind]}${TRANSPORT_TAG[transport]}${qos ?? 'x'}-`;
     record.result = await def.run(target, opts, qos, { runTag, label, progress, transport });
@@ -76,10 +80,13 @@ async function main(): Promise<number> {
   const progress = new ProgressLine();
   const records: RunRecord[] = [];
   for (let round = 1; round <= opts.rounds; round++) {
-    for (const qos of def.variants(opts)) {
-      // Same job, same round: each target over every transport asked for, back to back (tcp, then ws).
-      for (const kind of opts.targets) {
-        for (const transport of opts.transports) records.push(await runOne(def, opts, round, kind, transport, qos, progress));
+    // per-device: each device count of --devices in turn, every target for each.
+    for (const devices of opts.scenario === 'per-device' ? opts.deviceCounts : [null]) {
+      for (const qos of def.variants(opts)) {
+        // Same job, same round: each target over every transport asked for, back to back (tcp, then ws).
+        for (const kind of opts.targets) {
+          for (const transport of opts.transports) records.push(await runOne(def, opts, round, kind, transport, qos, progress, devices));
+        }
       }
     }
   }

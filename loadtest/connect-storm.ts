@@ -24,6 +24,8 @@ export interface ConnectionJob {
 
 export interface StormJob extends ConnectionJob {
   steps: number;
+  /** Runs once every step is done, while all the connections are still held. */
+  whileHeld?: () => Promise<void>;
 }
 
 export interface StormStep extends StepResult {
@@ -100,6 +102,7 @@ export async function runConnectStorm(target: Target, job: StormJob, onStep?: (t
     }
     const procs = meter.stop();
     meter = null;
+    await job.whileHeld?.();
     const hist = newHistogram();
     for (const st of steps) if (st.connect.hdr) mergeEncoded(hist, st.connect.hdr);
     const connect = summarize(hist);

@@ -6,7 +6,7 @@ import { PAYLOAD_HEADER_BYTES, ProtocolLevel, Qos } from './mqtt-wire';
 import type { Transport } from './mqtt-ws';
 import type { TargetKind } from './targets';
 
-export const SCENARIOS = ['uplink', 'connect-storm', 'idle', 'broker-outage', 'mixed', 'downlink', 'http', 'auth'] as const;
+export const SCENARIOS = ['uplink', 'connect-storm', 'idle', 'broker-outage', 'mixed', 'downlink', 'http', 'auth', 'per-device'] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
 /** What the http scenario loads: POST /publish (once per --qos) and GET /metrics. */
 export type HttpEndpoint = 'publish' | 'metrics';
@@ -21,6 +21,10 @@ export const MAX_HTTP_REQUESTS = 2 ** 27;
 export interface Options {
   scenario: ScenarioName;
   devices: number;
+  /** per-device: every device count of --devices (a comma-separated list there), a run each. */
+  deviceCounts: number[];
+  /** per-device: FANOUT_UPSTREAM_CONNECT_RATE of fanout-per-device; null: the daemon's default. */
+  upstreamRate: number | null;
   /**
    * Per device. In an unpaced --duration run: the most a device may send (receiver bitmap room).
    * downlink: messages the one publisher sends in all.
@@ -102,6 +106,13 @@ Scenarios
                   PBKDF2-SHA512 hashes, an ACL pattern per device topic);
                   each run a connect storm of --connections, then QoS 1
                   uplink of --devices x --messages; auth/no-auth ratios
+  per-device      pooled against per-device upstream mode: mqtt-fanout as it
+                  is (fanout) and with FANOUT_UPSTREAM_MODE=per-device
+                  (fanout-per-device: a session per device at each upstream);
+                  each run a connect storm of --devices connections (held:
+                  daemon RSS per device), then QoS 1 uplink of --devices x
+                  --messages; --devices may list several counts (1000,5000),
+                  each with both targets; per-device/pooled ratios
 
 Stream options (uplink, mixed, broker-outage, auth; those marked * also downlink)
   --devices N      * devices (connections)                  [100]
@@ -121,6 +132,9 @@ Stream options (uplink, mixed, broker-outage, auth; those marked * also downlink
                      (downlink: of the publisher)           [16]
   --topic PATTERN    device topic, {id} = device number     [load/{id}]
   --idle-timeout S * end a run after S s without progress   [10]
+  --devices LIST     per-device: comma-separated device counts   [1000,5000]
+  --upstream-rate N  per-device: FANOUT_UPSTREAM_CONNECT_RATE of
+                     fanout-per-device, 0 = unpaced        [the daemon's, 1000]
   --transport T      uplink: tcp, ws (MQTT over WebSocket: binary frames,
                      subprotocol mqtt), tls (MQTT over TLS, certificates
                      made with openssl for the run), a comma-separated list
@@ -153,7 +167,8 @@ Common options
                      (downlink: mosquitto = mosquitto-direct, devices and
                      publisher on upstream b1 itself; also accepted by name;
                      http: fanout only, there is no peer;    [http: fanout]
-                     auth: fanout | fanout-auth | both)
+                     auth: fanout | fanout-auth | both;
+                     per-device: fanout | fanout-per-device | both)
   --threads N        load generator worker threads          [2]
   --json FILE        write every raw figure as JSON
   --keep-logs        keep each run's temp dir (configs, logs)
@@ -184,7 +199,7 @@ function num(name: string, raw: string | undefined, def: number, min: number, ex
   return n;
 }
 
-const STREAM: ScenarioName[] = ['uplink', 'mixed', 'broker-outage', 'auth'];
+const STREAM: ScenarioName[] = ['uplink', 'mixed', 'broker-outage', 'auth', 'per-device'];
 const CONNS: ScenarioName[] = ['connect-storm', 'idle', 'auth'];
 const STREAM_DOWN: ScenarioName[] = [...STREAM, 'downlink'];
 const HTTP: ScenarioName[] = ['http'];
@@ -210,6 +225,7 @@ const APPLIES: Record<string, ScenarioName[]> = {
   hold: ['idle'],
   'kill-at': ['broker-outage'],
   'down-for': ['broker-outage'],
+  'upstream-rate': ['per-device'],
 };
 
 const TRANSPORT_ORDER: readonly Transport[] = ['tcp', 'ws', 'tls'];
@@ -262,6 +278,7 @@ export function parseOptions(argv: string[]): Options | null {
         pipelining: { type: 'string' },
         warmup: { type: 'string' },
         endpoint: { type: 'string' },
+        'upstream-rate': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -299,18 +316,18 @@ export function parseOptions(argv: string[]): Options | null {
         ? endpoints.includes('publish')
           ? qosList
           : []
-        : scenario === 'broker-outage' || scenario === 'auth'
+        : scenario === 'broker-outage' || scenario === 'auth' || scenario === 'per-device'
           ? [1]
           : [];
 
   const transports = parseTransports(v.transport ?? 'tcp');
 
   // The downlink peer is mosquitto itself serving the devices, not the bridge; auth's is mqtt-fanout with auth.
-  const peer: TargetKind = scenario === 'downlink' ? 'mosquitto-direct' : scenario === 'auth' ? 'fanout-auth' : 'mosquitto';
+  const peer: TargetKind = scenario === 'downlink' ? 'mosquitto-direct' : scenario === 'auth' ? 'fanout-auth' : scenario === 'per-device' ? 'fanout-per-device' : 'mosquitto';
   const targetRaw = v.target ?? (scenario === 'http' ? 'fanout' : 'both');
   const targetMap: Record<string, TargetKind[]> = { fanout: ['fanout'], both: ['fanout', peer], compare: ['fanout', peer] };
-  if (scenario !== 'auth') targetMap.mosquitto = [peer];
-  if (scenario === 'downlink' || scenario === 'auth') targetMap[peer] = [peer];
+  if (scenario !== 'auth' && scenario !== 'per-device') targetMap.mosquitto = [peer];
+  if (scenario === 'downlink' || scenario === 'auth' || scenario === 'per-device') targetMap[peer] = [peer];
   if (scenario === 'http' && targetRaw !== 'fanout') {
     throw new UsageError(`http: --target must be fanout: mosquitto has no HTTP publish endpoint, so this scenario has no peer (got '${targetRaw}')`);
   }
@@ -327,7 +344,11 @@ export function parseOptions(argv: string[]): Options | null {
 
   const idleTimeoutS = num('idle-timeout', v['idle-timeout'], 10, 0, true);
   // downlink: every device is a connection of this one process (20,000 open files here).
-  const devices = int('devices', v.devices, 100, 1, scenario === 'downlink' ? MAX_CONNECTIONS : 0xfffffffe);
+  // per-device: a list of counts, each a run; every device is a connection of this process.
+  const deviceCounts = scenario === 'per-device'
+    ? (v.devices ?? '1000,5000').split(',').map((d) => int('devices', d.trim(), 0, 1, MAX_CONNECTIONS))
+    : [int('devices', v.devices, 100, 1, scenario === 'downlink' ? MAX_CONNECTIONS : 0xfffffffe)];
+  const devices = deviceCounts[0];
   const rate = num('rate', v.rate, scenario === 'broker-outage' ? 2000 : 0, 0);
   const killAtS = num('kill-at', v['kill-at'], 3, 0, true);
   const downForS = num('down-for', v['down-for'], 3, 0, true);
@@ -346,7 +367,7 @@ export function parseOptions(argv: string[]): Options | null {
     // Not used: http sizes its receivers from --amount (or MAX_HTTP_REQUESTS).
     messages = 0;
   } else if (durationS === null) {
-    messages = int('messages', v.messages, scenario === 'downlink' || scenario === 'auth' ? 1000 : 10_000, 1, 0xffffffff);
+    messages = int('messages', v.messages, scenario === 'downlink' || scenario === 'auth' ? 1000 : scenario === 'per-device' ? 100 : 10_000, 1, 0xffffffff);
   } else if (rate > 0) {
     messages = Math.max(1, Math.round((rate * durationS) / devices));
   } else {
@@ -357,7 +378,7 @@ export function parseOptions(argv: string[]): Options | null {
   // autocannon gives each connection a share of --amount; a connection with none is an error there.
   if (amount !== null && amount < connections) throw new UsageError(`--amount (${amount}) must be at least --connections (${connections})`);
   // The receivers keep one bit per message and broker (downlink: per device): 2e9 is 250 MB each.
-  if (devices * messages > 2e9) throw new UsageError('--devices x --messages is limited to 2e9');
+  if (Math.max(...deviceCounts) * messages > 2e9) throw new UsageError('--devices x --messages is limited to 2e9');
   if (scenario === 'broker-outage') {
     const streamS = (devices * messages) / rate;
     if (streamS <= killAtS + downForS) {
@@ -368,6 +389,8 @@ export function parseOptions(argv: string[]): Options | null {
   return {
     scenario,
     devices,
+    deviceCounts,
+    upstreamRate: v['upstream-rate'] === undefined ? null : int('upstream-rate', v['upstream-rate'], 0, 0, 1_000_000),
     messages,
     durationS,
     timeBound,

@@ -2,6 +2,8 @@
 // target set-up it needs, how one run is summed up on the terminal and which
 // report renders its records. cli.ts only loops rounds and targets.
 import { AuthResult, runAuth } from './auth';
+import { PerDeviceResult, runPerDevice } from './per-device';
+import { perDeviceRatios, renderPerDevice, summarizePerDevice } from './report-per-device';
 import { runBrokerOutage, OutageResult, VICTIM } from './broker-outage';
 import { runConnectStorm, StormResult, ConnectionJob } from './connect-storm';
 import { DownlinkJob, DownlinkResult, runDownlink } from './downlink';
@@ -255,6 +257,19 @@ const auth: ScenarioDef<AuthResult> = {
   summary: (records) => ({ medians: summarizeAuth(records), ratios: authRatios(records) }),
 };
 
+const perDevice: ScenarioDef<PerDeviceResult> = {
+  variants: () => [1],
+  targetSetup: () => ({ qos: 1, recoverable: null }),
+  run: (target, opts, _qos, ctx) =>
+    runPerDevice(target, { connection: connectionJob(opts, ctx.runTag), uplink: uplinkJob(opts, 1, ctx.runTag) }, (text) => ctx.progress.update(`${ctx.label} ${text}`)),
+  suspicious: (r) => r.storm.ok < r.storm.connections || streamSuspicious(r.uplink),
+  line: (r) =>
+    `${int(r.storm.ok)}/${int(r.storm.connections)} connected at ${int(r.storm.connPerSec)} conn/s (${fixed(r.storm.resources.targetCpuUs, 1)} µs/conn, ` +
+    `${fixed(r.rssPerDeviceKB, 1)} KB/device), ${int(r.uplink.msgPerSec)} msg/s (${fixed(r.uplink.resources.targetCpuUs, 1)} µs/msg), missing ${missingOf(r.uplink)}`,
+  render: renderPerDevice,
+  summary: (records) => ({ medians: summarizePerDevice(records), ratios: perDeviceRatios(records) }),
+};
+
 function erase<R>(def: ScenarioDef<R>): ScenarioDef<unknown> {
   return def as unknown as ScenarioDef<unknown>;
 }
@@ -268,5 +283,6 @@ export const SCENARIO_DEFS: Record<ScenarioName, ScenarioDef<unknown>> = {
   downlink: erase(downlink),
   http: erase(http),
   auth: erase(auth),
+  'per-device': erase(perDevice),
 };
 

@@ -8,7 +8,8 @@
 // for the run) and, for mqtt-fanout, HTTP (FANOUT_HTTP_PORT); the daemon picks
 // those ports and names them in its ready line. `fanout-auth` is mqtt-fanout
 // authenticating and authorising every device (FANOUT_PASSWORD_FILE and
-// FANOUT_ACL_FILE, written for the run).
+// FANOUT_ACL_FILE, written for the run). `fanout-per-device` is mqtt-fanout in per-device upstream
+// mode (FANOUT_UPSTREAM_MODE=per-device): every device has a session of its own at each upstream.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { writeAuthFiles } from './auth-files';
@@ -34,11 +35,11 @@ import {
  * mosquitto: the bridge; mosquitto-direct: upstream b1 itself serving the devices (downlink's peer);
  * fanout-auth: mqtt-fanout with a password file and an ACL file (the auth scenario).
  */
-export type TargetKind = 'fanout' | 'fanout-auth' | 'mosquitto' | 'mosquitto-direct';
+export type TargetKind = 'fanout' | 'fanout-auth' | 'fanout-per-device' | 'mosquitto' | 'mosquitto-direct';
 
 /** The targets that are mqtt-fanout. */
 export function isFanout(kind: TargetKind): boolean {
-  return kind === 'fanout' || kind === 'fanout-auth';
+  return kind === 'fanout' || kind === 'fanout-auth' || kind === 'fanout-per-device';
 }
 
 export interface TargetOptions {
@@ -64,6 +65,8 @@ export interface TargetOptions {
   tls?: boolean;
   /** fanout-auth: users 0..users-1 (and the probe) in the password file; the ACL lets each publish on its topic. */
   auth?: { users: number; topicPattern: string } | null;
+  /** fanout-per-device: FANOUT_UPSTREAM_CONNECT_RATE (null: the daemon's default). */
+  upstreamRate?: number | null;
 }
 
 export interface Target {
@@ -188,7 +191,11 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
         ws: opts.ws,
         http: opts.http,
         tls: certs,
-        env: auth ? { FANOUT_PASSWORD_FILE: auth.passwordFile, FANOUT_ACL_FILE: auth.aclFile } : {},
+        env: {
+          ...(auth ? { FANOUT_PASSWORD_FILE: auth.passwordFile, FANOUT_ACL_FILE: auth.aclFile } : {}),
+          ...(kind === 'fanout-per-device' ? { FANOUT_UPSTREAM_MODE: 'per-device' } : {}),
+          ...(kind === 'fanout-per-device' && opts.upstreamRate != null ? { FANOUT_UPSTREAM_CONNECT_RATE: String(opts.upstreamRate) } : {}),
+        },
       });
       procs.push(daemon.proc);
       ({ wsPort, wsServer, httpPort, tlsPort } = daemon);

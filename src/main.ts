@@ -441,9 +441,11 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
 
   stopNow = stop;
 
-  /** SIGHUP: the certificate files of the TLS and WSS listeners are read again. */
+  /** SIGHUP: the certificate files of the TLS and WSS listeners are read again (writers: the
+   *  credentials maps and TLS files of their per-device sessions). */
   const reload = (): void => {
     for (let s = 0; s < shards; s++) toShard(s, { t: 'tls-reload' });
+    for (const w of writers) w.postMessage({ t: 'reload' } satisfies ToWriter);
     authenticator?.reload().then(
       () => logger.info({ file: cfg.passwordFile, users: authenticator?.size }, 'password file reloaded'),
       (err: Error) => logger.error({ err: err.message }, 'password file not reloaded; the previous one stays'),

@@ -19,6 +19,8 @@ import { ThreadVitals } from '../metrics/vitals';
 import { buildRouting } from '../shard/build-routing';
 import { SpooledPath, type SpooledHost } from './spooled';
 import { crashForTest } from '../test-hooks';
+import { upstreamModeOf } from '../config/upstream';
+import { DeviceSessions } from './device-sessions';
 
 export interface WriterOptions {
   config: Config;
@@ -45,6 +47,7 @@ export interface WriterOptions {
 export type ToWriter =
   | { t: 'drain' }
   | { t: 'metrics' }
+  | { t: 'reload' }
   // Shard `shard` failed and is being replaced; `port` is the new shard's control channel.
   | { t: 'shard-reset'; shard: number; port: MessagePort }
   | { t: 'test-crash'; kind: 'throw' | 'oom' }
@@ -86,6 +89,8 @@ export class Writer implements WriterContext, SpooledHost {
   now = Date.now();
   readonly pool: BrokerConnection[];
   readonly downlink: WriterDownlink;
+  /** Per-device upstream mode: the devices' own sessions at this broker; null in pooled mode. */
+  private readonly devices: DeviceSessions | null;
   readonly maxIncoming: number;
   readonly rtt = new LatencyRecorder();
   private readonly stats: WriterStats;
@@ -102,7 +107,7 @@ export class Writer implements WriterContext, SpooledHost {
   private napping = false;
   private lastBusy = 0;
   /** Connections (and the QoS asked) that could not take a ring's next record this turn. */
-  private readonly stalledOn: (BrokerConnection | number)[] = [];
+  private readonly stalledOn: ({ canAccept(qos: number): boolean } | number)[] = [];
   private stopped = false;
   private tick: NodeJS.Timeout | null = null;
   private readonly pumpBound = (): void => this.pump();
@@ -129,11 +134,16 @@ export class Writer implements WriterContext, SpooledHost {
     // Subscriptions live on the first connection of the pool; the others only publish.
     this.downlink = new WriterDownlink(opts.index, opts.shardPorts, downRings, buildRouting(opts.config),
       () => this.pool[0], () => this.schedulePump(), this.pool.length >= 2 ? () => this.pool[1] : null);
-    this.spooled = opts.config.spoolDir === null ? null : new SpooledPath(this, opts.config, opts.broker, opts.runId);
+    const perDevice = upstreamModeOf(opts.config, opts.broker) === 'per-device';
+    // A per-device broker keeps each device's session itself: its publishes go straight to it.
+    this.spooled = opts.config.spoolDir === null || perDevice ? null : new SpooledPath(this, opts.config, opts.broker, opts.runId);
     this.staleUntil = this.rings.map(() => -1);
     if (opts.recovering) {
       this.recovery = { pending: this.rings.map(() => null), marks: this.rings.map((r) => r.committedPosition()), logMark: 0 };
     }
+    this.devices = perDevice
+      ? new DeviceSessions(this, opts.broker, opts.config, opts.index, opts.shardPorts, downRings, buildRouting(opts.config))
+      : null;
   }
 
   /** SpooledHost: whether this writer may answer `token` of a spool entry its predecessor
@@ -166,7 +176,9 @@ export class Writer implements WriterContext, SpooledHost {
     for (const c of this.pool) c.forgetShard(s);
     this.overflow[s] = [];
     this.spooled?.resetShard(s);
+    // One channel serves both; a per-device writer's device sessions listen on it too.
     this.downlink.resetShard(s, port);
+    this.devices?.resetShard(s, port);
     this.commitAcks();
     this.downlink.commit(this.wakeShard);
     const done: FromWriter = { t: 'shard-reset-done', broker: this.opts.index, shard: s };
@@ -214,16 +226,21 @@ export class Writer implements WriterContext, SpooledHost {
     if (this.opts.broker.insecure) {
       this.log.warn({ broker: this.opts.broker.name }, "insecure=true: the broker's TLS certificate is not verified");
     }
+    if (this.opts.config.spoolDir !== null && this.spooled === null) {
+      this.log.info({ broker: this.opts.broker.name }, 'per-device broker: its messages do not go through FANOUT_SPOOL_DIR (the broker keeps each device\'s session)');
+    }
     if (this.spooled !== null) {
       this.spooled.open(this.recovery !== null);
       if (this.recovery !== null) this.recovery.logMark = this.spooled.spool.appendEnd;
     }
     for (const c of this.pool) c.connect();
     const vitals = new ThreadVitals();
+    this.devices?.start();
     this.tick = setInterval(() => {
       this.now = Date.now();
       setVitals(this.stats, vitals.sample());
       for (const c of this.pool) c.onTick(this.now);
+      this.devices?.tick(this.now);
       this.warnings.flush();
       this.publishStats();
       this.schedulePump();
@@ -232,6 +249,7 @@ export class Writer implements WriterContext, SpooledHost {
       if (m.t === 'drain') void this.drain();
       else if (m.t === 'shard-reset') this.resetShard(m.shard, m.port);
       else if (m.t === 'test-crash') crashForTest(m.kind);
+      else if (m.t === 'reload') this.devices?.reload();
       else if (m.t === 'pending') {
         if (this.recovery !== null) this.recovery.pending[m.shard] = new Set(m.tokens);
         this.schedulePump();
@@ -301,6 +319,7 @@ export class Writer implements WriterContext, SpooledHost {
       for (const c of this.pool) c.retryHeld();
     }
     this.downlink.flushControl();
+    this.devices?.pump();
     let budget = BUDGET;
     this.stalledOn.length = 0;
     const recovery = this.recovery;
@@ -325,6 +344,7 @@ export class Writer implements WriterContext, SpooledHost {
     }
     if (recovery !== null && !recovery.pending.includes(null)) this.checkRecovered(recovery);
     for (const c of this.pool) c.flush();
+    this.devices?.flush(this.wakeShard);
     this.commitAcks();
     this.downlink.commit(this.wakeShard);
     if (budget === 0) {
@@ -359,6 +379,7 @@ export class Writer implements WriterContext, SpooledHost {
     const buf = ring.buffer;
     const view = ring.dataView;
     const pool = this.pool;
+    const devices = this.devices;
     let n = 0;
     while (n < max) {
       const fresh = this.tokenFresh(s, ring);
@@ -367,6 +388,17 @@ export class Writer implements WriterContext, SpooledHost {
       const flags = buf[at + 1];
       const qos = flags & 3;
       const key = view.getUint32(at + 12, true);
+      if (devices !== null && key !== 0) {
+        // A device's record goes to its own session (key 0: wills and HTTP, on the pool).
+        const stall = devices.take(s, key, buf, view, at, ring.lastLength);
+        if (stall !== null) {
+          ring.unreadLast();
+          this.stalledOn.push(stall, qos);
+          break;
+        }
+        n++;
+        continue;
+      }
       const conn = pool[(key + s) % pool.length];
       if (!conn.canAccept(qos)) {
         ring.unreadLast();
@@ -500,7 +532,7 @@ export class Writer implements WriterContext, SpooledHost {
   private async drain(): Promise<void> {
     const deadline = Date.now() + this.opts.config.shutdownTimeoutMs / 2;
     const pending = (): number => this.rings.reduce((n, r) => n + r.used(), 0) + (this.spooled?.spool.unread ?? 0);
-    const inflight = (): number => this.pool.reduce((n, c) => n + c.inflight, 0);
+    const inflight = (): number => this.pool.reduce((n, c) => n + c.inflight, 0) + (this.devices?.inflight ?? 0);
     while ((pending() > 0 || inflight() > 0) && Date.now() < deadline) {
       this.schedulePump();
       await new Promise((r) => setTimeout(r, 10));
@@ -510,7 +542,7 @@ export class Writer implements WriterContext, SpooledHost {
     // What the broker did not finish stays in the spool for the next start.
     this.spooled?.close();
     const m: FromWriter = { t: 'drained', broker: this.opts.broker.name, leftInRings: pending(), leftInflight: inflight() };
-    await Promise.all(this.pool.map((c) => c.close()));
+    await Promise.all([...this.pool.map((c) => c.close()), this.devices?.close()]);
     this.opts.port.postMessage(m);
   }
 }

@@ -6,6 +6,7 @@
 import { accessSync, constants } from 'node:fs';
 import { isIP, isIPv6 } from 'node:net';
 import type { BrokerConfig } from './types';
+import { loadCredentialsMap } from './upstream';
 
 export const BROKERS_ALLOWED =
   'a comma-separated list of name=url, url being mqtt[s]://[user[:password]@]host[:port][?param=value&...]';
@@ -132,15 +133,47 @@ const PARAMS: { readonly [K in ParamKey]: ParamSpec<BrokerConfig[K]> } = {
   },
 };
 
+type OptionalKey = 'mode' | 'credentials' | 'credentialsMap';
+
+/** Parameters a BrokerConfig holds only when the URL gives them (parse: null for ''), so an
+ *  absent one can follow a FANOUT_* variable or a rule decided later. */
+const OPTIONAL_PARAMS: { readonly [K in OptionalKey]: ParamSpec<NonNullable<BrokerConfig[K]> | null> & { readonly shownDefault: string } } = {
+  mode: {
+    name: 'mode', default: '', shownDefault: 'FANOUT_UPSTREAM_MODE', allowed: 'pooled or per-device',
+    description: 'pooled: devices reach this broker over the proxy\'s pool of connections; per-device: each device '
+      + 'has a session of its own here (see Per-device upstream mode).',
+    parse: (raw) => (raw === '' ? null : raw === 'pooled' || raw === 'per-device' ? raw : undefined),
+  },
+  credentials: {
+    name: 'credentials', default: '', shownDefault: 'passthrough', allowed: 'passthrough, fixed or map',
+    description: 'per-device mode: what a device\'s session here logs in with. passthrough: the device\'s own user name '
+      + 'and password; fixed: this broker\'s user name and password (URL or FANOUT_BROKER_<NAME>_*_FILE) for every device; '
+      + 'map: the entry for the device\'s user name (or "*") in credentialsMap; a device without one is refused (0x87 / 0x05).',
+    parse: (raw) => (raw === '' ? null : raw === 'passthrough' || raw === 'fixed' || raw === 'map' ? raw : undefined),
+  },
+  credentialsMap: {
+    name: 'credentialsMap', default: '', shownDefault: '', ...fileParam,
+    description: 'credentials=map: JSON file {"<device user name>": {"username": "...", "password": "..."}, "*": {...}}; '
+      + 'read at start-up and on SIGHUP.',
+  },
+};
+
 const PARAM_KEYS = Object.keys(PARAMS) as ParamKey[];
-const PARAM_NAMES = PARAM_KEYS.map((key) => PARAMS[key].name).join(', ');
+const OPTIONAL_KEYS = Object.keys(OPTIONAL_PARAMS) as OptionalKey[];
+const PARAM_NAMES = [...PARAM_KEYS.map((key) => PARAMS[key].name), ...OPTIONAL_KEYS.map((key) => OPTIONAL_PARAMS[key].name)].join(', ');
 
 /** The URL parameters as documentation rows, in the same shape as describeEnv(). */
 export function describeBrokerParams(): Array<{ name: string; default: string; allowed: string; description: string }> {
-  return PARAM_KEYS.map((key) => {
-    const { name, default: def, allowed, description } = PARAMS[key];
-    return { name, default: def, allowed, description };
-  });
+  return [
+    ...PARAM_KEYS.map((key) => {
+      const { name, default: def, allowed, description } = PARAMS[key];
+      return { name, default: def, allowed, description };
+    }),
+    ...OPTIONAL_KEYS.map((key) => {
+      const { name, shownDefault, allowed, description } = OPTIONAL_PARAMS[key];
+      return { name, default: shownDefault, allowed, description };
+    }),
+  ];
 }
 
 /** Failure of a single entry: `entry` is already redacted and is what error messages show. */
@@ -201,6 +234,16 @@ function parseUrl(url: string): Omit<BrokerConfig, 'name'> {
     throw new EntryError('ca, cert, key and insecure apply to mqtts:// brokers only');
   }
   if ((params.cert === null) !== (params.key === null)) throw new EntryError('cert and key go together');
+  if ((params.credentials === 'map') !== (params.credentialsMap !== undefined)) {
+    throw new EntryError(params.credentialsMap === undefined ? 'credentials=map needs credentialsMap' : 'credentialsMap goes with credentials=map');
+  }
+  if (params.credentialsMap !== undefined) {
+    try {
+      loadCredentialsMap(params.credentialsMap);
+    } catch (err) {
+      throw new EntryError(`credentialsMap ${JSON.stringify(params.credentialsMap)}: ${(err as Error).message}`);
+    }
+  }
   return {
     transport,
     host: parseHost(rawHost ?? ''),
@@ -241,7 +284,7 @@ function decode(raw: string, what: string): string {
   }
 }
 
-function parseQuery(query: string): Pick<BrokerConfig, ParamKey> {
+function parseQuery(query: string): Pick<BrokerConfig, ParamKey | OptionalKey> {
   const given = new Map<string, string>();
   for (const pair of query.split('&')) {
     if (pair === '') continue;
@@ -251,7 +294,7 @@ function parseQuery(query: string): Pick<BrokerConfig, ParamKey> {
     given.set(key, eq < 0 ? '' : pair.slice(eq + 1));
   }
   for (const key of given.keys()) {
-    if (!PARAM_KEYS.some((k) => PARAMS[k].name === key)) {
+    if (!PARAM_KEYS.some((k) => PARAMS[k].name === key) && !OPTIONAL_KEYS.some((k) => OPTIONAL_PARAMS[k].name === key)) {
       throw new EntryError(`unknown parameter "${key}", known parameters are ${PARAM_NAMES}`);
     }
   }
@@ -261,6 +304,13 @@ function parseQuery(query: string): Pick<BrokerConfig, ParamKey> {
     if (value === undefined) throw new EntryError(`${spec.name} must be ${spec.allowed}`);
     return value;
   };
+  const optional: { -readonly [K in OptionalKey]?: BrokerConfig[K] } = {};
+  for (const key of OPTIONAL_KEYS) {
+    const spec = OPTIONAL_PARAMS[key];
+    const value = spec.parse(given.get(spec.name) ?? spec.default);
+    if (value === undefined) throw new EntryError(`${spec.name} must be ${spec.allowed}`);
+    if (value !== null) (optional as Record<string, unknown>)[key] = value;
+  }
   return {
     maxQos: read('maxQos'),
     retain: read('retain'),
@@ -272,5 +322,6 @@ function parseQuery(query: string): Pick<BrokerConfig, ParamKey> {
     cert: read('cert'),
     key: read('key'),
     insecure: read('insecure'),
+    ...optional,
   };
 }

@@ -15,6 +15,7 @@ export type {
 export { describeBrokerParams, redactUrl } from './brokers';
 export { brokerEnvName, credentialVariable } from './broker-files';
 export { defaultRoutes, RouteTable, type OutMatch } from './routes';
+export type { CredentialsMode, UpstreamMode } from './types';
 
 export class ConfigError extends Error {
   readonly code = 'FANOUT_ERR_CONFIG';
@@ -86,8 +87,19 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts?: { cpus?:
     const { variable, value, reason } = credentials;
     throw new ConfigError(variable, value, `${variable}=${quote(value)} is invalid: ${reason}`);
   }
+  checkFixedCredentials(credentials.brokers, env);
   const allowAnonymous = config.allowAnonymous ?? config.passwordFile === null;
   return deepFreeze({ ...config, brokers: credentials.brokers, allowAnonymous });
+}
+
+/** credentials=fixed logs every device in with the broker's own user name, which may come from a
+ *  file (FANOUT_BROKER_<NAME>_USERNAME_FILE): only known once those are applied. */
+function checkFixedCredentials(brokers: readonly BrokerConfig[], env: NodeJS.ProcessEnv): void {
+  const b = brokers.find((x) => x.credentials === 'fixed' && x.username === undefined);
+  if (b === undefined) return;
+  const value = shown(env.FANOUT_BROKERS) ?? '';
+  throw new ConfigError('FANOUT_BROKERS', value, `FANOUT_BROKERS=${quote(value)} is invalid: broker "${b.name}": credentials=fixed needs a user name `
+    + `(in the URL or ${credentialVariable(b.name, 'USERNAME')})`);
 }
 
 /** The TLS variables go together, and the files must make a usable TLS context now rather than

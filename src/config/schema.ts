@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { BROKERS_ALLOWED, isHostName, parseBrokerList, parseDecimal } from './brokers';
 import { parseRoutes, ROUTES_ALLOWED, RoutesError } from './routes';
 import { validateTopicFilter } from '../protocol/topic';
+import { CLIENT_ID_TEMPLATE_ALLOWED, isClientIdTemplate } from './upstream';
 import type { Config, Route } from './types';
 
 /** Facts about the machine that some defaults derive from; injected to keep tests stable. */
@@ -101,6 +102,8 @@ export function defaultProxyId(hostname: string): string {
 const statusTopic = rule('an MQTT topic name without + or #, which may contain {clientId} (no other braces)', (raw) =>
   Buffer.byteLength(raw) <= 65535 && !/[+#{}\0]/.test(raw.replaceAll('{clientId}', '')) ? raw : undefined,
 );
+
+const clientIdTemplate = rule(CLIENT_ID_TEMPLATE_ALLOWED, (raw) => (isClientIdTemplate(raw) ? raw : undefined));
 
 const brokerList: Kind<Config['brokers']> = {
   allowed: BROKERS_ALLOWED,
@@ -237,6 +240,20 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
   reconnectMaxMs: { name: 'FANOUT_RECONNECT_MAX_MS', default: '10000',
     ...integer(10, 3600000, 'an integer from 10 to 3600000, at least FANOUT_RECONNECT_MIN_MS'),
     description: 'Longest delay between attempts to reconnect to a broker, in milliseconds.' },
+  upstreamMode: { name: 'FANOUT_UPSTREAM_MODE', default: 'pooled', ...oneOf(['pooled', 'per-device']),
+    description: 'How device traffic reaches the brokers whose URL has no mode parameter. pooled: over the proxy\'s '
+      + 'own connections (pool), shared by all devices. per-device: every device gets a session of its own at each broker '
+      + '(client id FANOUT_UPSTREAM_CLIENT_ID, the device\'s credentials, will, clean session and session expiry), opened '
+      + 'before its CONNACK and closed when it leaves; see Per-device upstream mode.' },
+  upstreamClientId: { name: 'FANOUT_UPSTREAM_CLIENT_ID', default: '{clientId}-{broker}', ...clientIdTemplate,
+    description: 'Per-device mode: the client id of a device\'s session at a broker; {clientId} is replaced by the '
+      + 'device\'s client id, {broker} by the broker\'s name.' },
+  upstreamConnectRate: { name: 'FANOUT_UPSTREAM_CONNECT_RATE', default: '1000', ...integer(0, 1000000),
+    description: 'Per-device mode: sessions opened per second at each broker (0: no limit), so a storm of devices, '
+      + 'or a broker coming back, does not flood the broker; devices wait for their CONNACK meanwhile.' },
+  upstreamConnectTimeoutMs: { name: 'FANOUT_UPSTREAM_CONNECT_TIMEOUT_MS', default: '20000', ...integer(1000, 600000),
+    description: 'Per-device mode: how long a device\'s CONNECT waits for its sessions at the brokers (queueing for '
+      + 'FANOUT_UPSTREAM_CONNECT_RATE included) before it is refused with 0x88 (MQTT 5) or 0x03 (3.1.1), in milliseconds.' },
 };
 
 const ENTRIES: ReadonlyArray<readonly [EnvKey, VarSpec<unknown>]> = (Object.keys(VARIABLES) as EnvKey[]).map(

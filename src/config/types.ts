@@ -7,6 +7,11 @@ export type QoS = 0 | 1 | 2;
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 export type QueueOverflow = 'block' | 'drop-oldest' | 'drop-new';
 export type RouteDirection = 'in' | 'out' | 'both';
+/** pooled: devices share the proxy's connections to a broker; per-device: each device has its
+ *  own session at the broker (FANOUT_UPSTREAM_MODE, URL `mode`). */
+export type UpstreamMode = 'pooled' | 'per-device';
+/** What a device's own session at a broker logs in with (URL `credentials`). */
+export type CredentialsMode = 'passthrough' | 'fixed' | 'map';
 
 /** One FANOUT_ROUTES entry: `<broker> <pattern> <in|out|both> [qos] [local-prefix remote-prefix]`.
  *  It covers the local topics localPrefix + X and the broker's topics remotePrefix + X for every
@@ -60,6 +65,12 @@ export interface BrokerConfig {
   readonly insecure: boolean;
   /** The broker URL with any password replaced by `***`, for logs. */
   readonly redactedUrl: string;
+  /** URL `mode`; absent: FANOUT_UPSTREAM_MODE decides (see upstreamModeOf()). */
+  readonly mode?: UpstreamMode;
+  /** Per-device mode: URL `credentials`; absent: passthrough. */
+  readonly credentials?: CredentialsMode;
+  /** Per-device mode with credentials=map: the JSON file of device user name -> credentials. */
+  readonly credentialsMap?: string;
 }
 
 export interface Config {
@@ -132,4 +143,12 @@ export interface Config {
   readonly shutdownTimeoutMs: number;
   readonly reconnectMinMs: number;
   readonly reconnectMaxMs: number;
+  /** FANOUT_UPSTREAM_MODE: the mode of every broker whose URL has no `mode`. */
+  readonly upstreamMode: UpstreamMode;
+  /** Per-device mode: client id of a device's session at a broker; {clientId} and {broker} are replaced. */
+  readonly upstreamClientId: string;
+  /** Per-device mode: upstream session connects per second and broker (0: no limit). */
+  readonly upstreamConnectRate: number;
+  /** Per-device mode: how long a device's CONNECT waits for its upstream sessions. */
+  readonly upstreamConnectTimeoutMs: number;
 }

@@ -153,7 +153,8 @@ export class MetricsCollector {
     writers.forEach((w, b) => {
       drops.push([{ reason: 'too_large_for_broker', broker: brokers[b].name }, w.tooLarge],
         [{ reason: 'downlink_too_large', broker: brokers[b].name }, w.downlinkTooLarge],
-        [{ reason: 'downlink_unmatched', broker: brokers[b].name }, w.downlinkUnmatched]);
+        [{ reason: 'downlink_unmatched', broker: brokers[b].name }, w.downlinkUnmatched],
+        [{ reason: 'no_upstream_session', broker: brokers[b].name }, w.deviceNoSession]);
     });
     metric('fanout_drops_total', 'counter', 'Messages not passed on, by reason.', drops);
     metric('fanout_qos0_bytes_lost_total', 'counter', 'Unsent bytes holding QoS 0 messages when a broker connection dropped, by broker.', perBroker('qos0BytesLost'));
@@ -174,6 +175,17 @@ export class MetricsCollector {
     metric('fanout_spool_dropped_total', 'counter', 'Messages the full spool dropped (FANOUT_SPOOL_OVERFLOW=drop-oldest), by broker.', perBroker('spoolDropped'));
     metric('fanout_spool_conflated_total', 'counter', 'Messages replaced by a newer one on their topic while the broker was away (FANOUT_CONFLATE_TOPICS), by broker.', perBroker('spoolConflated'));
     metric('fanout_spool_corrupt_total', 'counter', 'Corrupt or truncated stretches of the spool skipped, by broker.', perBroker('spoolCorrupt'));
+    metric('fanout_upstream_sessions', 'gauge', 'Per-device mode: devices\' own sessions at each broker, by state (up; connecting; queued: '
+      + 'waiting for FANOUT_UPSTREAM_CONNECT_RATE or for an older session of the client id to end; down: lost, reconnecting).',
+    writers.flatMap((w, b): [Record<string, string | number>, number][] => [
+      [{ broker: brokers[b].name, state: 'up' }, w.deviceSessionsUp], [{ broker: brokers[b].name, state: 'connecting' }, w.deviceSessionsConnecting],
+      [{ broker: brokers[b].name, state: 'queued' }, w.deviceSessionsQueued], [{ broker: brokers[b].name, state: 'down' }, w.deviceSessionsDown]]));
+    metric('fanout_upstream_session_connects_total', 'counter', 'Per-device mode: connection attempts of device sessions, by broker.', perBroker('deviceConnects'));
+    metric('fanout_upstream_session_refusals_total', 'counter', 'Per-device mode: device sessions the broker refused (CONNACK code), by broker.', perBroker('deviceRefusals'));
+    metric('fanout_upstream_session_timeouts_total', 'counter', 'Per-device mode: devices refused because their session was not up within FANOUT_UPSTREAM_CONNECT_TIMEOUT_MS, by broker.', perBroker('deviceTimeouts'));
+    metric('fanout_upstream_session_losses_total', 'counter', 'Per-device mode: device sessions lost while their device was connected, by broker.', perBroker('deviceLosses'));
+    metric('fanout_upstream_session_reconnects_total', 'counter', 'Per-device mode: device sessions re-established while their device stayed, by broker.', perBroker('deviceReconnects'));
+    metric('fanout_upstream_parked_messages', 'gauge', 'Per-device mode: device publishes waiting at the writer for their session, by broker.', perBroker('deviceParked'));
     metric('fanout_upstream_filters', 'gauge', 'Subscriptions the proxy holds at each broker (one per distinct filter).', perBroker('upstreamFilters'));
     const fill: [Record<string, string | number>, number][] = [];
     for (let s = 0; s < this.src.shards; s++) {

@@ -15,10 +15,13 @@ export const WRITER_FIELDS = [
   'bytesOut', 'tooLarge', 'qos0BytesLost', 'downlinkInQos0', 'downlinkInQos1', 'downlinkInQos2', 'downlinkUnmatched',
   'downlinkTooLarge', 'upstreamFilters', 'bytesIn', 'spoolBytes', 'spoolUnsent', 'spoolDropped', 'spoolConflated', 'spoolCorrupt',
   'loopDelayP99Ms', 'loopDelayMaxMs', 'heapUsedMb',
+  // Per-device upstream mode: the devices' own sessions at the broker.
+  'deviceSessionsUp', 'deviceSessionsConnecting', 'deviceSessionsQueued', 'deviceSessionsDown', 'deviceConnects', 'deviceRefusals',
+  'deviceLosses', 'deviceTimeouts', 'deviceReconnects', 'deviceParked', 'deviceNoSession',
 ] as const;
 export type WriterField = (typeof WRITER_FIELDS)[number];
 
-const STRIDE = 32;
+const STRIDE = 64;
 
 /** Zeroes one row: the counters of a thread that failed, before its successor starts. */
 export function clearStatsRow(sab: SharedArrayBuffer, index: number): void {

@@ -55,6 +55,15 @@ export class DeviceConnection implements AckTarget, SessionLink {
   traced = false;
   /** The device's limits for what we send it (MQTT 5 CONNECT properties). */
   receiveMaximum = 65535;
+  /** Per-device upstream mode: a writer holds records of this device (its session at a broker
+   *  cannot send): nothing more is read from it until released. */
+  upstreamHeld = false;
+  /** The reason code of the device's DISCONNECT (0 for MQTT 3.1.1), -1 without one; and the
+   *  session expiry it set, -1 when it set none. */
+  disconnectReason = -1;
+  disconnectExpiryS = -1;
+  /** Per-device upstream mode: the CONNECT, until the device's sessions at the brokers are asked for. */
+  private upstreamConnect: mqttPacket.IConnectPacket | null = null;
   private maxOutPacket = 0x0fffffff + 5;
   private aliasMaxOut = 0;
   private outAliases: Map<string, number> | null = null;
@@ -300,6 +309,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
       this.refuse(this.version, v5 ? C.RC_QUOTA_EXCEEDED : C.CONNACK_V4_UNAVAILABLE);
       return;
     }
+    if (this.ctx.upstream !== null) this.upstreamConnect = p;
     const opened = this.ctx.openSession(this, p.clean !== false, expiry * 1000);
     // null: the session comes from another shard; packets after CONNECT wait for it.
     if (opened !== null) this.sessionReady(opened.session, opened.present);
@@ -307,13 +317,40 @@ export class DeviceConnection implements AckTarget, SessionLink {
 
   private connack: ConnackOptions | null = null;
 
-  /** The session is here: answer the CONNECT and go on with what the device sent after it. */
+  /** The session is here: answer the CONNECT (per-device mode: once the brokers accepted the
+   *  device's own sessions) and go on with what the device sent after it. */
   sessionReady(session: Session, present: boolean): void {
     if (this.state !== CONNECTED || this.connack === null) return;
+    const p = this.upstreamConnect;
+    if (this.ctx.upstream !== null && p !== null) {
+      this.upstreamConnect = null;
+      this.ctx.upstream.open(this, session, present, p, (a) => {
+        if (this.state !== CONNECTED || this.connack === null) return;
+        if (a.ok) {
+          this.answerConnect(session, a.present);
+          return;
+        }
+        // Refused by a broker: the session ends or waits as when a device leaves, and the will
+        // is not the proxy's to publish.
+        if (session.link === null) {
+          this.session = session;
+          session.link = this;
+        }
+        this.will = null;
+        this.connack = null;
+        this.refuse(this.version, a.code);
+      });
+      return;
+    }
+    this.answerConnect(session, present);
+  }
+
+  private answerConnect(session: Session, present: boolean): void {
+    const connack = this.connack!;
     this.session = session;
     session.version = this.version;
     session.acl = this.acl;
-    this.send(encodeConnack(this.version, 0, { ...this.connack, sessionPresent: present }));
+    this.send(encodeConnack(this.version, 0, { ...connack, sessionPresent: present }));
     this.connack = null;
     session.attach(this, this.id, this.ctx.limits, Date.now());
     if (this.framer.buffered > 0 && !this.blocked) this.process();
@@ -321,6 +358,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
 
   private onPublish(header: number, buf: Buffer, start: number, end: number): boolean {
     const ctx = this.ctx;
+    if (this.upstreamHeld) return false;
     if (ctx.config.maxPublishRate > 0 && !this.takeToken()) return false;
     const v = ctx.view;
     const rc = decodePublish(header, buf, start, end, this.version, v);
@@ -576,8 +614,10 @@ export class DeviceConnection implements AckTarget, SessionLink {
           return;
         }
         this.session.expiryMs = Math.min(asked, this.ctx.config.sessionExpiryMaxS) * 1000;
+        this.disconnectExpiryS = this.session.expiryMs / 1000;
       }
     }
+    this.disconnectReason = reason;
     this.cleanDisconnect = reason !== C.RC_DISCONNECT_WITH_WILL;
     this.flush();
     this.transport.end();

@@ -12,6 +12,7 @@ import type { ShardStats } from '../metrics/stats';
 import type { Session, SessionLimits } from './session';
 import type { AclChecker } from '../auth/acl';
 import type { ShardSubscriptions } from './subscriptions';
+import type { DeviceUpstreams } from './device-upstreams';
 
 export interface ShardContext {
   readonly config: Config;
@@ -21,6 +22,8 @@ export interface ShardContext {
   readonly stats: ShardStats;
   readonly subs: ShardSubscriptions;
   readonly limits: SessionLimits;
+  /** Per-device upstream mode: the devices' own sessions at the brokers; null when no broker has it. */
+  readonly upstream: DeviceUpstreams | null;
   /** A password file is configured: CONNECTs with a user name are verified. */
   readonly checksPasswords: boolean;
   /** Verifies a password off this thread; `done` runs on this thread. */

@@ -5,12 +5,13 @@
 
 import { Doorbell } from '../ring/doorbell';
 import { RingConsumer } from '../ring/spsc';
-import { DOWNLINK_HEADER, NO_EXPIRY } from '../ring/records';
+import { DEVICE_DOWNLINK_HEADER, DOWNLINK_HEADER, NO_EXPIRY, REC_DELIVER_DEVICE } from '../ring/records';
 import { matchTopic } from '../protocol/topic';
 import { StoredMessage, type Outgoing, type Session, type SessionLimits } from './session';
 import type { ShardSubscriptions, Sub } from './subscriptions';
 import { HOLD_REQ, SHARED_REQ } from '../broker/downlink';
 import { fingerprint } from './no-local';
+import type { DeviceUpstreams } from './device-upstreams';
 
 const HOLD_ID_MASK = 0x3fffffff;
 /** Longest a full queue of a connected device holds the shard's downlink; after that, that
@@ -48,6 +49,8 @@ export class ShardDownlink {
     private readonly writerBells: Doorbell[],
     private readonly subs: ShardSubscriptions,
     private readonly limits: SessionLimits,
+    /** Per-device upstream mode: records addressed to one device. */
+    private readonly devices: DeviceUpstreams | null = null,
   ) {}
 
   hasData(): boolean {
@@ -84,6 +87,8 @@ export class ShardDownlink {
   private onRecord(b: number, ring: RingConsumer, at: number, now: number): boolean {
     const buf = ring.buffer;
     const view = ring.dataView;
+    const device = buf[at] === REC_DELIVER_DEVICE;
+    const header = device ? DEVICE_DOWNLINK_HEADER : DOWNLINK_HEADER;
     const flags = buf[at + 1];
     const qos = flags & 3;
     const retain = (flags & 4) !== 0;
@@ -91,14 +96,15 @@ export class ShardDownlink {
     const propsLen = view.getUint32(at + 4, true);
     const req = view.getUint32(at + 8, true);
     const expiry = view.getUint32(at + 12, true);
-    const origin = b * 4294967296 + view.getUint32(at + 16, true);
-    const start = at + DOWNLINK_HEADER;
+    // A device's own session gets its messages once: no origin to tell copies apart by.
+    const origin = device ? 0 : b * 4294967296 + view.getUint32(at + 16, true);
+    const start = at + header;
     const m = this.scratch;
     m.body = buf;
     m.start = start;
     m.topicLen = topicLen;
     m.propsLen = propsLen;
-    m.payloadLen = ring.lastLength - DOWNLINK_HEADER - topicLen - propsLen;
+    m.payloadLen = ring.lastLength - header - topicLen - propsLen;
     m.topic = buf.toString('utf8', start, start + topicLen);
     m.expiresAt = expiry === NO_EXPIRY ? 0 : now + expiry * 1000;
     let kept: StoredMessage | null = null;
@@ -112,7 +118,8 @@ export class ShardDownlink {
     const hand = (session: Session, q: number, r: boolean, subIds: number[] | null): void => {
       plan.push({ session, q, r, subIds });
     };
-    this.collect(m, qos, retain, req, fpOf, hand);
+    if (!device) this.collect(m, qos, retain, req, fpOf, hand);
+    else if (!this.devices?.collect(b, req, view.getUint32(at + 20, true), m, qos, retain, fpOf, hand)) this.unmatched++;
     if (this.limits.block && plan.length > 0 && this.mustWait(now)) return false;
     this.blockedSince = 0;
     for (const d of plan) {

@@ -35,6 +35,8 @@ import { Session, type SessionLimits, type SessionState, type PendingState } fro
 import { ShardSubscriptions } from './subscriptions';
 import { ShardDownlink } from './downlink';
 import { buildRouting, buildRoutes } from './build-routing';
+import { perDeviceBrokers } from '../config/upstream';
+import { DeviceUpstreams } from './device-upstreams';
 import { crashForTest } from '../test-hooks';
 
 /** Heap watch of shards with uWS listeners (see watchHeap). */
@@ -137,6 +139,7 @@ export class Shard implements ShardContext {
   };
 
   readonly subs: ShardSubscriptions;
+  readonly upstream: DeviceUpstreams | null;
   /** Device publish -> device acknowledgement, for /metrics. */
   readonly ackLatency = new LatencyRecorder();
   private readonly traceRe: RegExp | null;
@@ -179,7 +182,8 @@ export class Shard implements ShardContext {
     this.index = opts.index;
     this.port = opts.port;
     const writerBells = opts.writerDoorbells.map((sab) => new Doorbell(sab));
-    this.uplink = new Uplink(opts.uplinkRings.map((r) => new RingProducer(r)), writerBells, buildRoutes(opts.config));
+    const perDevice = perDeviceBrokers(opts.config);
+    this.uplink = new Uplink(opts.uplinkRings.map((r) => new RingProducer(r)), writerBells, buildRoutes(opts.config), perDevice);
     this.acks = opts.ackRings.map((r) => new RingConsumer(r));
     this.ackWriters = writerBells;
     this.doorbell = new Doorbell(opts.doorbell);
@@ -190,7 +194,11 @@ export class Shard implements ShardContext {
     this.checksPasswords = opts.config.passwordFile !== null;
     this.loadAcl();
     this.inflight = new InflightTable(opts.uplinkRings.length, opts.config.ack, 1024, this.ackLatency);
-    this.subs = new ShardSubscriptions(opts.index, opts.writerPorts, buildRouting(opts.config), () => this.scheduleTurn(), opts.config);
+    this.upstream = perDevice.includes(true) ? new DeviceUpstreams({
+      index: opts.index, config: opts.config, log: opts.log, warnings: this.warnings, uplink: this.uplink,
+      wake: (conn) => this.wake(conn), schedule: () => this.scheduleTurn(),
+    }, opts.writerPorts) : null;
+    this.subs = new ShardSubscriptions(opts.index, opts.writerPorts, buildRouting(opts.config), () => this.scheduleTurn(), opts.config, this.upstream);
     const stats = this.stats;
     const warnings = this.warnings;
     this.limits = {
@@ -212,7 +220,7 @@ export class Shard implements ShardContext {
       },
     };
     this.http = new HttpPublisher(this, (id, reason) => this.send({ t: 'published', id, reason }));
-    this.downlink = new ShardDownlink(opts.downlinkRings.map((r) => new RingConsumer(r)), writerBells, this.subs, this.limits);
+    this.downlink = new ShardDownlink(opts.downlinkRings.map((r) => new RingConsumer(r)), writerBells, this.subs, this.limits, this.upstream);
   }
 
   /** SIGHUP: new certificates for new connections (TLS and WSS); established ones keep theirs. */
@@ -562,6 +570,7 @@ export class Shard implements ShardContext {
     this.blockedConns.delete(conn);
     this.stats.add('connections', -1);
     this.countTransport(conn.transport, -1);
+    this.upstream?.closed(conn, this.draining);
     this.leaveSession(conn);
     const will = conn.closed();
     if (will !== null && !this.draining) {
@@ -595,6 +604,7 @@ export class Shard implements ShardContext {
     m.token = NO_TOKEN;
     m.deviceKey = 0;
     m.trace = false;
+    m.will = true;
     m.topic = m.src = bytes;
     m.topicStart = v.topicStart;
     m.topicLen = v.topicEnd - v.topicStart;
@@ -603,7 +613,9 @@ export class Shard implements ShardContext {
     m.propsB = m.propsBEnd = 0;
     m.payloadStart = v.payloadStart;
     m.payloadEnd = v.payloadEnd;
-    if (!this.uplink.fits(m)) return false;
+    const fits = this.uplink.fits(m);
+    m.will = false;
+    if (!fits) return false;
     if (this.uplink.planned > 0) this.uplink.write(m);
     this.stats.add('willsPublished');
     return true;
@@ -660,6 +672,8 @@ export class Shard implements ShardContext {
     // nothing before it has the list below.
     this.drainAcks();
     this.subs.replaceWriter(broker, port);
+    const orphans = this.upstream?.replaceWriter(broker, port) ?? [];
+    for (const conn of orphans) conn.protocolClose(C.RC_UNSPECIFIED, 'its session at a broker ended with a failed writer');
     this.send({ t: 'pending', shard: this.index, broker, tokens: this.inflight.pendingOn(broker) });
   }
 
@@ -708,7 +722,8 @@ export class Shard implements ShardContext {
 
   blocked(conn: DeviceConnection): void {
     this.stats.add('backpressurePauses');
-    this.blockedConns.add(conn);
+    // Held by a writer (per-device mode): its release wakes the connection.
+    if (!conn.upstreamHeld) this.blockedConns.add(conn);
   }
 
   wake(conn: DeviceConnection): void {
@@ -732,6 +747,7 @@ export class Shard implements ShardContext {
   /** Publish ring records (one doorbell per writer), flush device sockets (one write each). */
   private endOfTurn(): void {
     this.turnScheduled = false;
+    this.upstream?.flush();
     this.uplink.commit();
     this.subs.flush();
     const dirty = this.dirtyConns;
@@ -789,6 +805,7 @@ export class Shard implements ShardContext {
 
   private retryBlocked(): void {
     this.http.retry();
+    this.upstream?.retry();
     while (this.willQueue.length > 0 && this.tryWill(this.willQueue[0].bytes, this.willQueue[0].version)) this.willQueue.shift();
     const woken = this.woken;
     if (woken.length > 0) {
@@ -818,6 +835,7 @@ export class Shard implements ShardContext {
       }
     }
     this.subs.sweep(now);
+    this.upstream?.tick(now);
     this.warnings.flush();
     this.stats.set('messagesOut', this.downlink.delivered);
     this.http.retry();

@@ -11,6 +11,7 @@ import type { ShardToWriter, SubAck, SubOp, WriterToShard } from '../broker/down
 import type { DownlinkRouting } from './routing';
 import type { Session } from './session';
 import { OwnPublishes } from './no-local';
+import type { DeviceUpstreams } from './device-upstreams';
 
 
 export interface Sub {
@@ -76,6 +77,8 @@ export class ShardSubscriptions {
     private readonly schedule: () => void,
     private readonly limits: { readonly maxTopicLength: number; readonly maxTopicLevels: number; readonly maxSubscriptions: number } =
     { maxTopicLength: 65535, maxTopicLevels: 65535, maxSubscriptions: Infinity },
+    /** Per-device upstream mode: brokers where each device holds its own subscriptions. */
+    private readonly device: DeviceUpstreams | null = null,
   ) {
     this.held = writers.map(() => new Map());
     this.ops = writers.map(() => []);
@@ -143,7 +146,8 @@ export class ShardSubscriptions {
           const q = Math.min(sub.qos, f.qos);
           sub.refs.push({ broker: b, upstream: f.upstream, qos: q });
           pending++;
-          this.hold(b, f.upstream, q, req, answer, sub);
+          if (this.device?.perDevice[b]) this.device.subscribe(b, sub, f.upstream, q, rh, answer);
+          else this.hold(b, f.upstream, q, req, answer, sub);
         }
       }
       // Counted before the previous one is dropped, so a repeated No Local SUBSCRIBE keeps the
@@ -163,7 +167,14 @@ export class ShardSubscriptions {
   /** Removes the session's subscription `key`; false when it had none. */
   unsubscribe(session: Session, key: string): boolean {
     const sub = session.subs.get(key);
-    if (sub === undefined) return false;
+    if (sub === undefined) {
+      this.device?.unsubscribeUnknown(session, (b) => {
+        const shared = parseShared(key);
+        const filter = shared === null ? key : shared.filter;
+        return this.routing.inFilters(b, filter).map((f) => (shared === null ? f.upstream : `$share/${shared.group}/${f.upstream}`));
+      });
+      return false;
+    }
     session.subs.delete(key);
     this.drop(sub);
     this.schedule();
@@ -202,7 +213,10 @@ export class ShardSubscriptions {
   private drop(sub: Sub): void {
     this.trie.remove(sub.filter, sub);
     if (sub.noLocal && --sub.session.noLocalSubs === 0) sub.session.own = null;
-    for (const ref of sub.refs) this.release(ref.broker, ref.upstream, ref.qos, sub);
+    for (const ref of sub.refs) {
+      if (this.device?.perDevice[ref.broker]) this.device.release(ref.broker, sub, ref.upstream, ref.qos);
+      else this.release(ref.broker, ref.upstream, ref.qos, sub);
+    }
   }
 
   /** The hold a record tagged with `id` is for. */

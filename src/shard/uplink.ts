@@ -3,7 +3,7 @@
 
 import { Doorbell } from '../ring/doorbell';
 import { RingProducer } from '../ring/spsc';
-import { FLAG_RETAIN, FLAG_TRACE, FLAG_V5, REC_PUBLISH, UPLINK_HEADER } from '../ring/records';
+import { FLAG_RETAIN, FLAG_TRACE, FLAG_V5, NO_TOKEN, REC_DEVICE_CLOSE, REC_PUBLISH, UPLINK_HEADER } from '../ring/records';
 import { copyBytes } from '../protocol/bytes';
 import type { RouteTable } from '../config/routes';
 
@@ -15,6 +15,8 @@ export interface UplinkMessage {
   trace: boolean;
   token: number;
   deviceKey: number;
+  /** A last will: not for brokers where the device has a session of its own (they publish it). */
+  will?: boolean;
   topic: Buffer;
   topicStart: number;
   topicLen: number;
@@ -40,7 +42,9 @@ export class Uplink {
   plannedMask = 0;
   private readonly allMask: number;
 
-  constructor(private readonly rings: RingProducer[], private readonly doorbells: Doorbell[], private readonly routes: RouteTable | null = null) {
+  constructor(private readonly rings: RingProducer[], private readonly doorbells: Doorbell[], private readonly routes: RouteTable | null = null,
+    /** Per broker: per-device upstream mode (wills are the broker's business there). */
+    private readonly perDevice: readonly boolean[] = []) {
     this.dirty = rings.map(() => false);
     this.targets = new Uint8Array(rings.length).fill(1);
     this.topics = rings.map(() => null);
@@ -57,7 +61,14 @@ export class Uplink {
   /** Decides which brokers get `m` (FANOUT_ROUTES); without routes, all of them as they are. */
   private plan(m: UplinkMessage): void {
     const routes = this.routes;
-    if (routes === null) return;
+    if (m.will === true && this.perDevice.includes(true)) {
+      this.planWill(m);
+      return;
+    }
+    if (routes === null) {
+      if (this.planned !== this.rings.length) this.planAll();
+      return;
+    }
     const topic = m.topic.toString('utf8', m.topicStart, m.topicStart + m.topicLen);
     let n = 0;
     let mask = 0;
@@ -75,6 +86,55 @@ export class Uplink {
     }
     this.planned = n;
     this.plannedMask = mask;
+  }
+
+  /** Every broker, the topic as it is (no routes), after a will's plan changed that. */
+  private planAll(): void {
+    this.targets.fill(1);
+    this.topics.fill(null);
+    this.caps.fill(2);
+    this.planned = this.rings.length;
+    this.plannedMask = this.allMask;
+  }
+
+  /** A will goes where the routes send its topic, except to per-device brokers. */
+  private planWill(m: UplinkMessage): void {
+    const topic = this.routes === null ? null : m.topic.toString('utf8', m.topicStart, m.topicStart + m.topicLen);
+    let n = 0;
+    let mask = 0;
+    for (let b = 0; b < this.rings.length; b++) {
+      const o = this.perDevice[b] ? null : topic === null ? undefined : this.routes!.outMatch(b, topic);
+      if (o === null) {
+        this.targets[b] = 0;
+        continue;
+      }
+      this.targets[b] = 1;
+      mask |= 1 << b;
+      this.topics[b] = o === undefined || o.topic === topic ? null : Buffer.from(o.topic);
+      this.caps[b] = o === undefined ? 2 : o.qos;
+      n++;
+    }
+    this.planned = n;
+    this.plannedMask = mask;
+  }
+
+  /** The device `key` left (per-device mode): its session at broker `b` ends after the records
+   *  before this one. False when the ring is full (the caller retries). */
+  writeDeviceClose(b: number, key: number, how: number, reason: number, expiry: number): boolean {
+    const ring = this.rings[b];
+    const at = ring.reserve(UPLINK_HEADER);
+    if (at < 0) return false;
+    const buf = ring.buffer;
+    const view = ring.dataView;
+    buf[at] = REC_DEVICE_CLOSE;
+    buf[at + 1] = how;
+    buf[at + 2] = reason;
+    buf[at + 3] = expiry >= 0 ? 1 : 0;
+    view.setUint32(at + 4, expiry >= 0 ? expiry : 0, true);
+    view.setUint32(at + 8, NO_TOKEN, true);
+    view.setUint32(at + 12, key, true);
+    this.dirty[b] = true;
+    return true;
   }
 
   /** True when every ring `m` goes to can take it now; otherwise the full rings are flagged so

@@ -93,7 +93,7 @@ test('each parameter rejects values outside its allowed set', () => {
 
 test('an unknown parameter is named along with the known ones', () => {
   assertRejected(`a=mqtt://u:${SECRET}@h?qos=1`, 'a=mqtt://u:***@h?qos=1',
-    'broker "a": unknown parameter "qos", known parameters are maxQos, retain, pool, protocol, keepalive, inflight, ca, cert, key, insecure');
+    'broker "a": unknown parameter "qos", known parameters are maxQos, retain, pool, protocol, keepalive, inflight, ca, cert, key, insecure, mode, credentials, credentialsMap');
 });
 
 test('TLS parameters: readable files (percent-decoded), cert with key, insecure, mqtts only', () => {

@@ -21,7 +21,8 @@ test('describeEnv lists every variable once, in declaration order, fully documen
     'FANOUT_PENDING_THROTTLE_MS', 'FANOUT_RING_BYTES', 'FANOUT_ACK', 'FANOUT_SPOOL_DIR', 'FANOUT_SPOOL_FSYNC_MS', 'FANOUT_SPOOL_MAX_BYTES',
     'FANOUT_SPOOL_OVERFLOW', 'FANOUT_CONFLATE_TOPICS', 'FANOUT_THREAD_HEAP_MB', 'FANOUT_TEST_HOOKS', 'FANOUT_LOG_LEVEL', 'FANOUT_TRACE_CLIENTS', 'FANOUT_PROXY_ID',
     'FANOUT_STATUS_TOPIC', 'FANOUT_CONNECT_TIMEOUT_MS', 'FANOUT_SHUTDOWN_TIMEOUT_MS', 'FANOUT_RECONNECT_MIN_MS',
-    'FANOUT_RECONNECT_MAX_MS',
+    'FANOUT_RECONNECT_MAX_MS', 'FANOUT_UPSTREAM_MODE', 'FANOUT_UPSTREAM_CLIENT_ID', 'FANOUT_UPSTREAM_CONNECT_RATE',
+    'FANOUT_UPSTREAM_CONNECT_TIMEOUT_MS',
   ]);
   for (const row of rows) {
     assert.ok(row.default && row.allowed && row.description, `${row.name} is fully documented`);
@@ -41,6 +42,7 @@ test('describeBrokerParams lists the URL parameters with their defaults', () => 
   assert.deepEqual(describeBrokerParams().map((row) => [row.name, row.default]), [
     ['maxQos', '2'], ['retain', 'forward'], ['pool', '4'], ['protocol', '5'], ['keepalive', '60'], ['inflight', 'auto'],
     ['ca', ''], ['cert', ''], ['key', ''], ['insecure', 'false'],
+    ['mode', 'FANOUT_UPSTREAM_MODE'], ['credentials', 'passthrough'], ['credentialsMap', ''],
   ]);
 });
 

@@ -73,6 +73,10 @@ const DEFAULTS = {
   shutdownTimeoutMs: 10000,
   reconnectMinMs: 100,
   reconnectMaxMs: 10000,
+  upstreamMode: 'pooled',
+  upstreamClientId: '{clientId}-{broker}',
+  upstreamConnectRate: 1000,
+  upstreamConnectTimeoutMs: 20000,
   embeddedBroker: true,
   routes: [],
 };
@@ -90,7 +94,8 @@ const NAMES = [
   'FANOUT_PENDING_THROTTLE_MS', 'FANOUT_RING_BYTES', 'FANOUT_ACK', 'FANOUT_SPOOL_DIR', 'FANOUT_SPOOL_FSYNC_MS', 'FANOUT_SPOOL_MAX_BYTES',
   'FANOUT_SPOOL_OVERFLOW', 'FANOUT_CONFLATE_TOPICS', 'FANOUT_THREAD_HEAP_MB', 'FANOUT_TEST_HOOKS', 'FANOUT_LOG_LEVEL', 'FANOUT_TRACE_CLIENTS', 'FANOUT_PROXY_ID',
   'FANOUT_STATUS_TOPIC', 'FANOUT_CONNECT_TIMEOUT_MS', 'FANOUT_SHUTDOWN_TIMEOUT_MS', 'FANOUT_RECONNECT_MIN_MS',
-  'FANOUT_RECONNECT_MAX_MS',
+  'FANOUT_RECONNECT_MAX_MS', 'FANOUT_UPSTREAM_MODE', 'FANOUT_UPSTREAM_CLIENT_ID', 'FANOUT_UPSTREAM_CONNECT_RATE',
+  'FANOUT_UPSTREAM_CONNECT_TIMEOUT_MS',
 ];
 
 test('an empty value counts as unset', () => {
@@ -169,6 +174,8 @@ const INTEGERS: ReadonlyArray<[string, keyof Config, number, number]> = [
   ['FANOUT_PENDING_THROTTLE_MS', 'pendingThrottleMs', 0, 60000],
   ['FANOUT_CONNECT_TIMEOUT_MS', 'connectTimeoutMs', 100, 600000],
   ['FANOUT_SHUTDOWN_TIMEOUT_MS', 'shutdownTimeoutMs', 0, 600000],
+  ['FANOUT_UPSTREAM_CONNECT_RATE', 'upstreamConnectRate', 0, 1000000],
+  ['FANOUT_UPSTREAM_CONNECT_TIMEOUT_MS', 'upstreamConnectTimeoutMs', 1000, 600000],
 ];
 
 test('integers accept plain decimal digits within range only', () => {

@@ -28,6 +28,8 @@ import { runAuth, type AuthResult } from '../../loadtest/auth';
 import { ConnectError, connectRaw } from '../../loadtest/mqtt-wire';
 import type { Transport } from '../../loadtest/mqtt-ws';
 import { renderAuth } from '../../loadtest/report-auth';
+import { runPerDevice, type PerDeviceResult } from '../../loadtest/per-device';
+import { renderPerDevice } from '../../loadtest/report-per-device';
 import { parseAclFile } from '../../src/auth/acl';
 import { parsePasswordFile, verifyPassword } from '../../src/auth/password-file';
 
@@ -274,6 +276,19 @@ test('options: the auth scenario compares fanout with fanout-auth, QoS 1, a stor
   for (const misplaced of [['--qos', '0'], ['--transport', 'tls'], ['--steps', '2'], ['--hold', '1']]) {
     assert.throws(() => parseOptions(['auth', ...misplaced]), UsageError, misplaced.join(' '));
   }
+});
+
+test('options: the per-device scenario compares fanout with fanout-per-device over a list of device counts', () => {
+  const p = opts(['per-device']);
+  assert.deepEqual([p.targets, p.qos, p.deviceCounts, p.devices, p.messages, p.upstreamRate], [['fanout', 'fanout-per-device'], [1], [1000, 5000], 1000, 100, null]);
+  const q = opts(['per-device', '--devices', '200, 50', '--messages', '10', '--upstream-rate', '0', '--target', 'fanout-per-device']);
+  assert.deepEqual([q.deviceCounts, q.messages, q.upstreamRate, q.targets], [[200, 50], 10, 0, ['fanout-per-device']]);
+  assert.throws(() => parseOptions(['per-device', '--devices', '100,x']), UsageError);
+  assert.throws(() => parseOptions(['per-device', '--devices', String(MAX_CONNECTIONS + 1)]), UsageError);
+  assert.throws(() => parseOptions(['per-device', '--target', 'mosquitto']), UsageError);
+  assert.throws(() => parseOptions(['uplink', '--upstream-rate', '10']), UsageError);
+  assert.throws(() => parseOptions(['uplink', '--target', 'fanout-per-device']), UsageError);
+  assert.throws(() => parseOptions(['per-device', '--connections', '10']), UsageError);
 });
 
 test('auth files: the password file is what the daemon verifies ($7$, 101 iterations), the ACL covers each device\'s topic', () => {
@@ -547,5 +562,29 @@ test('auth: a connect storm and a QoS 1 stream against mqtt-fanout without and w
   assert.match(text, /^1\s+fanout-auth\s+[\d,]+\s+[\d,]+\s+.*b1=0 b2=0\s+b1=0 b2=0\s+complete$/m);
   for (const figure of ['conn/s', 'cpu µs/conn', 'msg/s', 'cpu µs/msg']) {
     assert.match(text, new RegExp(`^${figure.replace('/', '\\/')}\\s+\\d+\\.\\d\\dx\\s+\\d+\\.\\d\\dx\\s+\\d+\\.\\d\\d$`, 'm'), figure);
+  }
+});
+
+test('per-device: a connect storm (RSS per device) and a QoS 1 stream against mqtt-fanout pooled and per-device', { timeout: 120_000 }, async () => {
+  const o = opts(['per-device', '--devices', '30', '--messages', '20']);
+  const records: RunRecord<PerDeviceResult>[] = [];
+  for (const kind of ['fanout', 'fanout-per-device'] as const) {
+    await withMosquitto({ kind }, async (target) => {
+      const tag = `ltpd${process.pid}${kind === 'fanout' ? 'o' : 'p'}-`;
+      const job = { ...o, connections: 30 };
+      const r = await runPerDevice(target, { connection: connectionJob(job, tag), uplink: uplinkJob(job, 1, tag) });
+      assert.equal(r.perDevice, kind === 'fanout-per-device');
+      assert.deepEqual([r.storm.ok, r.storm.refused, r.storm.timeouts, r.storm.errors], [30, 0, 0, 0], kind);
+      assert.ok(Number.isFinite(r.rssPerDeviceKB) && r.rssHeldKB > 0, kind);
+      assert.equal(r.uplink.endedBy, 'complete', kind);
+      assert.deepEqual(r.uplink.brokers.map((b) => [b.distinct, b.missing, b.duplicates]), [[600, 0, 0], [600, 0, 0]], kind);
+      records.push({ ...record(target, r), scenario: 'per-device', qos: 1, devices: 30 });
+    });
+  }
+  const text = renderPerDevice(records);
+  assert.match(text, /^1\s+30\s+fanout-per-device\s+30\/30\s+[\d,]+\s/m);
+  assert.match(text, /^1\s+30\s+fanout-per-device\s+[\d,]+\s+[\d,]+\s+.*b1=0 b2=0\s+b1=0 b2=0\s+complete$/m);
+  for (const figure of ['conn/s', 'cpu µs/conn', 'RSS KB/device', 'msg/s', 'cpu µs/msg']) {
+    assert.match(text, new RegExp(`^30\\s+${figure.replace('/', '\\/')}\\s+-?\\d+\\.\\d\\dx\\s+-?\\d+\\.\\d\\dx\\s+-?\\d+\\.\\d\\d$`, 'm'), figure);
   }
 });
