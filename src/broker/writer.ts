@@ -303,6 +303,7 @@ export class Writer implements WriterContext, SpooledHost {
       st.set('spoolConflated', sp.conflated);
       st.set('spoolCorrupt', sp.spool.corrupt);
     }
+    this.devices?.publishStats(st);
   }
 
   schedulePump(): void {
