@@ -331,7 +331,7 @@ function knownVariables(cli: string): Set<string> {
 function daemonEnv(o: FuzzOptions, broker: Mosquitto): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('FANOUT_')) env[k] = v;
-  const brokers = [`v5=${broker.url({ protocol: 5, pool: 2 })}`, ...(o.brokers === 2 ? [`v4=${broker.url({ pool: 1 })}`] : [])];
+  const brokers = [`v5=${broker.url({ protocol: 5, pool: 4 })}`, ...(o.brokers === 2 ? [`v4=${broker.url({ pool: 1 })}`] : [])];
   Object.assign(env, {
     FANOUT_HOST: HOST, FANOUT_PORT: '0', FANOUT_WS_PORT: '0', FANOUT_HTTP_PORT: '0', FANOUT_SHARDS: '2',
     // info, not warn: the ready line with the ports is an info line (and info is quiet per device).

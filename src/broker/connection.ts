@@ -450,6 +450,20 @@ export class BrokerConnection {
     return true;
   }
 
+  /** FANOUT_TEST_HOOKS dump: the connection's state and what it has in flight. */
+  describe(): object {
+    const now = performance.now();
+    const flight: { id: number; stage: number; ageMs: number; len: number }[] = [];
+    for (let id = 1; id < 65536; id++) {
+      if (this.stages[id] === AWAIT_ACK || this.stages[id] === AWAIT_COMP) flight.push({ id, stage: this.stages[id], ageMs: Math.round(now - this.sentAt[id]), len: this.lengths[id] });
+    }
+    return {
+      clientId: this.clientId, state: this.state, inflight: this.inflight, maxInflight: this.maxInflight, writable: this.writable, resending: this.resending,
+      outLen: this.outLen, held: this.held !== null, socketBuffered: this.socket?.writableLength ?? null, paused: this.socket?.isPaused() ?? null,
+      framerBuffered: this.framer.buffered, flight: flight.slice(0, 40),
+    };
+  }
+
   /** Shard `shard` was replaced: its old tokens must not be answered to the new one. */
   forgetShard(shard: number): void {
     for (let id = 1; id < 65536; id++) if (this.stages[id] !== FREE && this.shards[id] === shard) this.tokens[id] = NO_TOKEN;

@@ -24,6 +24,8 @@ export interface SpooledHost {
   readonly log: Logger;
   readonly warnings: RateLimitedLog;
   readonly pool: BrokerConnection[];
+  /** The connections device publishes go on. */
+  readonly uplinkPool: BrokerConnection[];
   ack(shard: number, token: number, reason: number): void;
   commitAcks(): void;
   schedulePump(): void;
@@ -192,7 +194,7 @@ export class SpooledPath {
   /** Sends entries from the log while their connections take them; returns the entries sent. */
   feed(budget: number): number {
     const spool = this.spool;
-    const pool = this.host.pool;
+    const pool = this.host.uplinkPool;
     const forward = this.broker.retain === 'forward';
     let n = 0;
     while (n < budget) {

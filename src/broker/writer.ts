@@ -4,6 +4,7 @@
 // so a slow or absent broker fills the rings, and full rings pause the devices.
 
 import type { MessagePort } from 'node:worker_threads';
+import * as v8 from 'node:v8';
 import type { Logger } from 'pino';
 import type { BrokerConfig, Config } from '../config/types';
 import { Doorbell } from '../ring/doorbell';
@@ -17,6 +18,7 @@ import { LatencyRecorder } from '../metrics/latency';
 import { setVitals, WriterStats } from '../metrics/stats';
 import { ThreadVitals } from '../metrics/vitals';
 import { buildRouting } from '../shard/build-routing';
+import { defaultRoutes } from '../config/routes';
 import { SpooledPath, type SpooledHost } from './spooled';
 import { crashForTest } from '../test-hooks';
 import { upstreamModeOf } from '../config/upstream';
@@ -50,7 +52,7 @@ export type ToWriter =
   | { t: 'reload' }
   // Shard `shard` failed and is being replaced; `port` is the new shard's control channel.
   | { t: 'shard-reset'; shard: number; port: MessagePort }
-  | { t: 'test-crash'; kind: 'throw' | 'oom' }
+  | { t: 'test-crash'; kind: 'throw' | 'oom' | 'dump' }
   // Recovery: the tokens a shard still waits for from this broker.
   | { t: 'pending'; shard: number; tokens: number[] };
 export type FromWriter =
@@ -88,6 +90,10 @@ export class Writer implements WriterContext, SpooledHost {
   readonly warnings: RateLimitedLog;
   now = Date.now();
   readonly pool: BrokerConnection[];
+  /** The connections device publishes go on: those that hold no subscriptions when the pool
+   *  has any (a broker slow to serve a flood of deliveries then does not hold back the
+   *  acknowledgements of publishes), else the whole pool. */
+  readonly uplinkPool: BrokerConnection[];
   readonly downlink: WriterDownlink;
   /** Per-device upstream mode: the devices' own sessions at this broker; null in pooled mode. */
   private readonly devices: DeviceSessions | null;
@@ -134,6 +140,10 @@ export class Writer implements WriterContext, SpooledHost {
     // Subscriptions live on the first connection of the pool; the others only publish.
     this.downlink = new WriterDownlink(opts.index, opts.shardPorts, downRings, buildRouting(opts.config),
       () => this.pool[0], () => this.schedulePump(), this.pool.length >= 2 ? () => this.pool[1] : null);
+    const routes = opts.config.routes.length > 0 ? opts.config.routes : defaultRoutes(opts.config.brokers.map((b) => b.name));
+    const servesDownlink = routes.some((r) => r.broker === opts.broker.name && r.direction !== 'out');
+    const subscribing = servesDownlink ? (this.downlink.split ? 2 : 1) : 0;
+    this.uplinkPool = this.pool.length > subscribing ? this.pool.slice(subscribing) : this.pool;
     const perDevice = upstreamModeOf(opts.config, opts.broker) === 'per-device';
     // A per-device broker keeps each device's session itself: its publishes go straight to it.
     this.spooled = opts.config.spoolDir === null || perDevice ? null : new SpooledPath(this, opts.config, opts.broker, opts.runId);
@@ -248,7 +258,10 @@ export class Writer implements WriterContext, SpooledHost {
     this.opts.port.on('message', (m: ToWriter) => {
       if (m.t === 'drain') void this.drain();
       else if (m.t === 'shard-reset') this.resetShard(m.shard, m.port);
-      else if (m.t === 'test-crash') crashForTest(m.kind);
+      else if (m.t === 'test-crash') {
+        if (m.kind === 'dump') this.log.warn({ broker: this.opts.broker.name, pool: this.pool.map((c) => c.describe()), heldDownlink: this.heldDownlink, rings: this.rings.map((r) => r.used()), heap: v8.getHeapStatistics() }, 'writer state (FANOUT_TEST_HOOKS dump)');
+        else crashForTest(m.kind);
+      }
       else if (m.t === 'reload') this.devices?.reload();
       else if (m.t === 'pending') {
         if (this.recovery !== null) this.recovery.pending[m.shard] = new Set(m.tokens);
@@ -379,7 +392,7 @@ export class Writer implements WriterContext, SpooledHost {
     const ring = this.rings[s];
     const buf = ring.buffer;
     const view = ring.dataView;
-    const pool = this.pool;
+    const uplink = this.uplinkPool;
     const devices = this.devices;
     let n = 0;
     while (n < max) {
@@ -400,7 +413,7 @@ export class Writer implements WriterContext, SpooledHost {
         n++;
         continue;
       }
-      const conn = pool[(key + s) % pool.length];
+      const conn = uplink[(key + s) % uplink.length];
       if (!conn.canAccept(qos)) {
         ring.unreadLast();
         this.stalledOn.push(conn, qos);

@@ -20,7 +20,7 @@ export interface HttpDeps {
    *  FANOUT_ACK says (QoS 0: once it is in the rings). */
   publish(topic: string, payload: Buffer, qos: number, retain: boolean): Promise<number>;
   /** FANOUT_TEST_HOOKS only: makes a thread fail; false when there is no such thread. */
-  testCrash?: (thread: string, kind: 'throw' | 'oom') => boolean;
+  testCrash?: (thread: string, kind: 'throw' | 'oom' | 'dump') => boolean;
 }
 
 /** How long POST /publish waits for the brokers before answering 504. */
@@ -85,7 +85,7 @@ export function startHttp(deps: HttpDeps): Promise<http.Server & { boundPort: nu
   const testCrash = (url: URL, res: http.ServerResponse, crash: NonNullable<HttpDeps['testCrash']>): void => {
     const thread = url.searchParams.get('thread') ?? '';
     const kind = url.searchParams.get('kind') ?? 'throw';
-    if (kind !== 'throw' && kind !== 'oom') json(res, 400, { error: 'kind must be throw or oom' });
+    if (kind !== 'throw' && kind !== 'oom' && kind !== 'dump') json(res, 400, { error: 'kind must be throw, oom or dump' });
     else if (!crash(thread, kind)) json(res, 404, { error: `no thread ${JSON.stringify(thread)} (shard-<n> or writer-<broker>)` });
     else json(res, 202, { thread, kind });
   };

@@ -3,8 +3,8 @@
 //
 // It also gives memory back after a load spike: V8 collects when allocating, so a thread that
 // goes quiet after a burst keeps its garbage (and the process its RSS) indefinitely. A thread
-// that has been idle for a few seconds with much more heap in use than after its last collection
-// collects once. This needs `gc`, which the daemon's entry point exposes (src/cli.ts).
+// that has been idle for a few seconds with much more heap in use than after its last collection,
+// or much heap committed and unused, collects once (a full collection also gives back the pages). This needs `gc`, which the daemon's entry point exposes (src/cli.ts).
 
 import { monitorEventLoopDelay, performance, type EventLoopUtilization, type IntervalHistogram } from 'node:perf_hooks';
 import * as v8 from 'node:v8';
@@ -19,8 +19,11 @@ export interface Vitals {
 /** Seconds of near-idle event loop before an idle collection. */
 const IDLE_S = 5;
 const IDLE_UTILIZATION = 0.05;
-/** Heap growth since the last collection that is worth one. */
+/** Heap growth since the last collection, or heap committed and unused, that is worth one. */
 const GROWTH_MB = 32;
+const SLACK_MB = 48;
+/** At most one idle collection in this long (a heap that stays committed is not chased). */
+const MIN_INTERVAL_MS = 30_000;
 
 function collector(): (() => void) | null {
   const g = (globalThis as { gc?: () => void }).gc;
@@ -41,6 +44,7 @@ export class ThreadVitals {
   private elu: EventLoopUtilization = performance.eventLoopUtilization();
   private idleS = 0;
   private heapAfterGc = heapMb();
+  private lastGc = 0;
   /** Idle collections made. */
   collections = 0;
 
@@ -67,12 +71,13 @@ export class ThreadVitals {
     const busy = performance.eventLoopUtilization(now, this.elu).utilization;
     this.elu = now;
     this.idleS = busy < IDLE_UTILIZATION ? this.idleS + 1 : 0;
-    if (this.gc === null || this.idleS < IDLE_S || used < this.heapAfterGc + GROWTH_MB) {
-      if (used < this.heapAfterGc) this.heapAfterGc = used;
-      return;
-    }
+    if (used < this.heapAfterGc) this.heapAfterGc = used;
+    if (this.gc === null || this.idleS < IDLE_S || Date.now() - this.lastGc < MIN_INTERVAL_MS) return;
+    const slack = v8.getHeapStatistics().total_heap_size / 1048576 - used;
+    if (used < this.heapAfterGc + GROWTH_MB && slack < SLACK_MB) return;
     this.gc();
     this.collections++;
+    this.lastGc = Date.now();
     this.heapAfterGc = heapMb();
   }
 }

@@ -99,7 +99,7 @@ export type ToShard =
   | { t: 'writer-restarted'; broker: number; port: MessagePort }
   // Tokens the failed writer `broker` took with it (no spool): their devices send again.
   | { t: 'lost'; broker: number; tokens: number[] }
-  | { t: 'test-crash'; kind: 'throw' | 'oom' };
+  | { t: 'test-crash'; kind: 'throw' | 'oom' | 'dump' };
 /** A client-id claim (a CONNECT) or release (the connection and its pending will are gone). */
 export interface RegistryOp {
   claim: boolean;
@@ -659,12 +659,28 @@ export class Shard implements ShardContext {
     } else if (m.t === 'lost') {
       this.onLost(m.broker, m.tokens);
     } else if (m.t === 'test-crash') {
-      crashForTest(m.kind);
+      if (m.kind === 'dump') this.dumpState();
+      else crashForTest(m.kind);
     } else if (m.t === 'tail') {
       const session = this.sessions.get(m.clientId);
       if (session?.importing && session.importId === m.exportId) session.finishImport(m.pending, this.limits, Date.now());
     }
     this.endOfTurn();
+  }
+
+  /** FANOUT_TEST_HOOKS (POST /test/crash?kind=dump): the shard's state, for looking into a hang. */
+  private dumpState(): void {
+    const now = Date.now();
+    const sessions = [...this.sessions.values()].map((s) => ({
+      clientId: s.clientId, linked: s.link !== null, expiresInMs: s.link === null ? s.expiresAt - now : null, queued: s.queued,
+      inflight: s.inflight.size, subs: s.subs.size, importing: s.importing !== null, lastAckMsAgo: now - s.lastAck,
+    }));
+    const conns = [...this.conns.values()].map((c) => ({ id: c.id, clientId: c.clientId, state: c.state, blocked: c.blocked, hasSession: c.session !== null, lastRxMsAgo: now - c.lastRx }));
+    this.log.warn({
+      sessions, offline: [...this.offline.keys()], awaiting: [...this.awaiting.keys()], exporting: this.exporting.size, conns,
+      inflightActive: this.inflight.active, blockedConns: this.blockedConns.size, downlinkStalled: this.downlink.stalled,
+      rings: this.uplink.fill(), heap: v8.getHeapStatistics(),
+    }, 'shard state (FANOUT_TEST_HOOKS dump)');
   }
 
   private onWriterRestarted(broker: number, port: MessagePort): void {
