@@ -158,7 +158,8 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
   maxPacketSize: { name: 'FANOUT_MAX_PACKET_SIZE', default: '262144', ...integer(64, 268435455),
     description: 'Largest MQTT packet accepted from a device, in bytes.' },
   maxInflight: { name: 'FANOUT_MAX_INFLIGHT', default: '100', ...integer(1, 65535),
-    description: 'Unacknowledged QoS 1/2 publishes allowed per device connection.' },
+    description: 'Unacknowledged QoS 1/2 publishes allowed per device connection, advertised to MQTT 5 devices as Receive Maximum: '
+      + 'an MQTT 5 device that sends more is disconnected with 0x93; an MQTT 3.1.1 device is not read from until an answer frees a slot.' },
   passwordFile: { name: 'FANOUT_PASSWORD_FILE', default: 'none', ...filePath, fallback: () => null,
     description: "Device user names and passwords in mosquitto's password-file format (mosquitto_passwd); re-read on SIGHUP." },
   aclFile: { name: 'FANOUT_ACL_FILE', default: 'none', ...filePath, fallback: () => null,
@@ -167,9 +168,10 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
     fallback: () => null,
     description: 'Whether devices without a user name are accepted.' },
   maxConnections: { name: 'FANOUT_MAX_CONNECTIONS', default: '100000', ...integer(1, 10000000),
-    description: 'Device connections open at once (all listeners); a CONNECT beyond gets CONNACK 0x97 (MQTT 5) or 0x03 (3.1.1).' },
+    description: 'Device sockets open at once (all listeners, counted from the accept, CONNECT sent or not); a socket beyond is closed at once. '
+      + 'A CONNECT that still finds the limit exceeded (shards accepting at the same instant) gets CONNACK 0x97 (MQTT 5) or 0x03 (3.1.1).' },
   maxConnectRate: { name: 'FANOUT_MAX_CONNECT_RATE', default: '0', ...integer(0, 1000000),
-    description: 'New connections per second from one source address (0: no limit); beyond, sockets are closed at once. '
+    description: 'New connections per second from one source address (0: no limit), TCP, TLS and WebSocket alike; beyond, sockets are closed at once. '
       + 'Counted per shard, each allowing its share. Off by default: behind a load balancer every device has its address.' },
   maxTopicLength: { name: 'FANOUT_MAX_TOPIC_LENGTH', default: '1024', ...integer(1, 65535),
     description: 'Longest topic name or filter a device may use, in bytes.' },
@@ -228,7 +230,7 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
   statusTopic: { name: 'FANOUT_STATUS_TOPIC', default: 'fanout/status/{clientId}', ...statusTopic,
     description: 'Retained status topic of each broker connection; {clientId} is replaced by its client id.' },
   connectTimeoutMs: { name: 'FANOUT_CONNECT_TIMEOUT_MS', default: '10000', ...integer(100, 600000),
-    description: 'Time a new device socket has to send CONNECT before it is closed, in milliseconds.' },
+    description: 'Time a new device socket has, from its accept, to send a whole CONNECT before it is closed, in milliseconds.' },
   shutdownTimeoutMs: { name: 'FANOUT_SHUTDOWN_TIMEOUT_MS', default: '10000', ...integer(0, 600000),
     description: 'Time a graceful shutdown may take before the process exits anyway, in milliseconds.' },
   reconnectMinMs: { name: 'FANOUT_RECONNECT_MIN_MS', default: '100',

@@ -144,6 +144,7 @@ export class MetricsCollector {
     metric('fanout_acl_denied_total', 'counter', 'PUBLISH, SUBSCRIBE and wills denied by the ACL file, by shard.', perShard('aclDenied'));
     metric('fanout_throttled_total', 'counter', 'Times a device was slowed down by FANOUT_MAX_PUBLISH_RATE, by shard.', perShard('throttled'));
     metric('fanout_connections_refused_rate_total', 'counter', 'Connections closed by FANOUT_MAX_CONNECT_RATE, by shard.', perShard('refusedRate'));
+    metric('fanout_connections_refused_max_total', 'counter', 'Sockets closed when accepted because FANOUT_MAX_CONNECTIONS were open, by shard.', perShard('refusedMax'));
     const drops: [Record<string, string | number>, number][] = [];
     shards.forEach((s, i) => {
       drops.push([{ reason: 'queue_full', shard: i }, s.dropQueueFull], [{ reason: 'expired', shard: i }, s.dropExpired],

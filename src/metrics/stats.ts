@@ -5,7 +5,7 @@ export const SHARD_FIELDS = [
   'connections', 'publishesIn', 'backpressurePauses', 'willsPublished', 'takeovers', 'protocolErrors',
   'messagesOut', 'dropQueueFull', 'dropExpired', 'dropTooLarge', 'dropOfflineQos0', 'sessions', 'subscriptions', 'unrouted',
   'wsConnections', 'bytesIn', 'httpPublishes', 'tlsConnections', 'throttled', 'refusedRate', 'authRefused', 'aclDenied',
-  'wssConnections', 'bytesOut', 'loopDelayP99Ms', 'loopDelayMaxMs', 'heapUsedMb',
+  'wssConnections', 'bytesOut', 'loopDelayP99Ms', 'loopDelayMaxMs', 'heapUsedMb', 'refusedMax',
 ] as const;
 export type ShardField = (typeof SHARD_FIELDS)[number];
 

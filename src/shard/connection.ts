@@ -38,6 +38,8 @@ export class DeviceConnection implements AckTarget, SessionLink {
   claimed = false;
   keepaliveMs = 0;
   lastRx: number;
+  /** When the socket was accepted: the CONNECT timeout counts from here. */
+  readonly openedAt: number;
   /** Set while paused for backpressure: the packet in hand waits here. */
   blocked = false;
   /** A will to publish if the connection ends without DISCONNECT: an encoded PUBLISH. */
@@ -76,7 +78,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
 
   constructor(private readonly ctx: ShardContext, readonly transport: DeviceTransport, readonly id: number) {
     this.framer = new Framer(ctx.config.maxPacketSize);
-    this.lastRx = Date.now();
+    this.lastRx = this.openedAt = Date.now();
   }
 
   // FANOUT_MAX_PUBLISH_RATE: a token bucket holding one second's worth.

@@ -36,6 +36,7 @@ import { ShardSubscriptions } from './subscriptions';
 import { ShardDownlink } from './downlink';
 import { buildRouting, buildRoutes } from './build-routing';
 import { crashForTest } from '../test-hooks';
+import { Admission } from './admission';
 
 /** Heap watch of shards with uWS listeners (see watchHeap). */
 const HEAP_CHECK_MS = 50;
@@ -207,6 +208,7 @@ export class Shard implements ShardContext {
         else stats.add('dropOfflineQos0');
       },
     };
+    this.admission = new Admission(opts.config, () => this.openConnections());
     this.http = new HttpPublisher(this, (id, reason) => this.send({ t: 'published', id, reason }));
     this.downlink = new ShardDownlink(opts.downlinkRings.map((r) => new RingConsumer(r)), writerBells, this.subs, this.limits);
   }
@@ -278,21 +280,21 @@ export class Shard implements ShardContext {
     }, ms);
   }
 
-  /** FANOUT_MAX_CONNECT_RATE: connections per source address in the current second, this shard's share. */
-  private readonly connectsByAddress = new Map<string, number>();
-  private connectsSecond = 0;
+  private readonly admission: Admission;
 
-  private admit(address: string | undefined): boolean {
-    const rate = this.config.maxConnectRate;
-    if (rate === 0 || address === undefined) return true;
-    const second = Math.floor(Date.now() / 1000);
-    if (second !== this.connectsSecond) {
-      this.connectsSecond = second;
-      this.connectsByAddress.clear();
+  /** Whether a new socket from `address` may stay (every transport asks before reading it):
+   *  FANOUT_MAX_CONNECTIONS and FANOUT_MAX_CONNECT_RATE; a refusal is counted and logged. */
+  admit(address: string | undefined): boolean {
+    const refusal = this.admission.admit(address);
+    if (refusal === null) return true;
+    if (refusal === 'rate') {
+      this.stats.add('refusedRate');
+      this.warnings.warn('connect-rate', { address, max: this.config.maxConnectRate }, 'FANOUT_MAX_CONNECT_RATE exceeded: connection closed');
+    } else {
+      this.stats.add('refusedMax');
+      this.warnings.warn('max-connections', { address, max: this.config.maxConnections }, 'FANOUT_MAX_CONNECTIONS reached: connection closed');
     }
-    const n = (this.connectsByAddress.get(address) ?? 0) + 1;
-    this.connectsByAddress.set(address, n);
-    return n <= Math.ceil(rate / this.config.shards);
+    return false;
   }
 
   deliveryRoom(): void {
@@ -507,8 +509,6 @@ export class Shard implements ShardContext {
       return;
     }
     if (!this.admit(socket.remoteAddress)) {
-      this.stats.add('refusedRate');
-      this.warnings.warn('connect-rate', { address: socket.remoteAddress, max: this.config.maxConnectRate }, 'FANOUT_MAX_CONNECT_RATE exceeded: connection closed');
       socket.destroy();
       return;
     }
@@ -821,7 +821,8 @@ export class Shard implements ShardContext {
     const connectDeadline = now - this.config.connectTimeoutMs;
     for (const c of this.conns.values()) {
       if (c.state === 0) {
-        if (c.lastRx < connectDeadline) c.destroy('no CONNECT in time');
+        // From the accept, not the last byte: a CONNECT trickled a byte at a time is no CONNECT.
+        if (c.openedAt < connectDeadline) c.destroy('no CONNECT in time');
       } else if (c.keepaliveMs > 0 && now - c.lastRx > c.keepaliveMs * 1.5) {
         c.protocolClose(C.RC_KEEP_ALIVE_TIMEOUT, 'keep-alive timeout');
       }
