@@ -12,7 +12,7 @@ export type ShardField = (typeof SHARD_FIELDS)[number];
 /** A writer's row: refreshed from its connections every second. */
 export const WRITER_FIELDS = [
   'connectionsUp', 'connections', 'reconnects', 'inflight', 'messagesOutQos0', 'messagesOutQos1', 'messagesOutQos2',
-  'bytesOut', 'tooLarge', 'qos0BytesLost', 'downlinkInQos0', 'downlinkInQos1', 'downlinkInQos2', 'downlinkUnmatched',
+  'bytesOutQos0', 'bytesOutQos1', 'bytesOutQos2', 'tooLarge', 'qos0BytesLost', 'downlinkInQos0', 'downlinkInQos1', 'downlinkInQos2', 'downlinkUnmatched',
   'downlinkTooLarge', 'upstreamFilters', 'bytesIn', 'spoolBytes', 'spoolUnsent', 'spoolDropped', 'spoolConflated', 'spoolCorrupt',
   'loopDelayP99Ms', 'loopDelayMaxMs', 'heapUsedMb',
 ] as const;
