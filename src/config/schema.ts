@@ -130,7 +130,8 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
   wsPath: { name: 'FANOUT_WS_PATH', default: '/mqtt', ...urlPath,
     description: 'URL path of the MQTT-over-WebSocket listeners (ws:// and wss://).' },
   httpPort: { name: 'FANOUT_HTTP_PORT', default: 'none: no HTTP listener', ...integer(0, 65535), fallback: () => null,
-    description: 'TCP port of the HTTP listener: /metrics (Prometheus), /healthz, /readyz, POST /publish and the dashboard at /.' },
+    description: 'TCP port of the HTTP listener (on FANOUT_HOST): /metrics (Prometheus), /healthz, /readyz, POST /publish and the dashboard at /. '
+      + 'POST /publish meets the rules of a device: FANOUT_PASSWORD_FILE (HTTP Basic), FANOUT_ALLOW_ANONYMOUS, FANOUT_ACL_FILE (client id http) and the topic limits.' },
   tlsPort: { name: 'FANOUT_TLS_PORT', default: 'none: no TLS listener', ...integer(0, 65535), fallback: () => null,
     description: 'TCP port of the MQTT-over-TLS listener for devices (needs FANOUT_TLS_CERT and FANOUT_TLS_KEY); 0 picks a free port.' },
   tlsCert: { name: 'FANOUT_TLS_CERT', default: 'none', ...filePath, fallback: () => null,
@@ -161,9 +162,9 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
     description: 'Unacknowledged QoS 1/2 publishes allowed per device connection, advertised to MQTT 5 devices as Receive Maximum: '
       + 'an MQTT 5 device that sends more is disconnected with 0x93; an MQTT 3.1.1 device is not read from until an answer frees a slot.' },
   passwordFile: { name: 'FANOUT_PASSWORD_FILE', default: 'none', ...filePath, fallback: () => null,
-    description: "Device user names and passwords in mosquitto's password-file format (mosquitto_passwd); re-read on SIGHUP." },
+    description: "Device user names and passwords in mosquitto's password-file format (mosquitto_passwd), also for POST /publish (HTTP Basic); re-read on SIGHUP." },
   aclFile: { name: 'FANOUT_ACL_FILE', default: 'none', ...filePath, fallback: () => null,
-    description: "What each device may publish, subscribe to and receive, in mosquitto's acl_file format; re-read on SIGHUP." },
+    description: "What each device may publish, subscribe to and receive, in mosquitto's acl_file format; POST /publish has the client id http for %c; re-read on SIGHUP." },
   allowAnonymous: { name: 'FANOUT_ALLOW_ANONYMOUS', default: 'true without FANOUT_PASSWORD_FILE, else false', ...boolean(),
     fallback: () => null,
     description: 'Whether devices without a user name are accepted.' },
