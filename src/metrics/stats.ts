@@ -5,7 +5,7 @@ export const SHARD_FIELDS = [
   'connections', 'publishesIn', 'backpressurePauses', 'willsPublished', 'takeovers', 'protocolErrors',
   'messagesOut', 'dropQueueFull', 'dropExpired', 'dropTooLarge', 'dropOfflineQos0', 'sessions', 'subscriptions', 'unrouted',
   'wsConnections', 'bytesIn', 'httpPublishes', 'tlsConnections', 'throttled', 'refusedRate', 'authRefused', 'aclDenied',
-  'wssConnections', 'bytesOut', 'loopDelayP99Ms', 'loopDelayMaxMs', 'heapUsedMb', 'refusedMax',
+  'wssConnections', 'bytesOut', 'loopDelayP99Ms', 'loopDelayMaxMs', 'heapUsedMb', 'refusedMax', 'tlsHandshakes',
 ] as const;
 export type ShardField = (typeof SHARD_FIELDS)[number];
 

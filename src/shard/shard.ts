@@ -37,6 +37,7 @@ import { ShardDownlink } from './downlink';
 import { buildRouting, buildRoutes } from './build-routing';
 import { crashForTest } from '../test-hooks';
 import { Admission } from './admission';
+import { TlsHandshakes } from '../ingress/tls-handshakes';
 
 /** Heap watch of shards with uWS listeners (see watchHeap). */
 const HEAP_CHECK_MS = 50;
@@ -167,6 +168,7 @@ export class Shard implements ShardContext {
   private dirtyConns: DeviceConnection[] = [];
   private server: net.Server | null = null;
   private tlsServer: tls.Server | null = null;
+  private tlsHandshakes: TlsHandshakes | null = null;
   private tick: NodeJS.Timeout | null = null;
   private nextId = 1;
   draining = false;
@@ -265,9 +267,10 @@ export class Shard implements ShardContext {
     }
   }
 
+  /** Device sockets open on every shard, TLS ones still shaking hands included. */
   openConnections(): number {
     let n = 0;
-    for (const row of this.allStats) n += row.get('connections');
+    for (const row of this.allStats) n += row.get('connections') + row.get('tlsHandshakes');
     return n;
   }
 
@@ -481,8 +484,15 @@ export class Shard implements ShardContext {
         if (this.opts.tls !== null) {
           this.tlsServer = tls.createServer({
             ...tlsFiles(this.config), requestCert: this.config.tlsCa !== null, rejectUnauthorized: this.config.tlsRequireClientCert,
+            handshakeTimeout: this.config.connectTimeoutMs,
           }, (socket) => this.accept(socket, true));
-          this.tlsServer.on('tlsClientError', (err) => this.log.debug({ err: err.message }, 'TLS handshake failed'));
+          this.tlsHandshakes = new TlsHandshakes(this.tlsServer, (address) => !this.draining && this.admit(address), (n) => this.stats.add('tlsHandshakes', n));
+          // node reports a handshake that failed or timed out (handshakeTimeout) but leaves the
+          // socket open.
+          this.tlsServer.on('tlsClientError', (err, socket) => {
+            this.log.debug({ err: err.message }, 'TLS handshake failed');
+            socket.destroy();
+          });
           this.tlsServer.on('error', (err) => this.log.error({ err }, 'TLS listener error'));
           tlsPort = await listenShard(this.tlsServer, this.opts.tls);
         }
@@ -508,7 +518,9 @@ export class Shard implements ShardContext {
       socket.destroy();
       return;
     }
-    if (!this.admit(socket.remoteAddress)) {
+    // A TLS socket was admitted when it was accepted, before its handshake.
+    if (secure) this.tlsHandshakes?.secured(socket as tls.TLSSocket);
+    else if (!this.admit(socket.remoteAddress)) {
       socket.destroy();
       return;
     }

@@ -5,11 +5,14 @@
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as tls from 'node:tls';
 import mqtt, { type MqttClient, type Packet } from 'mqtt';
 import WebSocket from 'ws';
 import { Collector, closeClient, connect, connectClient, RawClient, waitPoolOnline } from '../helpers/clients';
 import { parsePrometheus } from '../helpers/prometheus';
+import { makePki, type Pki } from '../helpers/certs';
 import { DaemonProcess } from '../helpers/daemon';
 import { Mosquitto } from '../helpers/mosquitto';
 import { Scope, sleep, waitFor } from '../helpers/wait';
@@ -124,6 +127,49 @@ describe('limits', { timeout: 120_000 }, () => {
     // 50 at once (the bucket), then 50/s: at least ~2 s for 150.
     assert.ok(took >= 1500, `150 messages at 50/s took only ${took} ms`);
     assert.deepEqual(at.messages.map((m) => Number(m.payload.toString())), Array.from({ length: 150 }, (_, i) => i));
+  });
+});
+
+describe('FANOUT_MAX_CONNECTIONS and TLS sockets that never finish their handshake', { timeout: 60_000 }, () => {
+  const scope = new Scope();
+  let pki: Pki;
+  after(async () => {
+    await scope.close();
+    pki?.remove();
+  });
+
+  test('a TLS socket counts from its TCP accept: 2 silent ones fill FANOUT_MAX_CONNECTIONS=2, so a plain and a TLS client beyond are closed at once; the handshake is bounded by FANOUT_CONNECT_TIMEOUT_MS', async () => {
+    pki = makePki('limits');
+    const server = pki.issue('server', 'limits', { server: true });
+    const up = scope.use(await Mosquitto.start());
+    const TIMEOUT = 1500;
+    const daemon = scope.use(await DaemonProcess.start({
+      FANOUT_BROKERS: `up=${up.url({ pool: 1 })}`, FANOUT_SHARDS: 1, FANOUT_MAX_CONNECTIONS: 2, FANOUT_CONNECT_TIMEOUT_MS: TIMEOUT,
+      FANOUT_TLS_PORT: 0, FANOUT_TLS_CERT: server.cert, FANOUT_TLS_KEY: server.key,
+    }));
+    const tlsPort = Number(daemon.lines.find((l) => l.msg === 'mqtt-fanout ready')!.tlsPort);
+    // TCP to the TLS port, and not a byte of a handshake.
+    const silent = [await RawClient.open(tlsPort), await RawClient.open(tlsPort)];
+    scope.defer(() => silent.forEach((c) => c.destroy()));
+    await sleep(200);
+    const plain = await RawClient.open(daemon.port);
+    scope.defer(() => plain.destroy());
+    await plain.waitClosed(1000);
+    assert.equal(plain.bytes.length, 0, plain.describe());
+    const overTls = await new Promise<string>((resolve) => {
+      const s = tls.connect({ host: '127.0.0.1', port: tlsPort, ca: fs.readFileSync(pki.caCert) });
+      s.once('secureConnect', () => resolve('handshake done'));
+      s.once('error', (e: NodeJS.ErrnoException) => resolve(`error ${e.code ?? e.message}`));
+      s.once('close', () => resolve('closed'));
+    });
+    assert.notEqual(overTls, 'handshake done', 'a TLS socket beyond FANOUT_MAX_CONNECTIONS');
+    // The silent ones go once the handshake timeout (FANOUT_CONNECT_TIMEOUT_MS) is over...
+    const opened = Date.now();
+    await Promise.all(silent.map((c) => c.waitClosed(TIMEOUT + 5000)));
+    assert.ok(Date.now() - opened <= TIMEOUT + 2500, `closed after ${Date.now() - opened} ms`);
+    // ...and make room.
+    const c = await connectClient(daemon.port, { clientId: `lim-tls-after-${process.pid}` });
+    await closeClient(c);
   });
 });
 
