@@ -42,10 +42,18 @@ declare module 'autocannon' {
       stddev: number;
       min: number;
       max: number;
+      p1: number;
+      p2_5: number;
+      p10: number;
+      p25: number;
       p50: number;
+      p75: number;
       p90: number;
+      p97_5: number;
       p99: number;
       p99_9: number;
+      p99_99: number;
+      p99_999: number;
       total?: number;
       sent?: number;
       totalCount?: number;
@@ -78,6 +86,19 @@ declare module 'autocannon' {
     interface Instance extends EventEmitter {
       stop(): void;
     }
+
+    interface PrintOptions {
+      /** Colours are used only when this stream is a terminal. */
+      outputStream?: NodeJS.WritableStream;
+      renderResultsTable?: boolean;
+      /** The table of every latency percentile autocannon keeps. */
+      renderLatencyTable?: boolean;
+      renderStatusCodes?: boolean;
+      verbose?: boolean;
+    }
+
+    /** The tables the autocannon command prints, as text. */
+    function printResult(result: Result, opts?: PrintOptions): string;
   }
 
   function autocannon(opts: autocannon.Options, cb: (err: Error | null, result: autocannon.Result) => void): autocannon.Instance;

@@ -13,6 +13,7 @@
 // belongs to. A connection autocannon resets (timeout, error) loses what it
 // had in flight: those requests count as unanswered, like those still in
 // flight when the run ends.
+import { PassThrough } from 'node:stream';
 import autocannon from 'autocannon';
 import { LatencySummary, newHistogram, recordMs, summarize } from './latency';
 import { PROBE_ID, Qos, wallNow } from './mqtt-wire';
@@ -78,6 +79,14 @@ export interface HttpResult {
   unanswered: number;
   /** Request to response, 2xx only, µs resolution (autocannon's own histogram keeps whole ms). */
   latency: LatencySummary;
+  /** autocannon's own figures, as its command prints them: every response, whole milliseconds. */
+  autocannon: {
+    /** ms: autocannon's latency percentiles, mean, standard deviation and maximum. */
+    latency: AutocannonLatency;
+    /** autocannon.printResult: its latency, req/s and bytes/s table and its status codes, as the
+     *  autocannon command prints them. */
+    table: string;
+  };
   /** POST /publish only. */
   delivery: {
     endedBy: 'complete' | 'idle-timeout';
@@ -95,6 +104,29 @@ export interface HttpResult {
   } | null;
   /** Per 2xx response: the daemon's CPU (all threads) and the upstreams', over the load and the settling. */
   resources: ResourceReport;
+}
+
+/** The latency figures of autocannon's own tables, in ms (whole milliseconds). */
+export interface AutocannonLatency {
+  p2_5: number;
+  p50: number;
+  p90: number;
+  p97_5: number;
+  p99: number;
+  p99_9: number;
+  average: number;
+  stddev: number;
+  max: number;
+}
+
+/** autocannon's own view of a run: the figures and the text its command would print. */
+export function autocannonView(result: autocannon.Result): HttpResult['autocannon'] {
+  const l = result.latency;
+  return {
+    latency: { p2_5: l.p2_5, p50: l.p50, p90: l.p90, p97_5: l.p97_5, p99: l.p99, p99_9: l.p99_9, average: l.average, stddev: l.stddev, max: l.max },
+    // A stream that is no terminal: plain text, without colour codes.
+    table: autocannon.printResult(result, { outputStream: new PassThrough(), renderStatusCodes: true }),
+  };
 }
 
 /** autocannon resets a connection after this long without an answer; above the daemon's 30 s, so its 504 shows. */
@@ -287,6 +319,7 @@ export async function runHttp(target: Target, job: HttpJob, onProgress?: (text: 
       timeouts: result.timeouts,
       unanswered: publish ? t.lost + t.fifos.reduce((n, f) => n + f.length, 0) : Math.max(0, (result.requests.sent ?? responses) - responses),
       latency: summarize(hist),
+      autocannon: autocannonView(result),
       delivery,
       resources: resourceReport(procs, 'req', ok2xx, windowS),
     };

@@ -87,6 +87,13 @@ export function renderHttp(records: RunRecord<HttpResult>[]): string {
   });
   const latHead = ['round', 'endpoint', 'qos', ...latencyHead('http'), ...latencyHead('e2e')];
   const latRows = records.map((r) => [...key(r), ...latencyCells(r.result?.latency), ...latencyCells(r.result?.delivery?.e2e)]);
+  const acHead = ['round', 'endpoint', 'qos', 'p2.5', 'p50', 'p90', 'p97.5', 'p99', 'p99.9', 'avg', 'stdev', 'max'];
+  const acRows = records.map((r) => {
+    const a = r.result?.autocannon.latency;
+    if (!a) return [...key(r), '-', '-', '-', '-', '-', '-', '-', '-', '-'];
+    return [...key(r), ...[a.p2_5, a.p50, a.p90, a.p97_5, a.p99, a.p99_9].map((v) => int(v)), fixed(a.average, 2), fixed(a.stddev, 2), fixed(a.max, 1)];
+  });
+  const acText = records.flatMap((r) => (r.result ? [`round ${r.round}, ${endpointCell(r.qos)}${r.qos === null ? '' : ` qos ${r.qos}`}:`, r.result.autocannon.table.trimEnd(), ''] : []));
   const resHead = ['round', 'endpoint', 'qos', ...resourceHead('req')];
   const resRows = records.map((r) => [...key(r), ...resourceCells(r.result?.resources)]);
 
@@ -118,6 +125,13 @@ export function renderHttp(records: RunRecord<HttpResult>[]): string {
     'upstream subscriber.',
     table(latHead, latRows, 3),
     '',
+    'Latency, ms, as autocannon measures it: every response (not only 2xx), whole milliseconds, so on loopback its low',
+    'percentiles read 0 or 1.',
+    table(acHead, acRows, 3),
+    '',
+    "autocannon's own tables, run by run (autocannon.printResult: latency, req/s and bytes/s, status codes):",
+    '',
+    ...acText,
     'Resources. ' + RESOURCE_LEGEND('req', 'the load and the wait for deliveries, per request answered 2xx'),
     table(resHead, resRows, 3),
     '',

@@ -19,7 +19,7 @@ import { MetricsCollector } from './metrics/collector';
 import { startHttp } from './ingress/http';
 import * as fs from 'node:fs';
 import { Authenticator } from './auth/authenticator';
-import { parseAclFile } from './auth/acl';
+import { parseAclFile, type Acl } from './auth/acl';
 import { ConfigError, redactedConfig } from './config/index';
 import type * as http from 'node:http';
 import { randomBytes } from 'node:crypto';
@@ -222,8 +222,11 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     authenticator = await Authenticator.load(cfg.passwordFile);
     for (const e of authenticator.errors) logger.warn({ file: cfg.passwordFile, line: e.line, problem: e.message }, 'password file line skipped');
   }
+  // The shards read the ACL file themselves; this copy serves POST /publish.
+  let httpAcl: Acl | null = null;
   if (cfg.aclFile !== null) {
-    const { errors } = parseAclFile(fs.readFileSync(cfg.aclFile, 'utf8'));
+    const { acl, errors } = parseAclFile(fs.readFileSync(cfg.aclFile, 'utf8'));
+    httpAcl = acl;
     if (errors.length > 0) {
       throw new ConfigError('FANOUT_ACL_FILE', cfg.aclFile,
         `FANOUT_ACL_FILE="${cfg.aclFile}" is invalid: line ${errors[0].line}: ${errors[0].message}${errors.length > 1 ? ` (and ${errors.length - 1} more)` : ''}`);
@@ -375,6 +378,12 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     let nextShard = 0;
     httpServer = await startHttp({
       host: cfg.host, port: cfg.httpPort, maxPacketSize: cfg.maxPacketSize, log: logger, metrics: collector,
+      topicLimits: { maxTopicLength: cfg.maxTopicLength, maxTopicLevels: cfg.maxTopicLevels },
+      auth: {
+        allowAnonymous: cfg.allowAnonymous === true,
+        verify: authenticator === null ? null : (username, password) => authenticator!.verify(username, password).catch(() => false),
+        acl: (clientId, username) => httpAcl?.forClient(clientId, username) ?? null,
+      },
       testCrash: cfg.testHooks ? (thread, kind) => {
         const target = /^shard-(\d+)$/.test(thread) ? shardWorkers[Number(thread.slice(6))]
           : thread.startsWith('writer-') ? writers[brokers.findIndex((b) => b.name === thread.slice(7))] : undefined;
@@ -446,6 +455,15 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   const reload = (): void => {
     for (let s = 0; s < shards; s++) toShard(s, { t: 'tls-reload' });
     for (const w of writers) w.postMessage({ t: 'reload' } satisfies ToWriter);
+    if (cfg.aclFile !== null) {
+      // As on the shards: a file that does not parse leaves the rules in force.
+      try {
+        const { acl, errors } = parseAclFile(fs.readFileSync(cfg.aclFile, 'utf8'));
+        if (errors.length === 0) httpAcl = acl;
+      } catch {
+        // unreadable: the shards log it
+      }
+    }
     authenticator?.reload().then(
       () => logger.info({ file: cfg.passwordFile, users: authenticator?.size }, 'password file reloaded'),
       (err: Error) => logger.error({ err: err.message }, 'password file not reloaded; the previous one stays'),

@@ -46,9 +46,9 @@ export class BrokerConnection {
   inflight = 0;
   reconnects = 0;
   qos0BytesLost = 0;
-  /** Messages sent per QoS (first sends only) and their bytes. */
+  /** Messages sent per QoS (first sends only) and their bytes, by the QoS they were sent at. */
   readonly sent = [0, 0, 0];
-  bytesOut = 0;
+  readonly bytesOut = [0, 0, 0];
   /** Bytes received from the broker, every packet. */
   bytesIn = 0;
   private readonly sentAt = new Float64Array(65536);
@@ -430,7 +430,7 @@ export class BrokerConnection {
       this.ctx.log.info({ trace: 'out', broker: this.broker.name, clientId: this.clientId, deviceKey: shard, packet: describePackets(this.out.subarray(start, pos), this.v5 ? 5 : 4)[0] }, 'proxy -> broker (for a traced device)');
     }
     this.sent[q]++;
-    this.bytesOut += pos - start;
+    this.bytesOut[q] += pos - start;
     if (q > 0) {
       this.sentAt[id] = performance.now();
       this.slabs[id] = this.out;

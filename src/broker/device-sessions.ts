@@ -383,7 +383,7 @@ export class DeviceSessions implements DeviceHost {
     }
     this.pacer.remove(s);
     for (let q = 0; q < 3; q++) this.closedSent[q] += s.sent[q];
-    this.closedBytesOut += s.bytesOut;
+    for (let q = 0; q < 3; q++) this.closedBytesOut[q] += s.bytesOut[q];
     this.closedBytesIn += s.bytesIn;
     this.closedReconnects += s.reconnects;
     this.heldDown.delete(s);
@@ -611,7 +611,8 @@ export class DeviceSessions implements DeviceHost {
 
   /** Adds this broker's device sessions to the writer's row (the pool's figures are in it). */
   publishStats(st: WriterStats): void {
-    let up = 0, connecting = 0, queued = 0, down = 0, inflight = 0, bytesOut = 0, bytesIn = 0, parked = 0, reconnects = 0;
+    let up = 0, connecting = 0, queued = 0, down = 0, inflight = 0, bytesIn = 0, parked = 0, reconnects = 0;
+    const bytesOut = [0, 0, 0];
     const sent = [0, 0, 0];
     for (const s of this.sessions.values()) {
       if (s.state === UP) up++;
@@ -619,7 +620,7 @@ export class DeviceSessions implements DeviceHost {
       else if (s.state === IDLE) queued++;
       else if (s.state === DOWN) down++;
       inflight += s.inflightCount;
-      bytesOut += s.bytesOut;
+      for (let q = 0; q < 3; q++) bytesOut[q] += s.bytesOut[q];
       bytesIn += s.bytesIn;
       parked += s.parked.length;
       reconnects += s.reconnects;
@@ -641,7 +642,9 @@ export class DeviceSessions implements DeviceHost {
     st.add('messagesOutQos0', sent[0] + this.closedSent[0]);
     st.add('messagesOutQos1', sent[1] + this.closedSent[1]);
     st.add('messagesOutQos2', sent[2] + this.closedSent[2]);
-    st.add('bytesOut', bytesOut + this.closedBytesOut);
+    st.add('bytesOutQos0', bytesOut[0] + this.closedBytesOut[0]);
+    st.add('bytesOutQos1', bytesOut[1] + this.closedBytesOut[1]);
+    st.add('bytesOutQos2', bytesOut[2] + this.closedBytesOut[2]);
     st.add('bytesIn', bytesIn + this.closedBytesIn);
     st.add('tooLarge', this.tooLarge);
     st.add('downlinkTooLarge', this.downlinkTooLarge);
@@ -652,7 +655,7 @@ export class DeviceSessions implements DeviceHost {
 
   // The counters of sessions that ended, so that totals never go back.
   private readonly closedSent = [0, 0, 0];
-  private closedBytesOut = 0;
+  private readonly closedBytesOut = [0, 0, 0];
   private closedBytesIn = 0;
   private closedReconnects = 0;
 

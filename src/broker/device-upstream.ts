@@ -123,7 +123,8 @@ export class DeviceUpstream {
   maxPacketSize = 0x0fffffff;
   readonly v5: boolean;
   readonly sent = [0, 0, 0];
-  bytesOut = 0;
+  /** Bytes of the PUBLISH packets sent, by the QoS they were sent at. */
+  readonly bytesOut = [0, 0, 0];
   bytesIn = 0;
   reconnects = 0;
   /** Records waiting for the session to take them, in order, and their bytes. */
@@ -480,7 +481,7 @@ export class DeviceUpstream {
     pos += copyBytes(src, payloadStart, payloadStart + payloadLen, out, pos);
     this.outLen = pos;
     this.sent[q]++;
-    this.bytesOut += pos - start;
+    this.bytesOut[q] += pos - start;
     if (trace) {
       this.host.log.info({ trace: 'out', broker: this.host.broker.name, clientId: this.id.clientId, device: this.id.deviceClientId,
         packet: describePackets(out.subarray(start, pos), this.v5 ? 5 : 4)[0] }, 'proxy -> broker (device session of a traced device)');

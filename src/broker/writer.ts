@@ -279,16 +279,19 @@ export class Writer implements WriterContext, SpooledHost {
   /** Copies the connections' counters into shared memory for the supervisor. */
   private publishStats(): void {
     const st = this.stats;
-    let up = 0, reconnects = 0, inflight = 0, bytes = 0, bytesIn = 0, lost = 0;
+    let up = 0, reconnects = 0, inflight = 0, bytesIn = 0, lost = 0;
     const sent = [0, 0, 0];
+    const bytes = [0, 0, 0];
     for (const c of this.pool) {
       if (c.up) up++;
       reconnects += c.reconnects;
       inflight += c.inflight;
-      bytes += c.bytesOut;
       bytesIn += c.bytesIn;
       lost += c.qos0BytesLost;
-      for (let q = 0; q < 3; q++) sent[q] += c.sent[q];
+      for (let q = 0; q < 3; q++) {
+        sent[q] += c.sent[q];
+        bytes[q] += c.bytesOut[q];
+      }
     }
     st.set('connectionsUp', up);
     st.set('connections', this.pool.length);
@@ -297,7 +300,9 @@ export class Writer implements WriterContext, SpooledHost {
     st.set('messagesOutQos0', sent[0]);
     st.set('messagesOutQos1', sent[1]);
     st.set('messagesOutQos2', sent[2]);
-    st.set('bytesOut', bytes);
+    st.set('bytesOutQos0', bytes[0]);
+    st.set('bytesOutQos1', bytes[1]);
+    st.set('bytesOutQos2', bytes[2]);
     st.set('bytesIn', bytesIn);
     st.set('tooLarge', this.droppedTooLarge);
     st.set('qos0BytesLost', lost);

@@ -6,12 +6,18 @@ import { isValidMqttString } from '../protocol/properties';
 import * as http from 'node:http';
 import type { Logger } from 'pino';
 import type { MetricsCollector } from '../metrics/collector';
+import { RateLimitedLog } from '../log';
 import { DASHBOARD_HTML } from './dashboard';
+import { aclRefusal, authenticateHttp, WWW_AUTHENTICATE, type HttpAuthRules, type HttpRefusal } from './http-auth';
 
 export interface HttpDeps {
   host: string;
   port: number;
   maxPacketSize: number;
+  /** FANOUT_MAX_TOPIC_LENGTH and FANOUT_MAX_TOPIC_LEVELS, as for devices. */
+  topicLimits: TopicLimits;
+  /** Authentication and ACL, as for devices (see http-auth.ts). */
+  auth: HttpAuthRules;
   log: Logger;
   metrics: MetricsCollector;
   /** Every broker that must be connected is. */
@@ -26,6 +32,11 @@ export interface HttpDeps {
 /** How long POST /publish waits for the brokers before answering 504. */
 const PUBLISH_TIMEOUT_MS = 30_000;
 
+export interface TopicLimits {
+  maxTopicLength: number;
+  maxTopicLevels: number;
+}
+
 export interface PublishParams {
   topic: string;
   qos: number;
@@ -33,13 +44,14 @@ export interface PublishParams {
 }
 
 /** Checks the query of POST /publish; a string is the error to answer with 400. */
-export function parsePublishQuery(query: URLSearchParams): PublishParams | string {
+export function parsePublishQuery(query: URLSearchParams, limits: TopicLimits): PublishParams | string {
   const topic = query.get('topic');
   if (topic === null || topic === '') return 'topic is required (?topic=...)';
   if (/[+#]/.test(topic)) return 'topic must not contain the wildcards + or #';
   const bytes = Buffer.from(topic);
   if (!isValidMqttString(bytes, 0, bytes.length)) return 'topic must not contain U+0000, control characters (U+0001-U+001F, U+007F-U+009F) or non-characters';
-  if (Buffer.byteLength(topic) > 65535) return 'topic is longer than 65535 bytes';
+  if (bytes.length > limits.maxTopicLength) return `topic is longer than FANOUT_MAX_TOPIC_LENGTH (${limits.maxTopicLength} bytes)`;
+  if (topic.split('/').length > limits.maxTopicLevels) return `topic has more levels than FANOUT_MAX_TOPIC_LEVELS (${limits.maxTopicLevels})`;
   const qosText = query.get('qos') ?? '0';
   if (!/^[012]$/.test(qosText)) return `qos must be 0, 1 or 2, got ${JSON.stringify(qosText)}`;
   const retainText = (query.get('retain') ?? 'false').toLowerCase();
@@ -90,11 +102,30 @@ export function startHttp(deps: HttpDeps): Promise<http.Server & { boundPort: nu
     else json(res, 202, { thread, kind });
   };
 
+  const warnings = new RateLimitedLog(deps.log);
+  const refuse = (req: http.IncomingMessage, res: http.ServerResponse, r: HttpRefusal): void => {
+    req.resume();
+    warnings.warn(`publish-${r.status}`, { username: r.username ?? undefined, status: r.status, address: req.socket.remoteAddress, reason: r.error }, 'POST /publish refused');
+    if (r.status === 401) res.setHeader('www-authenticate', WWW_AUTHENTICATE);
+    json(res, r.status, { error: r.error });
+  };
+
   const publish = async (url: URL, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
-    const params = parsePublishQuery(url.searchParams);
+    // Who asks comes first: an unauthenticated request learns nothing about its topic.
+    const who = await authenticateHttp(req.headers.authorization, deps.auth);
+    if ('status' in who) {
+      refuse(req, res, who);
+      return;
+    }
+    const params = parsePublishQuery(url.searchParams, deps.topicLimits);
     if (typeof params === 'string') {
       req.resume();
       json(res, 400, { error: params });
+      return;
+    }
+    const denied = aclRefusal(who.username, params.topic, deps.auth);
+    if (denied !== null) {
+      refuse(req, res, denied);
       return;
     }
     const chunks: Buffer[] = [];

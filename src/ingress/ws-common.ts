@@ -8,6 +8,8 @@ import type { ListenPlan } from './listen';
 /** What the WebSocket ingress needs from its shard. */
 export interface WsHost<C> {
   readonly draining: boolean;
+  /** Whether a new socket from `address` may stay (FANOUT_MAX_CONNECTIONS, _CONNECT_RATE). */
+  admit(address: string | undefined): boolean;
   /** `tlsIdentity`: the verified certificate's CN, which then stands for the user name. */
   attach(transport: DeviceTransport, tlsIdentity?: string | null): C;
   onData(conn: C, chunk: Buffer): void;

@@ -67,7 +67,7 @@ export async function listenWsPackage<C>(host: WsHost<C>, opts: WsOptions): Prom
   });
   server.on('upgrade', (req, socket, head) => {
     const path = (req.url ?? '/').split('?')[0];
-    if (path !== opts.path || host.draining) {
+    if (path !== opts.path || host.draining || !host.admit(req.socket.remoteAddress)) {
       socket.destroy();
       return;
     }

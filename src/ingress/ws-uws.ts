@@ -119,6 +119,10 @@ export function listenUws<C>(u: Uws, host: WsHost<C>, opts: WsOptions): Promise<
           res.writeStatus('503 Service Unavailable').end();
           return;
         }
+        if (!host.admit(Buffer.from(res.getRemoteAddressAsText()).toString())) {
+          res.close();
+          return;
+        }
         const data: Data = { conn: null, transport: null, slot };
         res.upgrade(data, req.getHeader('sec-websocket-key'), chooseProtocol(req.getHeader('sec-websocket-protocol')),
           req.getHeader('sec-websocket-extensions'), context);

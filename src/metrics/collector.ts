@@ -144,6 +144,7 @@ export class MetricsCollector {
     metric('fanout_acl_denied_total', 'counter', 'PUBLISH, SUBSCRIBE and wills denied by the ACL file, by shard.', perShard('aclDenied'));
     metric('fanout_throttled_total', 'counter', 'Times a device was slowed down by FANOUT_MAX_PUBLISH_RATE, by shard.', perShard('throttled'));
     metric('fanout_connections_refused_rate_total', 'counter', 'Connections closed by FANOUT_MAX_CONNECT_RATE, by shard.', perShard('refusedRate'));
+    metric('fanout_connections_refused_max_total', 'counter', 'Sockets closed when accepted because FANOUT_MAX_CONNECTIONS were open, by shard.', perShard('refusedMax'));
     const drops: [Record<string, string | number>, number][] = [];
     shards.forEach((s, i) => {
       drops.push([{ reason: 'queue_full', shard: i }, s.dropQueueFull], [{ reason: 'expired', shard: i }, s.dropExpired],
@@ -161,7 +162,9 @@ export class MetricsCollector {
     metric('fanout_broker_messages_out_total', 'counter', 'Messages sent to brokers (first sends), by broker and QoS.',
       writers.flatMap((w, b): [Record<string, string | number>, number][] => [0, 1, 2].map((q) => [{ broker: brokers[b].name, qos: q },
         q === 0 ? w.messagesOutQos0 : q === 1 ? w.messagesOutQos1 : w.messagesOutQos2])));
-    metric('fanout_broker_bytes_out_total', 'counter', 'Bytes of PUBLISH packets sent to brokers, by broker.', perBroker('bytesOut'));
+    metric('fanout_broker_bytes_out_total', 'counter', 'Bytes of PUBLISH packets sent to brokers (first sends), by broker and the QoS they were sent at.',
+      writers.flatMap((w, b): [Record<string, string | number>, number][] => [0, 1, 2].map((q) => [{ broker: brokers[b].name, qos: q },
+        q === 0 ? w.bytesOutQos0 : q === 1 ? w.bytesOutQos1 : w.bytesOutQos2])));
     metric('fanout_broker_bytes_in_total', 'counter', 'Bytes received from brokers (every packet), by broker.', perBroker('bytesIn'));
     metric('fanout_broker_messages_in_total', 'counter', 'Messages from brokers passed to devices, by broker and the QoS the broker sent.',
       writers.flatMap((w, b): [Record<string, string | number>, number][] => [0, 1, 2].map((q) => [{ broker: brokers[b].name, qos: q },

@@ -3,7 +3,7 @@
 
 import * as mqttPacket from 'mqtt-packet';
 import { readVarint, varintEnd } from './framer';
-import { isValidMqttString } from './properties';
+import { isValidMqttString, propertiesAreValid } from './properties';
 import {
   CONNACK, CONNACK_V4_BAD_PROTOCOL, CONNACK_V4_ID_REJECTED, RC_MALFORMED,
   RC_UNSUPPORTED_PROTOCOL,
@@ -58,6 +58,7 @@ export function decodeConnect(packet: Buffer, packetStart: number, bodyStart: nu
   if (version === 5) {
     const propLen = readVarint(packet, idAt, bodyEnd);
     idAt = varintEnd + propLen;
+    if (!propertiesAreValid(packet, varintEnd, idAt)) return refuse(5, RC_MALFORMED, 'CONNECT property is not valid UTF-8');
   }
   // Client id, will topic and user name are checked on the raw bytes.
   const flags = packet[levelAt + 1];
@@ -76,6 +77,7 @@ export function decodeConnect(packet: Buffer, packetStart: number, bodyStart: nu
   if (flags & 0x04) {
     if (version === 5) {
       const willPropsLen = readVarint(packet, at, bodyEnd); // mqtt-packet parsed it: in bounds
+      if (!propertiesAreValid(packet, varintEnd, varintEnd + willPropsLen)) return refuse(5, RC_MALFORMED, 'will property is not valid UTF-8');
       at = varintEnd + willPropsLen;
     }
     if (badString()) return refuse(answerAs === 5 ? 5 : 0, RC_MALFORMED, 'will topic is not valid UTF-8');

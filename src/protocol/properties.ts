@@ -74,6 +74,23 @@ export function scanPublishProperties(buf: Buffer, start: number, end: number, o
   }
 }
 
+/**
+ * Whether the properties in buf[start, end) are well-formed: known identifiers, values inside
+ * the range, and every UTF-8 string (user properties included) passing isValidMqttString. For
+ * the CONNECT and will properties, which mqtt-packet decodes leniently and a will carries on to
+ * the brokers.
+ */
+export function propertiesAreValid(buf: Buffer, start: number, end: number): boolean {
+  let pos = start;
+  while (pos < end) {
+    const kind = KIND[buf[pos]];
+    if (kind === undefined) return false;
+    pos = skipValue(buf, pos + 1, end, kind);
+    if (pos < 0) return false;
+  }
+  return pos === end;
+}
+
 function skipValue(buf: Buffer, pos: number, end: number, kind: string): number {
   switch (kind) {
     case '1': return pos + 1 <= end ? pos + 1 : -1;

@@ -21,6 +21,7 @@ import type { Outgoing, Session, SessionLink } from './session';
 import { fingerprint } from './no-local';
 import type { AclChecker } from '../auth/acl';
 import { describePackets, packetBytes } from '../protocol/trace';
+import { ReceiveQuota } from './receive-quota';
 
 const NEW = 0;
 const CONNECTED = 1;
@@ -38,6 +39,8 @@ export class DeviceConnection implements AckTarget, SessionLink {
   claimed = false;
   keepaliveMs = 0;
   lastRx: number;
+  /** When the socket was accepted: the CONNECT timeout counts from here. */
+  readonly openedAt: number;
   /** Set while paused for backpressure: the packet in hand waits here. */
   blocked = false;
   /** A will to publish if the connection ends without DISCONNECT: an encoded PUBLISH. */
@@ -74,6 +77,8 @@ export class DeviceConnection implements AckTarget, SessionLink {
   private pendingStart = 0;
   private pendingEnd = 0;
   private inflightCount = 0;
+  /** MQTT 5: the device's QoS 1/2 publishes not answered yet, against our Receive Maximum. */
+  private quota: ReceiveQuota | null = null;
   private qos1: Set<number> | null = null;
   private qos2: Map<number, number> | null = null;
   private aliases: (Buffer | undefined)[] | null = null;
@@ -85,7 +90,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
 
   constructor(private readonly ctx: ShardContext, readonly transport: DeviceTransport, readonly id: number) {
     this.framer = new Framer(ctx.config.maxPacketSize);
-    this.lastRx = Date.now();
+    this.lastRx = this.openedAt = Date.now();
   }
 
   // FANOUT_MAX_PUBLISH_RATE: a token bucket holding one second's worth.
@@ -269,6 +274,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     }
     const cp = p.properties;
     if (v5) {
+      this.quota = new ReceiveQuota(this.ctx.config.maxInflight);
       this.receiveMaximum = cp?.receiveMaximum ?? 65535;
       if (cp?.maximumPacketSize !== undefined) this.maxOutPacket = cp.maximumPacketSize;
       this.aliasMaxOut = cp?.topicAliasMaximum ?? 0;
@@ -364,6 +370,10 @@ export class DeviceConnection implements AckTarget, SessionLink {
     const rc = decodePublish(header, buf, start, end, this.version, v);
     if (rc !== 0) {
       this.protocolClose(rc, 'invalid PUBLISH');
+      return true;
+    }
+    if (v.qos > 0 && this.quota !== null && !this.quota.take(v.messageId)) {
+      this.protocolClose(C.RC_RECEIVE_MAX_EXCEEDED, `more than the Receive Maximum (${ctx.config.maxInflight}) of QoS 1/2 PUBLISHes unanswered`);
       return true;
     }
     const m = ctx.msg;
@@ -625,6 +635,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
   }
 
   private sendAck(type: number, id: number, reason: number): void {
+    this.quota?.answered(type, id, reason);
     const out = this.reserve(5);
     this.outLen = this.version === 5 ? C.writeAckV5(out, this.outLen, type, id, reason) : C.writeAck(out, this.outLen, type, id);
   }

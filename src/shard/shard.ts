@@ -38,6 +38,8 @@ import { buildRouting, buildRoutes } from './build-routing';
 import { perDeviceBrokers } from '../config/upstream';
 import { DeviceUpstreams } from './device-upstreams';
 import { crashForTest } from '../test-hooks';
+import { Admission } from './admission';
+import { TlsHandshakes } from '../ingress/tls-handshakes';
 
 /** Heap watch of shards with uWS listeners (see watchHeap). */
 const HEAP_CHECK_MS = 50;
@@ -169,6 +171,7 @@ export class Shard implements ShardContext {
   private dirtyConns: DeviceConnection[] = [];
   private server: net.Server | null = null;
   private tlsServer: tls.Server | null = null;
+  private tlsHandshakes: TlsHandshakes | null = null;
   private tick: NodeJS.Timeout | null = null;
   private nextId = 1;
   draining = false;
@@ -219,6 +222,7 @@ export class Shard implements ShardContext {
           'downlink held for a device whose queue is full (FANOUT_QUEUE_OVERFLOW=block)');
       },
     };
+    this.admission = new Admission(opts.config, () => this.openConnections());
     this.http = new HttpPublisher(this, (id, reason) => this.send({ t: 'published', id, reason }));
     this.downlink = new ShardDownlink(opts.downlinkRings.map((r) => new RingConsumer(r)), writerBells, this.subs, this.limits, this.upstream);
   }
@@ -275,9 +279,10 @@ export class Shard implements ShardContext {
     }
   }
 
+  /** Device sockets open on every shard, TLS ones still shaking hands included. */
   openConnections(): number {
     let n = 0;
-    for (const row of this.allStats) n += row.get('connections');
+    for (const row of this.allStats) n += row.get('connections') + row.get('tlsHandshakes');
     return n;
   }
 
@@ -290,21 +295,21 @@ export class Shard implements ShardContext {
     }, ms);
   }
 
-  /** FANOUT_MAX_CONNECT_RATE: connections per source address in the current second, this shard's share. */
-  private readonly connectsByAddress = new Map<string, number>();
-  private connectsSecond = 0;
+  private readonly admission: Admission;
 
-  private admit(address: string | undefined): boolean {
-    const rate = this.config.maxConnectRate;
-    if (rate === 0 || address === undefined) return true;
-    const second = Math.floor(Date.now() / 1000);
-    if (second !== this.connectsSecond) {
-      this.connectsSecond = second;
-      this.connectsByAddress.clear();
+  /** Whether a new socket from `address` may stay (every transport asks before reading it):
+   *  FANOUT_MAX_CONNECTIONS and FANOUT_MAX_CONNECT_RATE; a refusal is counted and logged. */
+  admit(address: string | undefined): boolean {
+    const refusal = this.admission.admit(address);
+    if (refusal === null) return true;
+    if (refusal === 'rate') {
+      this.stats.add('refusedRate');
+      this.warnings.warn('connect-rate', { address, max: this.config.maxConnectRate }, 'FANOUT_MAX_CONNECT_RATE exceeded: connection closed');
+    } else {
+      this.stats.add('refusedMax');
+      this.warnings.warn('max-connections', { address, max: this.config.maxConnections }, 'FANOUT_MAX_CONNECTIONS reached: connection closed');
     }
-    const n = (this.connectsByAddress.get(address) ?? 0) + 1;
-    this.connectsByAddress.set(address, n);
-    return n <= Math.ceil(rate / this.config.shards);
+    return false;
   }
 
   deliveryRoom(): void {
@@ -491,8 +496,15 @@ export class Shard implements ShardContext {
         if (this.opts.tls !== null) {
           this.tlsServer = tls.createServer({
             ...tlsFiles(this.config), requestCert: this.config.tlsCa !== null, rejectUnauthorized: this.config.tlsRequireClientCert,
+            handshakeTimeout: this.config.connectTimeoutMs,
           }, (socket) => this.accept(socket, true));
-          this.tlsServer.on('tlsClientError', (err) => this.log.debug({ err: err.message }, 'TLS handshake failed'));
+          this.tlsHandshakes = new TlsHandshakes(this.tlsServer, (address) => !this.draining && this.admit(address), (n) => this.stats.add('tlsHandshakes', n));
+          // node reports a handshake that failed or timed out (handshakeTimeout) but leaves the
+          // socket open.
+          this.tlsServer.on('tlsClientError', (err, socket) => {
+            this.log.debug({ err: err.message }, 'TLS handshake failed');
+            socket.destroy();
+          });
           this.tlsServer.on('error', (err) => this.log.error({ err }, 'TLS listener error'));
           tlsPort = await listenShard(this.tlsServer, this.opts.tls);
         }
@@ -518,9 +530,9 @@ export class Shard implements ShardContext {
       socket.destroy();
       return;
     }
-    if (!this.admit(socket.remoteAddress)) {
-      this.stats.add('refusedRate');
-      this.warnings.warn('connect-rate', { address: socket.remoteAddress, max: this.config.maxConnectRate }, 'FANOUT_MAX_CONNECT_RATE exceeded: connection closed');
+    // A TLS socket was admitted when it was accepted, before its handshake.
+    if (secure) this.tlsHandshakes?.secured(socket as tls.TLSSocket);
+    else if (!this.admit(socket.remoteAddress)) {
       socket.destroy();
       return;
     }
@@ -859,7 +871,8 @@ export class Shard implements ShardContext {
     const connectDeadline = now - this.config.connectTimeoutMs;
     for (const c of this.conns.values()) {
       if (c.state === 0) {
-        if (c.lastRx < connectDeadline) c.destroy('no CONNECT in time');
+        // From the accept, not the last byte: a CONNECT trickled a byte at a time is no CONNECT.
+        if (c.openedAt < connectDeadline) c.destroy('no CONNECT in time');
       } else if (c.keepaliveMs > 0 && now - c.lastRx > c.keepaliveMs * 1.5) {
         c.protocolClose(C.RC_KEEP_ALIVE_TIMEOUT, 'keep-alive timeout');
       }

@@ -155,6 +155,19 @@ export class DaemonProcess {
     await this.exited;
   }
 
+  /** The shard each CONNECT of `clientId` landed on, in order, read from the trace lines
+   *  (FANOUT_TRACE_CLIENTS must cover the client id). */
+  connectShards(clientId: string): number[] {
+    return this.lines
+      .filter((l) => l.trace === 'in' && l.clientId === clientId && (l.packet as { type?: string } | undefined)?.type === 'connect')
+      .map((l) => Number(String(l.thread).replace(/^shard-/, '')));
+  }
+
+  /** Waits for the trace line of the `n`-th (from 0) CONNECT of `clientId` and returns its shard. */
+  async shardOfConnect(clientId: string, n = 0, timeoutMs = 5000): Promise<number> {
+    return waitFor(`the trace line of CONNECT #${n} of ${clientId}`, () => this.connectShards(clientId)[n], { timeoutMs });
+  }
+
   /** Log lines that are warnings or worse, for diagnostics. */
   problems(): LogLine[] {
     return this.lines.filter((l) => l.level >= 40);

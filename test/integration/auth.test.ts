@@ -1,6 +1,7 @@
 // Authentication with a mosquitto password file (made by the real mosquitto_passwd) and
 // authorisation with a mosquitto acl_file: CONNACK codes, denied publishes never forwarded,
-// denied subscriptions, %c patterns, SIGHUP reload, and no password in any log line.
+// denied subscriptions, %c and %u patterns, SIGHUP reload, and no password in any log line;
+// denials counted in /metrics and logged as a rate-limited warning.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,6 +13,7 @@ import mqtt, { type Packet } from 'mqtt';
 import { Collector, closeClient, connectClient, publish, waitPoolOnline } from '../helpers/clients';
 import { DaemonProcess } from '../helpers/daemon';
 import { Mosquitto } from '../helpers/mosquitto';
+import { parsePrometheus } from '../helpers/prometheus';
 import { Scope, sleep, waitFor } from '../helpers/wait';
 
 const PASSWD = fs.existsSync('/usr/bin/mosquitto_passwd') ? '/usr/bin/mosquitto_passwd' : 'mosquitto_passwd';
@@ -139,5 +141,83 @@ describe('password file and ACL file', { timeout: 120_000 }, () => {
   test('no password appears in any log line', () => {
     const all = daemon.stdout + daemon.stderr;
     for (const secret of ['alice-secret-1', 'bob-secret-2', 'carol-secret-3']) assert.ok(!all.includes(secret), `${secret} was logged`);
+  });
+});
+
+describe('ACL denials: counted, logged rate-limited; pattern lines with %u', { timeout: 90_000 }, () => {
+  const scope = new Scope();
+  let dir: string;
+  let up: Mosquitto;
+  let daemon: DaemonProcess;
+  let at: Collector;
+  let metricsUrl = '';
+
+  before(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fanout-acl-'));
+    const acl = path.join(dir, 'acl');
+    fs.writeFileSync(acl, ['pattern readwrite users/%u/#', ''].join('\n'));
+    up = scope.use(await Mosquitto.start());
+    // One shard: its one rate-limited log sees every denial of the test.
+    daemon = scope.use(await DaemonProcess.start({ FANOUT_BROKERS: `up=${up.url({ pool: 1 })}`, FANOUT_ACL_FILE: acl, FANOUT_SHARDS: 1, FANOUT_HTTP_PORT: 0 }));
+    metricsUrl = `http://127.0.0.1:${Number(daemon.lines.find((l) => l.msg === 'mqtt-fanout ready')!.httpPort)}/metrics`;
+    await waitPoolOnline(up.port, daemon.proxyId, 'up', 1);
+    at = scope.use(await Collector.start(up.port, 'users/#', { qos: 1 }));
+  });
+  after(async () => {
+    await scope.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  const denied = async (): Promise<number> => {
+    const f = parsePrometheus(await (await fetch(metricsUrl)).text()).get('fanout_acl_denied_total');
+    assert.ok(f, 'fanout_acl_denied_total is exposed');
+    return f.samples.reduce((n, s) => n + s.value, 0);
+  };
+
+  test('10 denied PUBLISHes add 10 to fanout_acl_denied_total and make one warning at once, the other 9 in one line after the interval', async (t) => {
+    // First in this daemon's life: no earlier denial shares the rate-limited line.
+    const before = await denied();
+    const from = daemon.lines.length;
+    const c = await connectClient(daemon.port, { clientId: `acl-flood-${process.pid}`, username: 'erin', protocolVersion: 5 });
+    t.after(() => closeClient(c));
+    const results = await Promise.allSettled(Array.from({ length: 10 }, (_, i) => c.publishAsync(`users/frank/${i}`, 'x', { qos: 1 })));
+    assert.ok(results.every((r) => r.status === 'rejected' && (r.reason as { code?: number }).code === 0x87));
+    await waitFor('fanout_acl_denied_total + 10', async () => (await denied()) - before === 10, { timeoutMs: 5000, intervalMs: 200 });
+    const lines = (): { occurrences: number }[] => daemon.lines.slice(from)
+      .filter((l) => l.level === 40 && l.msg === 'PUBLISH denied by FANOUT_ACL_FILE') as unknown as { occurrences: number }[];
+    await sleep(300);
+    assert.deepEqual(lines().map((l) => l.occurrences), [1], 'one warning at once');
+    await waitFor('the held-back denials in one line', () => lines().length === 2, { timeoutMs: 8000 });
+    assert.deepEqual(lines().map((l) => l.occurrences), [1, 9]);
+    const first = daemon.lines.slice(from).find((l) => l.msg === 'PUBLISH denied by FANOUT_ACL_FILE')!;
+    assert.equal(first.clientId, `acl-flood-${process.pid}`);
+    assert.equal(first.username, 'erin');
+  });
+
+  test('pattern readwrite users/%u/#: a user publishes and subscribes under its own name only', async (t) => {
+    const carol = await connectClient(daemon.port, { clientId: `acl-carol-${process.pid}`, username: 'carol', protocolVersion: 5 });
+    t.after(() => closeClient(carol));
+    await publish(carol, 'users/carol/t', 'mine', { qos: 1 });
+    await assert.rejects(carol.publishAsync('users/dave/t', 'not mine', { qos: 1 }), (err: { code?: number }) => err.code === 0x87);
+    const subacks: number[][] = [];
+    carol.on('packetreceive', (p: Packet) => { if (p.cmd === 'suback') subacks.push(p.granted as number[]); });
+    const got: string[] = [];
+    carol.on('message', (topic) => got.push(topic));
+    carol.subscribe({ 'users/carol/#': { qos: 1 }, 'users/dave/#': { qos: 1 } }, () => undefined);
+    await waitFor('the SUBACK', () => subacks.length === 1);
+    assert.deepEqual(subacks[0], [1, 0x87]);
+    // Anonymous devices have no %u: the pattern gives them nothing.
+    const anon = await connectClient(daemon.port, { clientId: `acl-anon-${process.pid}`, protocolVersion: 5 });
+    t.after(() => closeClient(anon));
+    await assert.rejects(anon.publishAsync('users/carol/x', 'anon', { qos: 1 }), (err: { code?: number }) => err.code === 0x87);
+    const upstream = await connectClient(up.port, { clientId: `acl-up-${process.pid}` });
+    t.after(() => closeClient(upstream));
+    await publish(upstream, 'users/carol/news', 'for carol', { qos: 1 });
+    await publish(upstream, 'users/dave/news', 'for dave', { qos: 1 });
+    await waitFor('the message carol may read', () => got.includes('users/carol/news'));
+    await at.waitForCount(1, (m) => m.topic === 'users/carol/t');
+    await sleep(300);
+    assert.deepEqual(got, ['users/carol/news']);
+    assert.equal(at.count((m) => m.topic === 'users/dave/t' || m.topic === 'users/carol/x'), 0, 'denied publishes reached the broker');
   });
 });

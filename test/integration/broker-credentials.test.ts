@@ -1,7 +1,8 @@
 // Broker credentials read from files (FANOUT_BROKER_<NAME>_USERNAME_FILE / _PASSWORD_FILE) against
 // a mosquitto that requires a password: the daemon connects with them, a wrong one is refused by
-// the broker, start-up problems stop the daemon with one line, and the password is in no output
-// of the daemon, even at log level trace with every device traced.
+// the broker, start-up problems stop the daemon with one line, and the password (from a file or
+// from the FANOUT_BROKERS URL) is in no output of the daemon, even at log level trace with every
+// device traced.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -83,6 +84,35 @@ describe('broker credentials from files, towards a mosquitto that requires a pas
     const exit = await d.stop();
     assert.equal(exit.code, 0);
     assert.ok(!output(d).includes(PROXY_SECRET), 'the broker password appears in the daemon output');
+  });
+
+  test('with the password in the FANOUT_BROKERS URL, at log level trace with every device traced: the pool connects, publishes arrive, and the password is in no output', async () => {
+    const d = scope.use(await DaemonProcess.start({
+      FANOUT_BROKERS: `cloud-eu=mqtt://proxy:${encodeURIComponent(PROXY_SECRET)}@127.0.0.1:${up.port}?pool=2`,
+      FANOUT_LOG_LEVEL: 'trace',
+      FANOUT_TRACE_CLIENTS: '*',
+    }));
+    await waitFor('both pool connections up', () => d.lines.filter((l) => l.msg === 'broker connected' && l.broker === 'cloud-eu').length >= 2,
+      { timeoutMs: 20_000, detail: () => JSON.stringify(d.problems()) });
+    const at = scope.use(await Collector.start(up.port, 'creds/#', { qos: 1, username: 'reader', password: READER_SECRET }));
+    const dev = await connectClient(d.port, { clientId: `creds-url-${process.pid}` });
+    try {
+      await publish(dev, 'creds/url', 'through a password from the URL', { qos: 1 });
+      await at.waitForCount(1, (x) => x.topic === 'creds/url');
+    } finally {
+      await closeClient(dev);
+    }
+    const config = d.lines.find((l) => l.msg === 'configuration')?.config as { brokers: Array<Record<string, unknown>> } | undefined;
+    assert.ok(config, 'the configuration is printed');
+    assert.deepEqual([config.brokers[0].username, config.brokers[0].password], ['proxy', '***']);
+    assert.ok(d.lines.some((l) => l.trace === 'out'), 'trace lines were written');
+    // A broker restart makes the daemon reconnect: its connect and failure lines too.
+    await up.restart();
+    await waitFor('the pool back after the broker restart', () => d.lines.filter((l) => l.msg === 'broker connected' && l.broker === 'cloud-eu').length >= 4,
+      { timeoutMs: 20_000, detail: () => JSON.stringify(d.problems()) });
+    const exit = await d.stop();
+    assert.equal(exit.code, 0);
+    assert.ok(!output(d).includes(PROXY_SECRET), 'the broker password from the URL appears in the daemon output');
   });
 
   test('a wrong password in the file: the broker refuses it, the daemon says so without the password', async () => {

@@ -1,7 +1,8 @@
 // A burst from a broker to devices that acknowledge slowly: with FANOUT_QUEUE_OVERFLOW=block the
 // shard stops taking messages from the writer while a connected device's queue is full, the
 // writer stops acknowledging the broker, and nothing is lost; with drop-oldest the queue
-// overflows and the oldest messages are dropped (and counted).
+// overflows and the oldest messages are dropped (and counted). And the queue of a device that is
+// away, bounded by FANOUT_MAX_QUEUED_MESSAGES under each policy.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -9,6 +10,8 @@ import mqtt from 'mqtt';
 import { closeClient, connectClient, waitPoolOnline } from '../helpers/clients';
 import { DaemonProcess } from '../helpers/daemon';
 import { Mosquitto } from '../helpers/mosquitto';
+import { parsePrometheus } from '../helpers/prometheus';
+import { connectDeviceTo } from '../helpers/target';
 import { Scope, waitFor, withTimeout } from '../helpers/wait';
 
 const MESSAGES = 300;
@@ -110,3 +113,64 @@ describe('FANOUT_QUEUE_OVERFLOW=block and a device that stopped acknowledging', 
     }
   });
 });
+
+// An absent device's persistent session: its QoS 1 messages queue while it is away, at most
+// FANOUT_MAX_QUEUED_MESSAGES; FANOUT_QUEUE_OVERFLOW says which ones stay (block, for an absent
+// device, drops the oldest: there is nobody whose acknowledgements could free room).
+const QUEUE = 5;
+const AWAY = 12;
+for (const [policy, kept] of [
+  ['drop-oldest', Array.from({ length: QUEUE }, (_, i) => AWAY - QUEUE + i)],
+  ['drop-new', Array.from({ length: QUEUE }, (_, i) => i)],
+  ['block', Array.from({ length: QUEUE }, (_, i) => AWAY - QUEUE + i)],
+] as const) {
+  describe(`an absent device's session queue, FANOUT_MAX_QUEUED_MESSAGES=${QUEUE}, FANOUT_QUEUE_OVERFLOW=${policy}`, { timeout: 60_000 }, () => {
+    const scope = new Scope();
+    let up: Mosquitto;
+    let daemon: DaemonProcess;
+    let metricsUrl = '';
+
+    before(async () => {
+      up = scope.use(await Mosquitto.start());
+      daemon = scope.use(await DaemonProcess.start({
+        FANOUT_BROKERS: `up=${up.url({ pool: 1 })}`, FANOUT_MAX_QUEUED_MESSAGES: QUEUE, FANOUT_QUEUE_OVERFLOW: policy, FANOUT_HTTP_PORT: 0,
+      }));
+      metricsUrl = `http://127.0.0.1:${Number(daemon.lines.find((l) => l.msg === 'mqtt-fanout ready')!.httpPort)}/metrics`;
+      await waitPoolOnline(up.port, daemon.proxyId, 'up', 1);
+    });
+    after(() => scope.close());
+
+    const queueFull = async (): Promise<number> => {
+      const f = parsePrometheus(await (await fetch(metricsUrl)).text()).get('fanout_drops_total');
+      assert.ok(f, 'fanout_drops_total is exposed');
+      return f.samples.filter((s) => s.labels.reason === 'queue_full').reduce((n, s) => n + s.value, 0);
+    };
+
+    test(`${AWAY} QoS 1 messages while away: the device gets ${policy === 'drop-new' ? 'the oldest' : 'the newest'} ${QUEUE}, in order; ${AWAY - QUEUE} drops counted (queue_full) and logged in one rate-limited warning`, async (t) => {
+      const clientId = `away-${policy}-${process.pid}`;
+      const topic = `away/${policy}/${process.pid}`;
+      const first = await connectDeviceTo(daemon.port, { protocolVersion: 4, clientId, clean: false }, 'device');
+      await first.subscribeOk(topic, { qos: 1 });
+      await first.client.endAsync(false);
+      const pub = await connectClient(up.port, { clientId: `away-pub-${policy}-${process.pid}` });
+      t.after(() => closeClient(pub));
+      for (let i = 0; i < AWAY; i++) await pub.publishAsync(topic, String(i), { qos: 1 });
+      await waitFor(`${AWAY - QUEUE} queue_full drops`, async () => (await queueFull()) === AWAY - QUEUE, { timeoutMs: 10_000, intervalMs: 200 });
+      const warnings = (): { occurrences: number }[] => daemon.lines
+        .filter((l) => l.level === 40 && /^session queue full/.test(l.msg)) as unknown as { occurrences: number }[];
+      assert.deepEqual(warnings().map((w) => w.occurrences), [1], 'the first drop is logged at once, the others held back');
+      // The held-back ones are reported in one line once the interval (5 s) is over.
+      await waitFor('the held-back drops in one line', () => warnings().length === 2, { timeoutMs: 10_000 });
+      assert.deepEqual(warnings().map((w) => w.occurrences), [1, AWAY - QUEUE - 1]);
+
+      const again = await connectDeviceTo(daemon.port, { protocolVersion: 4, clientId, clean: false }, 'device again');
+      t.after(() => again.close());
+      assert.equal(again.sessionPresent, true);
+      await again.waitFor(QUEUE, (m) => m.topic === topic, `the ${QUEUE} queued messages`);
+      await pub.publishAsync(topic, 'fence', { qos: 1 });
+      await again.waitFor(1, (m) => m.text === 'fence', 'the fence');
+      assert.deepEqual(again.messages.filter((m) => m.text !== 'fence').map((m) => Number(m.text)), kept, 'the messages kept while away');
+      assert.equal(await queueFull(), AWAY - QUEUE, 'no more drops once the device is back');
+    });
+  });
+}

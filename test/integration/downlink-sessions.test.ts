@@ -52,7 +52,8 @@ async function leave(d: Device, graceful: boolean): Promise<void> {
 
 describe(`downlink sessions, target ${kind}`, { timeout: 300_000 }, () => {
   const suite = new Scope();
-  before(async () => { target = suite.use(await startTarget()); });
+  // Traced client ids tell which shard each CONNECT landed on (see DaemonProcess.connectShards).
+  before(async () => { target = suite.use(await startTarget({ env: { FANOUT_TRACE_CLIENTS: 'xshard*' } })); });
   after(() => suite.close());
 
   let scope: Scope;
@@ -182,6 +183,51 @@ describe(`downlink sessions, target ${kind}`, { timeout: 300_000 }, () => {
         await settle();
         assert.deepEqual(publishesOf(raw).map(textOf), [`pending${round}`], `PUBLISHes on the new connection: a PUBREL'd message must not be re-sent (${where})`);
       }
+    });
+  }
+
+  for (const v of VERSIONS) {
+    test(`MQTT ${vname(v)}: a takeover that moves the session to the other shard keeps it: session present 1, the unacknowledged QoS 1 message re-sent with DUP 1 and its packet id, later messages delivered (repeated until at least one takeover crossed shards) ${spec(v, '[MQTT-3.1.4-2] [MQTT-4.4.0-1]', '[MQTT-3.1.4-3] [MQTT-4.4.0-1]')}`, { skip: kind === 'proxy' ? false : 'shards are the proxy\'s' }, async (t) => {
+      scope = new Scope();
+      t.after(() => scope.close());
+      const daemon = target.daemon!;
+      const b = `dls/${unique('xshard')}`;
+      const clientId = unique(`xshard${v}`);
+      t.after(() => discardSession(v, clientId));
+      const pub = open(await target.connectUpstream());
+      let raw = scope.use(await target.rawDevice(v, rawPersistent(v, clientId)));
+      await rawSubscribeOk(raw, [{ topic: `${b}/t`, qos: 1 }], 1);
+      let shard = await daemon.shardOfConnect(clientId, 0);
+      const seen = { same: 0, cross: 0 };
+      for (let k = 1; k <= 20 && seen.cross < 2; k++) {
+        await pub.publish(`${b}/t`, `held${k}`, { qos: 1 });
+        const [first] = await waitPublishes(raw, 1, (p) => textOf(p) === `held${k}`, `held${k} on connection ${k - 1}`);
+        // Not acknowledged: a new connection takes the client id over while this one is open.
+        const next = scope.use(await RawClient.open(target.devicePort, v));
+        const connack = await next.handshake(rawPersistent(v, clientId));
+        const nextShard = await daemon.shardOfConnect(clientId, k);
+        if (nextShard === shard) seen.same++;
+        else seen.cross++;
+        const where = `takeover ${k}, shard ${shard} -> ${nextShard}`;
+        assert.equal(connack.sessionPresent, true, `session present (${where})`);
+        await raw.waitClosed(DELIVERY_MS);
+        if (v === 5) assert.equal(raw.disconnectReason(), 0x8e, `DISCONNECT of the connection taken over (${where})`);
+        const [again] = await waitPublishes(next, 1, (p) => textOf(p) === `held${k}`, `held${k} re-sent (${where})`);
+        assert.equal(again.dup, true, `DUP on the re-sent PUBLISH (${where})`);
+        assert.equal(again.messageId, first.messageId, `packet id of the re-sent PUBLISH (${where})`);
+        assert.equal(again.qos, 1, `QoS of the re-sent PUBLISH (${where})`);
+        next.sendPacket({ cmd: 'puback', messageId: again.messageId! });
+        await pub.publish(`${b}/t`, `after${k}`, { qos: 1 });
+        const [later] = await waitPublishes(next, 1, (p) => textOf(p) === `after${k}`, `after${k} (${where})`);
+        assert.equal(later.dup, false, `DUP on a new message (${where})`);
+        next.sendPacket({ cmd: 'puback', messageId: later.messageId! });
+        await settle();
+        assert.deepEqual(publishesOf(next).map(textOf), [`held${k}`, `after${k}`], `everything the new connection got (${where})`);
+        raw = next;
+        shard = nextShard;
+      }
+      t.diagnostic(`takeovers: ${seen.same} on the same shard, ${seen.cross} across shards`);
+      assert.ok(seen.cross >= 1, `no takeover crossed shards in 20 (${JSON.stringify(seen)})`);
     });
   }
 

@@ -113,8 +113,9 @@ describe('HTTP: metrics, health, publish', { timeout: 120_000 }, () => {
       const out: Record<string, number> = { deviceBytesOut: total('fanout_device_bytes_out_total') };
       for (const broker of ['b1', 'b2']) {
         out[`${broker}BytesIn`] = value(all, 'fanout_broker_bytes_in_total', { broker });
-        out[`${broker}BytesOut`] = value(all, 'fanout_broker_bytes_out_total', { broker });
+        out[`${broker}BytesOut`] = family(all, 'fanout_broker_bytes_out_total').samples.filter((x) => x.labels.broker === broker).reduce((n, x) => n + x.value, 0);
         for (const qos of ['0', '1', '2']) {
+          out[`${broker}BytesOut${qos}`] = value(all, 'fanout_broker_bytes_out_total', { broker, qos });
           out[`${broker}In${qos}`] = value(all, 'fanout_broker_messages_in_total', { broker, qos });
           out[`${broker}Out${qos}`] = value(all, 'fanout_broker_messages_out_total', { broker, qos });
         }
@@ -160,7 +161,24 @@ describe('HTTP: metrics, health, publish', { timeout: 120_000 }, () => {
     assert.deepEqual([d.b2In0, d.b2In1, d.b2In2], [0, 0, 0], 'b2 serves no subscription');
     for (const broker of ['b1', 'b2']) assert.deepEqual([d[`${broker}Out0`], d[`${broker}Out1`], d[`${broker}Out2`]], [0, 0, 5], `messages to ${broker} by QoS`);
     assert.equal(d.b1BytesOut, upBytes, 'PUBLISH bytes to b1 (MQTT 3.1.1)');
+    assert.deepEqual([d.b1BytesOut0, d.b1BytesOut1, d.b1BytesOut2], [0, 0, upBytes], 'PUBLISH bytes to b1 by QoS');
     assert.ok(d.b2BytesOut >= upBytes, `PUBLISH bytes to b2: ${d.b2BytesOut}`);
+    assert.deepEqual([d.b2BytesOut0, d.b2BytesOut1, d.b2BytesOut2], [0, 0, d.b2BytesOut], 'PUBLISH bytes to b2 by QoS: all QoS 2');
+    // At QoS 0 and 1 too, each under its label and in the broker's total.
+    const before = await snapshot();
+    const q0 = unique('http/bq0');
+    const q1 = unique('http/bq1');
+    await publish(dev, q0, payload, { qos: 0 });
+    await publish(dev, q1, payload, { qos: 1 });
+    const e = await waitFor('the QoS 0 and 1 bytes in /metrics', async () => {
+      const now = await snapshot();
+      const x = Object.fromEntries(Object.entries(now).map(([k, v]) => [k, v - before[k]]));
+      return x.b1BytesOut1 >= publishSize(q1, payload.length, 1) && x.b1BytesOut0 >= publishSize(q0, payload.length, 0) ? x : null;
+    }, { timeoutMs: 15_000, intervalMs: 250 });
+    assert.equal(e.b1BytesOut0, publishSize(q0, payload.length, 0), 'QoS 0 bytes to b1');
+    assert.equal(e.b1BytesOut1, publishSize(q1, payload.length, 1), 'QoS 1 bytes to b1');
+    assert.equal(e.b1BytesOut2, 0);
+    assert.equal(e.b1BytesOut, publishSize(q0, payload.length, 0) + publishSize(q1, payload.length, 1), 'bytes to b1 over every QoS');
     // The 5 QoS 2 publishes are acknowledged with a PUBREC and a PUBCOMP (4 bytes each, with
     // MQTT 3.1.1), by each broker and to the device. Keep-alive answers (2 bytes) may come in
     // between; nothing else should.
@@ -171,6 +189,44 @@ describe('HTTP: metrics, health, publish', { timeout: 120_000 }, () => {
     // MQTT 5 acknowledgements may carry a reason code.
     assert.ok(d.b2BytesIn >= acks && d.b2BytesIn <= 5 * 2 * 6 + 8, `bytes from b2 are only acknowledgements: ${d.b2BytesIn}`);
     near(d.deviceBytesOut, downBytes + pubrels + acks, 'bytes to devices');
+  });
+
+  const gauges = async (): Promise<Record<string, number>> => {
+    const all = await metrics();
+    const total = (name: string): number => family(all, name).samples.reduce((n, m) => n + m.value, 0);
+    return {
+      inflight1: value(all, 'fanout_broker_inflight', { broker: 'b1' }), inflight2: value(all, 'fanout_broker_inflight', { broker: 'b2' }),
+      reconnects1: value(all, 'fanout_broker_reconnects_total', { broker: 'b1' }), reconnects2: value(all, 'fanout_broker_reconnects_total', { broker: 'b2' }),
+      up1: value(all, 'fanout_broker_connections_up', { broker: 'b1' }), up2: value(all, 'fanout_broker_connections_up', { broker: 'b2' }),
+      pauses: total('fanout_backpressure_pauses_total'),
+    };
+  };
+
+  test('GET /metrics: with b2 stalled, fanout_broker_inflight of b2 rises to the device window (100) and the device is paused (fanout_backpressure_pauses_total); after SIGCONT it goes back to 0', async (t) => {
+    const dev = await connectClient(daemon.port, { clientId: unique('stall'), protocolVersion: 4 });
+    t.after(() => closeClient(dev));
+    const before = await waitFor('nothing in flight', async () => {
+      const g = await gauges();
+      return g.inflight1 === 0 && g.inflight2 === 0 ? g : null;
+    }, { timeoutMs: 10_000, intervalMs: 250 });
+    const topic = unique('http/stall');
+    b2.pause();
+    // An MQTT 3.1.1 device with 120 QoS 1 publishes at once, more than FANOUT_MAX_INFLIGHT.
+    const all = Promise.all(Array.from({ length: 120 }, (_, i) => dev.publishAsync(topic, String(i), { qos: 1 })));
+    try {
+      const during = await waitFor('100 messages in flight at b2', async () => {
+        const g = await gauges();
+        return g.inflight2 === 100 ? g : null;
+      }, { timeoutMs: 10_000, intervalMs: 250, detail: () => 'see fanout_broker_inflight' });
+      assert.equal(during.inflight1, 0, 'b1 acknowledges as it goes');
+      assert.ok(during.pauses > before.pauses, `backpressure pauses: ${before.pauses} -> ${during.pauses}`);
+      assert.equal(during.reconnects2, before.reconnects2, 'a stalled broker is no reconnect');
+    } finally {
+      b2.resume();
+    }
+    await all;
+    await waitFor('nothing in flight again', async () => (await gauges()).inflight2 === 0, { timeoutMs: 10_000, intervalMs: 250 });
+    await at2.waitForCount(120, (m) => m.topic === topic, 10_000, 'the 120 messages at b2');
   });
 
   test('POST /publish reaches both brokers with its QoS and retain flag, and answers 200', async () => {
@@ -251,5 +307,18 @@ describe('HTTP: metrics, health, publish', { timeout: 120_000 }, () => {
     const stats = await (await fetch(`${base}/api/stats`)).json() as { brokers: { name: string }[]; history: unknown[] };
     assert.deepEqual(stats.brokers.map((b) => b.name), ['b1', 'b2']);
     assert.ok(stats.history.length > 0);
+  });
+
+  test('GET /metrics: a broker restart adds to fanout_broker_reconnects_total of that broker only', async () => {
+    const before = await waitFor('both brokers up', async () => {
+      const g = await gauges();
+      return g.up1 === 1 && g.up2 === 1 ? g : null;
+    }, { timeoutMs: 15_000, intervalMs: 250 });
+    await b2.restart();
+    const after = await waitFor('b2 reconnected', async () => {
+      const g = await gauges();
+      return g.up2 === 1 && g.reconnects2 > before.reconnects2 ? g : null;
+    }, { timeoutMs: 15_000, intervalMs: 250 });
+    assert.equal(after.reconnects1, before.reconnects1, 'b1 did not reconnect');
   });
 });

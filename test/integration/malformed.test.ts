@@ -61,6 +61,7 @@ describe('malformed input', { timeout: 150_000 }, () => {
   let b2: Mosquitto;
   let daemon: DaemonProcess;
   let at: Collector;
+  let at2: Collector;
 
   before(async () => {
     b1 = scope.use(await Mosquitto.start());
@@ -74,22 +75,32 @@ describe('malformed input', { timeout: 150_000 }, () => {
     await waitPoolOnline(b1.port, daemon.proxyId, 'b1', 1);
     await waitPoolOnline(b2.port, daemon.proxyId, 'b2', 1);
     at = scope.use(await Collector.start(b1.port, 'mal/#', { qos: 1 }));
+    at2 = scope.use(await Collector.start(b2.port, 'mal/#', { qos: 1, protocolVersion: 5 }));
   });
   after(() => scope.close());
 
-  /** A normal device can still connect and its publish reaches the broker; and nothing on
-   *  `forbidden` topics did (the fence publish comes later, on the same broker connection). */
-  async function assertStillServes(forbidden: string[] = []): Promise<void> {
+  /** A normal device can still connect and its publish reaches both brokers; nothing on
+   *  `forbidden` topics (or topics starting with one of `forbiddenPrefixes`) reached either (the
+   *  fence publish comes later, on the same broker connections); and neither broker dropped the
+   *  daemon's connection, as mosquitto does when it gets a malformed packet. */
+  async function assertStillServes(forbidden: string[] = [], forbiddenPrefixes: string[] = []): Promise<void> {
     assert.ok(daemon.running, 'the daemon process died');
     const client = await connectClient(daemon.port, { clientId: `mal-ok-${tag()}` });
     try {
       const topic = `mal/ok/${tag()}`;
       await publish(client, topic, 'still served', { qos: 1 });
-      await at.waitForCount(1, (m) => m.topic === topic, 10_000, 'the normal publish at the broker');
+      for (const c of [at, at2]) await c.waitForCount(1, (m) => m.topic === topic, 10_000, 'the normal publish at the broker');
     } finally {
       await closeClient(client);
     }
-    for (const t of forbidden) assert.equal(at.count((m) => m.topic === t), 0, `the invalid PUBLISH on ${t} was forwarded`);
+    for (const [name, c] of [['b1', at], ['b2', at2]] as const) {
+      for (const t of forbidden) assert.equal(c.count((m) => m.topic === t), 0, `the invalid packet on ${t} was forwarded to ${name}`);
+      for (const p of forbiddenPrefixes) assert.equal(c.count((m) => m.topic.startsWith(p)), 0, `a message on ${p}... reached ${name}`);
+    }
+    for (const [name, b] of [['b1', b1], ['b2', b2]] as const) {
+      const ids = b.connectedClientIds().filter((id) => id.startsWith(`${daemon.proxyId}-`));
+      assert.deepEqual(ids, [`${daemon.proxyId}-${name}-0`], `${name} dropped the daemon's connection; broker log tail: ${b.log.slice(-1500)}`);
+    }
   }
 
   const cases: Case[] = [
@@ -174,6 +185,12 @@ describe('malformed input', { timeout: 150_000 }, () => {
       bytes: () => packet(0x30, publishBodyV5(topic, 0, [0x01, 0x00, 0x01, 0x00])),
       reason: 0x82,
     }))),
+    ...([['content type', [0x03, 0x00, 0x02, 0xc3, 0x28]], ['user property name', [0x26, 0x00, 0x02, 0xc3, 0x28, 0x00, 0x01, 0x76]],
+      ['user property value with U+0000', [0x26, 0x00, 0x01, 0x6b, 0x00, 0x02, 0x61, 0x00]]].map(([what, props], i): Case => ({
+      name: `PUBLISH with a ${what as string} that is not a valid MQTT string`, topic: `mal/strprop${i}`, versions: [5],
+      bytes: () => packet(0x32, publishBodyV5(`mal/strprop${i}`, 1, props as number[])),
+      reason: 0x81,
+    }))),
     ...(['mal/truncated'].map((topic): Case => ({
       name: 'a truncated PUBLISH (topic length beyond the packet)', topic,
       bytes: () => packet(0x30, [0x00, 0x40], Buffer.from(topic)),
@@ -220,6 +237,80 @@ describe('malformed input', { timeout: 150_000 }, () => {
       assert.equal(m.payload.length, payloadLen);
       await raw.waitForPacket('puback', 5000);
       assert.equal(raw.closed, false, `closed: ${raw.describe()}`);
+    });
+  }
+
+  /** A CONNECT built by hand: clean session, keep-alive 60, the fields given as raw bytes. */
+  function rawConnect(version: 4 | 5, f: { clientId: Buffer; username?: Buffer; will?: { topic: Buffer; props?: number[] }; props?: number[] }): Buffer {
+    const flags = 0x02 | (f.will ? 0x04 : 0) | (f.username ? 0x80 : 0);
+    const parts: Buffer[] = [str('MQTT'), Buffer.from([version, flags, 0x00, 0x3c])];
+    if (version === 5) parts.push(Buffer.from(varint((f.props ?? []).length)), Buffer.from(f.props ?? []));
+    parts.push(str(f.clientId));
+    if (f.will) {
+      if (version === 5) parts.push(Buffer.from(varint((f.will.props ?? []).length)), Buffer.from(f.will.props ?? []));
+      parts.push(str(f.will.topic), str('gone'));
+    }
+    if (f.username) parts.push(str(f.username));
+    return packet(0x10, ...parts);
+  }
+
+  const BAD_UTF8 = [0xc3, 0x28];
+  const withBad = (s: string): Buffer => Buffer.concat([Buffer.from(s), Buffer.from(BAD_UTF8)]);
+  interface ConnectCase { name: string; bytes: (v: 4 | 5, willTopic: string) => Buffer; versions?: Array<4 | 5> }
+  const connectCases: ConnectCase[] = [
+    { name: 'a client id that is not valid UTF-8', bytes: (v) => rawConnect(v, { clientId: withBad('mal-id') }) },
+    { name: 'a client id with U+0000', bytes: (v) => rawConnect(v, { clientId: Buffer.from('mal-id\u0000x') }) },
+    { name: 'a user name that is not valid UTF-8', bytes: (v) => rawConnect(v, { clientId: Buffer.from(`mal-u-${tag()}`), username: withBad('user') }) },
+    { name: 'a user name with U+0000', bytes: (v) => rawConnect(v, { clientId: Buffer.from(`mal-u-${tag()}`), username: Buffer.from('us\u0000er') }) },
+    { name: 'a will topic that is not valid UTF-8', bytes: (v, w) => rawConnect(v, { clientId: Buffer.from(`mal-w-${tag()}`), will: { topic: withBad(w) } }) },
+    { name: 'a will topic with U+0000', bytes: (v, w) => rawConnect(v, { clientId: Buffer.from(`mal-w-${tag()}`), will: { topic: Buffer.from(`${w}\u0000x`) } }) },
+    {
+      name: 'a will Content Type that is not valid UTF-8', versions: [5],
+      bytes: (v, w) => rawConnect(v, { clientId: Buffer.from(`mal-w-${tag()}`), will: { topic: Buffer.from(w), props: [0x03, 0x00, 0x02, ...BAD_UTF8] } }),
+    },
+    {
+      name: 'a will User Property with U+0000', versions: [5],
+      bytes: (v, w) => rawConnect(v, { clientId: Buffer.from(`mal-w-${tag()}`), will: { topic: Buffer.from(w), props: [0x26, 0x00, 0x01, 0x6b, 0x00, 0x01, 0x00] } }),
+    },
+    {
+      name: 'a CONNECT User Property that is not valid UTF-8', versions: [5],
+      bytes: (v) => rawConnect(v, { clientId: Buffer.from(`mal-p-${tag()}`), props: [0x26, 0x00, 0x02, ...BAD_UTF8, 0x00, 0x01, 0x76] }),
+    },
+  ];
+
+  for (const c of connectCases) {
+    for (const version of c.versions ?? [4, 5] as const) {
+      test(`CONNECT with ${c.name} (MQTT ${version === 4 ? '3.1.1' : '5'}): ${version === 5 ? 'CONNACK 0x81 and closed' : 'closed without an answer'}; no will, nothing forwarded; daemon still serves`, async (t) => {
+        const raw = await RawClient.open(daemon.port, version);
+        t.after(() => raw.destroy());
+        const willTopic = `mal/cwill/${tag()}`;
+        raw.send(c.bytes(version, willTopic));
+        await raw.waitClosed(5000);
+        if (version === 5) {
+          const connack = raw.packets.find((p) => p.cmd === 'connack') as { reasonCode?: number } | undefined;
+          assert.equal(connack?.reasonCode, 0x81, raw.describe());
+          assert.deepEqual(raw.packets.map((p) => p.cmd), ['connack'], raw.describe());
+        } else {
+          assert.equal(raw.bytes.length, 0, `an MQTT 3.1.1 client got an answer: ${raw.describe()}`);
+        }
+        await assertStillServes([], [willTopic]);
+      });
+    }
+  }
+
+  for (const [name, bytes] of [
+    ['SUBSCRIBE', packet(0x82, [0x00, 0x01], str('mal/early-sub'), [0x01])],
+    ['PINGREQ', Buffer.from([0xc0, 0x00])],
+    ['UNSUBSCRIBE', packet(0xa2, [0x00, 0x01], str('mal/early-sub'))],
+    ['DISCONNECT', Buffer.from([0xe0, 0x00])],
+  ] as const) {
+    test(`${name} before CONNECT: closed without an answer; daemon still serves`, async (t) => {
+      const raw = await RawClient.open(daemon.port);
+      t.after(() => raw.destroy());
+      raw.send(bytes);
+      await raw.waitClosed(5000);
+      assert.equal(raw.bytes.length, 0, `got an answer: ${raw.describe()}`);
+      await assertStillServes();
     });
   }
 

@@ -5,6 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { IDisconnectPacket, MqttClient } from 'mqtt';
 import pino from 'pino';
+import type * as mqttPacket from 'mqtt-packet';
 import { startDaemon, type Daemon } from '../../src/main';
 import { loadConfig } from '../../src/config/index';
 import type { MainLog } from '../../src/log';
@@ -172,6 +173,25 @@ describe('sessions on a spawned daemon', { timeout: 150_000 }, () => {
     const early = lifetimes.filter((ms) => ms < CONNECT_TIMEOUT_MS - 100);
     const late = lifetimes.filter((ms) => ms > CONNECT_TIMEOUT_MS + 2500);
     assert.deepEqual({ early, late }, { early: [], late: [] }, `socket lifetimes in ms: ${lifetimes.join(', ')}`);
+  });
+
+  test(`CONNECT timeout: a CONNECT trickled one byte every 700 ms is closed FANOUT_CONNECT_TIMEOUT_MS (${CONNECT_TIMEOUT_MS} ms) after the accept, its bytes do not keep it open`, async (t) => {
+    const c = await RawClient.open(daemon.port);
+    t.after(() => c.destroy());
+    const connect = c.encode({
+      cmd: 'connect', protocolId: 'MQTT', protocolVersion: 4, clean: true, keepalive: 0, clientId: `ses-trickle-${process.pid}-${'x'.repeat(20)}`,
+    } as mqttPacket.IConnectPacket);
+    let sent = 0;
+    // The whole CONNECT would take ~30 s at this pace.
+    while (!c.closed && sent < connect.length - 1) {
+      c.send(connect.subarray(sent, sent + 1));
+      sent++;
+      await sleep(700);
+    }
+    assert.ok(c.closed, `the socket was still open after ${sent} of ${connect.length} bytes (${Date.now() - c.openedAt} ms)`);
+    const lifetime = c.closedAt - c.openedAt;
+    assert.ok(lifetime >= CONNECT_TIMEOUT_MS - 100 && lifetime <= CONNECT_TIMEOUT_MS + 2500, `closed ${lifetime} ms after it was opened, after ${sent} bytes`);
+    assert.equal(c.bytes.length, 0, `got an answer: ${c.describe()}`);
   });
 
   test('CONNECT timeout: a socket that sends CONNECT in time is not closed by it', async (t) => {

@@ -1,16 +1,18 @@
 // MQTT over WebSocket [MQTT-6.0]: the same sessions as TCP, served by uWebSockets.js in the
 // shards (or the ws package where the native binary does not load). mqtt.js over ws:// for the
-// round trips, a raw ws client for frame boundaries and protocol errors.
+// round trips, a raw ws client for frame boundaries, protocol errors, packet and frame size
+// limits and a device that keeps sending while paused.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
 import mqttPacket from 'mqtt-packet';
 import WebSocket from 'ws';
 import mqtt, { type IConnackPacket } from 'mqtt';
 import { Collector, closeClient, connectClient, publish, waitPoolOnline } from '../helpers/clients';
 import { DaemonProcess } from '../helpers/daemon';
 import { Mosquitto } from '../helpers/mosquitto';
-import { Scope, waitFor, withTimeout } from '../helpers/wait';
+import { Scope, sleep, waitFor, withTimeout } from '../helpers/wait';
 
 let seq = 0;
 const unique = (p: string): string => `${p}/${process.pid}-${++seq}`;
@@ -59,6 +61,20 @@ for (const implementation of ['uWebSockets.js', 'ws'] as const) {
       assert.ok(daemon.wsPort > 0);
       const warned = daemon.lines.some((l) => l.level === 40 && /uWebSockets\.js binary does not load/.test(l.msg));
       assert.equal(warned, implementation === 'ws', 'the fallback, and only it, is announced with a warning');
+    });
+
+    test(`independently of the log: the native uWS binary is mapped into the daemon process ${implementation === 'ws' ? 'not at all' : 'while it serves'}`, async (t) => {
+      // A connection first, so that the WebSocket code has surely run.
+      const dev = await connectClient(`ws://127.0.0.1:${daemon.wsPort}/mqtt`, { clientId: unique('maps') });
+      t.after(() => closeClient(dev));
+      const binary = `uws_${process.platform}_${process.arch}_${process.versions.modules}.node`;
+      const maps = fs.readFileSync(`/proc/${daemon.proc.pid}/maps`, 'utf8');
+      const mapped = maps.split('\n').filter((l) => l.includes('uWebSockets.js') || l.includes('uws-js-unofficial') || /uws_[a-z0-9]+_[a-z0-9]+_\d+\.node/.test(l));
+      if (implementation === 'uWebSockets.js') {
+        assert.ok(mapped.some((l) => l.endsWith(`/${binary}`)), `${binary} is not in /proc/${daemon.proc.pid}/maps: ${JSON.stringify(mapped)}`);
+      } else {
+        assert.deepEqual(mapped, [], 'no uWS binary may be mapped under UWS_USE_FALLBACK');
+      }
     });
 
     test('publish and subscribe round trip over ws:// with MQTT 3.1.1 and 5.0, large messages included', async (t) => {
@@ -163,5 +179,107 @@ for (const implementation of ['uWebSockets.js', 'ws'] as const) {
       for (const c of devs) await closeClient(c);
       assert.equal(info.code, 0, `exit code ${info.code}, signal ${info.signal}; stderr: ${d.stderr}`);
     });
+  });
+
+  describe(`WebSocket limits (${implementation}): FANOUT_MAX_PACKET_SIZE 65536, FANOUT_MAX_PUBLISH_RATE 1`, { timeout: 120_000 }, () => {
+    const MAX_PACKET = 65536;
+    const scope = new Scope();
+    let up: Mosquitto;
+    let daemon: DaemonProcess;
+    let atBroker: Collector;
+
+    before(async () => {
+      up = scope.use(await Mosquitto.start());
+      daemon = scope.use(await DaemonProcess.start({
+        FANOUT_BROKERS: `up=${up.url({ pool: 1 })}`, FANOUT_WS_PORT: 0, FANOUT_SHARDS: 1,
+        FANOUT_MAX_PACKET_SIZE: MAX_PACKET, FANOUT_MAX_PUBLISH_RATE: 1,
+        UWS_USE_FALLBACK: implementation === 'ws' ? '1' : undefined,
+      }));
+      await waitPoolOnline(up.port, daemon.proxyId, 'up', 1);
+      atBroker = scope.use(await Collector.start(up.port, 'wslim/#', { qos: 1 }));
+    });
+    after(() => scope.close());
+
+    /** A raw WebSocket device after a successful CONNECT; `closed` resolves with the close code. */
+    async function device(version: 4 | 5): Promise<{ ws: WebSocket; packets: mqttPacket.Packet[]; closed: Promise<number> }> {
+      const ws = await openRaw(daemon.wsPort);
+      const packets = packetsOf(ws, version);
+      const closed = new Promise<number>((resolve) => ws.once('close', (code) => resolve(code)));
+      ws.on('error', () => undefined);
+      ws.send(mqttPacket.generate({ cmd: 'connect', protocolId: 'MQTT', protocolVersion: version, clientId: unique('lim'), clean: true, keepalive: 0 }));
+      await waitFor('CONNACK', () => packets.some((p) => p.cmd === 'connack'));
+      return { ws, packets, closed };
+    }
+    const disconnectReason = (packets: mqttPacket.Packet[]): number | undefined =>
+      (packets.find((p) => p.cmd === 'disconnect') as mqttPacket.IDisconnectPacket | undefined)?.reasonCode;
+    const publishBytes = (topic: string, size: number, version: 4 | 5): Buffer =>
+      mqttPacket.generate({ cmd: 'publish', topic, payload: Buffer.alloc(size, 1), qos: 0, dup: false, retain: false }, { protocolVersion: version });
+
+    for (const version of [5, 4] as const) {
+      test(`a PUBLISH larger than FANOUT_MAX_PACKET_SIZE, in one frame or over several, is refused (MQTT ${version === 5 ? '5: DISCONNECT 0x95' : '3.1.1: closed'}); nothing is forwarded`, async () => {
+        for (const frames of [1, 4]) {
+          const { ws, packets, closed } = await device(version);
+          const topic = unique('wslim/big');
+          const bytes = publishBytes(topic, MAX_PACKET + 100, version);
+          const step = Math.ceil(bytes.length / frames);
+          for (let i = 0; i < bytes.length; i += step) ws.send(bytes.subarray(i, i + step));
+          await withTimeout(closed, 5000, `the close after an oversized packet in ${frames} frame(s)`);
+          assert.equal(disconnectReason(packets), version === 5 ? 0x95 : undefined, `DISCONNECT reason, ${frames} frame(s)`);
+          await assertNothingAt(topic);
+        }
+      });
+    }
+
+    test(`a WebSocket frame larger than the listener allows (2 x FANOUT_MAX_PACKET_SIZE + 16) closes the connection; nothing is forwarded`, async () => {
+      const { ws, closed } = await device(5);
+      const topic = unique('wslim/frame');
+      // Within one frame: the packet ahead of it is fine, the frame as a whole is too large.
+      ws.send(Buffer.concat([publishBytes(topic, 100, 5), Buffer.alloc(2 * MAX_PACKET + 100, 0)]));
+      // The ws package says 1009 (message too big); uWS cuts the connection (1006).
+      const code = await withTimeout(closed, 5000, 'the close after an oversized frame');
+      assert.ok(code === (implementation === 'ws' ? 1009 : 1006), `close code ${code}`);
+      await assertNothingAt(topic);
+    });
+
+    if (implementation === 'uWebSockets.js') {
+      for (const version of [5, 4] as const) {
+        test(`a device paused for backpressure that keeps sending is closed once more than 1 MiB is unread (MQTT ${version === 5 ? '5: DISCONNECT 0x97' : '3.1.1: closed'})`, async () => {
+          const { ws, packets, closed } = await device(version);
+          const topic = unique('wslim/flood');
+          // 40 x 60 KB at QoS 0: FANOUT_MAX_PUBLISH_RATE (1/s) pauses the device after the first,
+          // and uWS cannot stop reading what it keeps sending.
+          for (let i = 0; i < 40; i++) ws.send(publishBytes(topic, 60_000, version));
+          await withTimeout(closed, 15_000, 'the close of the flooding device');
+          assert.equal(disconnectReason(packets), version === 5 ? 0x97 : undefined, 'DISCONNECT reason');
+          // At 1 message a second it would have taken 40 s; only the first few went through.
+          await sleep(300);
+          assert.ok(atBroker.count((m) => m.topic === topic) <= 3, `${atBroker.count((m) => m.topic === topic)} of the flood were forwarded`);
+        });
+      }
+    } else {
+      test('a device paused for backpressure that keeps sending is not read from (the ws package pauses its socket) and stays connected', async () => {
+        const { ws, closed } = await device(5);
+        let isClosed = false;
+        void closed.then(() => { isClosed = true; });
+        const topic = unique('wslim/flood');
+        for (let i = 0; i < 40; i++) ws.send(publishBytes(topic, 60_000, 5));
+        await sleep(2500);
+        assert.equal(isClosed, false, 'the paused device was closed');
+        assert.ok(atBroker.count((m) => m.topic === topic) <= 4, 'the publish rate held');
+        ws.terminate();
+      });
+    }
+
+    async function assertNothingAt(topic: string): Promise<void> {
+      const dev = await connectClient(daemon.port, { clientId: unique('fence') });
+      try {
+        const fence = unique('wslim/fence');
+        await publish(dev, fence, 'fence', { qos: 1 });
+        await atBroker.waitForCount(1, (m) => m.topic === fence, 10_000, 'the fence');
+      } finally {
+        await closeClient(dev);
+      }
+      assert.equal(atBroker.count((m) => m.topic === topic), 0, `a message on ${topic} reached the broker`);
+    }
   });
 }

@@ -497,6 +497,20 @@ test('mqtt-fanout: uplink over its WebSocket listener, and the http scenario ver
     assert.match(text, /^1\s+POST \/publish\s+1\s+3\s+4\s+0\.3\s+[\d.]+\s+[\d,]+\s+[\d,]+\s+[\d,]+\s+0\s+0\s+\d+\s+\d+$/m);
     assert.match(text, /^1\s+1\s+[\d,]+\s+b1=0 b2=0\s+b1=0 b2=0\s+/m);
     assert.match(text, /^GET \/metrics\s+-\s+1\s+[\d,]+\s+0\s+0\s+-\s+-/m);
+    // autocannon's own figures and tables, beside the harness's histogram, and in the JSON.
+    for (const r of [pub, metrics]) {
+      const a = r.autocannon.latency;
+      assert.ok(Number.isFinite(a.p50) && a.p2_5 <= a.p50 && a.p50 <= a.p99 && a.p99 <= a.max, JSON.stringify(a));
+      assert.match(r.autocannon.table, /Latency/);
+      assert.match(r.autocannon.table, /2\.5%.*50%.*97\.5%.*99%/);
+      assert.match(r.autocannon.table, /Req\/Sec/);
+      assert.match(r.autocannon.table, /Code.*Count/);
+      assert.ok(!r.autocannon.table.includes('\u001b['), 'no colour codes');
+      assert.ok(text.includes(r.autocannon.table.trimEnd()), 'the report prints autocannon\'s table');
+      assert.deepEqual(JSON.parse(JSON.stringify(r)).autocannon, r.autocannon, 'kept in the JSON');
+    }
+    assert.match(text, /Latency, ms, as autocannon measures it/);
+    assert.match(text, /^1\s+POST \/publish\s+1(\s+\d+){6}\s+[\d.]+\s+[\d.]+\s+[\d.]+$/m);
   });
 });
 

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import * as mqttPacket from 'mqtt-packet';
 import { decodeConnect, encodeConnack, type ConnectResult } from '../../src/protocol/connect';
 import { Framer, FRAME_READY } from '../../src/protocol/framer';
+import { varint } from '../helpers/bytes';
 
 /** Frames `bytes` and decodes it; with `behind`, the CONNECT follows other packets in the same
  *  chunk, so its offsets inside the buffer are not 0. */
@@ -188,6 +189,31 @@ test('a client id, will topic or user name with a control character is refused',
   assert.equal(refused(decode(rawConnect('MQTT', 4, Buffer.from('id\u0007')))).version, 0);
   assert.equal(refused(decode(rawConnect('MQTT', 4, Buffer.from('id'), 0x06, Buffer.from([0, 2, 0x61, 0x0a, 0, 0])))).version, 0);
   assert.equal(refused(decode(connect({ username: 'name\uffff', password: Buffer.from('p') }))).version, 0);
+});
+
+/** An MQTT 5 CONNECT with hand-written CONNECT properties and, optionally, a will with its own. */
+function v5Connect(props: number[], willProps: number[] | null = null): Buffer {
+  const str = (b: Buffer): Buffer => Buffer.concat([Buffer.from([b.length >> 8, b.length & 0xff]), b]);
+  const parts = [str(Buffer.from('MQTT')), Buffer.from([5, 0x02 | (willProps ? 0x04 : 0), 0, 30]), Buffer.from(varint(props.length)), Buffer.from(props), str(Buffer.from('id'))];
+  if (willProps) parts.push(Buffer.from(varint(willProps.length)), Buffer.from(willProps), str(Buffer.from('w/t')), str(Buffer.from('x')));
+  const body = Buffer.concat(parts);
+  return Buffer.concat([Buffer.from([0x10, ...varint(body.length)]), body]);
+}
+
+test('MQTT 5.0: a CONNECT or will property string (user property, content type) that is not valid UTF-8 or holds U+0000 gets CONNACK 0x81', () => {
+  const bad = [0xc3, 0x28];
+  const userProp = (k: number[], v: number[]): number[] => [0x26, 0, k.length, ...k, 0, v.length, ...v];
+  const cases: [string, Buffer][] = [
+    ['CONNECT user property name', v5Connect(userProp(bad, [0x76]))],
+    ['CONNECT user property value U+0000', v5Connect(userProp([0x6b], [0x00]))],
+    ['will content type', v5Connect([], [0x03, 0, 2, ...bad])],
+    ['will user property value U+0000', v5Connect([], userProp([0x6b], [0x61, 0x00]))],
+    ['will response topic', v5Connect([], [0x08, 0, 3, 0x61, ...bad])],
+  ];
+  for (const [what, bytes] of cases) assert.deepEqual(refused(decode(bytes)), { version: 5, code: 0x81 }, what);
+  // The same shapes with good strings are accepted.
+  assert.ok(decode(v5Connect(userProp([0x6b], [0x76]))).ok);
+  assert.ok(decode(v5Connect([0x11, 0, 0, 0, 10], [0x03, 0, 4, 0x74, 0x65, 0x78, 0x74, ...userProp([0x6b], [0xc3, 0xa9])])).ok);
 });
 
 test('a CONNECT mqtt-packet cannot parse is refused (reserved flag, truncated)', () => {

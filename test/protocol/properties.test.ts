@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as mqttPacket from 'mqtt-packet';
 import { hasDiscouraged } from '../helpers/bytes';
-import { isValidMqttString, PROP_TOPIC_ALIAS, scanPublishProperties, type PropertyScan } from '../../src/protocol/properties';
+import { isValidMqttString, PROP_TOPIC_ALIAS, propertiesAreValid, scanPublishProperties, type PropertyScan } from '../../src/protocol/properties';
 import { readVarint, varintEnd } from '../../src/protocol/framer';
 
 function scan(props: Buffer | number[], pad = 0): PropertyScan & { start: number; buf: Buffer } {
@@ -245,4 +245,18 @@ test('isValidMqttString agrees with a UTF-8 round trip and a code point check on
     if (b.includes(0)) continue;
     assert.equal(isValidMqttString(b, 0, n), wellFormed(b), b.toString('hex'));
   }
+});
+
+test('propertiesAreValid: CONNECT and will properties, with every string checked and any identifier MQTT 5 knows', () => {
+  const b = (...bytes: number[]): Buffer => Buffer.from(bytes);
+  assert.equal(propertiesAreValid(b(), 0, 0), true);
+  // Session Expiry Interval, Receive Maximum, a user property, Authentication Method.
+  const good = b(0x11, 0, 0, 0, 60, 0x21, 0, 10, 0x26, 0, 1, 0x6b, 0, 2, 0xc3, 0xa9, 0x15, 0, 1, 0x78);
+  assert.equal(propertiesAreValid(good, 0, good.length), true);
+  assert.equal(propertiesAreValid(b(0x26, 0, 1, 0x6b, 0, 1, 0x00), 0, 7), false, 'U+0000 in a user property value');
+  assert.equal(propertiesAreValid(b(0x03, 0, 2, 0xc3, 0x28), 0, 5), false, 'invalid UTF-8 in a content type');
+  assert.equal(propertiesAreValid(b(0x7f, 0), 0, 2), false, 'an unknown identifier');
+  assert.equal(propertiesAreValid(b(0x11, 0, 0), 0, 3), false, 'a truncated value');
+  // Binary data (correlation data, authentication data) is not a string.
+  assert.equal(propertiesAreValid(b(0x09, 0, 2, 0xc3, 0x28), 0, 5), true);
 });
