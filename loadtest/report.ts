@@ -2,6 +2,7 @@
 // broker-outage): per run, then medians over rounds and the fanout/mosquitto
 // ratio (per transport, and WebSocket over TCP per target when both ran), in
 // three tables: throughput and loss, latency, resources.
+import * as os from 'node:os';
 import {
   int,
   latencyCells,
@@ -168,6 +169,27 @@ export function pairedRatios(records: RunRecord<ScenarioResult>[]): PairedRatio[
   return out;
 }
 
+/**
+ * What the machine allows at all: the upstream mosquittos alone spend U µs of CPU per message
+ * delivered (the least any target's runs measured), so on this machine's cores no front end,
+ * however cheap, delivers more than cores × 1e6 / U msg/s, even with nothing else running (the
+ * devices and the receivers share the cores too). Next to the bridge's rate, it says how far any
+ * ratio target can be met here.
+ */
+export function ceilingLines(sums: UplinkSummary[], cores = os.availableParallelism()): string[] {
+  const lines: string[] = [];
+  for (const qos of [...new Set(sums.map((s) => s.qos))]) {
+    const mine = sums.filter((s) => s.qos === qos && s.transport === 'tcp' && s.resources !== null && s.resources.upstreamCpuUs > 0);
+    if (mine.length === 0) continue;
+    const upstreamUs = Math.min(...mine.map((s) => s.resources!.upstreamCpuUs));
+    const ceiling = (cores * 1e6) / upstreamUs;
+    const bridge = mine.find((s) => s.target === 'mosquitto');
+    const vs = bridge && bridge.deliveredPerSec > 0 ? `, ${(ceiling / bridge.deliveredPerSec).toFixed(2)}x the bridge's ${int(bridge.deliveredPerSec)} deliv/s` : '';
+    lines.push(`  ${qosCell(qos)}: the upstreams spend ${upstreamUs.toFixed(1)} µs CPU per message; ${cores} cores allow at most ${int(ceiling)} msg/s through any front end${vs}`);
+  }
+  return lines.length === 0 ? [] : ['', 'Ceiling on this machine (upstream brokers alone, nothing else running):', ...lines];
+}
+
 function pairedLines(records: RunRecord<ScenarioResult>[]): string[] {
   const paired = pairedRatios(records);
   return OTHER_TRANSPORTS.flatMap((transport) => {
@@ -260,6 +282,7 @@ export function renderReport(records: RunRecord<ScenarioResult>[]): string {
     '',
     table(medLatHead, medLatRows, 4),
     ...ratioLines(ratios(sums)),
+    ...ceilingLines(sums),
     ...pairedLines(records),
   ];
   const notes = problems(records);

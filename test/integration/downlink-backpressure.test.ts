@@ -158,6 +158,8 @@ for (const [policy, kept] of [
       await waitFor(`${AWAY - QUEUE} queue_full drops`, async () => (await queueFull()) === AWAY - QUEUE, { timeoutMs: 10_000, intervalMs: 200 });
       const warnings = (): { occurrences: number }[] => daemon.lines
         .filter((l) => l.level === 40 && /^session queue full/.test(l.msg)) as unknown as { occurrences: number }[];
+      // Logs are written off the shard thread: the line may follow the metric by a moment.
+      await waitFor('the first drop logged', () => warnings().length >= 1, { timeoutMs: 5_000 });
       assert.deepEqual(warnings().map((w) => w.occurrences), [1], 'the first drop is logged at once, the others held back');
       // The held-back ones are reported in one line once the interval (5 s) is over.
       await waitFor('the held-back drops in one line', () => warnings().length === 2, { timeoutMs: 10_000 });
