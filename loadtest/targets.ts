@@ -67,6 +67,8 @@ export interface TargetOptions {
   auth?: { users: number; topicPattern: string } | null;
   /** fanout-per-device: FANOUT_UPSTREAM_CONNECT_RATE (null: the daemon's default). */
   upstreamRate?: number | null;
+  /** mqtt-fanout targets: write V8 CPU profiles of every thread here (--cpu-prof). */
+  cpuProfDir?: string | null;
 }
 
 export interface Target {
@@ -191,6 +193,7 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
         ws: opts.ws,
         http: opts.http,
         tls: certs,
+        cpuProfDir: opts.cpuProfDir ?? null,
         env: {
           ...(auth ? { FANOUT_PASSWORD_FILE: auth.passwordFile, FANOUT_ACL_FILE: auth.aclFile } : {}),
           ...(kind === 'fanout-per-device' ? { FANOUT_UPSTREAM_MODE: 'per-device' } : {}),
