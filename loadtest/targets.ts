@@ -140,7 +140,9 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
   const stop = async (keep = false): Promise<string[]> => {
     const notes: string[] = [];
     for (const p of [...procs].reverse()) {
-      const info = await p.stop();
+      // A bridge closes its broker connections on SIGTERM, and on a loaded machine that has been
+      // seen to take more than 5 s.
+      const info = await p.stop(p.name === 'bridge' ? 15_000 : 5000);
       const expectZero = p.name === 'mqtt-fanout' || p.name.startsWith('upstream') || p.name === 'bridge';
       if (expectZero && (info.code !== 0 || info.killed)) notes.push(`${p.name} exit: ${describeExit(info)} (log ${p.logPath})`);
     }
