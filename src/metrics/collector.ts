@@ -71,7 +71,7 @@ export class MetricsCollector {
   private collecting = false;
   /** The supervisor's own thread (HTTP, registry, logs). */
   private readonly vitals = new ThreadVitals();
-  private mainVitals: Vitals = { loopDelayP99Ms: 0, loopDelayMaxMs: 0, heapUsedMb: 0 };
+  private mainVitals: Vitals = { loopDelayP99Ms: 0, loopDelayMaxMs: 0, heapUsedMb: 0, heapCommittedMb: 0, externalMb: 0 };
 
   constructor(private readonly src: CollectorSources) {
     this.rtt = src.brokers.map(() => new Window());
@@ -200,13 +200,17 @@ export class MetricsCollector {
     metric('fanout_ring_fill_bytes', 'gauge', 'Bytes waiting in the shared-memory rings, by shard, broker and direction.', fill);
     metric('fanout_ring_capacity_bytes', 'gauge', 'Capacity of each ring.', [[{}, this.src.uplinkRings[0]?.[0]?.capacity ?? 0]]);
 
-    const threads: [string, { loopDelayP99Ms: number; loopDelayMaxMs: number; heapUsedMb: number }][] = [
+    const threads: [string, Vitals][] = [
       ['main', this.mainVitals], ...shards.map((v, i): [string, Vitals] => [`shard-${i}`, v]),
       ...writers.map((v, b): [string, Vitals] => [`writer-${brokers[b].name}`, v])];
     metric('fanout_thread_event_loop_delay_seconds', 'gauge', 'How late each thread\'s event loop ran over the last second: p99 and max.',
       threads.flatMap(([thread, v]): [Record<string, string | number>, number][] => [
         [{ thread, stat: 'p99' }, v.loopDelayP99Ms / 1000], [{ thread, stat: 'max' }, v.loopDelayMaxMs / 1000]]));
     metric('fanout_thread_heap_used_bytes', 'gauge', 'JavaScript heap in use, by thread.', threads.map(([thread, v]) => [{ thread }, v.heapUsedMb * 1048576]));
+    metric('fanout_thread_heap_committed_bytes', 'gauge', 'JavaScript heap V8 holds from the system, used or not, by thread.',
+      threads.map(([thread, v]) => [{ thread }, v.heapCommittedMb * 1048576]));
+    metric('fanout_thread_external_bytes', 'gauge', 'Memory outside the heap that JavaScript objects own (Buffers, ArrayBuffers), by thread.',
+      threads.map(([thread, v]) => [{ thread }, v.externalMb * 1048576]));
     metric('fanout_process_resident_bytes', 'gauge', 'Resident memory of the daemon process (every thread).', [[{}, process.memoryUsage.rss()]]);
 
     this.summary(out, 'fanout_ack_latency_seconds', 'Device publish to device acknowledgement (QoS 1/2), quantiles over the last minute.', [[{}, this.ack]]);
