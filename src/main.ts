@@ -115,7 +115,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     });
     return w;
   };
-  const threadLimits = { maxOldGenerationSizeMb: cfg.threadHeapMb };
+  const threadLimits = { maxOldGenerationSizeMb: cfg.threadHeapMb, ...(cfg.threadYoungMb > 0 ? { maxYoungGenerationSizeMb: cfg.threadYoungMb } : {}) };
   /** Set once every thread started: from then on a failed shard or writer is restarted. */
   let running = false;
   let stopping = false;

@@ -219,6 +219,8 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
       + 'the older ones are skipped (and counted) when it comes back.' },
   threadHeapMb: { name: 'FANOUT_THREAD_HEAP_MB', default: '4096', ...integer(32, 1048576),
     description: 'Heap limit of each shard and writer thread, in MiB: a thread that runs out is restarted alone instead of ending the daemon.' },
+  threadYoungMb: { name: 'FANOUT_THREAD_YOUNG_MB', default: '0', ...integer(0, 1024),
+    description: 'Young generation limit of each shard and writer thread, in MiB; 0: V8\'s own, which under load commits up to 32 MiB of new space in each thread and keeps it.' },
   testHooks: { name: 'FANOUT_TEST_HOOKS', default: 'false', ...boolean(),
     description: 'For tests only: POST /test/crash?thread=… on the HTTP listener makes that thread fail (uncaught error or out of memory), to test restarts.' },
   logLevel: { name: 'FANOUT_LOG_LEVEL', default: 'info',

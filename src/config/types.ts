@@ -130,6 +130,7 @@ export interface Config {
   readonly conflateTopics: readonly string[] | null;
   /** Heap limit of each shard and writer thread (MiB). */
   readonly threadHeapMb: number;
+  readonly threadYoungMb: number;
   /** FANOUT_TEST_HOOKS: POST /test/crash is served. */
   readonly testHooks: boolean;
   readonly logLevel: LogLevel;
