@@ -20,7 +20,10 @@ import { startHttp } from './ingress/http';
 import * as fs from 'node:fs';
 import { Authenticator } from './auth/authenticator';
 import { parseAclFile, type Acl } from './auth/acl';
-import { ConfigError, redactedConfig } from './config/index';
+import { ConfigError, loadConfig, redactedConfig } from './config/index';
+import { applyPlan, planReload } from './config/reload';
+import { MAX_BROKER_SLOTS } from './shard/uplink';
+import type { BrokerChange } from './shard/shard';
 import type * as http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { lockSpoolDir } from './broker/spool';
@@ -40,15 +43,30 @@ export interface Daemon {
   readonly httpPort: number | null;
   /** TLS listener port, null when off. */
   readonly tlsPort: number | null;
-  /** Re-reads what may change without a restart (the TLS certificate files). */
-  reload(): void;
+  /** Re-reads what may change without a restart: the TLS certificate, password and ACL files,
+   *  and the broker set (see reloadBrokers). */
+  reload(): Promise<ReloadResult>;
+  /** Re-reads the configuration and applies a changed broker set (see src/reload.ts). */
+  reloadBrokers(): Promise<ReloadResult>;
+  /** The brokers in service. */
   readonly brokers: readonly BrokerConfig[];
   /** Per-shard counters (connections, publishes, ...), read from shared memory. */
   shardStats(): Record<ShardField, number>[];
   stop(): Promise<void>;
 }
 
-export async function startDaemon(config: Config, log: MainLog = createMainLogger(config.logLevel)): Promise<Daemon> {
+/** The answer to a reload: what changed, or why nothing did. */
+export type ReloadResult =
+  | { ok: true; added: string[]; removed: string[]; changed: string[]; unchanged: string[] }
+  | { ok: false; status: 400 | 409; error: string };
+
+export interface DaemonOptions {
+  /** Reads the configuration again for a reload (default: loadConfig of process.env, which
+   *  re-reads FANOUT_BROKERS_FILE and the broker credential files). */
+  reloadConfig?: () => Config;
+}
+
+export async function startDaemon(config: Config, log: MainLog = createMainLogger(config.logLevel), opts: DaemonOptions = {}): Promise<Daemon> {
   const logger = log.logger;
   // libuv then accepts one connection per wake-up, letting idle shards take their share.
   process.env.UV_TCP_SINGLE_ACCEPT = '1';
@@ -60,7 +78,9 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     brokers = [embedded.broker];
     logger.info({ broker: embedded.broker.redactedUrl }, 'FANOUT_BROKERS not set: started an embedded broker (aedes) as the only upstream');
   }
-  const cfg: Config = Object.freeze({ ...config, brokers });
+  // Replaced by a reload that changes the broker set: Config.brokers then lists every broker
+  // slot, those the reload removed marked retired.
+  let cfg: Config = Object.freeze({ ...config, brokers });
   let releaseSpool: (() => void) | null = null;
   if (cfg.spoolDir !== null) {
     const lock = lockSpoolDir(cfg.spoolDir);
@@ -84,6 +104,8 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     return false;
   };
   const exited = new Set<Worker>();
+  /** Writers a reload ends on purpose (removed or changed brokers). */
+  const ending = new Set<Worker>();
   const restarts = new Map<string, number[]>();
   /** Fatal: the other threads are stopped in order (a thread that ends with open WebSocket
    *  handles would abort the process), then the daemon exits with 1. */
@@ -99,7 +121,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     w.on('error', (err) => logger.error({ err, thread: name }, 'worker thread failed'));
     w.on('exit', (code) => {
       exited.add(w);
-      if (stopping) return;
+      if (stopping || ending.has(w)) return;
       const now = Date.now();
       const recent = (restarts.get(name) ?? []).filter((t) => now - t < RESTART_WINDOW_MS);
       if (restart !== null && running && recent.length < MAX_RESTARTS) {
@@ -143,7 +165,8 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   const shardBells = Array.from({ length: shards }, () => createDoorbell());
   const writerBells = brokers.map(() => createDoorbell());
   const stats = createStats(shards);
-  const writerStats = createStats(brokers.length);
+  // A row for every slot a reload may add.
+  const writerStats = createStats(MAX_BROKER_SLOTS);
 
   // The device listener: SO_REUSEPORT per shard where possible, else one shared descriptor.
   await assertPortFree(cfg.host, cfg.port);
@@ -174,12 +197,14 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     if (latency.waiting > 0 && --latency.waiting === 0) latency.wake?.();
   };
   const writers: Worker[] = [];
+  /** The broker slots in service (a reload retires removed ones). */
+  const liveSlots = (): number[] => cfg.brokers.flatMap((b, i) => (b.retired === true ? [] : [i]));
   const shardWorkers: Worker[] = [];
   const toShard = (s: number, m: ToShard, transfer: MessagePort[] = []): void => shardWorkers[s]?.postMessage(m, transfer);
   /** Shards being replaced: the writers that still have to let go of them, then the start. */
   const resetting = new Map<number, { left: Set<number>; start: () => void }>();
   const spawnWriter = (b: number, shardPorts: MessagePort[], recovering: boolean): void => {
-    const broker = brokers[b];
+    const broker = cfg.brokers[b];
     const w = watch(new Worker(path.join(WORKERS, 'writer.worker.js'), {
       workerData: {
         config: cfg, broker, index: b, uplinkRings: uplink.map((r) => r[b]), ackRings: acks.map((r) => r[b]),
@@ -331,8 +356,9 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     registry.dropShard(s);
     clearStatsRow(stats, s);
     const channels = writers.map(() => new MessageChannel());
+    const serving = liveSlots();
     resetting.set(s, {
-      left: new Set(writers.map((_, b) => b)),
+      left: new Set(serving),
       start: () => {
         startShard(s, plan, wsPlan, wssPlan, tlsPlan, channels.map((c) => c.port2), true).then(
           () => {
@@ -346,14 +372,15 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
         );
       },
     });
-    writers.forEach((w, b) => w.postMessage({ t: 'shard-reset', shard: s, port: channels[b].port1 } satisfies ToWriter, [channels[b].port1]));
+    for (const b of serving) writers[b].postMessage({ t: 'shard-reset', shard: s, port: channels[b].port1 } satisfies ToWriter, [channels[b].port1]);
   };
 
   // HTTP: metrics, health, publish, dashboard.
   const collector = new MetricsCollector({
-    brokers, shards,
+    get brokers() { return cfg.brokers; },
+    shards,
     shardStats: () => readShardStats(stats, shards),
-    writerStats: () => readWriterStats(writerStats, brokers.length),
+    writerStats: () => readWriterStats(writerStats, cfg.brokers.length),
     uplinkRings: uplink, downlinkRings: downlink,
     pullLatency: () => new Promise((resolve) => {
       const take = (): void => {
@@ -365,10 +392,11 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
         resolve({ ack, rtt });
       };
       const timer = setTimeout(take, 500);
-      latency.waiting = shards + writers.length;
+      const serving = liveSlots();
+      latency.waiting = shards + serving.length;
       latency.wake = take;
       for (const w of shardWorkers) w.postMessage({ t: 'metrics' } satisfies ToShard);
-      for (const w of writers) w.postMessage({ t: 'metrics' } satisfies ToWriter);
+      for (const b of serving) writers[b].postMessage({ t: 'metrics' } satisfies ToWriter);
     }),
   });
   let httpServer: (http.Server & { boundPort: number }) | null = null;
@@ -384,17 +412,22 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
         verify: authenticator === null ? null : (username, password) => authenticator!.verify(username, password).catch(() => false),
         acl: (clientId, username) => httpAcl?.forClient(clientId, username) ?? null,
       },
+      adminToken: cfg.adminToken,
+      reload: async () => {
+        const r = await reload();
+        return r.ok ? { status: 200, body: r } : { status: r.status, body: { ok: false, error: r.error } };
+      },
       testCrash: cfg.testHooks ? (thread, kind) => {
         const target = /^shard-(\d+)$/.test(thread) ? shardWorkers[Number(thread.slice(6))]
-          : thread.startsWith('writer-') ? writers[brokers.findIndex((b) => b.name === thread.slice(7))] : undefined;
+          : thread.startsWith('writer-') ? writers[cfg.brokers.findIndex((b) => b.name === thread.slice(7) && b.retired !== true)] : undefined;
         if (target === undefined) return false;
         logger.warn({ thread, kind }, 'FANOUT_TEST_HOOKS: making a thread fail on request');
         target.postMessage({ t: 'test-crash', kind });
         return true;
       } : undefined,
       ready: () => {
-        const ws = readWriterStats(writerStats, brokers.length);
-        const list = brokers.map((b, i) => ({ name: b.name, up: ws[i].connectionsUp }));
+        const ws = readWriterStats(writerStats, cfg.brokers.length);
+        const list = liveSlots().map((i) => ({ name: cfg.brokers[i].name, up: ws[i].connectionsUp }));
         return { ready: !stopping && list.every((b) => b.up > 0), brokers: list };
       },
       publish: (topic, payload, qos, retain) => new Promise((resolve) => {
@@ -411,7 +444,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   }
   running = true;
   logger.info({
-    port, host: cfg.host, shards, listen: plan.kind, brokers: brokers.map((b) => b.name),
+    port, host: cfg.host, shards, listen: plan.kind, brokers: brokers.map((b) => b.name), ...(cfg.brokersFile !== null ? { brokersFile: cfg.brokersFile } : {}),
     ...(wsPort !== null ? { wsPort, wsPath: cfg.wsPath, websocket: first.ws } : {}),
     ...(wssPort !== null ? { wssPort, wsPath: cfg.wsPath, secureWebsocket: first.wss } : {}),
     ...(httpServer !== null ? { httpPort: httpServer.boundPort } : {}),
@@ -450,11 +483,141 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
 
   stopNow = stop;
 
+  const loadNext = opts.reloadConfig ?? ((): Config => loadConfig(process.env));
+  let nextChange = 1;
+  /** Sends every shard its part of a broker change; resolves once all applied it, with the
+   *  number of publishes that stopped waiting for a gone broker. */
+  const changeShards = (build: (s: number) => { change: Omit<BrokerChange, 'id'>; transfer: MessagePort[] }): Promise<number> => {
+    const id = nextChange++;
+    return Promise.all(shardWorkers.map((w, s) => new Promise<number>((resolve) => {
+      const done = (n: number): void => {
+        w.off('message', onMessage);
+        w.off('exit', onExit);
+        resolve(n);
+      };
+      const onMessage = (m: FromShard): void => {
+        if (m.t === 'brokers-done' && m.id === id) done(m.unanswered);
+      };
+      const onExit = (): void => done(0);
+      w.on('message', onMessage);
+      w.once('exit', onExit);
+      const { change, transfer } = build(s);
+      w.postMessage({ t: 'brokers', id, ...change } satisfies ToShard, transfer);
+    }))).then((counts) => counts.reduce((a, b) => a + b, 0));
+  };
+
+  /**
+   * Applies a changed broker set. Added brokers get a new slot (rings per shard, doorbell,
+   * writer); the shards write to it from the moment they have it, and hold their devices'
+   * subscriptions there as the routes say. Removed ones are retired on the shards first, so
+   * nothing new goes to them, then their writers send what the rings hold, wait for the
+   * broker's answers (FANOUT_SHUTDOWN_TIMEOUT_MS at most) and end; whatever still waits for them
+   * after that stops waiting. Changed ones hand over: the writer finishes what is in flight and
+   * ends, and a new one with the new settings takes the same rings, as after a failure.
+   */
+  const applyBrokerReload = async (): Promise<ReloadResult> => {
+    let next: Config;
+    try {
+      next = loadNext();
+    } catch (err) {
+      if ((err as ConfigError).code !== 'FANOUT_ERR_CONFIG') throw err;
+      const e = err as ConfigError;
+      const error = `${e.message}; the configuration in force stays`;
+      logger.error({ variable: e.variable, value: e.value }, `configuration not reloaded: ${error}`);
+      return { ok: false, status: 400, error };
+    }
+    const check = planReload(cfg, next);
+    if (!check.ok) {
+      logger.error({ variable: check.variable, value: check.value }, `configuration not reloaded: ${check.message}`);
+      return { ok: false, status: 400, error: check.message };
+    }
+    const { plan } = check;
+    const before = cfg;
+    const summary = {
+      added: plan.added.map((b) => b.name), removed: plan.removed.map((b) => before.brokers[b].name),
+      changed: plan.changed.map((c) => c.broker.name), unchanged: [...plan.unchanged],
+    };
+    if (plan.added.length + plan.removed.length + plan.changed.length === 0) {
+      logger.info(summary, 'configuration reloaded: the broker set is unchanged');
+      return { ok: true, ...summary };
+    }
+    cfg = Object.freeze({ ...before, brokers: applyPlan(before, plan) });
+    const firstNew = before.brokers.length;
+    const shardSides: MessagePort[][] = plan.added.map((_, i) => {
+      const b = firstNew + i;
+      const writerSides: MessagePort[] = [];
+      const sides: MessagePort[] = [];
+      for (let s = 0; s < shards; s++) {
+        uplink[s].push(createRing(cfg.ringBytes));
+        acks[s].push(createRing(ackBytes));
+        downlink[s].push(createRing(cfg.ringBytes));
+        const { port1, port2 } = new MessageChannel();
+        writerSides.push(port1);
+        sides.push(port2);
+      }
+      writerBells.push(createDoorbell());
+      latency.rtt.push([]);
+      spawnWriter(b, writerSides, false);
+      return sides;
+    });
+    await changeShards((s) => {
+      const added = plan.added.map((_, i) => {
+        const b = firstNew + i;
+        return { slot: b, uplink: uplink[s][b], ack: acks[s][b], downlink: downlink[s][b], doorbell: writerBells[b], port: shardSides[i][s] };
+      });
+      return { change: { config: cfg, added, retired: [...plan.removed], gone: [] }, transfer: added.map((a) => a.port) };
+    });
+    logger.info(summary, 'broker set reloaded: publishes accepted from now on go to the new set');
+    const end = async (b: number, message: ToWriter): Promise<FromWriter> => {
+      const w = writers[b];
+      ending.add(w);
+      const r = await request<FromWriter>(w, message, 'drained');
+      await w.terminate();
+      return r;
+    };
+    const handovers = plan.changed.map(async ({ slot }) => {
+      const r = await end(slot, { t: 'drain', deadlineMs: cfg.shutdownTimeoutMs / 2, handover: true });
+      restartWriter(slot);
+      const broker = cfg.brokers[slot];
+      logger.info({ broker: broker.name, url: broker.redactedUrl, ...(r.t === 'drained' ? { leftInflight: r.leftInflight } : {}) },
+        'broker settings changed: reconnecting with the new ones');
+    });
+    const drains = await Promise.all(plan.removed.map(async (b) => {
+      const r = await end(b, { t: 'drain', deadlineMs: cfg.shutdownTimeoutMs });
+      clearStatsRow(writerStats, b);
+      return { broker: cfg.brokers[b].name, r };
+    }));
+    if (drains.length > 0) {
+      const unanswered = await changeShards(() => ({ change: { config: cfg, added: [], retired: [], gone: [...plan.removed] }, transfer: [] }));
+      for (const { broker, r } of drains) {
+        const left = r.t === 'drained' ? { leftInRings: r.leftInRings, leftInflight: r.leftInflight } : {};
+        logger.info({ broker, ...left }, 'broker removed: its messages drained, disconnected');
+      }
+      if (unanswered > 0) {
+        logger.warn({ brokers: summary.removed, unanswered }, 'publishes a removed broker did not acknowledge within FANOUT_SHUTDOWN_TIMEOUT_MS no longer wait for it');
+      }
+    }
+    await Promise.all(handovers);
+    logger.info(summary, 'configuration reloaded');
+    return { ok: true, ...summary };
+  };
+  let reloading = false;
+  const reloadBrokers = async (): Promise<ReloadResult> => {
+    if (reloading) return { ok: false, status: 409, error: 'a reload is in progress' };
+    if (stopping || !running) return { ok: false, status: 409, error: 'the daemon is starting or stopping' };
+    reloading = true;
+    try {
+      return await applyBrokerReload();
+    } finally {
+      reloading = false;
+    }
+  };
+
   /** SIGHUP: the certificate files of the TLS and WSS listeners are read again (writers: the
-   *  credentials maps and TLS files of their per-device sessions). */
-  const reload = (): void => {
+   *  credentials maps and TLS files of their per-device sessions), and the broker set. */
+  const reload = (): Promise<ReloadResult> => {
     for (let s = 0; s < shards; s++) toShard(s, { t: 'tls-reload' });
-    for (const w of writers) w.postMessage({ t: 'reload' } satisfies ToWriter);
+    for (const b of liveSlots()) writers[b].postMessage({ t: 'reload' } satisfies ToWriter);
     if (cfg.aclFile !== null) {
       // As on the shards: a file that does not parse leaves the rules in force.
       try {
@@ -468,9 +631,14 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       () => logger.info({ file: cfg.passwordFile, users: authenticator?.size }, 'password file reloaded'),
       (err: Error) => logger.error({ err: err.message }, 'password file not reloaded; the previous one stays'),
     );
+    return reloadBrokers();
   };
 
-  return { port, wsPort, wssPort, tlsPort, httpPort: httpServer?.boundPort ?? null, brokers, stop, reload, shardStats: () => readShardStats(stats, shards) };
+  return {
+    port, wsPort, wssPort, tlsPort, httpPort: httpServer?.boundPort ?? null, stop, reload, reloadBrokers,
+    get brokers() { return cfg.brokers.filter((b) => b.retired !== true); },
+    shardStats: () => readShardStats(stats, shards),
+  };
 }
 
 function freePort(host: string): Promise<number> {

@@ -93,6 +93,8 @@ export class MetricsCollector {
     try {
       const { ack, rtt } = await this.src.pullLatency();
       this.ack.push(ack);
+      // A reload may have added broker slots.
+      while (this.rtt.length < this.src.brokers.length) this.rtt.push(new Window());
       this.rtt.forEach((w, b) => w.push(rtt[b] ?? []));
       const shards = this.src.shardStats();
       const last = this.ack.merged(true);
@@ -242,6 +244,7 @@ export class MetricsCollector {
       subscriptions: sum(shards, 'subscriptions'),
       ackLatency: { p50: q(ack, 50), p90: q(ack, 90), p99: q(ack, 99), p999: q(ack, 99.9) },
       brokers: this.src.brokers.map((b, i) => ({
+        retired: b.retired === true,
         name: b.name,
         url: b.redactedUrl,
         up: writers[i].connectionsUp,
@@ -251,7 +254,7 @@ export class MetricsCollector {
         queuedBytes: this.src.uplinkRings.reduce((n, rings) => n + ringUsed(rings[i]), 0),
         messagesOut: writers[i].messagesOutQos0 + writers[i].messagesOutQos1 + writers[i].messagesOutQos2,
         messagesIn: writers[i].downlinkInQos0 + writers[i].downlinkInQos1 + writers[i].downlinkInQos2,
-      })),
+      })).filter((b) => !b.retired),
       history: this.history,
     };
     ack.destroy();
