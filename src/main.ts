@@ -443,6 +443,10 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     });
   }
   running = true;
+  const unlisted = [...new Set(cfg.routes.map((r) => r.broker))].filter((name) => !cfg.brokers.some((b) => b.name === name));
+  if (unlisted.length > 0) {
+    logger.warn({ brokers: unlisted, brokersFile: cfg.brokersFile }, 'FANOUT_ROUTES names brokers FANOUT_BROKERS_FILE does not list: their routes apply once a reload adds them');
+  }
   logger.info({
     port, host: cfg.host, shards, listen: plan.kind, brokers: brokers.map((b) => b.name), ...(cfg.brokersFile !== null ? { brokersFile: cfg.brokersFile } : {}),
     ...(wsPort !== null ? { wsPort, wsPath: cfg.wsPath, websocket: first.ws } : {}),

@@ -4,7 +4,7 @@
 
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { BROKERS_ALLOWED, isHostName, parseBrokerList, parseDecimal } from './brokers';
+import { BROKER_NAME_RE, BROKERS_ALLOWED, isHostName, parseBrokerList, parseDecimal } from './brokers';
 import { parseRoutes, ROUTES_ALLOWED, RoutesError } from './routes';
 import { validateTopicFilter } from '../protocol/topic';
 import { CLIENT_ID_TEMPLATE_ALLOWED, isClientIdTemplate } from './upstream';
@@ -307,7 +307,8 @@ function routesOf(values: EnvValues, embeddedBroker: boolean, ctx: z.RefinementC
     + '(the embedded broker then takes every publish and serves every subscription)';
   if (!embeddedBroker) {
     try {
-      return parseRoutes(values.routes, values.brokers.map((broker) => broker.name));
+      // With FANOUT_BROKERS_FILE a route may name a broker a reload adds later.
+      return parseRoutes(values.routes, values.brokers.map((broker) => broker.name), values.brokersFile === null ? {} : { anyName: BROKER_NAME_RE });
     } catch (err) {
       if (!(err instanceof RoutesError)) throw err;
       message = err.message;

@@ -28,7 +28,9 @@ export function liveMask(config: Config): number {
 
 /** The route table of `config`, or null when the proxy is transparent. */
 export function buildRoutes(config: Config): RouteTable | null {
-  return config.routes.length === 0 ? null : new RouteTable(config.routes, slotNames(config));
+  if (config.routes.length === 0) return null;
+  // Routes of brokers not listed (FANOUT_BROKERS_FILE) apply once a reload adds them.
+  return new RouteTable(config.routes, slotNames(config), 'skip');
 }
 
 export function buildRouting(config: Config): DownlinkRouting {

@@ -115,3 +115,13 @@ test('a reload refuses more broker slots than the in-flight table has bits for',
   assert.ok(!check.ok);
   assert.match(check.message, /this run has used 31 broker slots and can have at most 31/);
 });
+
+test('with FANOUT_BROKERS_FILE, FANOUT_ROUTES may name a broker a reload adds later; with FANOUT_BROKERS it may not', () => {
+  const c = load('a=mqtt://127.0.0.1:1', { FANOUT_ROUTES: 'a # both; later # out' });
+  assert.deepEqual(c.routes.map((r) => r.broker), ['a', 'later']);
+  const err = rejected({ FANOUT_BROKERS: 'a=mqtt://127.0.0.1:1', FANOUT_ROUTES: 'a # both; later # out' });
+  assert.equal(err.variable, 'FANOUT_ROUTES');
+  assert.match(err.message, /broker "later" is not in FANOUT_BROKERS/);
+  const bad = rejected({ FANOUT_BROKERS_FILE: brokersFile('a=mqtt://127.0.0.1:1'), FANOUT_ROUTES: 'a # both; no~name # out' });
+  assert.equal(bad.variable, 'FANOUT_ROUTES');
+});

@@ -220,3 +220,44 @@ describe('hot reload: POST /admin/reload without FANOUT_ADMIN_TOKEN', { timeout:
     }
   });
 });
+
+describe('hot reload with FANOUT_ROUTES: a broker the routes name joins later', { timeout: 90_000 }, () => {
+  test('its routes apply once a reload adds it: device subscriptions are held there, publishes go there', async (t) => {
+    const scope = new Scope();
+    t.after(() => scope.close());
+    const a = scope.use(await Mosquitto.start());
+    const c = scope.use(await Mosquitto.start());
+    const file = tempFile();
+    fs.writeFileSync(file, `a=${a.url({ pool: 2 })}\n`);
+    const daemon = scope.use(await DaemonProcess.start({
+      FANOUT_BROKERS_FILE: file, FANOUT_ROUTES: 'a # both; c # both', FANOUT_HTTP_PORT: 0, FANOUT_ADMIN_TOKEN: TOKEN,
+    }));
+    const warning = daemon.lines.find((l) => l.msg.startsWith('FANOUT_ROUTES names brokers'));
+    assert.deepEqual(warning?.brokers, ['c']);
+    const topic = `joined/${process.pid}`;
+    const device = await connectClient(daemon.port, { clientId: `reload-sub-${process.pid}` });
+    scope.defer(() => closeClient(device));
+    let closes = 0;
+    device.on('close', () => { closes++; });
+    const got: string[] = [];
+    device.on('message', (_t, payload) => got.push(payload.toString()));
+    await device.subscribeAsync(`${topic}/#`, { qos: 1 });
+    const atC = scope.use(await Collector.start(c.port, `${topic}/#`, { qos: 1 }));
+
+    fs.writeFileSync(file, `a=${a.url({ pool: 2 })}\nc=${c.url({ pool: 2 })}\n`);
+    const r = await adminReload(daemon, `Bearer ${TOKEN}`);
+    assert.equal(r.status, 200);
+    assert.deepEqual(r.body.added, ['c']);
+    // The device's subscription is held at c now: what c's own clients publish reaches it.
+    const direct = await connectClient(c.port, { clientId: `reload-direct-${process.pid}` });
+    scope.defer(() => closeClient(direct));
+    await waitFor('the device subscription held at c', async () => {
+      await direct.publishAsync(`${topic}/from-c`, 'from c', { qos: 1 });
+      await sleep(200);
+      return got.includes('from c');
+    }, { timeoutMs: 10_000 });
+    await publish(device, `${topic}/up`, 'from the device', { qos: 1 });
+    await atC.waitForCount(1, (m) => m.payload.toString() === 'from the device', 10_000, 'the device publish at c');
+    assert.equal(closes, 0);
+  });
+});
