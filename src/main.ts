@@ -607,8 +607,13 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   };
   let reloading = false;
   const reloadBrokers = async (): Promise<ReloadResult> => {
-    if (reloading) return { ok: false, status: 409, error: 'a reload is in progress' };
-    if (stopping || !running) return { ok: false, status: 409, error: 'the daemon is starting or stopping' };
+    // A shard being replaced gets its rings and channels from the broker slots of its start.
+    const busy = reloading ? 'a reload is in progress' : stopping || !running ? 'the daemon is starting or stopping'
+      : resetting.size > 0 ? 'a shard is being restarted; reload again in a moment' : null;
+    if (busy !== null) {
+      logger.warn({ reason: busy }, `configuration not reloaded now: ${busy}`);
+      return { ok: false, status: 409, error: busy };
+    }
     reloading = true;
     try {
       return await applyBrokerReload();

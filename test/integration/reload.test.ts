@@ -261,3 +261,46 @@ describe('hot reload with FANOUT_ROUTES: a broker the routes name joins later', 
     assert.equal(closes, 0);
   });
 });
+
+describe('hot reload, then thread failures: the restart paths know the new broker slots', { timeout: 90_000 }, () => {
+  test('a shard and the added broker\'s writer fail after a reload; publishes reach the kept and added brokers, not the removed one', async (t) => {
+    const scope = new Scope();
+    t.after(() => scope.close());
+    const a = scope.use(await Mosquitto.start());
+    const b = scope.use(await Mosquitto.start());
+    const c = scope.use(await Mosquitto.start());
+    const file = tempFile();
+    fs.writeFileSync(file, `a=${a.url({ pool: 1 })}\nb=${b.url({ pool: 1 })}\n`);
+    const daemon = scope.use(await DaemonProcess.start({
+      FANOUT_BROKERS_FILE: file, FANOUT_HTTP_PORT: 0, FANOUT_ADMIN_TOKEN: TOKEN, FANOUT_TEST_HOOKS: 'true',
+    }));
+    fs.writeFileSync(file, `a=${a.url({ pool: 1 })}\nc=${c.url({ pool: 1 })}\n`);
+    const r = await adminReload(daemon, `Bearer ${TOKEN}`);
+    assert.equal(r.status, 200);
+    const crash = async (thread: string): Promise<void> => {
+      const res = await fetch(`http://${HOST}:${httpPortOf(daemon)}/test/crash?thread=${thread}&kind=throw`, { method: 'POST' });
+      assert.equal(res.status, 202);
+    };
+    let from = daemon.lines.length;
+    await crash('shard-0');
+    await nextLog(daemon, from, (l) => l.msg === 'shard restarted');
+    from = daemon.lines.length;
+    await crash('writer-c');
+    await nextLog(daemon, from, (l) => l.msg === 'writer recovered after a restart');
+    const topic = `after-restarts/${process.pid}`;
+    const [ca, cb, cc] = await Promise.all([Collector.start(a.port, `${topic}/#`), Collector.start(b.port, `${topic}/#`), Collector.start(c.port, `${topic}/#`)]);
+    scope.use(ca);
+    scope.use(cb);
+    scope.use(cc);
+    // Several devices, so that both shards take some.
+    for (let i = 0; i < 6; i++) {
+      const device = await connectClient(daemon.port, { clientId: `reload-rs-${process.pid}-${i}` });
+      scope.defer(() => closeClient(device));
+      await publish(device, `${topic}/${i}`, `m${i}`, { qos: 1 });
+    }
+    await ca.waitForCount(6, () => true, 10_000, 'six messages at a');
+    await cc.waitForCount(6, () => true, 10_000, 'six messages at c');
+    assert.equal(cb.messages.length, 0, 'the removed broker got messages');
+    assert.equal(daemon.lines.filter((l) => l.level >= 60).length, 0, 'no fatal line');
+  });
+});
