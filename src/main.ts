@@ -21,9 +21,10 @@ import * as fs from 'node:fs';
 import { Authenticator } from './auth/authenticator';
 import { parseAclFile, type Acl } from './auth/acl';
 import { ConfigError, loadConfig, redactedConfig } from './config/index';
-import { applyPlan, planReload } from './config/reload';
+import { BrokerSet, type ReloadResult } from './broker-set';
+
+export type { ReloadResult } from './broker-set';
 import { MAX_BROKER_SLOTS } from './shard/uplink';
-import type { BrokerChange } from './shard/shard';
 import type * as http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { lockSpoolDir } from './broker/spool';
@@ -54,11 +55,6 @@ export interface Daemon {
   shardStats(): Record<ShardField, number>[];
   stop(): Promise<void>;
 }
-
-/** The answer to a reload: what changed, or why nothing did. */
-export type ReloadResult =
-  | { ok: true; added: string[]; removed: string[]; changed: string[]; unchanged: string[] }
-  | { ok: false; status: 400 | 409; error: string };
 
 export interface DaemonOptions {
   /** Reads the configuration again for a reload (default: loadConfig of process.env, which
@@ -487,68 +483,12 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
 
   stopNow = stop;
 
-  const loadNext = opts.reloadConfig ?? ((): Config => loadConfig(process.env));
-  let nextChange = 1;
-  /** Sends every shard its part of a broker change; resolves once all applied it, with the
-   *  number of publishes that stopped waiting for a gone broker. */
-  const changeShards = (build: (s: number) => { change: Omit<BrokerChange, 'id'>; transfer: MessagePort[] }): Promise<number> => {
-    const id = nextChange++;
-    return Promise.all(shardWorkers.map((w, s) => new Promise<number>((resolve) => {
-      const done = (n: number): void => {
-        w.off('message', onMessage);
-        w.off('exit', onExit);
-        resolve(n);
-      };
-      const onMessage = (m: FromShard): void => {
-        if (m.t === 'brokers-done' && m.id === id) done(m.unanswered);
-      };
-      const onExit = (): void => done(0);
-      w.on('message', onMessage);
-      w.once('exit', onExit);
-      const { change, transfer } = build(s);
-      w.postMessage({ t: 'brokers', id, ...change } satisfies ToShard, transfer);
-    }))).then((counts) => counts.reduce((a, b) => a + b, 0));
-  };
-
-  /**
-   * Applies a changed broker set. Added brokers get a new slot (rings per shard, doorbell,
-   * writer); the shards write to it from the moment they have it, and hold their devices'
-   * subscriptions there as the routes say. Removed ones are retired on the shards first, so
-   * nothing new goes to them, then their writers send what the rings hold, wait for the
-   * broker's answers (FANOUT_SHUTDOWN_TIMEOUT_MS at most) and end; whatever still waits for them
-   * after that stops waiting. Changed ones hand over: the writer finishes what is in flight and
-   * ends, and a new one with the new settings takes the same rings, as after a failure.
-   */
-  const applyBrokerReload = async (): Promise<ReloadResult> => {
-    let next: Config;
-    try {
-      next = loadNext();
-    } catch (err) {
-      if ((err as ConfigError).code !== 'FANOUT_ERR_CONFIG') throw err;
-      const e = err as ConfigError;
-      const error = `${e.message}; the configuration in force stays`;
-      logger.error({ variable: e.variable, value: e.value }, `configuration not reloaded: ${error}`);
-      return { ok: false, status: 400, error };
-    }
-    const check = planReload(cfg, next);
-    if (!check.ok) {
-      logger.error({ variable: check.variable, value: check.value }, `configuration not reloaded: ${check.message}`);
-      return { ok: false, status: 400, error: check.message };
-    }
-    const { plan } = check;
-    const before = cfg;
-    const summary = {
-      added: plan.added.map((b) => b.name), removed: plan.removed.map((b) => before.brokers[b].name),
-      changed: plan.changed.map((c) => c.broker.name), unchanged: [...plan.unchanged],
-    };
-    if (plan.added.length + plan.removed.length + plan.changed.length === 0) {
-      logger.info(summary, 'configuration reloaded: the broker set is unchanged');
-      return { ok: true, ...summary };
-    }
-    cfg = Object.freeze({ ...before, brokers: applyPlan(before, plan) });
-    const firstNew = before.brokers.length;
-    const shardSides: MessagePort[][] = plan.added.map((_, i) => {
-      const b = firstNew + i;
+  const brokerSet = new BrokerSet({
+    log: logger,
+    shardWorkers,
+    config: () => cfg,
+    setConfig: (c) => { cfg = c; },
+    addSlot: (b) => {
       const writerSides: MessagePort[] = [];
       const sides: MessagePort[] = [];
       for (let s = 0; s < shards; s++) {
@@ -563,48 +503,18 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       latency.rtt.push([]);
       spawnWriter(b, writerSides, false);
       return sides;
-    });
-    await changeShards((s) => {
-      const added = plan.added.map((_, i) => {
-        const b = firstNew + i;
-        return { slot: b, uplink: uplink[s][b], ack: acks[s][b], downlink: downlink[s][b], doorbell: writerBells[b], port: shardSides[i][s] };
-      });
-      return { change: { config: cfg, added, retired: [...plan.removed], gone: [] }, transfer: added.map((a) => a.port) };
-    });
-    logger.info(summary, 'broker set reloaded: publishes accepted from now on go to the new set');
-    const end = async (b: number, message: ToWriter): Promise<FromWriter> => {
+    },
+    slotRings: (s, b) => ({ uplink: uplink[s][b], ack: acks[s][b], downlink: downlink[s][b], doorbell: writerBells[b] }),
+    endWriter: async (b, message) => {
       const w = writers[b];
       ending.add(w);
       const r = await request<FromWriter>(w, message, 'drained');
       await w.terminate();
       return r;
-    };
-    const handovers = plan.changed.map(async ({ slot }) => {
-      const r = await end(slot, { t: 'drain', deadlineMs: cfg.shutdownTimeoutMs / 2, handover: true });
-      restartWriter(slot);
-      const broker = cfg.brokers[slot];
-      logger.info({ broker: broker.name, url: broker.redactedUrl, ...(r.t === 'drained' ? { leftInflight: r.leftInflight } : {}) },
-        'broker settings changed: reconnecting with the new ones');
-    });
-    const drains = await Promise.all(plan.removed.map(async (b) => {
-      const r = await end(b, { t: 'drain', deadlineMs: cfg.shutdownTimeoutMs });
-      clearStatsRow(writerStats, b);
-      return { broker: cfg.brokers[b].name, r };
-    }));
-    if (drains.length > 0) {
-      const unanswered = await changeShards(() => ({ change: { config: cfg, added: [], retired: [], gone: [...plan.removed] }, transfer: [] }));
-      for (const { broker, r } of drains) {
-        const left = r.t === 'drained' ? { leftInRings: r.leftInRings, leftInflight: r.leftInflight } : {};
-        logger.info({ broker, ...left }, 'broker removed: its messages drained, disconnected');
-      }
-      if (unanswered > 0) {
-        logger.warn({ brokers: summary.removed, unanswered }, 'publishes a removed broker did not acknowledge within FANOUT_SHUTDOWN_TIMEOUT_MS no longer wait for it');
-      }
-    }
-    await Promise.all(handovers);
-    logger.info(summary, 'configuration reloaded');
-    return { ok: true, ...summary };
-  };
+    },
+    restartWriter,
+    retired: (b) => clearStatsRow(writerStats, b),
+  }, opts.reloadConfig ?? ((): Config => loadConfig(process.env)));
   let reloading = false;
   const reloadBrokers = async (): Promise<ReloadResult> => {
     // A shard being replaced gets its rings and channels from the broker slots of its start.
@@ -616,7 +526,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     }
     reloading = true;
     try {
-      return await applyBrokerReload();
+      return await brokerSet.reload();
     } finally {
       reloading = false;
     }
