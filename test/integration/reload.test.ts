@@ -44,67 +44,73 @@ function nextLog(d: DaemonProcess, from: number, pred: (l: LogLine) => boolean, 
   return waitFor('a daemon log line', () => d.lines.slice(from).find(pred), { timeoutMs });
 }
 
-describe('hot reload: adding and removing a broker during a QoS 1 stream', { timeout: 120_000 }, () => {
-  const scope = new Scope();
-  let a: Mosquitto;
-  let b: Mosquitto;
-  let c: Mosquitto;
-  let file: string;
-  let daemon: DaemonProcess;
+for (const spool of [false, true]) {
+  describe(`hot reload: adding, removing and changing brokers during a QoS 1 stream${spool ? ' (FANOUT_SPOOL_DIR)' : ''}`, { timeout: 120_000 }, () => {
+    const scope = new Scope();
+    let a: Mosquitto;
+    let b: Mosquitto;
+    let c: Mosquitto;
+    let d: Mosquitto;
+    let file: string;
+    let daemon: DaemonProcess;
 
-  before(async () => {
-    a = scope.use(await Mosquitto.start());
-    b = scope.use(await Mosquitto.start());
-    c = scope.use(await Mosquitto.start());
-    file = tempFile();
-    fs.writeFileSync(file, `# upstreams\na=${a.url({ pool: 1 })}\nb=${b.url({ pool: 1 })}\n`);
-    daemon = scope.use(await DaemonProcess.start({ FANOUT_BROKERS_FILE: file, FANOUT_HTTP_PORT: 0, FANOUT_ADMIN_TOKEN: TOKEN }));
-    await waitPoolOnline(a.port, daemon.proxyId, 'a', 1);
-    await waitPoolOnline(b.port, daemon.proxyId, 'b', 1);
+    before(async () => {
+      [a, b, c, d] = await Promise.all([Mosquitto.start(), Mosquitto.start(), Mosquitto.start(), Mosquitto.start()]);
+      for (const m of [a, b, c, d]) scope.use(m);
+      file = tempFile();
+      fs.writeFileSync(file, `# upstreams\na=${a.url({ pool: 1 })}\nb=${b.url({ pool: 1 })}\nd=${d.url({ pool: 1 })}\n`);
+      const spoolDir = spool ? fs.mkdtempSync(path.join(os.tmpdir(), 'fanout-it-reload-spool-')) : undefined;
+      daemon = scope.use(await DaemonProcess.start({
+        FANOUT_BROKERS_FILE: file, FANOUT_HTTP_PORT: 0, FANOUT_ADMIN_TOKEN: TOKEN, FANOUT_SPOOL_DIR: spoolDir,
+      }));
+      for (const [m, name] of [[a, 'a'], [b, 'b'], [d, 'd']] as const) await waitPoolOnline(m.port, daemon.proxyId, name, 1);
+    });
+    after(() => scope.close());
+
+    test('kept and changed brokers get everything, the added one all after the reload, the removed one all acknowledged before; no device disconnects', async () => {
+      const run = `reload-${process.pid}-${Date.now()}`;
+      const [atA, atB, atC, atD] = await Promise.all([a, b, c, d].map((m) => Tally.start(m.port, run)));
+      for (const tally of [atA, atB, atC, atD]) scope.use(tally);
+      const aConnects = proxyConnects(a, daemon.proxyId, 'a');
+      const dConnects = proxyConnects(d, daemon.proxyId, 'd');
+      const stream = await Stream.connect(daemon.port, run, { devices: 8, messages: 400, qos: 1, window: 5, gapMs: 4 });
+      scope.use(stream);
+      const publishing = stream.publishAll();
+      await waitFor('part of the stream acknowledged', () => stream.acked.size >= 400, { timeoutMs: 20_000 });
+
+      const from = daemon.lines.length;
+      fs.writeFileSync(file, `a=${a.url({ pool: 1 })}\nc=${c.url({ pool: 1 })}\nd=${d.url({ pool: 2 })}\n`);
+      const ackedBefore = new Set(stream.acked);
+      daemon.proc.kill('SIGHUP');
+      const effect = await nextLog(daemon, from, (l) => l.msg.startsWith('broker set reloaded'));
+      const sentBefore = new Set(stream.sent);
+      assert.deepEqual([effect.added, effect.removed, effect.changed, effect.unchanged], [['c'], ['b'], ['d'], ['a']]);
+      await nextLog(daemon, from, (l) => l.msg === 'configuration reloaded');
+      const removedLine = daemon.lines.slice(from).find((l) => l.msg.startsWith('broker removed'));
+      assert.ok(removedLine !== undefined && removedLine.broker === 'b', 'the removed broker says it drained');
+      assert.deepEqual([removedLine.leftInRings, removedLine.leftInflight], [0, 0], 'the removed broker took everything');
+
+      await publishing;
+      assert.deepEqual(stream.errors, []);
+      assert.equal(stream.acked.size, 8 * 400, 'every publish acknowledged');
+      const all = [...stream.acked];
+      const later = all.filter((k) => !sentBefore.has(k));
+      assert.ok(later.length > 100, `a good part of the stream is published after the reload (${later.length})`);
+      await atA.waitAll(all, 'a (kept)');
+      await atD.waitAll(all, 'd (changed)');
+      await atB.waitAll(ackedBefore, 'b (removed): what was acknowledged before the reload');
+      await atC.waitAll(later, 'c (added): what was published after the reload took effect');
+      // b gets nothing sent after the reload took effect: its slot was retired first.
+      assert.deepEqual(later.filter((k) => atB.seen.has(k)), [], 'the removed broker got publishes sent after the reload');
+      assert.deepEqual(stream.closes, stream.closes.map(() => 0), 'no device was disconnected');
+      assert.equal(proxyConnects(a, daemon.proxyId, 'a'), aConnects, 'the unchanged broker kept its connection');
+      assert.ok(proxyConnects(d, daemon.proxyId, 'd') >= dConnects + 2, 'the changed broker reconnected with pool=2');
+      await waitFor('the removed broker disconnected', () => b.log.includes(`Client ${daemon.proxyId}-b-0 disconnected`), { timeoutMs: 10_000 });
+      const ready = await fetch(`http://${HOST}:${httpPortOf(daemon)}/readyz`).then((r) => r.json()) as { brokers: { name: string }[] };
+      assert.deepEqual(ready.brokers.map((x) => x.name), ['a', 'd', 'c'], 'the brokers in service, in slot order');
+    });
   });
-  after(() => scope.close());
-
-  test('kept brokers get everything, the added one all after the reload, the removed one all acknowledged before; no device disconnects', async () => {
-    const run = `reload-${process.pid}-${Date.now()}`;
-    const [atA, atB, atC] = await Promise.all([Tally.start(a.port, run), Tally.start(b.port, run), Tally.start(c.port, run)]);
-    scope.use(atA);
-    scope.use(atB);
-    scope.use(atC);
-    const aConnects = proxyConnects(a, daemon.proxyId, 'a');
-    const stream = await Stream.connect(daemon.port, run, { devices: 8, messages: 400, qos: 1, window: 5, gapMs: 4 });
-    scope.use(stream);
-    const publishing = stream.publishAll();
-    await waitFor('part of the stream acknowledged', () => stream.acked.size >= 400, { timeoutMs: 20_000 });
-
-    const from = daemon.lines.length;
-    fs.writeFileSync(file, `a=${a.url({ pool: 1 })}\nc=${c.url({ pool: 1 })}\n`);
-    const ackedBefore = new Set(stream.acked);
-    daemon.proc.kill('SIGHUP');
-    const effect = await nextLog(daemon, from, (l) => l.msg.startsWith('broker set reloaded'));
-    const sentBefore = new Set(stream.sent);
-    assert.deepEqual([effect.added, effect.removed, effect.changed, effect.unchanged], [['c'], ['b'], [], ['a']]);
-    await nextLog(daemon, from, (l) => l.msg === 'configuration reloaded');
-    const removedLine = daemon.lines.slice(from).find((l) => l.msg.startsWith('broker removed'));
-    assert.ok(removedLine !== undefined && removedLine.broker === 'b', 'the removed broker says it drained');
-
-    await publishing;
-    assert.deepEqual(stream.errors, []);
-    assert.equal(stream.acked.size, 8 * 400, 'every publish acknowledged');
-    const all = [...stream.acked];
-    const after = all.filter((k) => !sentBefore.has(k));
-    assert.ok(after.length > 100, `a good part of the stream is published after the reload (${after.length})`);
-    await atA.waitAll(all, 'a (kept)');
-    await atB.waitAll(ackedBefore, 'b (removed): what was acknowledged before the reload');
-    await atC.waitAll(after, 'c (added): what was published after the reload took effect');
-    // b gets nothing sent after the reload took effect: its slot was retired first.
-    assert.deepEqual(after.filter((k) => atB.seen.has(k)), [], 'the removed broker got publishes sent after the reload');
-    assert.deepEqual(stream.closes, stream.closes.map(() => 0), 'no device was disconnected');
-    assert.equal(proxyConnects(a, daemon.proxyId, 'a'), aConnects, 'the unchanged broker kept its connection');
-    await waitFor('the removed broker disconnected', () => b.log.includes(`Client ${daemon.proxyId}-b-0 disconnected`), { timeoutMs: 10_000 });
-    const ready = await fetch(`http://${HOST}:${httpPortOf(daemon)}/readyz`).then((r) => r.json()) as { brokers: { name: string }[] };
-    assert.deepEqual(ready.brokers.map((x) => x.name), ['a', 'c']);
-  });
-});
+}
 
 describe('hot reload: changed, unchanged and invalid brokers, POST /admin/reload', { timeout: 120_000 }, () => {
   const scope = new Scope();
