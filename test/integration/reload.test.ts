@@ -108,6 +108,9 @@ for (const spool of [false, true]) {
       await waitFor('the removed broker disconnected', () => b.log.includes(`Client ${daemon.proxyId}-b-0 disconnected`), { timeoutMs: 10_000 });
       const ready = await fetch(`http://${HOST}:${httpPortOf(daemon)}/readyz`).then((r) => r.json()) as { brokers: { name: string }[] };
       assert.deepEqual(ready.brokers.map((x) => x.name), ['a', 'd', 'c'], 'the brokers in service, in slot order');
+      const metrics = await fetch(`http://${HOST}:${httpPortOf(daemon)}/metrics`).then((r) => r.text());
+      assert.match(metrics, /fanout_broker_messages_out_total\{broker="c",qos="1"\} [1-9]/);
+      assert.doesNotMatch(metrics, /broker="b"/, 'the removed broker left /metrics');
     });
   });
 }
@@ -308,5 +311,39 @@ describe('hot reload, then thread failures: the restart paths know the new broke
     await cc.waitForCount(6, () => true, 10_000, 'six messages at c');
     assert.equal(cb.messages.length, 0, 'the removed broker got messages');
     assert.equal(daemon.lines.filter((l) => l.level >= 60).length, 0, 'no fatal line');
+  });
+});
+
+describe('hot reload: removing a broker that does not answer', { timeout: 60_000 }, () => {
+  test('device publishes waiting on it complete once its drain time is over, counted in one warning', async (t) => {
+    const scope = new Scope();
+    t.after(() => scope.close());
+    const a = scope.use(await Mosquitto.start());
+    const b = scope.use(await Mosquitto.start());
+    const file = tempFile();
+    fs.writeFileSync(file, `a=${a.url({ pool: 1 })}\nb=${b.url({ pool: 1 })}\n`);
+    const daemon = scope.use(await DaemonProcess.start({ FANOUT_BROKERS_FILE: file, FANOUT_SHUTDOWN_TIMEOUT_MS: 2000 }));
+    await waitPoolOnline(b.port, daemon.proxyId, 'b', 1);
+    const device = await connectClient(daemon.port, { clientId: `reload-stuck-${process.pid}` });
+    scope.defer(() => closeClient(device));
+    let closes = 0;
+    device.on('close', () => { closes++; });
+    b.pause();
+    scope.defer(() => b.resume());
+    let acked = false;
+    const published = publish(device, `stuck/${process.pid}`, 'waits for b', { qos: 1 }).then(() => { acked = true; });
+    await sleep(300);
+    assert.equal(acked, false, 'acknowledged before the paused broker answered');
+    const from = daemon.lines.length;
+    fs.writeFileSync(file, `a=${a.url({ pool: 1 })}\n`);
+    const started = Date.now();
+    daemon.proc.kill('SIGHUP');
+    await published;
+    assert.ok(Date.now() - started >= 1500, 'the drain waited for the broker');
+    const warning = await nextLog(daemon, from, (l) => l.msg.startsWith('publishes a removed broker did not acknowledge'));
+    assert.equal(warning.unanswered, 1);
+    assert.deepEqual(warning.brokers, ['b']);
+    await nextLog(daemon, from, (l) => l.msg === 'configuration reloaded');
+    assert.equal(closes, 0);
   });
 });
