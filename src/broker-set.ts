@@ -21,6 +21,8 @@ export interface BrokerSetHost {
   log: Logger;
   /** The shard threads, by index (a restarted one replaces its entry). */
   shardWorkers: readonly Worker[];
+  /** Whether a thread has not exited (one that did answers nothing, not even 'exit' again). */
+  alive(w: Worker): boolean;
   config(): Config;
   setConfig(c: Config): void;
   /** Creates slot `b` (rings on every shard, doorbell, writer); returns each shard's end of its
@@ -117,7 +119,8 @@ export class BrokerSet {
    *  number of publishes that stopped waiting for a gone broker. */
   private changeShards(build: (s: number) => { change: Omit<BrokerChange, 'id'>; transfer: MessagePort[] }): Promise<number> {
     const id = this.nextChange++;
-    return Promise.all(this.host.shardWorkers.map((w, s) => new Promise<number>((resolve) => {
+    // A shard that failed is replaced after the reload, with the final slots (see main.ts).
+    return Promise.all(this.host.shardWorkers.map((w, s) => !this.host.alive(w) ? 0 : new Promise<number>((resolve) => {
       const done = (n: number): void => {
         w.off('message', onMessage);
         w.off('exit', onExit);

@@ -193,6 +193,8 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     if (latency.waiting > 0 && --latency.waiting === 0) latency.wake?.();
   };
   const writers: Worker[] = [];
+  /** A broker set reload is running (see BrokerSet). */
+  let reloading = false;
   /** The broker slots in service (a reload retires removed ones). */
   const liveSlots = (): number[] => cfg.brokers.flatMap((b, i) => (b.retired === true ? [] : [i]));
   const shardWorkers: Worker[] = [];
@@ -276,7 +278,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       },
       transferList: writerPorts,
       resourceLimits: threadLimits,
-    }), `shard-${s}`, plan.kind === 'reuseport' ? () => restartShard(s) : null);
+    }), `shard-${s}`, plan.kind === 'reuseport' ? () => restartShardWhenIdle(s) : null);
     w.on('message', (m: FromShard | { t: 'log'; line: string }) => {
       if (onWorkerMessage(m)) return;
       const msg = m as FromShard;
@@ -348,6 +350,13 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
    * (Only with SO_REUSEPORT listeners: a shared listening descriptor dies with the shard that
    * used it.)
    */
+  /** A shard that fails during a reload is replaced once the reload is done, so that it starts
+   *  with the final broker slots and every writer (a new one too) gets its channel. */
+  const deferredShards = new Set<number>();
+  const restartShardWhenIdle = (s: number): void => {
+    if (reloading) deferredShards.add(s);
+    else restartShard(s);
+  };
   const restartShard = (s: number): void => {
     registry.dropShard(s);
     clearStatsRow(stats, s);
@@ -486,6 +495,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   const brokerSet = new BrokerSet({
     log: logger,
     shardWorkers,
+    alive: (w) => !exited.has(w),
     config: () => cfg,
     setConfig: (c) => { cfg = c; },
     addSlot: (b) => {
@@ -515,7 +525,6 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     restartWriter,
     retired: (b) => clearStatsRow(writerStats, b),
   }, opts.reloadConfig ?? ((): Config => loadConfig(process.env)));
-  let reloading = false;
   const reloadBrokers = async (): Promise<ReloadResult> => {
     // A shard being replaced gets its rings and channels from the broker slots of its start.
     const busy = reloading ? 'a reload is in progress' : stopping || !running ? 'the daemon is starting or stopping'
@@ -529,6 +538,8 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       return await brokerSet.reload();
     } finally {
       reloading = false;
+      for (const s of deferredShards) restartShard(s);
+      deferredShards.clear();
     }
   };
 

@@ -347,3 +347,47 @@ describe('hot reload: removing a broker that does not answer', { timeout: 60_000
     assert.equal(closes, 0);
   });
 });
+
+describe('hot reload: a shard that fails during a reload', { timeout: 60_000 }, () => {
+  test('is replaced once the reload is done, with the new broker slots', async (t) => {
+    const scope = new Scope();
+    t.after(() => scope.close());
+    const a = scope.use(await Mosquitto.start());
+    const b = scope.use(await Mosquitto.start());
+    const c = scope.use(await Mosquitto.start());
+    const file = tempFile();
+    fs.writeFileSync(file, `a=${a.url({ pool: 1 })}\nb=${b.url({ pool: 1 })}\n`);
+    const daemon = scope.use(await DaemonProcess.start({
+      FANOUT_BROKERS_FILE: file, FANOUT_HTTP_PORT: 0, FANOUT_ADMIN_TOKEN: TOKEN, FANOUT_TEST_HOOKS: 'true', FANOUT_SHUTDOWN_TIMEOUT_MS: 2000,
+    }));
+    await waitPoolOnline(b.port, daemon.proxyId, 'b', 1);
+    const stuck = await connectClient(daemon.port, { clientId: `reload-mid-${process.pid}` });
+    scope.defer(() => closeClient(stuck));
+    // A publish b does not answer keeps b's drain, and so the reload, going for 2 s.
+    b.pause();
+    scope.defer(() => b.resume());
+    void publish(stuck, `mid/${process.pid}/stuck`, 'waits for b', { qos: 1 }).catch(() => {});
+    await sleep(200);
+    const from = daemon.lines.length;
+    fs.writeFileSync(file, `a=${a.url({ pool: 1 })}\nc=${c.url({ pool: 1 })}\n`);
+    daemon.proc.kill('SIGHUP');
+    await nextLog(daemon, from, (l) => l.msg.startsWith('broker set reloaded'));
+    const res = await fetch(`http://${HOST}:${httpPortOf(daemon)}/test/crash?thread=shard-0&kind=throw`, { method: 'POST' });
+    assert.equal(res.status, 202);
+    const done = await nextLog(daemon, from, (l) => l.msg === 'configuration reloaded');
+    const restarted = await nextLog(daemon, from, (l) => l.msg === 'shard restarted');
+    assert.ok(daemon.lines.indexOf(restarted) > daemon.lines.indexOf(done), 'the shard was replaced before the reload was done');
+    const topic = `mid/${process.pid}/after`;
+    const [ca, cc] = await Promise.all([Collector.start(a.port, `${topic}/#`), Collector.start(c.port, `${topic}/#`)]);
+    scope.use(ca);
+    scope.use(cc);
+    for (let i = 0; i < 6; i++) {
+      const device = await connectClient(daemon.port, { clientId: `reload-mid-${process.pid}-${i}` });
+      scope.defer(() => closeClient(device));
+      await publish(device, `${topic}/${i}`, `m${i}`, { qos: 1 });
+    }
+    await ca.waitForCount(6, () => true, 10_000, 'six messages at a');
+    await cc.waitForCount(6, () => true, 10_000, 'six messages at c');
+    assert.equal(daemon.lines.filter((l) => l.level >= 60).length, 0, 'no fatal line');
+  });
+});
