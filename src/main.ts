@@ -522,7 +522,10 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       await w.terminate();
       return r;
     },
-    restartWriter,
+    // A handover that a shutdown overtakes leaves the slot without a writer: nothing is left to serve.
+    restartWriter: (b) => {
+      if (!stopping) restartWriter(b);
+    },
     retired: (b) => clearStatsRow(writerStats, b),
   }, opts.reloadConfig ?? ((): Config => loadConfig(process.env)));
   const reloadBrokers = async (): Promise<ReloadResult> => {
