@@ -288,6 +288,8 @@ export class BrokerConnection {
           const codes: number[] = [];
           for (; pos < end; pos++) codes.push(buf[pos]);
           this.ctx.onSuback(this, id, codes);
+        } else {
+          this.ctx.onUnsuback?.(this, id);
         }
         return true;
       }

@@ -22,6 +22,7 @@ export interface WriterContext {
   /** A PUBLISH from the broker; false when the shards cannot take it yet (the caller holds it). */
   onBrokerPublish(conn: BrokerConnection, header: number, buf: Buffer, start: number, end: number): boolean;
   onSuback(conn: BrokerConnection, id: number, codes: number[]): void;
+  onUnsuback?(conn: BrokerConnection, id: number): void;
   /** The broker finished the spool entry `tag` (PUBACK, PUBCOMP, a refusal; QoS 0 once written). */
   spoolDone(tag: number): void;
   /** The connection is up; `sessionPresent` from the broker's CONNACK. */

@@ -18,6 +18,20 @@
 // everything it receives is the publisher's; retained messages for a device that subscribes are
 // fetched on the second connection by a short-lived subscription of their own (retain flag set
 // there means "retained", nothing else), then unsubscribed.
+//
+// Covered filters: a filter that another filter held at the broker covers (`#` covers `a/b`,
+// `a/+` covers `a/b`), at a QoS granted as high, needs no subscription of its own: the broker
+// would only send one more copy of every message both match (mosquitto sends a copy per matching
+// subscription), and that is work for the broker and the proxy. Such a filter is "covered":
+// messages the broker sends for its cover reach its holders too. A new filter is covered from
+// the start when a cover is there (and it needs no retained messages from this connection); a
+// subscribed one, once its retained messages came, hands over: UNSUBSCRIBE, and from its
+// UNSUBACK the cover's copies serve it. When a cover goes, what it covered is subscribed again
+// (or moves to another cover) before the cover's UNSUBSCRIBE, so no message finds nobody. On a
+// connection, every message the broker sends after a SUBACK (before an UNSUBACK) comes after it,
+// so each filter is served by exactly one subscription at a time: its own while `live`, its
+// cover's otherwise. An MQTT 3.1.1 broker names no subscription: messages go by topic to every
+// shard holding a matching filter, covered or not.
 
 import type { MessagePort } from 'node:worker_threads';
 import * as mqttPacket from 'mqtt-packet';
@@ -113,6 +127,22 @@ class Upstream {
   /** Generations still mapped in byGen, oldest first. */
   readonly genList: number[] = [];
 
+  /** The broader filter whose copies serve this one while it is not `live` (see above). */
+  cover: Upstream | null = null;
+  /** The filters this one covers: listed, and by filter for matching a message's topic. */
+  readonly covered = new Set<Upstream>();
+  coveredTrie: TopicTrie<Upstream> | null = null;
+  /** The broker sends copies for this filter's own subscription: from a granting SUBACK until
+   *  the UNSUBACK that hands it to its cover (or a connection without the session). */
+  live = false;
+  /** Packet id of the UNSUBSCRIBE handing this filter to its cover (0: none in flight). */
+  unsubId = 0;
+  /** Released by every holder, but still subscribed for the filters it covers until they have
+   *  their own subscriptions (or another cover). */
+  retiring = false;
+  /** Until it hands over to a cover: a quiet moment after its SUBACK and retained messages. */
+  quiet: NodeJS.Timeout | null = null;
+
   constructor(readonly filter: string, private readonly shards: number) {}
 
   hold(group: string): Holds {
@@ -148,6 +178,10 @@ export const HOLD_REQ = 0x40000000;
 
 export class WriterDownlink {
   private readonly subs = new Map<string, Upstream>();
+  /** Released filters still subscribed for what they cover, by filter. */
+  private readonly retiring = new Map<string, Upstream>();
+  /** Hand-over UNSUBSCRIBEs in flight, by packet id. */
+  private readonly byUnsub = new Map<number, Upstream>();
   private readonly trie = new TopicTrie<Upstream>();
   private readonly byPacket = new Map<number, Upstream[]>();
   private readonly byGen = new Map<number, Upstream>();
@@ -189,6 +223,8 @@ export class WriterDownlink {
     private readonly link: () => SubscriptionLink,
     private readonly onChange: () => void,
     private readonly fetchLink: (() => SubscriptionLink) | null = null,
+    /** Serve filters that another held filter covers through it (see "Covered filters"). */
+    private readonly coverFilters = true,
   ) {
     this.split = fetchLink !== null && link().v5 && fetchLink().v5;
     this.rings = rings;
@@ -198,8 +234,21 @@ export class WriterDownlink {
     ports.forEach((p) => p.on('message', (m: ShardToWriter) => this.onShard(m)));
   }
 
+  /** Distinct filters the shards hold. */
   get filterCount(): number {
     return this.subs.size;
+  }
+
+  /** Held filters served through a cover, without a subscription of their own at the broker. */
+  get coveredCount(): number {
+    let n = 0;
+    for (const u of this.subs.values()) if (u.cover !== null && !u.live) n++;
+    return n;
+  }
+
+  /** Subscriptions at the broker: held filters not covered, and released ones still covering. */
+  get subscribedCount(): number {
+    return this.subs.size - this.coveredCount + this.retiring.size;
   }
 
   private onShard(m: ShardToWriter): void {
@@ -216,8 +265,17 @@ export class WriterDownlink {
         if (--u.holders === 0) this.forget(u);
         continue;
       }
+      let fresh = false;
       if (u === undefined) {
-        u = new Upstream(op.filter, this.rings.length);
+        u = this.retiring.get(op.filter);
+        if (u !== undefined) {
+          // Held again while it still covers others: it never left the broker.
+          this.retiring.delete(op.filter);
+          u.retiring = false;
+        } else {
+          u = new Upstream(op.filter, this.rings.length);
+          fresh = true;
+        }
         this.subs.set(op.filter, u);
         this.trie.add(op.filter, u);
       }
@@ -239,8 +297,14 @@ export class WriterDownlink {
           fetch = true;
         }
       }
+      if (fresh && !fetch && this.coverFilters) {
+        const c = this.findCover(u, op.qos, null);
+        if (c !== null) this.attach(u, c);
+      }
       if (u.granted >= 0 && u.sentQos >= op.qos && !fetch) {
         replies.push({ filter: op.filter, group: op.group, qos: op.qos, granted: Math.min(op.qos, u.granted) });
+      } else if (u.cover !== null && !u.live && u.cover.granted >= op.qos && !fetch) {
+        replies.push({ filter: op.filter, group: op.group, qos: op.qos, granted: Math.min(op.qos, u.cover.granted) });
       } else {
         this.toUnsubscribe.delete(op.filter);
         this.toSubscribe.add(u);
@@ -254,8 +318,111 @@ export class WriterDownlink {
     this.subs.delete(u.filter);
     this.trie.remove(u.filter, u);
     this.toSubscribe.delete(u);
+    if (u.quiet !== null) clearTimeout(u.quiet);
+    u.quiet = null;
+    if (u.cover !== null) this.detach(u);
+    if (u.covered.size > 0) {
+      u.retiring = true;
+      this.retiring.set(u.filter, u);
+      this.rehome(u);
+      if (u.covered.size > 0) return; // unsubscribed once they have their own subscriptions
+      this.retiring.delete(u.filter);
+      u.retiring = false;
+    }
+    this.unsubscribe(u);
+  }
+
+  private unsubscribe(u: Upstream): void {
     for (const g of u.genList) this.byGen.delete(g);
     if (u.sentQos >= 0) this.toUnsubscribe.add(u.filter);
+  }
+
+  /** A filter held at the broker, granted at least `qos`, that covers `u` (not `except`). */
+  private findCover(u: Upstream, qos: number, except: Upstream | null): Upstream | null {
+    let found: Upstream | null = null;
+    this.trie.forEachCovering(u.filter, (c) => {
+      if (found === null && c !== u && c !== except && c.live && c.cover === null && c.granted >= qos) found = c;
+    });
+    return found;
+  }
+
+  private attach(u: Upstream, c: Upstream): void {
+    u.cover = c;
+    c.covered.add(u);
+    (c.coveredTrie ??= new TopicTrie<Upstream>()).add(u.filter, u);
+  }
+
+  /** `u` no longer relies on its cover; a retiring cover left with nothing to cover goes. */
+  private detach(u: Upstream): void {
+    const c = u.cover!;
+    u.cover = null;
+    c.covered.delete(u);
+    c.coveredTrie!.remove(u.filter, u);
+    if (c.retiring && c.covered.size === 0) {
+      c.retiring = false;
+      this.retiring.delete(c.filter);
+      this.unsubscribe(c);
+      this.onChange();
+    }
+  }
+
+  /** Cover `c` is going: what it covers moves to another cover, or is subscribed again (and
+   *  stays with `c` until its SUBACK). */
+  private rehome(c: Upstream): void {
+    for (const u of [...c.covered]) {
+      const other = this.findCover(u, Math.max(0, u.maxWant()), c);
+      if (other !== null) {
+        this.detach(u);
+        this.attach(u, other);
+      } else if (u.inflightGen === 0) {
+        this.toUnsubscribe.delete(u.filter);
+        this.toSubscribe.add(u);
+      }
+    }
+    this.onChange();
+  }
+
+  /** `u` got its SUBACK (and any retained messages): hand it to a cover after a quiet moment. */
+  private settleLater(u: Upstream): void {
+    if (u.quiet !== null) clearTimeout(u.quiet);
+    u.quiet = setTimeout(() => {
+      u.quiet = null;
+      this.handOver(u);
+    }, FETCH_QUIET_MS);
+    u.quiet.unref();
+  }
+
+  private handOver(u: Upstream): void {
+    if (this.subs.get(u.filter) !== u || !u.live || u.cover !== null || u.covered.size > 0 || u.inflightGen !== 0
+      || this.toSubscribe.has(u) || u.waiting.length > 0) return;
+    const c = this.findCover(u, Math.max(0, u.maxWant()), null);
+    if (c === null) return;
+    const link = this.link();
+    if (!link.subscribable) return;
+    this.attach(u, c);
+    u.unsubId = link.sendControl((messageId) => mqttPacket.generate({ cmd: 'unsubscribe', messageId, unsubscriptions: [u.filter] },
+      { protocolVersion: link.v5 ? 5 : 4 }));
+    this.byUnsub.set(u.unsubId, u);
+    this.onChange();
+  }
+
+  /** The broker answered an UNSUBSCRIBE. */
+  onUnsuback(id: number): void {
+    const u = this.byUnsub.get(id);
+    if (u === undefined) return;
+    this.byUnsub.delete(id);
+    if (u.unsubId !== id) return;
+    u.unsubId = 0;
+    u.live = false;
+    if (u.inflightGen === 0) {
+      u.sentQos = -1;
+      u.granted = -1;
+    }
+    if (this.subs.get(u.filter) !== u) return;
+    // Its cover went meanwhile, or a holder wants more than the cover was granted.
+    const c = u.cover;
+    if ((c === null || c.granted < u.maxWant()) && u.inflightGen === 0) this.toSubscribe.add(u);
+    this.onChange();
   }
 
   /** Whether `u` already appeared for the message in hand (a copy naming it twice). */
@@ -418,7 +585,15 @@ export class WriterDownlink {
       u.inflightGen = 0;
       if (this.subs.get(u.filter) !== u) return; // released meanwhile
       u.granted = code < 0x80 ? code : -1;
-      if (code < 0x80) u.ackedGen = gen;
+      if (code < 0x80) {
+        u.ackedGen = gen;
+        u.live = true;
+        if (u.cover !== null) this.detach(u);
+        for (const d of u.covered) {
+          if (d.granted < 0 && u.granted < d.maxWant() && d.inflightGen === 0) this.toSubscribe.add(d);
+        }
+        if (this.coverFilters && u.covered.size === 0 && this.findCover(u, Math.max(0, u.maxWant()), null) !== null) this.settleLater(u);
+      }
       for (const [group, h] of u.holds) {
         for (let s = 0; s < h.want.length; s++) {
           if (h.want[s] < 0) continue;
@@ -439,6 +614,20 @@ export class WriterDownlink {
   /** A new broker connection (or session): every filter held is subscribed again. */
   onConnected(sessionPresent: boolean): void {
     this.byPacket.clear();
+    this.byUnsub.clear();
+    if (!sessionPresent) {
+      // The broker forgot every subscription: what released ones covered is subscribed below.
+      for (const c of this.retiring.values()) {
+        for (const u of [...c.covered]) {
+          u.cover = null;
+          c.covered.delete(u);
+          c.coveredTrie!.remove(u.filter, u);
+        }
+        c.retiring = false;
+        for (const g of c.genList) this.byGen.delete(g);
+      }
+      this.retiring.clear();
+    }
     for (const u of this.subs.values()) {
       const lost = u.inflightGen !== 0;
       if (lost) {
@@ -450,7 +639,23 @@ export class WriterDownlink {
         }
       }
       u.inflightGen = 0;
-      if (!sessionPresent || lost || u.granted < 0) this.toSubscribe.add(u);
+      // A hand-over in flight: whether the broker still has the subscription is unknown.
+      const handingOver = u.unsubId !== 0;
+      u.unsubId = 0;
+      if (!sessionPresent || handingOver) u.live = false;
+      if (handingOver && !lost) {
+        u.sentQos = -1;
+        u.granted = -1;
+      }
+      // Covered: its cover is subscribed again if need be.
+      if (u.cover !== null && !handingOver && !lost) {
+        if (!sessionPresent) {
+          u.sentQos = -1;
+          u.granted = -1;
+        }
+        continue;
+      }
+      if (!sessionPresent || lost || handingOver || u.granted < 0) this.toSubscribe.add(u);
     }
     this.onChange();
   }
@@ -477,6 +682,19 @@ export class WriterDownlink {
     for (const [filter, list] of this.fetchWaiting) this.fetchWaiting.set(filter, list.filter(other));
     for (const f of this.fetches.values()) f.recipients = f.recipients.filter(other);
     this.onChange();
+  }
+
+  /** Recipients of a copy the broker sent for `u`: every plain holding shard, tagged with its
+   *  hold, and one shard per shared group, in turn. */
+  private holdsOf(u: Upstream, out: Recipient[]): void {
+    for (const [group, h] of u.holds) {
+      if (group !== '') {
+        const s = h.next();
+        if (s >= 0) out.push({ shard: s, req: SHARED_REQ | h.ids[s] });
+      } else {
+        for (let s = 0; s < h.want.length; s++) if (h.want[s] >= 0) out.push({ shard: s, req: HOLD_REQ | h.ids[s] });
+      }
+    }
   }
 
   private reply(shard: number, acks: SubAck[]): void {
@@ -529,26 +747,29 @@ export class WriterDownlink {
     } else if (retain && !this.split) {
       if (scan.subIds.length > 0) {
         for (const g of scan.subIds) {
-          const list = this.byGen.get(g)?.gens.get(g);
+          const u = this.byGen.get(g);
+          const list = u?.gens.get(g);
           if (list) out.push(...list);
+          if (u?.quiet) this.settleLater(u);
         }
       } else {
         this.trie.match(remote, (u) => {
           const list = u.gens.get(u.ackedGen);
           if (list) out.push(...list);
+          if (u.quiet !== null) this.settleLater(u);
         });
       }
     } else if (scan.subIds.length > 0) {
+      const several = scan.subIds.length > 1;
       for (const g of scan.subIds) {
         const u = this.byGen.get(g);
-        if (u === undefined || this.subs.get(u.filter) !== u || (scan.subIds.length > 1 && this.seenEntry(u))) continue;
-        for (const [group, h] of u.holds) {
-          if (group !== '') {
-            const s = h.next();
-            if (s >= 0) out.push({ shard: s, req: SHARED_REQ | h.ids[s] });
-          } else {
-            for (let s = 0; s < h.want.length; s++) if (h.want[s] >= 0) out.push({ shard: s, req: HOLD_REQ | h.ids[s] });
-          }
+        if (u === undefined || (several && this.seenEntry(u))) continue;
+        if (this.subs.get(u.filter) === u) this.holdsOf(u, out);
+        // The filters it covers that match, unless they have their own subscription now.
+        if (u.covered.size > 0) {
+          u.coveredTrie!.match(remote, (d) => {
+            if (!d.live && !(several && this.seenEntry(d))) this.holdsOf(d, out);
+          });
         }
       }
       this.entriesSeen.clear();

@@ -141,7 +141,7 @@ export class Writer implements WriterContext, SpooledHost {
     this.maxIncoming = Math.min(0x0fffffff, Math.floor(opts.config.ringBytes / 2));
     // Subscriptions live on the first connection of the pool; the others only publish.
     this.downlink = new WriterDownlink(opts.index, opts.shardPorts, downRings, buildRouting(opts.config),
-      () => this.pool[0], () => this.schedulePump(), this.pool.length >= 2 ? () => this.pool[1] : null);
+      () => this.pool[0], () => this.schedulePump(), this.pool.length >= 2 ? () => this.pool[1] : null, opts.config.coverFilters);
     const routes = effectiveRoutes(opts.config);
     const servesDownlink = routes.some((r) => r.broker === opts.broker.name && r.direction !== 'out');
     const subscribing = servesDownlink ? (this.downlink.split ? 2 : 1) : 0;
@@ -223,6 +223,10 @@ export class Writer implements WriterContext, SpooledHost {
   onSuback(conn: BrokerConnection, id: number, codes: number[]): void {
     if (conn === this.pool[0]) this.downlink.onSuback(id, codes);
     else if (conn === this.pool[1] && this.downlink.split) this.downlink.onFetchSuback(id);
+  }
+
+  onUnsuback(conn: BrokerConnection, id: number): void {
+    if (conn === this.pool[0]) this.downlink.onUnsuback(id);
   }
 
   onConnected(conn: BrokerConnection, sessionPresent: boolean): void {
@@ -314,7 +318,8 @@ export class Writer implements WriterContext, SpooledHost {
     st.set('downlinkInQos2', received[2]);
     st.set('downlinkUnmatched', this.downlink.dropped);
     st.set('downlinkTooLarge', this.downlink.tooLarge);
-    st.set('upstreamFilters', this.downlink.filterCount);
+    st.set('upstreamFilters', this.downlink.subscribedCount);
+    st.set('upstreamCovered', this.downlink.coveredCount);
     const sp = this.spooled;
     if (sp !== null) {
       st.set('spoolBytes', sp.spool.bytes);

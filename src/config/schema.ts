@@ -163,6 +163,10 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
     allowed: ROUTES_ALLOWED, schema: z.string(), fallback: () => '',
     description: 'Which topics each broker gets from devices (out) and serves to them (in), '
       + 'with a QoS cap and prefix remapping per route; see Routes above. Needs FANOUT_BROKERS.' },
+  coverFilters: { name: 'FANOUT_COVER_FILTERS', default: 'true', ...boolean(),
+    description: 'Hold at each broker only the filters no other held filter covers (`#` covers `a/b`) at a QoS granted as high: '
+      + 'the covered ones are served by the broader subscription, so the broker sends one copy of a message, not one per matching filter. '
+      + 'false: one subscription per distinct filter.' },
   maxPacketSize: { name: 'FANOUT_MAX_PACKET_SIZE', default: '262144', ...integer(64, 268435455),
     description: 'Largest MQTT packet accepted from a device, in bytes.' },
   maxInflight: { name: 'FANOUT_MAX_INFLIGHT', default: '100', ...integer(1, 65535),

@@ -92,6 +92,7 @@ export interface Config {
   readonly tlsKey: string | null;
   readonly tlsCa: string | null;
   readonly tlsRequireClientCert: boolean;
+  readonly coverFilters: boolean;
   readonly tlsIdentityAsUsername: boolean;
   readonly shards: number;
   readonly brokers: readonly BrokerConfig[];

@@ -196,7 +196,8 @@ export class MetricsCollector {
     metric('fanout_upstream_session_losses_total', 'counter', 'Per-device mode: device sessions lost while their device was connected, by broker.', perBroker('deviceLosses'));
     metric('fanout_upstream_session_reconnects_total', 'counter', 'Per-device mode: device sessions re-established while their device stayed, by broker.', perBroker('deviceReconnects'));
     metric('fanout_upstream_parked_messages', 'gauge', 'Per-device mode: device publishes waiting at the writer for their session, by broker.', perBroker('deviceParked'));
-    metric('fanout_upstream_filters', 'gauge', 'Subscriptions the proxy holds at each broker (one per distinct filter).', perBroker('upstreamFilters'));
+    metric('fanout_upstream_filters', 'gauge', 'Subscriptions the proxy holds at each broker (one per distinct filter that no other held filter covers).', perBroker('upstreamFilters'));
+    metric('fanout_upstream_filters_covered', 'gauge', 'Device filters served at each broker through a broader filter held there, without a subscription of their own (FANOUT_COVER_FILTERS).', perBroker('upstreamCovered'));
     const fill: [Record<string, string | number>, number][] = [];
     for (let s = 0; s < this.src.shards; s++) {
       brokers.forEach((_, b) => {

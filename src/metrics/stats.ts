@@ -14,7 +14,7 @@ export type ShardField = (typeof SHARD_FIELDS)[number];
 export const WRITER_FIELDS = [
   'connectionsUp', 'connections', 'reconnects', 'inflight', 'messagesOutQos0', 'messagesOutQos1', 'messagesOutQos2',
   'bytesOutQos0', 'bytesOutQos1', 'bytesOutQos2', 'tooLarge', 'qos0BytesLost', 'downlinkInQos0', 'downlinkInQos1', 'downlinkInQos2', 'downlinkUnmatched',
-  'downlinkTooLarge', 'upstreamFilters', 'bytesIn', 'spoolBytes', 'spoolUnsent', 'spoolDropped', 'spoolConflated', 'spoolCorrupt',
+  'downlinkTooLarge', 'upstreamFilters', 'upstreamCovered', 'bytesIn', 'spoolBytes', 'spoolUnsent', 'spoolDropped', 'spoolConflated', 'spoolCorrupt',
   'loopDelayP99Ms', 'loopDelayMaxMs', 'heapUsedMb',
   // Per-device upstream mode: the devices' own sessions at the broker.
   'deviceSessionsUp', 'deviceSessionsConnecting', 'deviceSessionsQueued', 'deviceSessionsDown', 'deviceConnects', 'deviceRefusals',

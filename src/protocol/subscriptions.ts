@@ -269,6 +269,42 @@ export class TopicTrie<T> {
     }
   }
 
+  /**
+   * Calls `visit` for every (filter, value) pair whose filter covers `filter`: matches every
+   * topic name `filter` matches (so `#`, `a/#`, `a/+` and `a/b` itself cover `a/b`; `a/#` covers
+   * `a`; `+/#` covers `a/+`; nothing but `#`-free literals and '$' first levels cover `$SYS/x`).
+   * `filter` must be valid and not shared.
+   */
+  forEachCovering(filter: string, visit: (value: T, filter: string) => void): void {
+    const levels = filter.split('/');
+    const dollar = levels[0].charCodeAt(0) === DOLLAR;
+    const nodes: Node<T>[] = [this.root];
+    const depths: number[] = [0];
+    for (let node = nodes.pop(); node !== undefined; node = nodes.pop()) {
+      const i = depths.pop() as number;
+      // A wildcard first level never matches a topic that starts with '$' [MQTT-4.7.2-1].
+      const wild = i > 0 || !dollar;
+      if (node.multi !== null && wild) visitAll(node.multi, visit);
+      if (i === levels.length) {
+        if (node.exact !== null) visitAll(node.exact, visit);
+        continue;
+      }
+      const level = levels[i];
+      if (level === '#') continue; // only a '#' covers a '#'
+      if (node.plus !== null && wild) {
+        nodes.push(node.plus);
+        depths.push(i + 1);
+      }
+      if (level !== '+') {
+        const child = node.findChild(level, 0, level.length, levelHash(level, 0, level.length));
+        if (child !== null) {
+          nodes.push(child);
+          depths.push(i + 1);
+        }
+      }
+    }
+  }
+
   /** The distinct filters that have at least one value. */
   filters(): string[] {
     const out: string[] = [];

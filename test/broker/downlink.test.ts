@@ -91,7 +91,7 @@ class Rig {
   readonly producers: RingProducer[];
   readonly consumers: RingConsumer[];
 
-  constructor(opts: { shards?: number; v5?: boolean; capacity?: number; map?: (remote: string) => string[] } = {}) {
+  constructor(opts: { shards?: number; v5?: boolean; capacity?: number; map?: (remote: string) => string[]; cover?: boolean } = {}) {
     const shards = opts.shards ?? 2;
     this.link = new Link(opts.v5 ?? false);
     this.channels = Array.from({ length: shards }, () => new MessageChannel());
@@ -99,7 +99,7 @@ class Rig {
     this.producers = rings.map((r) => new RingProducer(r));
     this.consumers = rings.map((r) => new RingConsumer(r));
     this.dl = new WriterDownlink(BROKER, this.channels.map((c) => c.port1), this.producers, routing(opts.map), () => this.link,
-      () => this.changes++);
+      () => this.changes++, null, opts.cover ?? true);
     // Added after the writer's listeners, so a mark arrives after the writer handled what precedes it.
     this.writerSide = this.channels.map((c) => new End(c.port1));
     this.shardSide = this.channels.map((c) => new End(c.port2));
@@ -793,4 +793,170 @@ test('several records of one message for one shard that an empty ring cannot tak
   const first = rig.publish('t', 'x'.repeat(300));
   const second = rig.publish('t', 'x'.repeat(300));
   assert.ok(first || second, 'an empty ring refuses the message, and will again on every retry');
+}));
+
+// ---------------------------------------------------------------------------------------------
+// Covered filters: a held filter that another held filter covers has no subscription of its own
+
+/** Control packets as short strings: `sub a/b q1`, `unsub a/b`. */
+function controls(rig: Rig): { id: number; text: string; subId?: number }[] {
+  return rig.control().map(({ id, packet }) => {
+    if (packet.cmd === 'subscribe') {
+      const p = packet as mqttPacket.ISubscribePacket;
+      return { id, text: p.subscriptions.map((s) => `sub ${s.topic} q${s.qos}`).join(', '), subId: p.properties?.subscriptionIdentifier as number | undefined };
+    }
+    assert.equal(packet.cmd, 'unsubscribe');
+    return { id, text: `unsub ${(packet as mqttPacket.IUnsubscribePacket).unsubscriptions.join(', ')}` };
+  });
+}
+
+/** Holds `filter` on shard `s` and answers its SUBSCRIBE (which must be the only packet). */
+async function held(rig: Rig, s: number, filter: string, qos: number, granted = qos): Promise<number | undefined> {
+  await rig.ops(s, [{ filter, qos, req: 0 }]);
+  const [sub, ...more] = controls(rig);
+  assert.deepEqual(more, []);
+  assert.equal(sub.text, `sub ${filter} q${qos}`);
+  rig.dl.onSuback(sub.id, [granted]);
+  await rig.acks(s);
+  return sub.subId;
+}
+
+const tagOf = (rig: Rig, s: number, f: string): number => (HOLD_REQ | rig.holdId(s, f)) >>> 0;
+
+test('covered: a filter under one held at the broker (granted as high) is not subscribed; the cover\'s copies reach its holds', withRig({ v5: true, shards: 2 }, async (rig) => {
+  const hash = await held(rig, 0, 'a/#', 1);
+  await rig.ops(1, [{ filter: 'a/b', qos: 1, req: 0 }, { filter: 'a/+/c', qos: 0, req: 0 }, { filter: 'b', qos: 1, req: 0 }]);
+  assert.deepEqual(controls(rig).map((c) => c.text), ['sub b q1'], 'only the filter nothing covers');
+  assert.deepEqual(await rig.acks(1), [{ filter: 'a/b', qos: 1, granted: 1 }, { filter: 'a/+/c', qos: 0, granted: 0 }], 'answered at once');
+  assert.equal(rig.dl.filterCount, 4);
+  assert.equal(rig.dl.coveredCount, 2);
+  assert.equal(rig.dl.subscribedCount, 2);
+
+  rig.publish('a/b', 'm1', { qos: 1, properties: { subscriptionIdentifier: hash } });
+  assert.deepEqual(rig.records(0).map((r) => r.req), [tagOf(rig, 0, 'a/#')]);
+  assert.deepEqual(rig.records(1).map((r) => r.req), [tagOf(rig, 1, 'a/b')], 'the covered filter\'s hold, once');
+  rig.publish('a/x/c', 'm2', { qos: 1, properties: { subscriptionIdentifier: hash } });
+  assert.deepEqual(rig.records(1).map((r) => r.req), [tagOf(rig, 1, 'a/+/c')]);
+  rig.publish('a/z', 'm3', { qos: 1, properties: { subscriptionIdentifier: hash } });
+  assert.deepEqual(rig.records(1), [], 'no covered filter matches a/z');
+  assert.equal(rig.records(0).length, 2, 'the cover\'s own holder got a/x/c and a/z');
+}));
+
+test('covered: not when the cover was granted a lower QoS, nor for topics starting with $ under #, nor with FANOUT_COVER_FILTERS=false', async () => {
+  await withRig({ v5: true }, async (rig) => {
+    await held(rig, 0, '#', 1, 0);
+    await rig.ops(0, [{ filter: 'a/b', qos: 1, req: 0 }, { filter: '$SYS/x', qos: 0, req: 0 }, { filter: 'c', qos: 0, req: 0 }]);
+    assert.deepEqual(controls(rig).map((c) => c.text), ['sub a/b q1', 'sub $SYS/x q0']);
+    assert.equal(rig.dl.coveredCount, 1);
+  })();
+  await withRig({ v5: true, cover: false }, async (rig) => {
+    await held(rig, 0, '#', 1);
+    await rig.ops(0, [{ filter: 'a/b', qos: 1, req: 0 }]);
+    assert.deepEqual(controls(rig).map((c) => c.text), ['sub a/b q1']);
+    assert.equal(rig.dl.coveredCount, 0);
+  })();
+});
+
+test('covered: a holder asking more than the cover was granted gets a subscription of its own; the cover serves until its SUBACK', withRig({ v5: true, shards: 2 }, async (rig) => {
+  const hash = await held(rig, 0, '#', 0);
+  await rig.ops(1, [{ filter: 'a', qos: 0, req: 0 }]);
+  assert.deepEqual(controls(rig), []);
+  await rig.ops(0, [{ filter: 'a', qos: 1, req: 0 }]);
+  const [own] = controls(rig);
+  assert.equal(own.text, 'sub a q1');
+  rig.publish('a', 'before', { qos: 0, properties: { subscriptionIdentifier: hash } });
+  assert.deepEqual(rig.records(1).map((r) => r.payload), ['before'], 'served by the cover until the SUBACK');
+  rig.dl.onSuback(own.id, [1]);
+  rig.publish('a', 'after', { qos: 0, properties: { subscriptionIdentifier: hash } });
+  assert.deepEqual(rig.records(1), [], 'the cover\'s copy is not for it any more');
+  rig.publish('a', 'own', { qos: 1, properties: { subscriptionIdentifier: own.subId } });
+  assert.deepEqual(rig.records(1).map((r) => r.payload), ['own']);
+  assert.equal(rig.dl.coveredCount, 0);
+}));
+
+test('covered: when the cover is released, what it covers is subscribed first; the cover\'s UNSUBSCRIBE follows the SUBACKs', withRig({ v5: true, shards: 2 }, async (rig) => {
+  const hash = await held(rig, 0, 'a/#', 1);
+  await rig.ops(1, [{ filter: 'a/b', qos: 1, req: 0 }, { filter: 'a/c', qos: 0, req: 0 }]);
+  await rig.acks(1);
+  await rig.ops(0, [{ filter: 'a/#', qos: -1, req: 0 }]);
+  const subs = controls(rig);
+  assert.deepEqual(subs.map((c) => c.text), ['sub a/b q1', 'sub a/c q0'], 'no UNSUBSCRIBE a/# yet');
+  assert.equal(rig.dl.subscribedCount, 1, 'a/# is still subscribed for them');
+  rig.publish('a/b', 'gap', { qos: 1, properties: { subscriptionIdentifier: hash } });
+  assert.deepEqual(rig.records(1).map((r) => r.payload), ['gap'], 'the released cover still serves');
+  assert.deepEqual(rig.records(0), [], 'not its former holder');
+  rig.dl.onSuback(subs[0].id, [1]);
+  assert.deepEqual(controls(rig), [], 'a/c still relies on it');
+  rig.dl.onSuback(subs[1].id, [0]);
+  assert.deepEqual(controls(rig).map((c) => c.text), ['unsub a/#']);
+  assert.equal(rig.dl.subscribedCount, 2);
+  assert.equal(rig.dl.coveredCount, 0);
+  rig.publish('a/b', 'own', { qos: 1, properties: { subscriptionIdentifier: subs[0].subId } });
+  assert.deepEqual(rig.records(1).map((r) => r.payload), ['own']);
+  await rig.acks(1);
+}));
+
+test('covered: a released cover held again before its covered filters had their SUBACKs never leaves the broker', withRig({ v5: true, shards: 2 }, async (rig) => {
+  await held(rig, 0, '#', 1);
+  await rig.ops(1, [{ filter: 'x/y', qos: 1, req: 0 }]);
+  await rig.ops(0, [{ filter: '#', qos: -1, req: 0 }]);
+  const [sub] = controls(rig);
+  assert.equal(sub.text, 'sub x/y q1');
+  await rig.ops(0, [{ filter: '#', qos: 1, req: 0 }]);
+  assert.deepEqual(await rig.acks(0), [{ filter: '#', qos: 1, granted: 1 }], 'answered from its standing SUBACK');
+  rig.dl.onSuback(sub.id, [1]);
+  assert.deepEqual(controls(rig), [], 'no UNSUBSCRIBE of #');
+  assert.equal(rig.dl.subscribedCount, 2);
+}));
+
+test('covered: when the cover is released, another cover takes over without any SUBSCRIBE', withRig({ v5: true, shards: 1 }, async (rig) => {
+  const plus = await held(rig, 0, 'a/+', 1);
+  const hash = await held(rig, 0, '#', 1);
+  await rig.ops(0, [{ filter: 'a/b', qos: 1, req: 0 }]);
+  assert.deepEqual(controls(rig), []);
+  await rig.acks(0);
+  // Whichever of the two covers it, releasing that one moves it to the other.
+  rig.publish('a/b', 'p', { qos: 1, properties: { subscriptionIdentifier: plus } });
+  const viaPlus = rig.records(0).some((r) => r.req === tagOf(rig, 0, 'a/b'));
+  const [gone, stays] = viaPlus ? ['a/+', hash] : ['#', plus];
+  await rig.ops(0, [{ filter: gone, qos: -1, req: 0 }]);
+  assert.deepEqual(controls(rig).map((c) => c.text), [`unsub ${gone}`]);
+  rig.publish('a/b', 'q', { qos: 1, properties: { subscriptionIdentifier: stays } });
+  assert.ok(rig.records(0).some((r) => r.req === tagOf(rig, 0, 'a/b')), 'served by the other cover');
+  assert.equal(rig.dl.coveredCount, 1);
+}));
+
+test('covered: a filter subscribed for its retained messages hands over to its cover once they came (UNSUBSCRIBE, then the cover\'s copies)', withRig({ v5: true, shards: 2 }, async (rig) => {
+  const hash = await held(rig, 0, '#', 1);
+  await rig.ops(1, [{ filter: 'r/1', qos: 1, req: 7 }]);
+  const [own] = controls(rig);
+  assert.equal(own.text, 'sub r/1 q1', 'subscribed: the broker sends retained messages on SUBSCRIBE');
+  rig.dl.onSuback(own.id, [1]);
+  assert.deepEqual(await rig.acks(1), [{ filter: 'r/1', qos: 1, granted: 1 }]);
+  rig.publish('r/1', 'kept', { qos: 1, retain: true, properties: { subscriptionIdentifier: own.subId } });
+  assert.deepEqual(rig.records(1).map((r) => `${r.payload} req=${r.req}`), ['kept req=7']);
+  assert.deepEqual(controls(rig), []);
+  await new Promise((r) => setTimeout(r, 800));
+  const [unsub] = controls(rig);
+  assert.equal(unsub.text, 'unsub r/1');
+  // Until the UNSUBACK its own copies serve it and the cover's do not.
+  rig.publish('r/1', 'mine', { qos: 1, properties: { subscriptionIdentifier: own.subId } });
+  rig.publish('r/1', 'cover1', { qos: 1, properties: { subscriptionIdentifier: hash } });
+  assert.deepEqual(rig.records(1).map((r) => r.payload), ['mine']);
+  rig.dl.onUnsuback(unsub.id);
+  rig.publish('r/1', 'cover2', { qos: 1, properties: { subscriptionIdentifier: hash } });
+  assert.deepEqual(rig.records(1).map((r) => r.payload), ['cover2']);
+  assert.equal(rig.dl.coveredCount, 1);
+  assert.equal(rig.records(0).length, 2, 'the cover\'s holder got both');
+}));
+
+test('covered, MQTT 3.1.1: messages go by topic to the covered filter\'s shard; a new session subscribes only the cover', withRig({ shards: 2 }, async (rig) => {
+  await held(rig, 0, 'dev/#', 1);
+  await rig.ops(1, [{ filter: 'dev/7/cmd', qos: 1, req: 0 }]);
+  assert.deepEqual(controls(rig), []);
+  rig.publish('dev/7/cmd', 'go', { qos: 1 });
+  assert.deepEqual([0, 1].map((s) => rig.records(s).map((r) => r.req)), [[0], [0]]);
+  rig.dl.onConnected(false);
+  assert.deepEqual(controls(rig).map((c) => c.text), ['sub dev/# q1']);
+  assert.equal(rig.dl.coveredCount, 1);
 }));

@@ -42,6 +42,7 @@ const DEFAULTS = {
   shards: 4,
   brokers: [],
   brokersFile: null,
+  coverFilters: true,
   maxPacketSize: 262144,
   maxInflight: 100,
   passwordFile: null,
@@ -91,7 +92,7 @@ test('an empty environment yields the documented defaults', () => {
 const NAMES = [
   'FANOUT_HOST', 'FANOUT_PORT', 'FANOUT_WS_PORT', 'FANOUT_WSS_PORT', 'FANOUT_WS_PATH', 'FANOUT_HTTP_PORT', 'FANOUT_TLS_PORT', 'FANOUT_TLS_CERT',
     'FANOUT_TLS_KEY', 'FANOUT_TLS_CA', 'FANOUT_TLS_REQUIRE_CLIENT_CERT', 'FANOUT_TLS_CN_AS_USERNAME', 'FANOUT_SHARDS',
-  'FANOUT_BROKERS', 'FANOUT_ROUTES', 'FANOUT_MAX_PACKET_SIZE',
+  'FANOUT_BROKERS', 'FANOUT_ROUTES', 'FANOUT_COVER_FILTERS', 'FANOUT_MAX_PACKET_SIZE',
   'FANOUT_MAX_INFLIGHT', 'FANOUT_PASSWORD_FILE', 'FANOUT_ACL_FILE', 'FANOUT_ALLOW_ANONYMOUS', 'FANOUT_MAX_CONNECTIONS', 'FANOUT_MAX_CONNECT_RATE', 'FANOUT_MAX_TOPIC_LENGTH',
     'FANOUT_MAX_TOPIC_LEVELS', 'FANOUT_MAX_SUBSCRIPTIONS', 'FANOUT_MAX_PUBLISH_RATE', 'FANOUT_MAX_QUEUED_MESSAGES', 'FANOUT_QUEUE_OVERFLOW', 'FANOUT_SESSION_EXPIRY_MAX',
   'FANOUT_PENDING_THROTTLE_MS', 'FANOUT_RING_BYTES', 'FANOUT_ACK', 'FANOUT_SPOOL_DIR', 'FANOUT_SPOOL_FSYNC_MS', 'FANOUT_SPOOL_MAX_BYTES',
@@ -147,6 +148,7 @@ test('every variable is converted to its typed field', () => {
     FANOUT_SHUTDOWN_TIMEOUT_MS: '0',
     FANOUT_RECONNECT_MIN_MS: '10',
     FANOUT_RECONNECT_MAX_MS: '10',
+    FANOUT_COVER_FILTERS: 'false',
   }, { cpus: 2 });
   assert.deepEqual(config, {
     ...DEFAULTS,
@@ -155,7 +157,7 @@ test('every variable is converted to its typed field', () => {
     maxQueuedMessages: 10000000, queueOverflow: 'drop-new', sessionExpiryMaxS: 0, pendingThrottleMs: 60000,
     ringBytes: 1073741824, ack: 'local', logLevel: 'silent', proxyId: 'edge_01-a',
     statusTopic: 'site/7/{clientId}/status', connectTimeoutMs: 100, shutdownTimeoutMs: 0,
-    reconnectMinMs: 10, reconnectMaxMs: 10,
+    reconnectMinMs: 10, reconnectMaxMs: 10, coverFilters: false,
   });
 });
 
