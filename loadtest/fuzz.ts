@@ -35,7 +35,7 @@ const PROBE_TIMEOUT_MS = 10_000;
 const UPLINK_PROBE_EVERY_MS = 5000;
 const UPLINK_PROBE_TIMEOUT_MS = 30_000;
 /** Gauges that must be back where they were before any fuzz traffic. */
-const STATE_GAUGES = ['fanout_connections', 'fanout_sessions', 'fanout_subscriptions', 'fanout_upstream_filters', 'fanout_broker_inflight', 'fanout_ring_fill_bytes'];
+const STATE_GAUGES = ['fanout_connections', 'fanout_sessions', 'fanout_subscriptions', 'fanout_upstream_filters', 'fanout_upstream_filters_covered', 'fanout_broker_inflight', 'fanout_ring_fill_bytes'];
 
 const HELP = `usage: node dist/loadtest/fuzz.js [options]   (npm run fuzz -- [options])
 
