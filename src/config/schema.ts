@@ -228,7 +228,8 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
   threadHeapMb: { name: 'FANOUT_THREAD_HEAP_MB', default: '4096', ...integer(32, 1048576),
     description: 'Heap limit of each shard and writer thread, in MiB: a thread that runs out is restarted alone instead of ending the daemon.' },
   threadYoungMb: { name: 'FANOUT_THREAD_YOUNG_MB', default: '0', ...integer(0, 1024),
-    description: 'Young generation limit of each shard and writer thread, in MiB; 0: V8\'s own, which under load commits up to 32 MiB of new space in each thread and keeps it.' },
+    description: 'Young generation of each shard and writer thread, in MiB, fixed at this size from the start (a third of it is one semi-space); '
+      + '0: V8\'s own, which starts small, grows under load up to 32 MiB of new space per thread and shrinks at idle, so resident memory follows the load\'s history.' },
   adminToken: { name: 'FANOUT_ADMIN_TOKEN', default: 'none: POST /admin/reload is refused (403)',
     ...rule('16 to 256 printable ASCII characters without spaces', (raw) => (/^[\x21-\x7e]{16,256}$/.test(raw) ? raw : undefined)),
     fallback: () => null,
