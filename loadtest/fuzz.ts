@@ -752,7 +752,7 @@ function printReport(r: Report): void {
     `duration             ${(Number(f.fuzzMs) / 1000).toFixed(1)} s, ${fmt(Number(f.packetsPerSecond))} packets/s, ${fmt(Number(f.connectionsPerSecond))} connections/s${f.cut ? `, cut short: ${f.cut}` : ''}`,
     `daemon CPU           ${f.daemonCpuS} s during the fuzz phase`,
     `RSS (MB)             start ${MB(f.rssStartKB as number)}, baseline ${MB(f.rssBaselineKB as number)}, peak ${MB(f.rssPeakKB as number)}, after ${MB(f.rssAfterKB as number)} (after − baseline ${MB(Number(f.rssAfterKB) - Number(f.rssBaselineKB))}, tolerance ${r.options.rssToleranceMB})`,
-    `JS heap, all threads baseline ${Number(f.heapBaselineMB).toFixed(1)} MB, after ${Number(f.heapAfterMB).toFixed(1)} MB`,
+    `JS heap, all threads baseline ${Number(f.heapBaselineMB).toFixed(1)} MB, after ${Number(f.heapAfterMB).toFixed(1)} MB; committed ${Number(f.committedBaselineMB).toFixed(1)} → ${Number(f.committedAfterMB).toFixed(1)} MB; external ${Number(f.externalBaselineMB).toFixed(1)} → ${Number(f.externalAfterMB).toFixed(1)} MB`,
     `threads              baseline ${f.threadsBaseline}, after ${f.threadsAfter}`,
     `probes during fuzz   GET /metrics ${r.probes.http.count} (max ${r.probes.http.maxMs} ms, ${r.probes.http.failures} failed); MQTT CONNECT ${r.probes.mqtt.count} (max ${r.probes.mqtt.maxMs} ms, ${r.probes.mqtt.failures} failed); QoS 1 publish ${r.probes.uplink.count} (max ${r.probes.uplink.maxMs} ms, ${r.probes.uplink.failures} without PUBACK in ${UPLINK_PROBE_TIMEOUT_MS / 1000} s)`,
     `daemon answers       ${Object.entries(t.replies).map(([k, v]) => `${k} ${fmt(v)}`).join(', ')}`,
@@ -846,7 +846,10 @@ async function main(argv: string[]): Promise<number> {
     const rssBaselineKB = watch.rssKB;
     // JavaScript heap of every thread: tells a leak in the daemon's objects from memory the
     // allocator keeps after use (RSS without heap).
-    const heapBaselineMB = ((await gauges(d))?.get('fanout_thread_heap_used_bytes') ?? 0) / 1048576;
+    const g0 = await gauges(d);
+    const heapBaselineMB = (g0?.get('fanout_thread_heap_used_bytes') ?? 0) / 1048576;
+    const committedBaselineMB = (g0?.get('fanout_thread_heap_committed_bytes') ?? 0) / 1048576;
+    const externalBaselineMB = (g0?.get('fanout_thread_external_bytes') ?? 0) / 1048576;
     const threadsBefore = threadsOf(d.pid);
     const cpuBefore = cpuSeconds(d.pid);
     watch.resetPeak();
@@ -900,7 +903,10 @@ async function main(argv: string[]): Promise<number> {
     const stateLeft = d.alive ? await waitQuiet(d, ref, quietTimeout) : ['the daemon is not running'];
     if (d.alive) await sleep(o.settleS * 1000);
     const rssAfterKB = d.alive ? watch.rssKB : null;
-    const heapAfterMB = d.alive ? ((await gauges(d))?.get('fanout_thread_heap_used_bytes') ?? 0) / 1048576 : null;
+    const g1 = d.alive ? await gauges(d) : null;
+    const heapAfterMB = g1 === null ? null : (g1.get('fanout_thread_heap_used_bytes') ?? 0) / 1048576;
+    const committedAfterMB = g1 === null ? null : (g1.get('fanout_thread_heap_committed_bytes') ?? 0) / 1048576;
+    const externalAfterMB = g1 === null ? null : (g1.get('fanout_thread_external_bytes') ?? 0) / 1048576;
     const threadsAfter = threadsOf(d.pid);
 
     const checks: Check[] = [];
@@ -982,7 +988,7 @@ async function main(argv: string[]): Promise<number> {
         packets: phase.tally.packets, connections: phase.tally.connections, closedByDaemon: phase.tally.closedByDaemon,
         fuzzMs: phase.ms, packetsPerSecond: phase.tally.packets / (phase.ms / 1000), connectionsPerSecond: phase.tally.connections / (phase.ms / 1000),
         cut: phase.cut, daemonCpuS: cpuBefore !== null && cpuAfter !== null ? Number((cpuAfter - cpuBefore).toFixed(1)) : null,
-        rssStartKB, rssBaselineKB, rssPeakKB, rssAfterKB, heapBaselineMB, heapAfterMB, threadsBaseline: threadsBefore.size, threadsAfter: threadsAfter.size,
+        rssStartKB, rssBaselineKB, rssPeakKB, rssAfterKB, heapBaselineMB, heapAfterMB, committedBaselineMB, committedAfterMB, externalBaselineMB, externalAfterMB, threadsBaseline: threadsBefore.size, threadsAfter: threadsAfter.size,
       },
       tally: phase.tally, warmup, checks,
       daemon: { logLevels: d.levels, fatal: d.fatal, errors: d.errors, errorKinds: Object.fromEntries(d.errorKinds), warnings: Object.fromEntries(d.warnings), stderrTail: d.stderr.slice(-4000), exit: d.exit },

@@ -208,6 +208,9 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
   ringBytes: { name: 'FANOUT_RING_BYTES', default: '4194304', ...powerOfTwo,
     description: 'Size of the shared-memory ring buffer per shard and broker, in bytes; '
       + 'at least 2 × (FANOUT_MAX_PACKET_SIZE + 64), so any accepted packet fits.' },
+  uplinkQueueBytes: { name: 'FANOUT_UPLINK_QUEUE_BYTES', default: '524288', ...integer(1024, 1073741824),
+    description: 'Device publishes a shard queues for one broker, in bytes (at most FANOUT_RING_BYTES), before the devices publishing to it are paused: '
+      + 'when a broker is slower than the devices, a publish waits behind at most this much. Larger absorbs longer bursts; smaller keeps the wait short.' },
   ack: { name: 'FANOUT_ACK', default: 'all', ...oneOf(['all', 'any', 'local']),
     description: 'When a device publish is acknowledged: once all brokers, any one broker, '
       + 'or only the proxy itself (local) took it; with FANOUT_SPOOL_DIR, local means once it is in every broker\'s spool (see FANOUT_SPOOL_FSYNC_MS).' },
@@ -227,7 +230,7 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
       + 'the older ones are skipped (and counted) when it comes back.' },
   threadHeapMb: { name: 'FANOUT_THREAD_HEAP_MB', default: '4096', ...integer(32, 1048576),
     description: 'Heap limit of each shard and writer thread, in MiB: a thread that runs out is restarted alone instead of ending the daemon.' },
-  threadYoungMb: { name: 'FANOUT_THREAD_YOUNG_MB', default: '0', ...integer(0, 1024),
+  threadYoungMb: { name: 'FANOUT_THREAD_YOUNG_MB', default: '24', ...integer(0, 1024),
     description: 'Young generation of each shard and writer thread, in MiB, fixed at this size from the start (a third of it is one semi-space); '
       + '0: V8\'s own, which starts small, grows under load up to 32 MiB of new space per thread and shrinks at idle, so resident memory follows the load\'s history.' },
   adminToken: { name: 'FANOUT_ADMIN_TOKEN', default: 'none: POST /admin/reload is refused (403)',

@@ -93,6 +93,7 @@ export interface Config {
   readonly tlsCa: string | null;
   readonly tlsRequireClientCert: boolean;
   readonly coverFilters: boolean;
+  readonly uplinkQueueBytes: number;
   readonly tlsIdentityAsUsername: boolean;
   readonly shards: number;
   readonly brokers: readonly BrokerConfig[];

@@ -80,14 +80,19 @@ export class RingProducer extends RingSide {
     return pos + 4;
   }
 
-  /** Whether a record of `len` bytes would fit now (worst case, counting a wrap). */
+  /** Bytes canFit() lets the ring hold (at most the capacity): a shorter queue than the ring
+   *  can take, so that what waits in it waits less. An empty ring takes any record that fits. */
+  queueLimit = this.capacity;
+
+  /** Whether a record of `len` bytes would fit now (worst case, counting a wrap) within the
+   *  queue limit. */
   canFit(len: number): boolean {
     const need = 4 + ((len + 3) & ~3);
     const tail = Atomics.load(this.ctrl, TAIL) >>> 0;
     const used = (this.head - tail) >>> 0;
     const contiguous = this.capacity - (this.head & this.mask);
     const total = need > contiguous ? contiguous + need : need;
-    if (used + total <= this.capacity) return true;
+    if (used + total <= (used === 0 ? this.capacity : this.queueLimit)) return true;
     Atomics.store(this.ctrl, PRODUCER_WAITING, 1);
     return false;
   }

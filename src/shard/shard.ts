@@ -207,7 +207,7 @@ export class Shard implements ShardContext {
     this.port = opts.port;
     const writerBells = opts.writerDoorbells.map((sab) => new Doorbell(sab));
     const perDevice = perDeviceBrokers(opts.config);
-    this.uplink = new Uplink(opts.uplinkRings.map((r) => new RingProducer(r)), writerBells, buildRoutes(opts.config), perDevice, liveMask(opts.config));
+    this.uplink = new Uplink(opts.uplinkRings.map((r) => uplinkProducer(r, opts.config)), writerBells, buildRoutes(opts.config), perDevice, liveMask(opts.config));
     this.acks = opts.ackRings.map((r) => new RingConsumer(r));
     this.ackWriters = writerBells;
     this.doorbell = new Doorbell(opts.doorbell);
@@ -744,7 +744,7 @@ export class Shard implements ShardContext {
       if (a.slot !== this.acks.length) throw new Error(`broker slot ${a.slot} added out of order (next is ${this.acks.length})`);
       this.acks.push(new RingConsumer(a.ack));
       this.downlink.addRing(new RingConsumer(a.downlink));
-      return { ring: new RingProducer(a.uplink), doorbell: new Doorbell(a.doorbell) };
+      return { ring: uplinkProducer(a.uplink, m.config), doorbell: new Doorbell(a.doorbell) };
     });
     const live = liveMask(m.config);
     this.uplink.reconfigure(buildRoutes(m.config), live, added);
@@ -1017,4 +1017,11 @@ export class Shard implements ShardContext {
     });
     this.registryOps.push(op);
   }
+}
+
+/** The producer side of an uplink ring, queueing at most FANOUT_UPLINK_QUEUE_BYTES. */
+function uplinkProducer(ring: RingBuffers, config: Config): RingProducer {
+  const p = new RingProducer(ring);
+  p.queueLimit = Math.min(p.queueLimit, config.uplinkQueueBytes);
+  return p;
 }

@@ -450,3 +450,27 @@ async function produce(): Promise<void> {
   if (p.commit()) cb.ring();
   parentPort!.postMessage({ timeouts, waits });
 }
+
+test('queueLimit: canFit refuses beyond the limit (flagging the producer as waiting), an empty ring takes any record that fits', () => {
+  const ring = createRing(4096);
+  const p = new RingProducer(ring);
+  const c = new RingConsumer(ring);
+  p.queueLimit = 256;
+  // 60-byte records take 64 bytes with their length word.
+  let n = 0;
+  while (p.canFit(60)) {
+    assert.ok(p.reserve(60) >= 0);
+    n++;
+  }
+  assert.equal(n, 4, '4 × 64 bytes = the limit');
+  p.commit();
+  assert.ok(p.reserve(60) >= 0, 'reserve itself is bounded by the capacity only');
+  p.commit();
+  let read = 0;
+  for (let at = c.next(); at >= 0; at = c.next()) read++;
+  assert.equal(read, 5);
+  assert.equal(c.release(), true, 'the producer that found the queue full is to be woken');
+  assert.equal(p.canFit(1000), true, 'an empty ring takes a record larger than the limit');
+  p.reserve(1000);
+  assert.equal(p.canFit(8), false, 'but nothing more until it is taken');
+});
