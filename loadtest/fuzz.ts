@@ -616,7 +616,13 @@ async function waitQuiet(d: Daemon, ref: Map<string, number>, timeoutMs: number)
   const until = Date.now() + timeoutMs;
   while (d.alive) {
     const diff = gaugeDiff(ref, await gauges(d));
-    if (diff.length === 0 || Date.now() > until) return diff;
+    if (diff.length === 0) return diff;
+    if (Date.now() > until) {
+      // Which shard, broker or thread holds what is left.
+      const text = await httpGet(d.httpPort, '/metrics').then((r) => r.body, () => '');
+      const left = text.split('\n').filter((l) => STATE_GAUGES.some((g) => l.startsWith(`${g}{`)) && !/\s0$/.test(l));
+      return [...diff, ...(left.length > 0 ? [`by label: ${left.join(', ')}`] : [])];
+    }
     await sleep(250);
   }
   return ['the daemon is not running'];
