@@ -14,8 +14,9 @@ export interface RegistryActions {
   kick(previous: Owner): void;
   /** The previous owner hands its session (if any) to `next`. */
   fetch(previous: Owner, next: Owner, clientId: string): void;
-  /** `next` asked for a session and there is none elsewhere. */
-  none(next: Owner, clientId: string): void;
+  /** `next` asked for a session and there is none elsewhere in this instance (`clean`: it
+   *  starts a clean one, and only claims the id). */
+  none(next: Owner, clientId: string, clean: boolean): void;
 }
 
 export class ClientRegistry {
@@ -23,24 +24,31 @@ export class ClientRegistry {
 
   constructor(private readonly actions: RegistryActions) {}
 
-  claim(clientId: string, owner: Owner, fetch = false): void {
+  claim(clientId: string, owner: Owner, fetch = false, clean = false): void {
     const previous = this.owners.get(clientId);
     this.owners.set(clientId, owner);
     const other = previous !== undefined && (previous.shard !== owner.shard || previous.conn !== owner.conn);
     if (fetch) {
-      if (other && previous.shard !== owner.shard) this.actions.fetch(previous, owner, clientId);
+      if (other && previous.shard !== owner.shard && !clean) this.actions.fetch(previous, owner, clientId);
       else {
         if (other) this.actions.kick(previous);
-        this.actions.none(owner, clientId);
+        this.actions.none(owner, clientId, clean);
       }
     } else if (other) {
       this.actions.kick(previous);
     }
   }
 
-  release(clientId: string, owner: Owner): void {
+  /** True when `owner` had the id (it is free now). */
+  release(clientId: string, owner: Owner): boolean {
     const current = this.owners.get(clientId);
-    if (current !== undefined && current.shard === owner.shard && current.conn === owner.conn) this.owners.delete(clientId);
+    if (current === undefined || current.shard !== owner.shard || current.conn !== owner.conn) return false;
+    this.owners.delete(clientId);
+    return true;
+  }
+
+  owner(clientId: string): Owner | undefined {
+    return this.owners.get(clientId);
   }
 
   /** A shard failed: every client id it owned is free. */

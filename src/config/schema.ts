@@ -195,6 +195,19 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
   sessionExpiryMaxS: { name: 'FANOUT_SESSION_EXPIRY_MAX', default: '86400', ...integer(0, 4294967295),
     description: 'Upper bound of the MQTT 5 session expiry and the expiry of MQTT 3.1.1 persistent '
       + '(clean session 0) sessions, in seconds.' },
+  sessionStore: { name: 'FANOUT_SESSION_STORE', default: 'memory', fallback: () => null,
+    ...rule('memory, or a redis:// or rediss:// URL (redis://[user[:password]@]host[:port][/db])', (raw) => {
+      if (raw === 'memory') return null;
+      if (!/^rediss?:\/\/[^/?#]+(\/\d{0,5})?$/.test(raw)) return undefined;
+      try {
+        return new URL(raw).hostname === '' ? undefined : raw;
+      } catch {
+        return undefined;
+      }
+    }),
+    description: 'Where persistent device sessions (subscriptions, undelivered QoS 1/2 messages, in-flight state) are kept beyond the shard that serves them. '
+      + 'memory: in that shard only; they end with the instance. redis://...: also in Redis (written behind, read at CONNECT with clean start 0), '
+      + 'so that a device resumes its session on any instance sharing the Redis; a client id is then owned by one instance at a time. See Several instances.' },
   pendingThrottleMs: { name: 'FANOUT_PENDING_THROTTLE_MS', default: '10', ...integer(0, 60000),
     description: 'Pause between re-sent batches after a broker reconnect, in milliseconds.' },
   ringBytes: { name: 'FANOUT_RING_BYTES', default: '4194304', ...powerOfTwo,

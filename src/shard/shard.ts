@@ -40,10 +40,16 @@ import { DeviceUpstreams } from './device-upstreams';
 import { crashForTest } from '../test-hooks';
 import { Admission } from './admission';
 import { TlsHandshakes } from '../ingress/tls-handshakes';
+import type { SessionStore } from '../session-store/types';
+import { MemoryStore } from '../session-store/memory';
+import { RedisStore } from '../session-store/redis';
 
 /** Heap watch of shards with uWS listeners (see watchHeap). */
 const HEAP_CHECK_MS = 50;
 const HEAP_ALARM = 0.8;
+
+/** How often the records of connected persistent sessions have their expiry renewed. */
+const TOUCH_MS = 60_000;
 
 /** Poll interval while acknowledgements keep arriving (see ackLoop). */
 const NAP_MS = 1;
@@ -70,6 +76,8 @@ export interface ShardOptions {
   log: Logger;
   /** This shard replaces one that failed: what its rings hold back from the writers is stale. */
   restarted: boolean;
+  /** This instance's name in the session store (FANOUT_SESSION_STORE). */
+  instance: string;
 }
 
 /** Where a shard's WebSocket listener binds; `fallbackPlan` is for the `ws` package (null: only
@@ -93,7 +101,11 @@ export type ToShard =
   | { t: 'export'; conn: number; clientId: string; to: number; toConn: number }
   // `exportId` names one export on the old shard: one client id may be on its way to several
   // shards at once in a CONNECT race, and each export is counted out on its own.
-  | { t: 'session'; conn: number; from: number; exportId: number; state: SessionState | null }
+  // From the supervisor, `from` -1: the state read from the session store (or null: none);
+  // `refuse`: the store could not be asked, the CONNECT is refused (server unavailable).
+  | { t: 'session'; conn: number; from: number; exportId: number; state: SessionState | null; refuse?: boolean }
+  // Another instance resumes this client's session: end it here, write it out, answer `handed`.
+  | { t: 'handover'; conn: number; clientId: string; req: number }
   | { t: 'registered'; exportId: number }
   | { t: 'tail'; clientId: string; exportId: number; pending: PendingState[] }
   // Writer `broker` failed and was restarted: its new control channel; the shard reads what the
@@ -109,6 +121,9 @@ export interface RegistryOp {
   clientId: string;
   /** A claim that wants the client's persistent session, wherever it is. */
   fetch?: boolean;
+  /** With a shared session store every claim fetches (to own the id across instances); this
+   *  one starts clean. */
+  clean?: boolean;
 }
 
 /** Messages a shard sends to the supervisor. */
@@ -123,6 +138,7 @@ export type FromShard =
   | { t: 'drained'; shard: number }
   | { t: 'metrics'; shard: number; ackLatency: string }
   | { t: 'published'; id: number; reason: number }
+  | { t: 'handed'; req: number }
   | { t: 'pending'; shard: number; broker: number; tokens: number[] }
   | { t: 'auth'; shard: number; id: number; username: string; password: Buffer | undefined };
 
@@ -149,6 +165,8 @@ export class Shard implements ShardContext {
   private readonly http: HttpPublisher;
   readonly limits: SessionLimits;
   private readonly sessions = new Map<string, Session>();
+  /** FANOUT_SESSION_STORE: where persistent sessions are recorded beyond this shard. */
+  readonly store: SessionStore;
   /** Offline sessions by the id of the connection that last held them (for kicks). */
   private readonly offline = new Map<number, Session>();
   private readonly downlink: ShardDownlink;
@@ -195,6 +213,8 @@ export class Shard implements ShardContext {
     this.traceRe = compileGlobs(opts.config.traceClients);
     this.warnings = new RateLimitedLog(opts.log);
     this.checksPasswords = opts.config.passwordFile !== null;
+    this.store = opts.config.sessionStore === null ? new MemoryStore()
+      : new RedisStore(opts.config.sessionStore, opts.instance, opts.log, `${opts.instance}-shard-${opts.index}`);
     this.loadAcl();
     this.inflight = new InflightTable(opts.uplinkRings.length, opts.config.ack, 1024, this.ackLatency);
     this.upstream = perDevice.includes(true) ? new DeviceUpstreams({
@@ -327,6 +347,7 @@ export class Shard implements ShardContext {
 
   openSession(conn: DeviceConnection, clean: boolean, expiryMs: number): { session: Session; present: boolean } | null {
     let session = this.sessions.get(conn.clientId);
+    const local = session !== undefined;
     if (session !== undefined) {
       // The client id is back on this shard: end the connection that still has it, if any.
       const holder = session.link;
@@ -344,16 +365,21 @@ export class Shard implements ShardContext {
         session = undefined;
       }
     }
-    if (session === undefined && !clean && this.config.shards > 1) {
+    // With a shared store the client id may be owned by another instance, clean start or not:
+    // the CONNECT waits for the supervisor's claim (and the recorded session).
+    const shared = this.store.shared && !local;
+    if (session === undefined && (shared || (!clean && this.config.shards > 1))) {
       // The session may live on another shard: ask for it; the CONNECT waits for the answer.
-      const timer = setTimeout(() => this.onSessionState({ t: 'session', conn: conn.id, from: -1, exportId: 0, state: null }), 5000);
+      const timer = setTimeout(() => this.onSessionState({ t: 'session', conn: conn.id, from: -1, exportId: 0, state: null, refuse: this.store.shared }),
+        this.store.shared ? 15_000 : 5000);
       this.awaiting.set(conn.id, { conn, expiryMs, timer });
-      this.claim(conn, true);
+      this.claim(conn, true, clean);
       return null;
     }
     const present = session !== undefined;
     session ??= this.newSession(conn.clientId);
     session.expiryMs = expiryMs;
+    this.record(session);
     this.claim(conn, false);
     return { session, present };
   }
@@ -363,6 +389,11 @@ export class Shard implements ShardContext {
     this.sessions.set(clientId, session);
     this.stats.add('sessions');
     return session;
+  }
+
+  /** A session that outlives its connection is recorded in the store (FANOUT_SESSION_STORE). */
+  private record(session: Session): void {
+    session.journal = session.expiryMs > 0 ? this.store.journal() : null;
   }
 
   /** The old shard's answer to a session request (state null: there was none). */
@@ -376,11 +407,20 @@ export class Shard implements ShardContext {
     clearTimeout(wait.timer);
     this.awaiting.delete(m.conn);
     const conn = wait.conn;
+    if (m.refuse === true) {
+      conn.unavailable('the session store did not answer');
+      return;
+    }
     const state = m.state;
     const session = this.newSession(state?.clientId ?? conn.clientId);
     session.expiryMs = wait.expiryMs;
     if (state !== null) {
+      session.storeId = state.storeId ?? '';
       session.restore(state.pending);
+      if (state.storeSeq !== undefined && state.storeSeq > session.storeSeq) session.storeSeq = state.storeSeq;
+    }
+    this.record(session);
+    if (state !== null) {
       if (m.from >= 0) {
         session.importing = [];
         session.importId = m.exportId;
@@ -430,15 +470,50 @@ export class Shard implements ShardContext {
     const state: SessionState = {
       clientId: session.clientId, expiryMs: session.expiryMs, version: session.version,
       subs: [...session.subs.values()].map((s) => ({ topic: s.key, qos: s.qos, nl: s.noLocal, rap: s.retainAsPublished, subId: s.subId })),
-      pending: session.takePending(),
+      pending: session.takePending(), storeId: session.storeId, storeSeq: session.storeSeq,
     };
+    // The new shard records the session from now on (what arrives here meanwhile goes to it in
+    // the tail); what this shard recorded is written before it gets the state.
+    session.journal = null;
     // Until the new shard has the subscriptions upstream, messages keep arriving here. Should it
     // never say so, what was collected goes to it anyway after 30 s.
     // Unique across shards, so a tail is never taken for another shard's.
     const exportId = this.index + this.config.shards * this.nextExport++;
     const timer = setTimeout(() => this.onRegistered(exportId), 30_000);
     this.exporting.set(exportId, { session, to: m.to, timer });
-    this.relay(m.to, { t: 'session', conn: m.toConn, from: this.index, exportId, state });
+    const send = (): void => this.relay(m.to, { t: 'session', conn: m.toConn, from: this.index, exportId, state });
+    if (this.store.shared) void this.store.flush().then(send);
+    else send();
+  }
+
+  /** Another instance resumes this client's session (shared store): the connection ends, the
+   *  session is written out and dropped here, and the supervisor is told. */
+  private onHandover(m: Extract<ToShard, { t: 'handover' }>): void {
+    this.cancelWill(m.conn);
+    const conn = this.conns.get(m.conn);
+    const session = conn?.session ?? this.offline.get(m.conn) ?? this.sessions.get(m.clientId) ?? null;
+    if (conn !== undefined) {
+      conn.session = null;
+      if (session?.link === conn) session.link = null;
+      this.stats.add('takeovers');
+      conn.takeover();
+    }
+    if (session !== null && this.sessions.get(session.clientId) === session) {
+      session.journal = null;
+      const parked = this.offline.get(session.lastConn) === session;
+      if (parked) {
+        this.offline.delete(session.lastConn);
+        this.sendRegistry({ claim: false, conn: session.lastConn, clientId: session.clientId });
+      }
+      this.sessions.delete(session.clientId);
+      if (!session.ended) {
+        session.ended = true;
+        this.stats.add('subscriptions', -session.subs.size);
+        this.subs.dropSession(session);
+        this.stats.add('sessions', -1);
+      }
+    }
+    void this.store.flush().then(() => this.send({ t: 'handed', req: m.req }));
   }
 
   private onRegistered(exportId: number): void {
@@ -466,6 +541,8 @@ export class Shard implements ShardContext {
     if (this.offline.get(session.lastConn) === session) this.offline.delete(session.lastConn);
     if (session.ended) return;
     session.ended = true;
+    session.journal = null;
+    this.store.remove(session);
     this.stats.add('subscriptions', -session.subs.size);
     this.subs.dropSession(session);
     this.stats.add('sessions', -1);
@@ -481,6 +558,8 @@ export class Shard implements ShardContext {
       return;
     }
     session.detach(Date.now());
+    // Rewritten so that the record's expiry counts from now.
+    session.journal?.meta(session);
     this.offline.set(conn.id, session);
   }
 
@@ -664,6 +743,8 @@ export class Shard implements ShardContext {
       this.onExport(m);
     } else if (m.t === 'session') {
       this.onSessionState(m);
+    } else if (m.t === 'handover') {
+      this.onHandover(m);
     } else if (m.t === 'registered') {
       this.onRegistered(m.exportId);
     } else if (m.t === 'writer-restarted') {
@@ -730,9 +811,9 @@ export class Shard implements ShardContext {
     return true;
   }
 
-  private claim(conn: DeviceConnection, fetch: boolean): void {
+  private claim(conn: DeviceConnection, fetch: boolean, clean = false): void {
     conn.claimed = true;
-    this.sendRegistry({ claim: true, conn: conn.id, clientId: conn.clientId, fetch: fetch || undefined });
+    this.sendRegistry({ claim: true, conn: conn.id, clientId: conn.clientId, fetch: fetch || undefined, clean: clean || undefined });
   }
 
   private release(conn: DeviceConnection): void {
@@ -851,6 +932,7 @@ export class Shard implements ShardContext {
   }
 
   private readonly vitals = new ThreadVitals();
+  private touched = Date.now();
 
   private onTick(): void {
     const now = Date.now();
@@ -863,6 +945,11 @@ export class Shard implements ShardContext {
       }
     }
     this.subs.sweep(now);
+    if (this.store.shared && now - this.touched >= TOUCH_MS) {
+      // A connected session's record must outlive its connection by the session expiry.
+      this.touched = now;
+      for (const session of this.sessions.values()) if (session.link !== null) session.journal?.meta(session);
+    }
     this.upstream?.tick(now);
     this.warnings.flush();
     this.stats.set('messagesOut', this.downlink.delivered);
@@ -941,6 +1028,8 @@ export class Shard implements ShardContext {
     this.stopped = true;
     this.warnings.flush(true);
     if (this.tick) clearInterval(this.tick);
+    // Persistent sessions stay recorded for the instances (or the restart) that resume them.
+    await this.store.close();
     this.send({ t: 'drained', shard: this.index });
   }
 
