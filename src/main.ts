@@ -249,9 +249,11 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   let ownership: Ownership | null = null;
   if (cfg.sessionStore !== null) {
     ownership = new Ownership(cfg.sessionStore, instance, logger, cfg.sessionExpiryMaxS, {
+      // A clean start elsewhere: the session here ends with its connection (a plain kick would
+      // park a persistent one here, stale, and its later CONNECTs here would not ask the store).
       kick: (clientId) => {
         const owner = registry.owner(clientId);
-        if (owner !== undefined) toShard(owner.shard, { t: 'kick', conn: owner.conn });
+        if (owner !== undefined) toShard(owner.shard, { t: 'handover', conn: owner.conn, clientId, req: 0 });
       },
       handover: (clientId, done) => {
         const owner = registry.owner(clientId);

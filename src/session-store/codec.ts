@@ -70,8 +70,8 @@ export function encodeSub(qos: number, noLocal: boolean, rap: boolean, subId: nu
 export function decodeSession(clientId: string, fields: Record<string, Buffer>, now: number): SessionState | null {
   const meta = fields.m;
   if (meta === undefined) return null;
-  let expiryMs = 0;
-  let version = 4;
+  let expiryMs: number;
+  let version: number;
   try {
     const m = JSON.parse(meta.toString('utf8')) as { e?: number; v?: number };
     expiryMs = Number(m.e) || 0;

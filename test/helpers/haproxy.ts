@@ -75,6 +75,13 @@ export class HaproxyProcess {
     return out;
   }
 
+  /** The server (1-based, as in the configuration) the stick table sends `clientId` to, 0 when none. */
+  async stickOf(clientId: string): Promise<number> {
+    const text = await this.command(`show table fanout key ${clientId}`);
+    const m = /server_id=(\d+)/.exec(text);
+    return m === null ? 0 : Number(m[1]);
+  }
+
   /** Waits until HAProxy counts `n` servers up. */
   async waitUp(n: number, timeoutMs = 20_000): Promise<void> {
     await waitFor(`HAProxy to see ${n} instances up`, async () => [...(await this.servers()).values()].filter((s) => s === 'UP').length === n,
@@ -108,7 +115,7 @@ export class HaproxyProcess {
       await h.waitUp(backends.length);
     } catch (err) {
       await h.close();
-      throw new Error(`${(err as Error).message}; haproxy said: ${h.log}`);
+      throw new Error(`${(err as Error).message}; haproxy said: ${h.log}`, { cause: err });
     }
     return h;
   }

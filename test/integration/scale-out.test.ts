@@ -189,3 +189,46 @@ describe('several instances behind HAProxy', { timeout: 600_000 }, () => {
     t.diagnostic(`devices on the killed instance: ${victimDevices.length} streaming + ${awayOnVictim.length} away; all back ${backMs} ms after the kill; ${acked.length} publishes acknowledged (${ackedOnVictim} by devices of the killed instance)`);
   });
 });
+
+describe('per-device upstream mode behind HAProxy, no shared store', { timeout: 120_000 }, () => {
+  test('the broker keeps the sessions: devices whose instance was killed (SIGKILL) resume them through another instance, with what was queued for them', async (t) => {
+    const scope = new Scope();
+    t.after(() => scope.close());
+    const m = scope.use(await Mosquitto.start());
+    const cluster = scope.use(await Cluster.start(2, { FANOUT_BROKERS: `m=${m.url({ mode: 'per-device', pool: 1 })}`, FANOUT_SHARDS: 1 }));
+    const up = await collector(m, 'pd/up/#');
+    const downPub = await connectClient(m.port, { clientId: 'pd-down-publisher', clean: true });
+    scope.defer(() => Promise.all([up.client, downPub].map((c) => c.endAsync(true))));
+    // Devices until one of each kind is on instance 1: `away` leaves before the kill (its
+    // session stays at the broker), `stay` is connected when the kill comes.
+    const devs: Dev[] = [];
+    scope.defer(() => Promise.all(devs.map((d) => d.client.endAsync(true))));
+    let away: Dev | undefined;
+    let stay: Dev | undefined;
+    for (let i = 0; (away === undefined || stay === undefined) && i < 40; i++) {
+      const d = await device(cluster.port, `pd-${i}`, i % 2 === 0);
+      devs.push(d);
+      await d.client.subscribeAsync(`pd/down/${d.id}`, { qos: 1 });
+      if (await cluster.haproxy.stickOf(d.id) !== 1) continue;
+      if (away === undefined) away = d;
+      else stay ??= d;
+    }
+    assert.ok(away !== undefined && stay !== undefined, 'HAProxy sent devices to instance 1');
+    await stay.client.publishAsync(`pd/up/${stay.id}`, 'before', { qos: 1 });
+    await away.client.endAsync(false);
+    for (let n = 0; n < 3; n++) await downPub.publishAsync(`pd/down/${away.id}`, `q${n}`, { qos: 1 });
+    const before = stay.connects;
+    await cluster.instances[0].close();
+    await waitFor(`${stay.id} back through instance 2`, () => stay.connects > before && stay.client.connected, { timeoutMs: 30_000 });
+    assert.equal(await cluster.haproxy.stickOf(stay.id), 2, 'the device is on instance 2 now');
+    assert.equal(stay.presentAfterFirst.at(-1), true, 'session present 1: the broker kept the session');
+    away.client.reconnect();
+    await waitFor(`${away.id}'s queued messages`, () => ['q0', 'q1', 'q2'].every((x) => away.got.has(x)), { timeoutMs: 30_000, detail: () => [...away.got].join(',') });
+    assert.equal(away.presentAfterFirst.at(-1), true, 'session present 1 for the device that was away');
+    // The subscriptions are the broker's: they work on the new instance without a SUBSCRIBE.
+    for (const d of [stay, away]) await downPub.publishAsync(`pd/down/${d.id}`, 'after', { qos: 1 });
+    await waitFor('the messages after the resume', () => stay.got.has('after') && away.got.has('after'), { timeoutMs: 10_000 });
+    await stay.client.publishAsync(`pd/up/${stay.id}`, 'after', { qos: 1 });
+    assert.ok(up.seen.has('before') && up.seen.has('after'), 'the device publishes reach the broker before and after');
+  });
+});
