@@ -49,6 +49,9 @@ export class Ownership {
   private readonly cmd: Scripted;
   private readonly sub: Redis;
   private readonly waiting = new Map<number, () => void>();
+  /** Client ids whose handover the old owner answered (no kick needed after the take). */
+  private readonly handedOver = new Set<string>();
+  private readonly answered = new Map<number, () => void>();
   private nextReq = 1;
   private heartbeat: NodeJS.Timeout | null = null;
   private readonly ttlMs: number;
@@ -100,6 +103,7 @@ export class Ownership {
       return;
     }
     if (m.t === 'handed') {
+      this.answered.get(m.req)?.();
       this.waiting.get(m.req)?.();
     } else if (m.t === 'kick') {
       this.hooks.kick(m.clientId);
@@ -117,7 +121,7 @@ export class Ownership {
   async claim(clientId: string, clean: boolean): Promise<ClaimResult> {
     try {
       const key = ownerKey(clientId);
-      let old = clean ? await this.cmd.fanoutTake(key, sessionKey(clientId), this.instance, this.ttlMs, '1')
+      const old = clean ? await this.cmd.fanoutTake(key, sessionKey(clientId), this.instance, this.ttlMs, '1')
         : await this.cmd.fanoutClaim(key, this.instance, this.ttlMs);
       if (old !== '' && old !== this.instance) {
         this.takeovers++;
@@ -125,7 +129,12 @@ export class Ownership {
           void this.cmd.publish(controlChannel(old), JSON.stringify({ t: 'kick', clientId, from: this.instance } satisfies ControlMessage));
         } else {
           if (await this.alive(old)) await this.askHandover(old, clientId);
-          old = await this.cmd.fanoutTake(key, sessionKey(clientId), this.instance, this.ttlMs, '0');
+          const was = await this.cmd.fanoutTake(key, sessionKey(clientId), this.instance, this.ttlMs, '0');
+          // Not handed over (gone, or silent past the timeout): should it still run, whatever
+          // it has of the client id ends there (its writes are fenced off from now on anyway).
+          if (was === old && !this.handedOver.delete(clientId)) {
+            void this.cmd.publish(controlChannel(old), JSON.stringify({ t: 'kick', clientId, from: this.instance } satisfies ControlMessage));
+          }
         }
       }
       if (clean) return { ok: true, state: null };
@@ -147,9 +156,11 @@ export class Ownership {
       const done = (): void => {
         if (poll !== null) clearTimeout(poll);
         this.waiting.delete(req);
+        this.answered.delete(req);
         resolve();
       };
       this.waiting.set(req, done);
+      this.answered.set(req, () => this.handedOver.add(clientId));
       const check = (): void => {
         poll = null;
         if (!this.waiting.has(req)) return;
