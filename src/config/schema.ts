@@ -52,6 +52,22 @@ function rule<T>(allowed: string, convert: (raw: string) => T | undefined): Kind
   };
 }
 
+/** FANOUT_SESSION_STORE: null for memory, else the Redis URL as given. */
+const SESSION_STORE_ALLOWED = 'memory, or a redis:// or rediss:// URL (redis://[user[:password]@]host[:port][/db])';
+const sessionStore: Kind<string | null> = {
+  allowed: SESSION_STORE_ALLOWED,
+  schema: z.string().transform((raw, ctx) => {
+    if (raw === 'memory') return null;
+    let ok = /^rediss?:\/\/[^/?#]+(\/\d{0,5})?$/.test(raw);
+    try {
+      ok &&= new URL(raw).hostname !== '';
+    } catch {
+      ok = false;
+    }
+    return ok ? raw : fail(ctx, expected(SESSION_STORE_ALLOWED));
+  }),
+};
+
 export function integer(min: number, max: number, allowed = `an integer from ${min} to ${max}`): Kind<number> {
   return rule(allowed, (raw) => parseDecimal(raw, min, max));
 }
@@ -196,15 +212,7 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
     description: 'Upper bound of the MQTT 5 session expiry and the expiry of MQTT 3.1.1 persistent '
       + '(clean session 0) sessions, in seconds.' },
   sessionStore: { name: 'FANOUT_SESSION_STORE', default: 'memory', fallback: () => null,
-    ...rule('memory, or a redis:// or rediss:// URL (redis://[user[:password]@]host[:port][/db])', (raw) => {
-      if (raw === 'memory') return null;
-      if (!/^rediss?:\/\/[^/?#]+(\/\d{0,5})?$/.test(raw)) return undefined;
-      try {
-        return new URL(raw).hostname === '' ? undefined : raw;
-      } catch {
-        return undefined;
-      }
-    }),
+    ...sessionStore,
     description: 'Where persistent device sessions (subscriptions, undelivered QoS 1/2 messages, in-flight state) are kept beyond the shard that serves them. '
       + 'memory: in that shard only; they end with the instance. redis://...: also in Redis (written behind, read at CONNECT with clean start 0), '
       + 'so that a device resumes its session on any instance sharing the Redis; a client id is then owned by one instance at a time. See Several instances.' },
