@@ -48,6 +48,9 @@ import { RedisStore } from '../session-store/redis';
 const HEAP_CHECK_MS = 50;
 const HEAP_ALARM = 0.8;
 
+/** How long the CONNACK of a session resumed from the store waits for its subscriptions upstream. */
+const STORE_SUBSCRIBE_WAIT_MS = 5000;
+
 /** How often the records of connected persistent sessions have their expiry renewed. */
 const TOUCH_MS = 60_000;
 
@@ -420,6 +423,18 @@ export class Shard implements ShardContext {
       if (state.storeSeq !== undefined && state.storeSeq > session.storeSeq) session.storeSeq = state.storeSeq;
     }
     this.record(session);
+    // A session read from the store (another instance had it) has no old shard collecting for
+    // it meanwhile: its CONNACK waits until the brokers have its subscriptions (at most
+    // STORE_SUBSCRIBE_WAIT_MS), so that what is published after the CONNACK reaches it.
+    const fromStore = state !== null && m.from < 0 && state.subs.length > 0;
+    let subscribed = false;
+    let timer: NodeJS.Timeout | null = null;
+    const resumed = (): void => {
+      if (timer === null) return;
+      clearTimeout(timer);
+      timer = null;
+      this.sessionReady(conn, session, true);
+    };
     if (state !== null) {
       if (m.from >= 0) {
         session.importing = [];
@@ -429,13 +444,24 @@ export class Shard implements ShardContext {
       // once every writer has the filters, the old shard can send what it collected meanwhile.
       let left = state.subs.length + 1;
       const one = (): void => {
-        if (--left === 0 && m.from >= 0) this.relay(m.from, { t: 'registered', exportId: m.exportId });
+        if (--left !== 0) return;
+        subscribed = true;
+        if (m.from >= 0) this.relay(m.from, { t: 'registered', exportId: m.exportId });
+        else resumed();
       };
       for (const sub of state.subs) {
         this.subs.subscribe(session, state.version === 5, sub.subId, [{ topic: sub.topic, qos: sub.qos, nl: sub.nl, rap: sub.rap, rh: 2 }], one);
       }
       one();
     }
+    if (fromStore && !subscribed) {
+      timer = setTimeout(resumed, STORE_SUBSCRIBE_WAIT_MS);
+      return;
+    }
+    this.sessionReady(conn, session, state !== null);
+  }
+
+  private sessionReady(conn: DeviceConnection, session: Session, present: boolean): void {
     if (conn.state === 2) {
       // The device left while its session travelled: keep the session for its next CONNECT.
       session.lastConn = conn.id;
@@ -443,7 +469,7 @@ export class Shard implements ShardContext {
       this.offline.set(conn.id, session);
       return;
     }
-    conn.sessionReady(session, state !== null);
+    conn.sessionReady(session, present);
   }
 
   /** Another shard takes this client's session. */

@@ -10,10 +10,10 @@
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import mqtt, { type MqttClient } from 'mqtt';
+import mqtt, { type IConnackPacket, type MqttClient } from 'mqtt';
 import { Mosquitto } from '../helpers/mosquitto';
 import { RedisServer } from '../helpers/redis';
-import { Cluster } from '../helpers/cluster';
+import { Cluster, startInstance } from '../helpers/cluster';
 import { connectClient, urlOf } from '../helpers/clients';
 import { Scope, sleep, waitFor } from '../helpers/wait';
 
@@ -232,3 +232,60 @@ describe('per-device upstream mode behind HAProxy, no shared store', { timeout: 
     assert.ok(up.seen.has('before') && up.seen.has('after'), 'the device publishes reach the broker before and after');
   });
 });
+
+describe('client-id ownership across instances (sessions in Redis)', { timeout: 120_000 }, () => {
+  test('a CONNECT on another instance takes the client id over: the old connection ends there, the session (subscriptions, queued messages) moves along; a clean start there discards it', async (t) => {
+    const scope = new Scope();
+    t.after(() => scope.close());
+    const m = scope.use(await Mosquitto.start());
+    const redis = scope.use(await RedisServer.start());
+    const env = { FANOUT_BROKERS: `m=${m.url()}`, FANOUT_SESSION_STORE: redis.url, FANOUT_SHARDS: 2 };
+    const i1 = scope.use(await startInstance(env, 0));
+    const i2 = scope.use(await startInstance(env, 1));
+    const pub = await connectClient(m.port, { clientId: 'ho-publisher', clean: true });
+    scope.defer(() => pub.endAsync(true));
+    const open = async (port: number, clean: boolean, v5: boolean): Promise<{ client: MqttClient; got: string[]; present: boolean; closed: Promise<void> }> => {
+      // The message listener is there before the CONNACK: queued messages follow it at once.
+      const client = mqtt.connect(urlOf(port), { clientId: 'ho-dev', clean, protocolVersion: v5 ? 5 : 4, reconnectPeriod: 0,
+        ...(v5 && !clean ? { properties: { sessionExpiryInterval: 300 } } : {}) });
+      scope.defer(() => client.endAsync(true));
+      const got: string[] = [];
+      client.on('message', (_t, p) => got.push(p.toString()));
+      const connack = await new Promise<IConnackPacket>((resolve, reject) => {
+        client.once('connect', resolve);
+        client.once('error', reject);
+      });
+      client.on('error', () => undefined);
+      return { client, got, present: connack.sessionPresent, closed: new Promise((resolve) => client.once('close', () => resolve())) };
+    };
+    for (const v5 of [false, true]) {
+      const a = await open(i1.port, false, v5);
+      await a.client.subscribeAsync('ho/x', { qos: 1 });
+      await pub.publishAsync('ho/x', `${v5}-m1`, { qos: 1 });
+      await waitFor('m1 on instance 1', () => a.got.includes(`${v5}-m1`));
+      const b = await open(i2.port, false, v5);
+      await a.closed;
+      assert.equal(b.present, true, 'session present on instance 2: the session came over');
+      await pub.publishAsync('ho/x', `${v5}-m2`, { qos: 1 });
+      await waitFor('m2 on instance 2, by the subscription made on instance 1', () => b.got.includes(`${v5}-m2`));
+      await b.client.endAsync(false);
+      await pub.publishAsync('ho/x', `${v5}-m3`, { qos: 1 });
+      await sleep(200);
+      const c = await open(i1.port, false, v5);
+      assert.equal(c.present, true, 'session present back on instance 1');
+      await waitFor('m3, queued on instance 2 while the device was away, delivered on instance 1', () => c.got.includes(`${v5}-m3`), { detail: () => c.got.join(',') });
+      const d = await open(i2.port, true, v5);
+      await c.closed;
+      assert.equal(d.present, false, 'a clean start on instance 2 has no session');
+      await pub.publishAsync('ho/x', `${v5}-m4`, { qos: 1 });
+      await sleep(300);
+      assert.deepEqual(d.got, [], 'the clean session has no subscription');
+      await d.client.endAsync(false);
+      const e = await open(i1.port, false, v5);
+      assert.equal(e.present, false, 'the clean start ended the recorded session');
+      await e.client.endAsync(false);
+    }
+    assert.ok(i1.running && i2.running);
+  });
+});
+
