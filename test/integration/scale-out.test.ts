@@ -215,7 +215,11 @@ describe('per-device upstream mode behind HAProxy, no shared store', { timeout: 
     }
     assert.ok(away !== undefined && stay !== undefined, 'HAProxy sent devices to instance 1');
     await stay.client.publishAsync(`pd/up/${stay.id}`, 'before', { qos: 1 });
+    const ends = m.log.split(`Client ${away.id}-m disconnected`).length;
     await away.client.endAsync(false);
+    // Queued at the broker once the device's session there has ended: until then the broker
+    // would still deliver to the instance, whose own part of the session dies with it.
+    await waitFor('the device\'s session at the broker to end', () => m.log.split(`Client ${away.id}-m disconnected`).length > ends, { detail: () => m.log.slice(-500) });
     for (let n = 0; n < 3; n++) await downPub.publishAsync(`pd/down/${away.id}`, `q${n}`, { qos: 1 });
     const before = stay.connects;
     await cluster.instances[0].close();
