@@ -107,7 +107,13 @@ async function storm(s: Setup, devices: number): Promise<StormResult> {
   // A message to each of them proves the session resumed with its subscription.
   const pub = await connectClient(s.ups[0].port, { clientId: 'storm-publisher', clean: true });
   for (const d of onVictim) await pub.publishAsync(`storm/${d.id}`, 'x', { qos: 1 });
-  await waitFor('the message at every device of the killed instance', () => onVictim.every((d) => d.got), { timeoutMs: 60_000 });
+  await waitFor('the message at every device of the killed instance', () => onVictim.every((d) => d.got), {
+    timeoutMs: 60_000,
+    detail: () => {
+      const missing = onVictim.filter((d) => !d.got);
+      return `${missing.length} of ${onVictim.length} without it, e.g. ${missing.slice(0, 5).map((d) => `${d.id} (connects ${d.connects}, present ${d.present})`).join(', ')}`;
+    },
+  });
   const resumedMs = Date.now() - killed;
   await pub.endAsync(true);
   const present = onVictim.filter((d) => d.present).length;
@@ -133,7 +139,8 @@ async function main(): Promise<void> {
   console.log(`scale: ${job.devices} devices x ${job.messages} QoS 1 messages of ${job.payload} B, inflight ${job.inflight}, `
     + `FANOUT_SHARDS=${shards} per instance, 2 mosquittos, Redis session store, HAProxy; storm of ${v.storm} persistent sessions`);
   const rows: { n: number; r: ScenarioResult }[] = [];
-  for (let n = 1; n <= max; n++) {
+  // --messages 0: the storm only.
+  for (let n = 1; n <= max && job.messages > 0; n++) {
     const s = await setUp(n, shards, v['log-level']!);
     try {
       const r = await runUplink(clusterTarget(s), { ...job, runTag: `scale${n}-` });
