@@ -56,9 +56,6 @@ export class Ownership {
   private heartbeat: NodeJS.Timeout | null = null;
   private readonly ttlMs: number;
   private readonly warnings: RateLimitedLog;
-  /** Counters for /metrics: claims that had to take a client id from another instance. */
-  takeovers = 0;
-  handovers = 0;
 
   constructor(url: string, readonly instance: string, private readonly log: Logger, sessionExpiryMaxS: number, private readonly hooks: OwnershipHooks) {
     this.cmd = redisClient(url, `${instance}-own`) as Scripted;
@@ -108,7 +105,6 @@ export class Ownership {
     } else if (m.t === 'kick') {
       this.hooks.kick(m.clientId);
     } else if (m.t === 'handover') {
-      this.handovers++;
       this.hooks.handover(m.clientId, () => void this.cmd.publish(controlChannel(m.from), JSON.stringify({ t: 'handed', req: m.req } satisfies ControlMessage)));
     }
   }
@@ -124,7 +120,6 @@ export class Ownership {
       const old = clean ? await this.cmd.fanoutTake(key, sessionKey(clientId), this.instance, this.ttlMs, '1')
         : await this.cmd.fanoutClaim(key, this.instance, this.ttlMs);
       if (old !== '' && old !== this.instance) {
-        this.takeovers++;
         if (clean) {
           void this.cmd.publish(controlChannel(old), JSON.stringify({ t: 'kick', clientId, from: this.instance } satisfies ControlMessage));
         } else {

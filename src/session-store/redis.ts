@@ -16,6 +16,8 @@ import { REMOVE, SAVE } from './scripts';
 import { newRecordId, ownerKey, sessionKey, type SessionJournal, type SessionStore } from './types';
 
 const FLUSH_MS = 5;
+/** How long closing waits for the last writes. */
+const CLOSE_WAIT_MS = 2000;
 /** Field/value pairs per script call (Lua's unpack has a stack limit). */
 const MAX_PAIRS = 2000;
 
@@ -49,7 +51,6 @@ export class RedisStore implements SessionStore, SessionJournal {
   private timer: NodeJS.Timeout | null = null;
   private readonly writes = new Set<Promise<unknown>>();
   private readonly warnings: RateLimitedLog;
-  fenced = 0;
 
   constructor(url: string, private readonly instance: string, private readonly log: Logger, name: string) {
     this.redis = redisClient(url, name) as Scripted;
@@ -163,9 +164,8 @@ export class RedisStore implements SessionStore, SessionJournal {
   }
 
   private track(p: Promise<number>): void {
-    const w = p.then((applied) => {
-      if (applied === 0) this.fenced++;
-    }, (err: Error) => {
+    // A write refused by its fence (0) belongs to a session that moved on: nothing to do.
+    const w = p.then(() => undefined, (err: Error) => {
       this.warnings.warn('redis-write', { err: err.message }, 'session store write failed');
     });
     this.writes.add(w);
@@ -178,7 +178,10 @@ export class RedisStore implements SessionStore, SessionJournal {
   }
 
   async close(): Promise<void> {
-    await this.flush();
+    // Redis away: what is not written by then stays unwritten, shutdown does not wait for it.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.flush(), new Promise<void>((resolve) => { timer = setTimeout(resolve, CLOSE_WAIT_MS); })]);
+    clearTimeout(timer);
     this.warnings.flush(true);
     try {
       await this.redis.quit();

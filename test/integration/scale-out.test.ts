@@ -290,6 +290,17 @@ describe('client-id ownership across instances (sessions in Redis)', { timeout: 
       await e.client.endAsync(false);
     }
     assert.ok(i1.running && i2.running);
+    // A graceful stop (SIGTERM) writes what it has and leaves the sessions recorded.
+    const f = await open(i2.port, false, false);
+    await f.client.subscribeAsync('ho/y', { qos: 1 });
+    await f.client.endAsync(false);
+    await pub.publishAsync('ho/y', 'before-stop', { qos: 1 });
+    await sleep(200);
+    const stopped = await i2.stop();
+    assert.equal(stopped.code, 0, 'instance 2 exits 0 after SIGTERM');
+    const g = await open(i1.port, false, false);
+    assert.equal(g.present, true, 'the session of the stopped instance resumes on instance 1');
+    await waitFor('the message queued before the stop', () => g.got.includes('before-stop'));
   });
 });
 
