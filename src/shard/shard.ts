@@ -433,7 +433,7 @@ export class Shard implements ShardContext {
       if (timer === null) return;
       clearTimeout(timer);
       timer = null;
-      this.sessionReady(conn, session, true);
+      this.sessionReady(conn, session, true, true);
     };
     if (state !== null) {
       if (m.from >= 0) {
@@ -458,10 +458,17 @@ export class Shard implements ShardContext {
       timer = setTimeout(resumed, STORE_SUBSCRIBE_WAIT_MS);
       return;
     }
-    this.sessionReady(conn, session, state !== null);
+    this.sessionReady(conn, session, state !== null, this.store.shared && m.from < 0);
   }
 
-  private sessionReady(conn: DeviceConnection, session: Session, present: boolean): void {
+  private sessionReady(conn: DeviceConnection, session: Session, present: boolean, stored = false): void {
+    if (conn.state === 2 && stored) {
+      // The device left while the store was asked: its connection has let go of the client id
+      // (release), so the session is not kept here, where its writes would be fenced off; the
+      // next CONNECT, on any instance, reads the record again.
+      this.forget(session);
+      return;
+    }
     if (conn.state === 2) {
       // The device left while its session travelled: keep the session for its next CONNECT.
       session.lastConn = conn.id;
@@ -524,22 +531,26 @@ export class Shard implements ShardContext {
       this.stats.add('takeovers');
       conn.takeover();
     }
-    if (session !== null && this.sessions.get(session.clientId) === session) {
-      session.journal = null;
-      const parked = this.offline.get(session.lastConn) === session;
-      if (parked) {
-        this.offline.delete(session.lastConn);
-        this.sendRegistry({ claim: false, conn: session.lastConn, clientId: session.clientId });
-      }
-      this.sessions.delete(session.clientId);
-      if (!session.ended) {
-        session.ended = true;
-        this.stats.add('subscriptions', -session.subs.size);
-        this.subs.dropSession(session);
-        this.stats.add('sessions', -1);
-      }
-    }
+    if (session !== null) this.forget(session);
     void this.store.flush().then(() => this.send({ t: 'handed', req: m.req }));
+  }
+
+  /** The session is no longer served here; its record in the store stays as written. */
+  private forget(session: Session): void {
+    if (this.sessions.get(session.clientId) !== session) return;
+    session.journal = null;
+    const parked = this.offline.get(session.lastConn) === session;
+    if (parked) {
+      this.offline.delete(session.lastConn);
+      this.sendRegistry({ claim: false, conn: session.lastConn, clientId: session.clientId });
+    }
+    this.sessions.delete(session.clientId);
+    if (!session.ended) {
+      session.ended = true;
+      this.stats.add('subscriptions', -session.subs.size);
+      this.subs.dropSession(session);
+      this.stats.add('sessions', -1);
+    }
   }
 
   private onRegistered(exportId: number): void {

@@ -155,7 +155,8 @@ describe('several instances behind HAProxy', { timeout: 600_000 }, () => {
     await waitFor('the publishes in flight to complete', () => inFlight.size === 0 || devs.every((d) => d.client.connected) && inFlight.size === 0, { timeoutMs: 30_000 });
 
     for (const d of victimDevices) {
-      assert.equal(d.presentAfterFirst.at(-1), true, `${d.id} resumed its session on another instance (session present 1)`);
+      assert.equal(d.presentAfterFirst.at(-1), true, `${d.id} resumed its session on another instance (session present 1); its CONNACKs since the first: ${d.presentAfterFirst.join(',')}; `
+        + `warnings: ${cluster.instances.slice(1).flatMap((i) => i.problems()).filter((l) => JSON.stringify(l).includes(d.id)).map((l) => JSON.stringify(l)).join('; ')}`);
       const owner = await ownerOf(d.id);
       assert.ok(owner !== '' && owner !== victim.proxyId, `${d.id} is owned by a live instance now (${owner})`);
     }
