@@ -8,6 +8,9 @@ import { ProgressLine, RunRecord, writeJson } from './output';
 import { installCleanupHandlers } from './procs';
 import { SCENARIO_DEFS, ScenarioDef, UPSTREAM_COUNT } from './scenarios';
 import { isFanout, startTarget, Target, TargetKind } from './targets';
+import { readProfiles, renderProfiles } from './profile';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { Qos } from './mqtt-wire';
 
 /** One letter each in client ids, which MQTT 3.1.1 servers need only accept up to 23 bytes long. */
@@ -17,7 +20,7 @@ const TRANSPORT_TAG: Record<Transport, string> = { tcp: 't', ws: 'w', tls: 's' }
 async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, kind: TargetKind, transport: Transport, qos: Qos | null, progress: ProgressLine,
   devices: number | null = null): Promise<RunRecord> {
   const via = opts.transports.length > 1 || transport !== 'tcp' ? `/${transport}` : '';
-  const label = `[${opts.scenario} round ${round}/${opts.rounds}${devices === null ? '' : ` ${devices} devices`} ${kind}${via}${qos === null ? '' : ` qos${qos}`}]`;
+  const label = `[${opts.scenario} round ${round}/${opts.rounds}${devices === null ? '' : ` ${devices} devices`} ${kind}${opts.shardCounts.length > 1 && isFanout(kind) ? ` shards ${opts.shards}` : ''}${via}${qos === null ? '' : ` qos${qos}`}]`;
   if (devices !== null) opts = { ...opts, devices, connections: devices };
   const record: RunRecord = {
     scenario: opts.scenario,
@@ -32,6 +35,9 @@ async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, k
     notes: [],
   };
   let target: Target | null = null;
+  const profDir = opts.cpuProf !== null && isFanout(kind)
+    ? path.resolve(opts.cpuProf, `r${round}-${kind}-${transport}${qos === null ? '' : `-qos${qos}`}${devices === null ? '' : `-${devices}`}-shards${opts.shards}`)
+    : null;
   progress.write(`${label} starting`);
   try {
     const setup = def.targetSetup(opts, qos, kind);
@@ -47,6 +53,7 @@ async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, k
       tls: setup.tls,
       auth: setup.auth,
       upstreamRate: opts.upstreamRate,
+      cpuProfDir: profDir,
     });
     const runTag = `lt${process.pid}r${round}${KIND_TAG[kind]}${TRANSPORT_TAG[transport]}${qos ?? 'x'}-`;
     record.result = await def.run(target, opts, qos, { runTag, label, progress, transport });
@@ -58,6 +65,10 @@ async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, k
   if (target) record.notes.push(...(await target.stop(suspicious)));
   progress.clear();
   progress.line(`${label} ${record.result !== null ? def.line(record.result) : 'FAILED'}`);
+  // The daemon writes its profiles as it exits (target.stop above).
+  if (profDir !== null && fs.existsSync(profDir)) {
+    process.stdout.write(`\n${label} CPU profiles in ${profDir}:\n${renderProfiles(readProfiles(profDir))}\n`);
+  }
   return record;
 }
 
@@ -85,7 +96,10 @@ async function main(): Promise<number> {
       for (const qos of def.variants(opts)) {
         // Same job, same round: each target over every transport asked for, back to back (tcp, then ws).
         for (const kind of opts.targets) {
-          for (const transport of opts.transports) records.push(await runOne(def, opts, round, kind, transport, qos, progress, devices));
+          for (const shards of isFanout(kind) ? opts.shardCounts : [opts.shards]) {
+            const o = shards === opts.shards ? opts : { ...opts, shards };
+            for (const transport of opts.transports) records.push(await runOne(def, o, round, kind, transport, qos, progress, devices));
+          }
         }
       }
     }

@@ -45,6 +45,8 @@ export interface Options {
   json: string | null;
   idleTimeoutS: number;
   keepLogs: boolean;
+  /** --cpu-prof: where each mqtt-fanout run writes the V8 CPU profiles of its threads. */
+  cpuProf: string | null;
   protocol: ProtocolLevel;
   /** Total msg/s over all devices, paced per device (downlink: of the publisher); 0 = as fast as the window allows. */
   rate: number;
@@ -54,8 +56,10 @@ export interface Options {
   concurrency: number;
   /** CONNECT keep-alive, seconds. */
   keepalive: number;
-  /** FANOUT_SHARDS for the daemon. */
+  /** FANOUT_SHARDS for the daemon (the first of shardCounts). */
   shards: number;
+  /** --shards 1,2: each count a run of its own for every mqtt-fanout target (the bridge runs once). */
+  shardCounts: number[];
   connections: number;
   steps: number;
   holdS: number;
@@ -161,7 +165,9 @@ Common options
   --keepalive S      CONNECT keep-alive; idle devices ping  [0; connect-storm 60; idle 5]
   --ramp N           connections per second while connecting, 0 = unpaced [0]
   --concurrency N    handshakes in flight while connecting  [256]
-  --shards N         FANOUT_SHARDS of the daemon            [os.cpus().length = ${defaultShards()}]
+  --shards N[,N..]   FANOUT_SHARDS of the daemon; a list runs each
+                     count in turn (uplink reports their ratio)
+                                                            [os.cpus().length = ${defaultShards()}]
   --rounds N         rounds of every target (x qos)         [3]
   --target T         fanout | mosquitto | both | compare    [both]
                      (downlink: mosquitto = mosquitto-direct, devices and
@@ -172,6 +178,9 @@ Common options
   --threads N        load generator worker threads          [2]
   --json FILE        write every raw figure as JSON
   --keep-logs        keep each run's temp dir (configs, logs)
+  --cpu-prof DIR     V8 CPU profiles of every mqtt-fanout thread, one
+                     directory per run under DIR, and where each thread
+                     spent its time after the run (see loadtest/profile.ts)
   -h, --help         this text
 
 Environment: MOSQUITTO_BIN overrides the mosquitto binary.
@@ -263,6 +272,7 @@ export function parseOptions(argv: string[]): Options | null {
         json: { type: 'string' },
         'idle-timeout': { type: 'string' },
         'keep-logs': { type: 'boolean' },
+        'cpu-prof': { type: 'string' },
         protocol: { type: 'string' },
         ramp: { type: 'string' },
         concurrency: { type: 'string' },
@@ -349,6 +359,7 @@ export function parseOptions(argv: string[]): Options | null {
     ? (v.devices ?? '1000,5000').split(',').map((d) => int('devices', d.trim(), 0, 1, MAX_CONNECTIONS))
     : [int('devices', v.devices, 100, 1, scenario === 'downlink' ? MAX_CONNECTIONS : 0xfffffffe)];
   const devices = deviceCounts[0];
+  const shardCounts = v.shards === undefined ? [defaultShards()] : [...new Set(v.shards.split(',').map((s) => int('shards', s.trim(), 0, 1, 64)))];
   const rate = num('rate', v.rate, scenario === 'broker-outage' ? 2000 : 0, 0);
   const killAtS = num('kill-at', v['kill-at'], 3, 0, true);
   const downForS = num('down-for', v['down-for'], 3, 0, true);
@@ -405,12 +416,14 @@ export function parseOptions(argv: string[]): Options | null {
     json: v.json ?? null,
     idleTimeoutS,
     keepLogs: v['keep-logs'] ?? false,
+    cpuProf: v['cpu-prof'] ?? null,
     protocol,
     rate,
     ramp: num('ramp', v.ramp, 0, 0),
     concurrency: int('concurrency', v.concurrency, 256, 1, 100_000),
     keepalive: int('keepalive', v.keepalive, scenario === 'connect-storm' ? 60 : scenario === 'idle' ? 5 : 0, 0, 65535),
-    shards: int('shards', v.shards, defaultShards(), 1, 64),
+    shards: shardCounts[0],
+    shardCounts,
     connections,
     steps: int('steps', v.steps, 5, 1, 1000),
     holdS: num('hold', v.hold, 10, 0, true),

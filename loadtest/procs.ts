@@ -231,6 +231,8 @@ export interface DaemonOptions {
   tls?: { certPath: string; keyPath: string } | null;
   /** More FANOUT_* variables (the auth scenario's password and ACL files). */
   env?: Record<string, string>;
+  /** V8 CPU profiles of every thread of the daemon, written here when it exits (--cpu-prof). */
+  cpuProfDir?: string | null;
 }
 
 export interface StartedDaemon {
@@ -260,7 +262,9 @@ export async function startDaemon(opts: DaemonOptions): Promise<StartedDaemon> {
     ...(opts.tls ? { FANOUT_TLS_PORT: '0', FANOUT_TLS_CERT: opts.tls.certPath, FANOUT_TLS_KEY: opts.tls.keyPath } : {}),
     ...opts.env,
   };
-  const proc = spawnManaged('mqtt-fanout', process.execPath, [opts.entry], { env, logPath: path.join(opts.dir, 'mqtt-fanout.log'), pipeStdout: true });
+  // Worker threads inherit the flags: one profile per thread, named by pid and thread id.
+  const prof = opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : [];
+  const proc = spawnManaged('mqtt-fanout', process.execPath, [...prof, opts.entry], { env, logPath: path.join(opts.dir, 'mqtt-fanout.log'), pipeStdout: true });
   const ready = await waitForLogLine(proc, (line) => line.msg === 'mqtt-fanout ready');
   const portOf = (key: string): number | null => (typeof ready[key] === 'number' ? (ready[key] as number) : null);
   const started: StartedDaemon = {

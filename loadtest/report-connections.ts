@@ -4,6 +4,8 @@ import type { StormResult } from './connect-storm';
 import { fixed, int, latencyCells, latencyHead, machineLine, median, RESOURCE_LEGEND, resourceCells, resourceHead, table } from './format';
 import type { IdleResult } from './idle';
 import type { RunRecord } from './output';
+import * as os from 'node:os';
+import { goalLines, idleGoal, stormGoal } from './goals';
 
 const shard = (r: RunRecord): string => (r.shards === null ? '-' : String(r.shards));
 
@@ -24,6 +26,11 @@ function medianRows<R>(records: RunRecord<R>[], cells: (ok: R[]) => string[]): s
     const ok = group.flatMap((r) => (r.result ? [r.result] : []));
     return [target, ok.length === group.length ? String(group.length) : `${ok.length}/${group.length}`, ...cells(ok)];
   });
+}
+
+/** The results of the mqtt-fanout runs (the targets are its). */
+function fanoutOk<T>(records: RunRecord<T>[]): T[] {
+  return records.filter((r) => r.target === 'fanout').flatMap((r) => (r.result ? [r.result] : []));
 }
 
 export function renderStorm(records: RunRecord<StormResult>[]): string {
@@ -61,6 +68,7 @@ export function renderStorm(records: RunRecord<StormResult>[]): string {
     '',
     'Medians over rounds',
     table(['target', 'runs', 'conn/s', 'time to all s', 'failed', 'cpu µs/conn', 'peak RSS MB'], medRows, 1),
+    ...goalLines(fanoutOk(records).length === 0 ? [] : [stormGoal(median(fanoutOk(records).map((x) => x.connPerSec)))], os.availableParallelism()),
   ];
   const notes = notesOf(records, (x) => (x as StormResult).errorSamples);
   if (notes.length) parts.push('', 'Notes', ...notes);
@@ -105,6 +113,8 @@ export function renderIdle(records: RunRecord<IdleResult>[]): string {
     '',
     'Medians over rounds',
     table(['target', 'runs', 'KB/conn', 'RSS after MB', 'cpu µs/ping'], medRows, 1),
+    ...goalLines(fanoutOk(records).length === 0 ? []
+      : [idleGoal(median(fanoutOk(records).map((x) => x.connected.ok)), median(fanoutOk(records).map((x) => x.rssPerConnKB)))], os.availableParallelism()),
   ];
   const notes = notesOf(records, (x) => {
     const i = x as IdleResult;

@@ -24,6 +24,7 @@ import type { RunRecord } from './output';
 import type { ResourceReport } from './proc-usage';
 import type { TargetKind } from './targets';
 import type { ScenarioResult } from './uplink';
+import { goalLines, uplinkGoals } from './goals';
 
 export interface UplinkSummary {
   target: TargetKind;
@@ -46,7 +47,7 @@ const shardCell = (s: number | null): string => (s === null ? '-' : String(s));
 
 export function summarize(records: RunRecord<ScenarioResult>[]): UplinkSummary[] {
   const out: UplinkSummary[] = [];
-  const keyOf = (r: RunRecord<ScenarioResult>): string => `${r.target}|${r.transport}|${r.qos}`;
+  const keyOf = (r: RunRecord<ScenarioResult>): string => `${r.target}|${r.transport}|${r.qos}|${r.shards}`;
   const keys = [...new Set(records.map(keyOf))];
   for (const key of keys) {
     const group = records.filter((r) => keyOf(r) === key);
@@ -87,7 +88,9 @@ export function ratios(summaries: UplinkSummary[]): Record<string, number> {
   const put = (key: string, a: number, b: number): void => {
     if (b > 0 && Number.isFinite(a)) out[key] = a / b;
   };
-  for (const s of summaries.filter((x) => x.target === 'fanout')) {
+  // With several shard counts (--shards 1,2) the one with the most shards stands for mqtt-fanout.
+  const most = Math.max(0, ...summaries.map((x) => x.shards ?? 0));
+  for (const s of summaries.filter((x) => x.target === 'fanout' && x.shards === most)) {
     const base = summaries.find((x) => x.target === 'mosquitto' && x.transport === s.transport && x.qos === s.qos);
     const key = `${s.transport === 'tcp' ? '' : `${s.transport} `}qos${qosCell(s.qos)}`;
     if (!base) continue;
@@ -95,7 +98,7 @@ export function ratios(summaries: UplinkSummary[]): Record<string, number> {
     put(`${key} deliv`, s.deliveredPerSec, base.deliveredPerSec);
   }
   for (const s of summaries.filter((x) => x.transport !== 'tcp')) {
-    const base = summaries.find((x) => x.target === s.target && x.transport === 'tcp' && x.qos === s.qos);
+    const base = summaries.find((x) => x.target === s.target && x.transport === 'tcp' && x.qos === s.qos && x.shards === s.shards);
     const key = `${s.target} ${s.transport}/tcp qos${qosCell(s.qos)}`;
     if (!base) continue;
     put(key, s.msgPerSec, base.msgPerSec);
@@ -222,14 +225,13 @@ export function problems(records: RunRecord<ScenarioResult>[]): string[] {
 }
 
 export function renderReport(records: RunRecord<ScenarioResult>[]): string {
-  const key = (r: RunRecord<ScenarioResult>): string[] => [String(r.round), r.target, r.transport, qosCell(r.qos)];
+  const key = (r: RunRecord<ScenarioResult>): string[] => [String(r.round), r.target, r.transport, qosCell(r.qos), shardCell(r.shards)];
   const runHead = ['round', 'target', 'transport', 'qos', 'shards', 'msg/s', 'deliv/s', 'missing', 'duplicates', 'end'];
   const runRows = records.map((r) => {
     const x = r.result;
-    if (!x) return [...key(r), shardCell(r.shards), '-', '-', '-', '-', 'FAILED'];
+    if (!x) return [...key(r), '-', '-', '-', '-', 'FAILED'];
     return [
       ...key(r),
-      shardCell(r.shards),
       int(x.msgPerSec),
       int(x.deliveredPerSec),
       perBroker(Object.fromEntries(x.brokers.map((b) => [b.broker, b.missing]))),
@@ -237,24 +239,23 @@ export function renderReport(records: RunRecord<ScenarioResult>[]): string {
       x.endedBy,
     ];
   });
-  const latHead = ['round', 'target', 'transport', 'qos', ...latencyHead('ack'), ...latencyHead('e2e')];
+  const latHead = ['round', 'target', 'transport', 'qos', 'shards', ...latencyHead('ack'), ...latencyHead('e2e')];
   const latRows = records.map((r) => [...key(r), ...latencyCells(r.qos !== 0 ? r.result?.publisher.ack : null), ...latencyCells(r.result?.e2e)]);
-  const resHead = ['round', 'target', 'transport', 'qos', ...resourceHead('msg')];
+  const resHead = ['round', 'target', 'transport', 'qos', 'shards', ...resourceHead('msg')];
   const resRows = records.map((r) => [...key(r), ...resourceCells(r.result?.resources)]);
 
   const sums = summarize(records);
-  const sumKey = (s: UplinkSummary): string[] => [s.target, s.transport, qosCell(s.qos), s.failed ? `${s.runs - s.failed}/${s.runs}` : String(s.runs)];
+  const sumKey = (s: UplinkSummary): string[] => [s.target, s.transport, qosCell(s.qos), s.failed ? `${s.runs - s.failed}/${s.runs}` : String(s.runs), shardCell(s.shards)];
   const medHead = ['target', 'transport', 'qos', 'runs', 'shards', 'msg/s', 'deliv/s', ...resourceHead('msg'), 'missing', 'duplicates'];
   const medRows = sums.map((s) => [
     ...sumKey(s),
-    shardCell(s.shards),
     int(s.msgPerSec),
     int(s.deliveredPerSec),
     ...resourceCells(s.resources),
     perBroker(s.missing),
     perBroker(s.duplicates),
   ]);
-  const medLatHead = ['target', 'transport', 'qos', 'runs', ...latencyHead('ack'), ...latencyHead('e2e')];
+  const medLatHead = ['target', 'transport', 'qos', 'runs', 'shards', ...latencyHead('ack'), ...latencyHead('e2e')];
   const medLatRows = sums.map((s) => [...sumKey(s), ...latencyCells(s.ack), ...latencyCells(s.e2e)]);
   const wsServers = [...new Set(records.flatMap((r) => (r.result?.wsServer ? [`${r.target} ${r.result.wsServer}`] : [])))];
   const tlsSessions = [...new Set(records.flatMap((r) => (r.result?.tlsSession ? [`${r.target} ${r.result.tlsSession}`] : [])))];
@@ -283,6 +284,7 @@ export function renderReport(records: RunRecord<ScenarioResult>[]): string {
     table(medLatHead, medLatRows, 4),
     ...ratioLines(ratios(sums)),
     ...ceilingLines(sums),
+    ...goalLines(uplinkGoals(sums), os.availableParallelism()),
     ...pairedLines(records),
   ];
   const notes = problems(records);

@@ -2,7 +2,8 @@
 // the maximum QoS 1 rate of the job on this machine (an unpaced run), then streams at half of it
 // to two upstream mosquittos whose receivers count every message by device and sequence. Every
 // minute it prints the daemon's resident memory and, per thread, its event-loop delay (p99, max
-// over the last second) and heap in use, from /metrics. The run fails (exit 1) when the resident
+// over the last second) and heap (in use, committed, and memory outside it that JS objects own),
+// from /metrics. The run fails (exit 1) when the resident
 // memory grew by more than 10 % from the end of the warm-up to the end, or when any message is
 // missing at either broker.
 import { parseArgs } from 'node:util';
@@ -28,7 +29,7 @@ interface Sample {
   minute: number;
   rssMb: number;
   delivered: number;
-  threads: { thread: string; loopP99Ms: number; loopMaxMs: number; heapMb: number }[];
+  threads: { thread: string; loopP99Ms: number; loopMaxMs: number; heapMb: number; committedMb: number; externalMb: number }[];
 }
 
 function metricsOf(text: string): Map<string, { labels: Record<string, string>; value: number }[]> {
@@ -50,7 +51,7 @@ async function sample(target: Target, minute: number, delivered: number): Promis
   const byThread = new Map<string, Sample['threads'][number]>();
   const entry = (thread: string): Sample['threads'][number] => {
     let e = byThread.get(thread);
-    if (e === undefined) byThread.set(thread, e = { thread, loopP99Ms: 0, loopMaxMs: 0, heapMb: 0 });
+    if (e === undefined) byThread.set(thread, e = { thread, loopP99Ms: 0, loopMaxMs: 0, heapMb: 0, committedMb: 0, externalMb: 0 });
     return e;
   };
   for (const s of m.get('fanout_thread_event_loop_delay_seconds') ?? []) {
@@ -58,13 +59,15 @@ async function sample(target: Target, minute: number, delivered: number): Promis
     else entry(s.labels.thread).loopMaxMs = s.value * 1000;
   }
   for (const s of m.get('fanout_thread_heap_used_bytes') ?? []) entry(s.labels.thread).heapMb = s.value / 1048576;
+  for (const s of m.get('fanout_thread_heap_committed_bytes') ?? []) entry(s.labels.thread).committedMb = s.value / 1048576;
+  for (const s of m.get('fanout_thread_external_bytes') ?? []) entry(s.labels.thread).externalMb = s.value / 1048576;
   const pid = target.watched().find((w) => w.role === 'target')!.pid;
   return { minute, rssMb: (readRssKB(pid) ?? 0) / 1024, delivered, threads: [...byThread.values()] };
 }
 
 function printSample(s: Sample): void {
-  const threads = s.threads.map((t) => `${t.thread} ${t.loopP99Ms.toFixed(1)}/${t.loopMaxMs.toFixed(1)} ms ${t.heapMb.toFixed(0)} MB`).join(', ');
-  process.stdout.write(`minute ${String(s.minute).padStart(3)}: RSS ${s.rssMb.toFixed(1)} MB, delivered ${s.delivered}; loop delay p99/max and heap: ${threads}\n`);
+  const threads = s.threads.map((t) => `${t.thread} ${t.loopP99Ms.toFixed(1)}/${t.loopMaxMs.toFixed(1)} ms ${t.heapMb.toFixed(0)}/${t.committedMb.toFixed(0)}/${t.externalMb.toFixed(0)} MB`).join(', ');
+  process.stdout.write(`minute ${String(s.minute).padStart(3)}: RSS ${s.rssMb.toFixed(1)} MB, delivered ${s.delivered}; loop delay p99/max, heap used/committed/external: ${threads}\n`);
 }
 
 async function main(): Promise<number> {

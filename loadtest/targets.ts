@@ -67,6 +67,8 @@ export interface TargetOptions {
   auth?: { users: number; topicPattern: string } | null;
   /** fanout-per-device: FANOUT_UPSTREAM_CONNECT_RATE (null: the daemon's default). */
   upstreamRate?: number | null;
+  /** mqtt-fanout targets: write V8 CPU profiles of every thread here (--cpu-prof). */
+  cpuProfDir?: string | null;
 }
 
 export interface Target {
@@ -138,7 +140,9 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
   const stop = async (keep = false): Promise<string[]> => {
     const notes: string[] = [];
     for (const p of [...procs].reverse()) {
-      const info = await p.stop();
+      // A bridge closes its broker connections on SIGTERM, and on a loaded machine that has been
+      // seen to take more than 5 s.
+      const info = await p.stop(p.name === 'bridge' ? 15_000 : 5000);
       const expectZero = p.name === 'mqtt-fanout' || p.name.startsWith('upstream') || p.name === 'bridge';
       if (expectZero && (info.code !== 0 || info.killed)) notes.push(`${p.name} exit: ${describeExit(info)} (log ${p.logPath})`);
     }
@@ -191,6 +195,7 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
         ws: opts.ws,
         http: opts.http,
         tls: certs,
+        cpuProfDir: opts.cpuProfDir ?? null,
         env: {
           ...(auth ? { FANOUT_PASSWORD_FILE: auth.passwordFile, FANOUT_ACL_FILE: auth.aclFile } : {}),
           ...(kind === 'fanout-per-device' ? { FANOUT_UPSTREAM_MODE: 'per-device' } : {}),

@@ -42,7 +42,7 @@ async function run(): Promise<void> {
   process.once('SIGINT', () => shutdown('SIGINT'));
   process.on('SIGHUP', () => {
     log.logger.info({ signal: 'SIGHUP' }, 'signal received: reloading');
-    daemon.reload();
+    daemon.reload().catch((err: Error) => log.logger.error({ err }, 'reload failed'));
   });
 }
 

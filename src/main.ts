@@ -20,7 +20,11 @@ import { startHttp } from './ingress/http';
 import * as fs from 'node:fs';
 import { Authenticator } from './auth/authenticator';
 import { parseAclFile, type Acl } from './auth/acl';
-import { ConfigError, redactedConfig } from './config/index';
+import { ConfigError, loadConfig, redactedConfig } from './config/index';
+import { BrokerSet, type ReloadResult } from './broker-set';
+
+export type { ReloadResult } from './broker-set';
+import { MAX_BROKER_SLOTS } from './shard/uplink';
 import type * as http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { lockSpoolDir } from './broker/spool';
@@ -42,15 +46,25 @@ export interface Daemon {
   readonly httpPort: number | null;
   /** TLS listener port, null when off. */
   readonly tlsPort: number | null;
-  /** Re-reads what may change without a restart (the TLS certificate files). */
-  reload(): void;
+  /** Re-reads what may change without a restart: the TLS certificate, password and ACL files,
+   *  and the broker set (see reloadBrokers). */
+  reload(): Promise<ReloadResult>;
+  /** Re-reads the configuration and applies a changed broker set (see src/reload.ts). */
+  reloadBrokers(): Promise<ReloadResult>;
+  /** The brokers in service. */
   readonly brokers: readonly BrokerConfig[];
   /** Per-shard counters (connections, publishes, ...), read from shared memory. */
   shardStats(): Record<ShardField, number>[];
   stop(): Promise<void>;
 }
 
-export async function startDaemon(config: Config, log: MainLog = createMainLogger(config.logLevel)): Promise<Daemon> {
+export interface DaemonOptions {
+  /** Reads the configuration again for a reload (default: loadConfig of process.env, which
+   *  re-reads FANOUT_BROKERS_FILE and the broker credential files). */
+  reloadConfig?: () => Config;
+}
+
+export async function startDaemon(config: Config, log: MainLog = createMainLogger(config.logLevel), opts: DaemonOptions = {}): Promise<Daemon> {
   const logger = log.logger;
   // libuv then accepts one connection per wake-up, letting idle shards take their share.
   process.env.UV_TCP_SINGLE_ACCEPT = '1';
@@ -62,7 +76,9 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     brokers = [embedded.broker];
     logger.info({ broker: embedded.broker.redactedUrl }, 'FANOUT_BROKERS not set: started an embedded broker (aedes) as the only upstream');
   }
-  const cfg: Config = Object.freeze({ ...config, brokers });
+  // Replaced by a reload that changes the broker set: Config.brokers then lists every broker
+  // slot, those the reload removed marked retired.
+  let cfg: Config = Object.freeze({ ...config, brokers });
   let releaseSpool: (() => void) | null = null;
   if (cfg.spoolDir !== null) {
     const lock = lockSpoolDir(cfg.spoolDir);
@@ -88,6 +104,8 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     return false;
   };
   const exited = new Set<Worker>();
+  /** Writers a reload ends on purpose (removed or changed brokers). */
+  const ending = new Set<Worker>();
   const restarts = new Map<string, number[]>();
   /** Fatal: the other threads are stopped in order (a thread that ends with open WebSocket
    *  handles would abort the process), then the daemon exits with 1. */
@@ -103,7 +121,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     w.on('error', (err) => logger.error({ err, thread: name }, 'worker thread failed'));
     w.on('exit', (code) => {
       exited.add(w);
-      if (stopping) return;
+      if (stopping || ending.has(w)) return;
       const now = Date.now();
       const recent = (restarts.get(name) ?? []).filter((t) => now - t < RESTART_WINDOW_MS);
       if (restart !== null && running && recent.length < MAX_RESTARTS) {
@@ -119,7 +137,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     });
     return w;
   };
-  const threadLimits = { maxOldGenerationSizeMb: cfg.threadHeapMb };
+  const threadLimits = { maxOldGenerationSizeMb: cfg.threadHeapMb, ...(cfg.threadYoungMb > 0 ? { maxYoungGenerationSizeMb: cfg.threadYoungMb } : {}) };
   /** Set once every thread started: from then on a failed shard or writer is restarted. */
   let running = false;
   let stopping = false;
@@ -147,7 +165,8 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   const shardBells = Array.from({ length: shards }, () => createDoorbell());
   const writerBells = brokers.map(() => createDoorbell());
   const stats = createStats(shards);
-  const writerStats = createStats(brokers.length);
+  // A row for every slot a reload may add.
+  const writerStats = createStats(MAX_BROKER_SLOTS);
 
   // The device listener: SO_REUSEPORT per shard where possible, else one shared descriptor.
   await assertPortFree(cfg.host, cfg.port);
@@ -178,12 +197,16 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     if (latency.waiting > 0 && --latency.waiting === 0) latency.wake?.();
   };
   const writers: Worker[] = [];
+  /** A broker set reload is running (see BrokerSet). */
+  let reloading = false;
+  /** The broker slots in service (a reload retires removed ones). */
+  const liveSlots = (): number[] => cfg.brokers.flatMap((b, i) => (b.retired === true ? [] : [i]));
   const shardWorkers: Worker[] = [];
   const toShard = (s: number, m: ToShard, transfer: MessagePort[] = []): void => shardWorkers[s]?.postMessage(m, transfer);
   /** Shards being replaced: the writers that still have to let go of them, then the start. */
   const resetting = new Map<number, { left: Set<number>; start: () => void }>();
   const spawnWriter = (b: number, shardPorts: MessagePort[], recovering: boolean): void => {
-    const broker = brokers[b];
+    const broker = cfg.brokers[b];
     const w = watch(new Worker(path.join(WORKERS, 'writer.worker.js'), {
       workerData: {
         config: cfg, broker, index: b, uplinkRings: uplink.map((r) => r[b]), ackRings: acks.map((r) => r[b]),
@@ -301,7 +324,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       },
       transferList: writerPorts,
       resourceLimits: threadLimits,
-    }), `shard-${s}`, plan.kind === 'reuseport' ? () => restartShard(s) : null);
+    }), `shard-${s}`, plan.kind === 'reuseport' ? () => restartShardWhenIdle(s) : null);
     w.on('message', (m: FromShard | { t: 'log'; line: string }) => {
       if (onWorkerMessage(m)) return;
       const msg = m as FromShard;
@@ -377,12 +400,20 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
    * (Only with SO_REUSEPORT listeners: a shared listening descriptor dies with the shard that
    * used it.)
    */
+  /** A shard that fails during a reload is replaced once the reload is done, so that it starts
+   *  with the final broker slots and every writer (a new one too) gets its channel. */
+  const deferredShards = new Set<number>();
+  const restartShardWhenIdle = (s: number): void => {
+    if (reloading) deferredShards.add(s);
+    else restartShard(s);
+  };
   const restartShard = (s: number): void => {
     registry.dropShard(s);
     clearStatsRow(stats, s);
     const channels = writers.map(() => new MessageChannel());
+    const serving = liveSlots();
     resetting.set(s, {
-      left: new Set(writers.map((_, b) => b)),
+      left: new Set(serving),
       start: () => {
         startShard(s, plan, wsPlan, wssPlan, tlsPlan, channels.map((c) => c.port2), true).then(
           () => {
@@ -396,14 +427,15 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
         );
       },
     });
-    writers.forEach((w, b) => w.postMessage({ t: 'shard-reset', shard: s, port: channels[b].port1 } satisfies ToWriter, [channels[b].port1]));
+    for (const b of serving) writers[b].postMessage({ t: 'shard-reset', shard: s, port: channels[b].port1 } satisfies ToWriter, [channels[b].port1]);
   };
 
   // HTTP: metrics, health, publish, dashboard.
   const collector = new MetricsCollector({
-    brokers, shards,
+    get brokers() { return cfg.brokers; },
+    shards,
     shardStats: () => readShardStats(stats, shards),
-    writerStats: () => readWriterStats(writerStats, brokers.length),
+    writerStats: () => readWriterStats(writerStats, cfg.brokers.length),
     uplinkRings: uplink, downlinkRings: downlink,
     pullLatency: () => new Promise((resolve) => {
       const take = (): void => {
@@ -415,10 +447,11 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
         resolve({ ack, rtt });
       };
       const timer = setTimeout(take, 500);
-      latency.waiting = shards + writers.length;
+      const serving = liveSlots();
+      latency.waiting = shards + serving.length;
       latency.wake = take;
       for (const w of shardWorkers) w.postMessage({ t: 'metrics' } satisfies ToShard);
-      for (const w of writers) w.postMessage({ t: 'metrics' } satisfies ToWriter);
+      for (const b of serving) writers[b].postMessage({ t: 'metrics' } satisfies ToWriter);
     }),
   });
   let httpServer: (http.Server & { boundPort: number }) | null = null;
@@ -434,17 +467,22 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
         verify: authenticator === null ? null : (username, password) => authenticator!.verify(username, password).catch(() => false),
         acl: (clientId, username) => httpAcl?.forClient(clientId, username) ?? null,
       },
+      adminToken: cfg.adminToken,
+      reload: async () => {
+        const r = await reload();
+        return r.ok ? { status: 200, body: r } : { status: r.status, body: { ok: false, error: r.error } };
+      },
       testCrash: cfg.testHooks ? (thread, kind) => {
         const target = /^shard-(\d+)$/.test(thread) ? shardWorkers[Number(thread.slice(6))]
-          : thread.startsWith('writer-') ? writers[brokers.findIndex((b) => b.name === thread.slice(7))] : undefined;
+          : thread.startsWith('writer-') ? writers[cfg.brokers.findIndex((b) => b.name === thread.slice(7) && b.retired !== true)] : undefined;
         if (target === undefined) return false;
         logger.warn({ thread, kind }, 'FANOUT_TEST_HOOKS: making a thread fail on request');
         target.postMessage({ t: 'test-crash', kind });
         return true;
       } : undefined,
       ready: () => {
-        const ws = readWriterStats(writerStats, brokers.length);
-        const list = brokers.map((b, i) => ({ name: b.name, up: ws[i].connectionsUp }));
+        const ws = readWriterStats(writerStats, cfg.brokers.length);
+        const list = liveSlots().map((i) => ({ name: cfg.brokers[i].name, up: ws[i].connectionsUp }));
         return { ready: !stopping && list.every((b) => b.up > 0), brokers: list };
       },
       publish: (topic, payload, qos, retain) => new Promise((resolve) => {
@@ -460,8 +498,12 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     });
   }
   running = true;
+  const unlisted = [...new Set(cfg.routes.map((r) => r.broker))].filter((name) => !cfg.brokers.some((b) => b.name === name));
+  if (unlisted.length > 0) {
+    logger.warn({ brokers: unlisted, brokersFile: cfg.brokersFile }, 'FANOUT_ROUTES names brokers FANOUT_BROKERS_FILE does not list: their routes apply once a reload adds them');
+  }
   logger.info({
-    port, host: cfg.host, shards, listen: plan.kind, brokers: brokers.map((b) => b.name),
+    port, host: cfg.host, shards, listen: plan.kind, brokers: brokers.map((b) => b.name), ...(cfg.brokersFile !== null ? { brokersFile: cfg.brokersFile } : {}),
     ...(wsPort !== null ? { wsPort, wsPath: cfg.wsPath, websocket: first.ws } : {}),
     ...(wssPort !== null ? { wssPort, wsPath: cfg.wsPath, secureWebsocket: first.wss } : {}),
     ...(httpServer !== null ? { httpPort: httpServer.boundPort } : {}),
@@ -501,11 +543,65 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
 
   stopNow = stop;
 
+  const brokerSet = new BrokerSet({
+    log: logger,
+    shardWorkers,
+    alive: (w) => !exited.has(w),
+    config: () => cfg,
+    setConfig: (c) => { cfg = c; },
+    addSlot: (b) => {
+      const writerSides: MessagePort[] = [];
+      const sides: MessagePort[] = [];
+      for (let s = 0; s < shards; s++) {
+        uplink[s].push(createRing(cfg.ringBytes));
+        acks[s].push(createRing(ackBytes));
+        downlink[s].push(createRing(cfg.ringBytes));
+        const { port1, port2 } = new MessageChannel();
+        writerSides.push(port1);
+        sides.push(port2);
+      }
+      writerBells.push(createDoorbell());
+      latency.rtt.push([]);
+      spawnWriter(b, writerSides, false);
+      return sides;
+    },
+    slotRings: (s, b) => ({ uplink: uplink[s][b], ack: acks[s][b], downlink: downlink[s][b], doorbell: writerBells[b] }),
+    endWriter: async (b, message) => {
+      const w = writers[b];
+      ending.add(w);
+      const r = await request<FromWriter>(w, message, 'drained');
+      await w.terminate();
+      return r;
+    },
+    // A handover that a shutdown overtakes leaves the slot without a writer: nothing is left to serve.
+    restartWriter: (b) => {
+      if (!stopping) restartWriter(b);
+    },
+    retired: (b) => clearStatsRow(writerStats, b),
+  }, opts.reloadConfig ?? ((): Config => loadConfig(process.env)));
+  const reloadBrokers = async (): Promise<ReloadResult> => {
+    // A shard being replaced gets its rings and channels from the broker slots of its start.
+    const busy = reloading ? 'a reload is in progress' : stopping || !running ? 'the daemon is starting or stopping'
+      : resetting.size > 0 ? 'a shard is being restarted; reload again in a moment' : null;
+    if (busy !== null) {
+      logger.warn({ reason: busy }, `configuration not reloaded now: ${busy}`);
+      return { ok: false, status: 409, error: busy };
+    }
+    reloading = true;
+    try {
+      return await brokerSet.reload();
+    } finally {
+      reloading = false;
+      for (const s of deferredShards) restartShard(s);
+      deferredShards.clear();
+    }
+  };
+
   /** SIGHUP: the certificate files of the TLS and WSS listeners are read again (writers: the
-   *  credentials maps and TLS files of their per-device sessions). */
-  const reload = (): void => {
+   *  credentials maps and TLS files of their per-device sessions), and the broker set. */
+  const reload = (): Promise<ReloadResult> => {
     for (let s = 0; s < shards; s++) toShard(s, { t: 'tls-reload' });
-    for (const w of writers) w.postMessage({ t: 'reload' } satisfies ToWriter);
+    for (const b of liveSlots()) writers[b].postMessage({ t: 'reload' } satisfies ToWriter);
     if (cfg.aclFile !== null) {
       // As on the shards: a file that does not parse leaves the rules in force.
       try {
@@ -519,9 +615,14 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       () => logger.info({ file: cfg.passwordFile, users: authenticator?.size }, 'password file reloaded'),
       (err: Error) => logger.error({ err: err.message }, 'password file not reloaded; the previous one stays'),
     );
+    return reloadBrokers();
   };
 
-  return { port, wsPort, wssPort, tlsPort, httpPort: httpServer?.boundPort ?? null, brokers, stop, reload, shardStats: () => readShardStats(stats, shards) };
+  return {
+    port, wsPort, wssPort, tlsPort, httpPort: httpServer?.boundPort ?? null, stop, reload, reloadBrokers,
+    get brokers() { return cfg.brokers.filter((b) => b.retired !== true); },
+    shardStats: () => readShardStats(stats, shards),
+  };
 }
 
 function freePort(host: string): Promise<number> {

@@ -17,8 +17,7 @@ import { RateLimitedLog } from '../log';
 import { LatencyRecorder } from '../metrics/latency';
 import { setVitals, WriterStats } from '../metrics/stats';
 import { ThreadVitals } from '../metrics/vitals';
-import { buildRouting } from '../shard/build-routing';
-import { defaultRoutes } from '../config/routes';
+import { buildRouting, effectiveRoutes } from '../shard/build-routing';
 import { SpooledPath, type SpooledHost } from './spooled';
 import { crashForTest } from '../test-hooks';
 import { upstreamModeOf } from '../config/upstream';
@@ -47,7 +46,10 @@ export interface WriterOptions {
 }
 
 export type ToWriter =
-  | { t: 'drain' }
+  // Shutdown, or the broker's removal by a reload (deadlineMs). handover: the broker's settings
+  // changed; only what is in flight is finished, and the rings (and the spool) are left to the
+  // writer that replaces this one.
+  | { t: 'drain'; deadlineMs?: number; handover?: boolean }
   | { t: 'metrics' }
   | { t: 'reload' }
   // Shard `shard` failed and is being replaced; `port` is the new shard's control channel.
@@ -140,7 +142,7 @@ export class Writer implements WriterContext, SpooledHost {
     // Subscriptions live on the first connection of the pool; the others only publish.
     this.downlink = new WriterDownlink(opts.index, opts.shardPorts, downRings, buildRouting(opts.config),
       () => this.pool[0], () => this.schedulePump(), this.pool.length >= 2 ? () => this.pool[1] : null);
-    const routes = opts.config.routes.length > 0 ? opts.config.routes : defaultRoutes(opts.config.brokers.map((b) => b.name));
+    const routes = effectiveRoutes(opts.config);
     const servesDownlink = routes.some((r) => r.broker === opts.broker.name && r.direction !== 'out');
     const subscribing = servesDownlink ? (this.downlink.split ? 2 : 1) : 0;
     this.uplinkPool = this.pool.length > subscribing ? this.pool.slice(subscribing) : this.pool;
@@ -256,7 +258,7 @@ export class Writer implements WriterContext, SpooledHost {
       this.schedulePump();
     }, 1000);
     this.opts.port.on('message', (m: ToWriter) => {
-      if (m.t === 'drain') void this.drain();
+      if (m.t === 'drain') void this.drain(m.deadlineMs, m.handover === true);
       else if (m.t === 'shard-reset') this.resetShard(m.shard, m.port);
       else if (m.t === 'test-crash') {
         if (m.kind === 'dump') this.log.warn({ broker: this.opts.broker.name, pool: this.pool.map((c) => c.describe()), heldDownlink: this.heldDownlink, rings: this.rings.map((r) => r.used()), heap: v8.getHeapStatistics() }, 'writer state (FANOUT_TEST_HOOKS dump)');
@@ -344,6 +346,8 @@ export class Writer implements WriterContext, SpooledHost {
     const recovery = this.recovery;
     if (recovery !== null && recovery.pending.includes(null)) {
       // Nothing is answered before every shard said what it still waits for.
+    } else if (this.handingOver) {
+      // What is not taken yet is the successor's.
     } else if (this.spooled !== null) {
       const took = this.spooled.take(this.rings, BUDGET, this.wakeShard);
       const sent = this.spooled.feed(BUDGET);
@@ -547,15 +551,23 @@ export class Writer implements WriterContext, SpooledHost {
     }
   }
 
-  /** Shutdown: send what the rings hold, wait for the broker's acks, then say goodbye. */
-  private async drain(): Promise<void> {
-    const deadline = Date.now() + this.opts.config.shutdownTimeoutMs / 2;
-    const pending = (): number => this.rings.reduce((n, r) => n + r.used(), 0) + (this.spooled?.spool.unread ?? 0);
+  /** A reload changed this broker: the rings are left alone from now on (see drain). */
+  private handingOver = false;
+
+  /** Shutdown (or removal): send what the rings hold, wait for the broker's acks, then say
+   *  goodbye. A handover only waits for the acks of what is in flight. */
+  private async drain(deadlineMs = this.opts.config.shutdownTimeoutMs / 2, handover = false): Promise<void> {
+    const deadline = Date.now() + deadlineMs;
+    this.handingOver = handover;
+    const pending = (): number => handover ? 0 : this.rings.reduce((n, r) => n + r.used(), 0) + (this.spooled?.spool.unread ?? 0);
     const inflight = (): number => this.pool.reduce((n, c) => n + c.inflight, 0) + (this.devices?.inflight ?? 0);
     while ((pending() > 0 || inflight() > 0) && Date.now() < deadline) {
       this.schedulePump();
       await new Promise((r) => setTimeout(r, 10));
     }
+    // The last answers reach the shards before the thread ends.
+    this.flushOverflow();
+    this.commitAcks();
     this.stopped = true;
     if (this.tick) clearInterval(this.tick);
     // What the broker did not finish stays in the spool for the next start.

@@ -12,6 +12,8 @@ export const BROKERS_ALLOWED =
   'a comma-separated list of name=url, url being mqtt[s]://[user[:password]@]host[:port][?param=value&...]';
 
 const NAME_RE = /^[A-Za-z0-9_-]{1,32}$/;
+/** What a broker name may be. */
+export const BROKER_NAME_RE = NAME_RE;
 const NAME_ALLOWED = '1 to 32 characters from [A-Za-z0-9_-]';
 const LABEL_RE = /^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$/;
 const SCHEME_RE = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//;

@@ -33,7 +33,7 @@ export function renderEnvTable(): string {
     'secrets are: `FANOUT_BROKER_<NAME>_USERNAME_FILE` and `FANOUT_BROKER_<NAME>_PASSWORD_FILE` name files',
     'holding them, `<NAME>` being the broker\'s name in `FANOUT_BROKERS` upper-cased, with `_` for any',
     'character other than a letter or a digit (`cloud-eu` → `CLOUD_EU`). Each file holds the value on one',
-    'line of UTF-8, not percent-encoded; one trailing newline is dropped. The files are read once, at start-up.',
+    'line of UTF-8, not percent-encoded; one trailing newline is dropped. The files are read at start-up and again by a reload (see Hot reload).',
     'Start-up stops, naming the variable, when a file is missing, unreadable, empty or has more than one line,',
     'when no broker (or more than one) has that `<NAME>`, when the URL already has a user name or password',
     'of its own (give each in one place), and when a password has no user name to go with it. Passwords read',

@@ -40,8 +40,10 @@ const MAX_SUGGESTION_DISTANCE = 3;
  * An empty value counts as unset. Throws a ConfigError on the first problem found, checking
  * unknown variables (typos) before values so a misspelt name is not reported as a missing one.
  */
-export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts?: { cpus?: number }): Config {
-  rejectUnknown(env);
+export function loadConfig(given: NodeJS.ProcessEnv = process.env, opts?: { cpus?: number }): Config {
+  rejectUnknown(given);
+  const brokersFile = given.FANOUT_BROKERS_FILE === '' ? undefined : given.FANOUT_BROKERS_FILE;
+  const env = brokersFile === undefined ? given : { ...given, FANOUT_BROKERS: readBrokersFile(brokersFile, given) };
   const host = { cpus: opts?.cpus ?? os.availableParallelism(), hostname: os.hostname() };
   const result = envSchema(host).safeParse(env);
   if (!result.success) {
@@ -49,6 +51,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts?: { cpus?:
     const variable = String(issue.path[0]);
     const params = issue.code === 'custom' ? (issue.params as ShownParams | undefined) : undefined;
     const value = params?.shown ?? shown(env[variable]);
+    if (variable === 'FANOUT_BROKERS' && brokersFile !== undefined) {
+      throw new ConfigError('FANOUT_BROKERS_FILE', brokersFile,
+        `FANOUT_BROKERS_FILE=${quote(brokersFile)} is invalid: entry ${quote(value)}: ${issue.message}`);
+    }
     throw new ConfigError(variable, value, `${variable}=${quote(value)} is invalid: ${issue.message}`);
   }
   const config = result.data;
@@ -90,6 +96,25 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, opts?: { cpus?:
   checkFixedCredentials(credentials.brokers, env);
   const allowAnonymous = config.allowAnonymous ?? config.passwordFile === null;
   return deepFreeze({ ...config, brokers: credentials.brokers, allowAnonymous });
+}
+
+/** FANOUT_BROKERS_FILE's entries as one FANOUT_BROKERS value: one or more comma-separated
+ *  entries per line, blank lines and # comments left out. */
+function readBrokersFile(path: string, env: NodeJS.ProcessEnv): string {
+  const fail = (why: string): never => {
+    throw new ConfigError('FANOUT_BROKERS_FILE', path, `FANOUT_BROKERS_FILE=${quote(path)} is invalid: ${why}`);
+  };
+  if (env.FANOUT_BROKERS !== undefined && env.FANOUT_BROKERS !== '') fail('expected it or FANOUT_BROKERS, not both: unset one of them');
+  let text = '';
+  try {
+    text = fs.readFileSync(path, 'utf8');
+  } catch (err) {
+    fail(`expected a readable file holding the broker list (${(err as NodeJS.ErrnoException).code ?? 'unreadable'})`);
+  }
+  const entries = text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#'))
+    .flatMap((l) => l.split(',').map((e) => e.trim()).filter((e) => e !== ''));
+  if (entries.length === 0) fail('expected at least one name=url entry: the file has none');
+  return entries.join(',');
 }
 
 /** credentials=fixed logs every device in with the broker's own user name, which may come from a
@@ -165,7 +190,12 @@ export function describeEnv(): Array<{ name: string; default: string; allowed: s
 /** The config as a plain object safe to log: a broker password, from its URL or from a file,
  *  is only ever shown as `***`. */
 export function redactedConfig(c: Config): object {
-  return { ...c, brokers: c.brokers.map(redactBroker), sessionStore: c.sessionStore === null ? null : redactUrl(c.sessionStore) };
+  return {
+    ...c,
+    brokers: c.brokers.map(redactBroker),
+    sessionStore: c.sessionStore === null ? null : redactUrl(c.sessionStore),
+    adminToken: c.adminToken === null ? null : '***',
+  };
 }
 
 function redactBroker({ password, ...rest }: BrokerConfig): object {

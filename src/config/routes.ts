@@ -30,13 +30,13 @@ const DOLLAR = 0x24;
  * `""` standing for an empty prefix. Every broker must be one of `brokerNames`. Throws a
  * RoutesError naming the entry (counted from 1, blank ones skipped) and the problem.
  */
-export function parseRoutes(raw: string, brokerNames: readonly string[]): Route[] {
+export function parseRoutes(raw: string, brokerNames: readonly string[], opts: { anyName?: RegExp } = {}): Route[] {
   const routes: Route[] = [];
   for (const text of raw.split(';')) {
     const fields = text.trim().split(/\s+/);
     if (fields[0] === '') continue;
     try {
-      routes.push(parseEntry(fields, brokerNames));
+      routes.push(parseEntry(fields, brokerNames, opts.anyName));
     } catch (err) {
       if (err instanceof RoutesError) err.message = `entry ${routes.length + 1} (\`${fields.join(' ')}\`): ${err.message}`;
       throw err;
@@ -45,12 +45,14 @@ export function parseRoutes(raw: string, brokerNames: readonly string[]): Route[
   return routes;
 }
 
-function parseEntry(fields: readonly string[], brokerNames: readonly string[]): Route {
+/** `anyName`: a broker not (yet) listed is accepted when its name matches (a broker list that
+ *  a reload re-reads may add it later). */
+function parseEntry(fields: readonly string[], brokerNames: readonly string[], anyName?: RegExp): Route {
   if (fields.length < 3 || fields.length > 6) {
     throw new RoutesError(`expected ${ROUTE_SHAPE}, got ${fields.length} field${fields.length === 1 ? '' : 's'}`);
   }
   const [broker, pattern, direction, rawQos, rawLocal, rawRemote] = fields;
-  if (!brokerNames.includes(broker)) {
+  if (!brokerNames.includes(broker) && anyName?.test(broker) !== true) {
     throw new RoutesError(`broker "${broker}" is not in FANOUT_BROKERS (${brokerNames.join(', ')})`);
   }
   // mosquitto's empty pattern (the prefix alone is the topic) is not supported: spell the topic out.
@@ -146,13 +148,16 @@ export class RouteTable {
   private readonly inRoutes: Route[][];
   private readonly match: { topic: string; qos: QoS } = { topic: '', qos: 2 };
 
-  constructor(routes: readonly Route[], brokerNames: readonly string[]) {
+  /** `unlisted`: 'skip' leaves out the routes of brokers not in `brokerNames` (with
+   *  FANOUT_BROKERS_FILE, brokers a reload has yet to add); by default they are an error. */
+  constructor(routes: readonly Route[], brokerNames: readonly string[], unlisted: 'error' | 'skip' = 'error') {
     const all = routes.length === 0 ? defaultRoutes(brokerNames) : routes;
     this.outLegs = brokerNames.map(() => []);
     this.inLegs = brokerNames.map(() => []);
     this.inRoutes = brokerNames.map(() => []);
     for (const route of all) {
       const b = brokerNames.indexOf(route.broker);
+      if (b < 0 && unlisted === 'skip') continue;
       if (b < 0) throw new Error(`route for unknown broker "${route.broker}"`);
       if (route.direction !== 'in') this.outLegs[b].push(leg(route, true));
       if (route.direction !== 'out') {

@@ -4,7 +4,7 @@
 
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { BROKERS_ALLOWED, isHostName, parseBrokerList, parseDecimal } from './brokers';
+import { BROKER_NAME_RE, BROKERS_ALLOWED, isHostName, parseBrokerList, parseDecimal } from './brokers';
 import { parseRoutes, ROUTES_ALLOWED, RoutesError } from './routes';
 import { validateTopicFilter } from '../protocol/topic';
 import { CLIENT_ID_TEMPLATE_ALLOWED, isClientIdTemplate } from './upstream';
@@ -171,6 +171,10 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
     description: 'Upstream brokers device publishes are forwarded to (all of them unless FANOUT_ROUTES '
       + 'says otherwise); see the URL parameters below. User name and password may come from files instead: '
       + 'FANOUT_BROKER_<NAME>_USERNAME_FILE and FANOUT_BROKER_<NAME>_PASSWORD_FILE, below.' },
+  brokersFile: { name: 'FANOUT_BROKERS_FILE', default: 'none', ...filePath, fallback: () => null,
+    description: 'A file holding the broker list instead of FANOUT_BROKERS (not both): the same name=url entries, '
+      + 'one per line or comma-separated, blank lines and lines starting with # ignored. Re-read on SIGHUP and POST /admin/reload, '
+      + 'which add, remove and reconnect brokers without a restart; see Hot reload.' },
   routes: { name: 'FANOUT_ROUTES', default: 'none: every broker gets every publish, the first one also serves subscriptions',
     allowed: ROUTES_ALLOWED, schema: z.string(), fallback: () => '',
     description: 'Which topics each broker gets from devices (out) and serves to them (in), '
@@ -240,6 +244,12 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
       + 'the older ones are skipped (and counted) when it comes back.' },
   threadHeapMb: { name: 'FANOUT_THREAD_HEAP_MB', default: '4096', ...integer(32, 1048576),
     description: 'Heap limit of each shard and writer thread, in MiB: a thread that runs out is restarted alone instead of ending the daemon.' },
+  threadYoungMb: { name: 'FANOUT_THREAD_YOUNG_MB', default: '0', ...integer(0, 1024),
+    description: 'Young generation limit of each shard and writer thread, in MiB; 0: V8\'s own, which under load commits up to 32 MiB of new space in each thread and keeps it.' },
+  adminToken: { name: 'FANOUT_ADMIN_TOKEN', default: 'none: POST /admin/reload is refused (403)',
+    ...rule('16 to 256 printable ASCII characters without spaces', (raw) => (/^[\x21-\x7e]{16,256}$/.test(raw) ? raw : undefined)),
+    fallback: () => null,
+    description: 'Bearer token of the HTTP admin endpoints (POST /admin/reload with Authorization: Bearer <token>).' },
   testHooks: { name: 'FANOUT_TEST_HOOKS', default: 'false', ...boolean(),
     description: 'For tests only: POST /test/crash?thread=… on the HTTP listener makes that thread fail (uncaught error or out of memory), to test restarts.' },
   logLevel: { name: 'FANOUT_LOG_LEVEL', default: 'info',
@@ -320,7 +330,8 @@ function routesOf(values: EnvValues, embeddedBroker: boolean, ctx: z.RefinementC
     + '(the embedded broker then takes every publish and serves every subscription)';
   if (!embeddedBroker) {
     try {
-      return parseRoutes(values.routes, values.brokers.map((broker) => broker.name));
+      // With FANOUT_BROKERS_FILE a route may name a broker a reload adds later.
+      return parseRoutes(values.routes, values.brokers.map((broker) => broker.name), values.brokersFile === null ? {} : { anyName: BROKER_NAME_RE });
     } catch (err) {
       if (!(err instanceof RoutesError)) throw err;
       message = err.message;

@@ -71,6 +71,9 @@ export interface BrokerConfig {
   readonly credentials?: CredentialsMode;
   /** Per-device mode with credentials=map: the JSON file of device user name -> credentials. */
   readonly credentialsMap?: string;
+  /** Set by a reload on the slot of a broker it removed: Config.brokers keeps every slot a
+   *  thread may have rings for, and a retired one takes and serves nothing. */
+  readonly retired?: boolean;
 }
 
 export interface Config {
@@ -95,6 +98,9 @@ export interface Config {
   /** True when FANOUT_BROKERS was not set: main starts an in-process aedes broker and fills
    *  brokers[] with it before workers start. */
   readonly embeddedBroker: boolean;
+  /** FANOUT_BROKERS_FILE: where `brokers` was read from (again on a reload); null when the list
+   *  is FANOUT_BROKERS itself. */
+  readonly brokersFile: string | null;
   /** Parsed FANOUT_ROUTES; empty when unset: then defaultRoutes() applies (every broker gets all
    *  uplink, the first broker serves downlink). */
   readonly routes: readonly Route[];
@@ -132,6 +138,9 @@ export interface Config {
   readonly conflateTopics: readonly string[] | null;
   /** Heap limit of each shard and writer thread (MiB). */
   readonly threadHeapMb: number;
+  readonly threadYoungMb: number;
+  /** FANOUT_ADMIN_TOKEN: the Bearer token of POST /admin/reload; null: refused. */
+  readonly adminToken: string | null;
   /** FANOUT_TEST_HOOKS: POST /test/crash is served. */
   readonly testHooks: boolean;
   readonly logLevel: LogLevel;

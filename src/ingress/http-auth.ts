@@ -5,6 +5,7 @@
 // FANOUT_ACL_FILE write rules of that user then decide the topic, with the client id `http`
 // standing in for %c.
 
+import { createHash, timingSafeEqual } from 'node:crypto';
 import type { AclChecker } from '../auth/acl';
 
 /** The client id an HTTP publisher has for FANOUT_ACL_FILE patterns (%c). */
@@ -63,4 +64,22 @@ export function aclRefusal(username: string | null, topic: string, rules: HttpAu
   const acl = rules.acl(HTTP_CLIENT_ID, username);
   if (acl === null || acl.canPublish(topic)) return null;
   return { status: 403, error: `${username === null ? 'anonymous publishers' : `user ${JSON.stringify(username)}`} may not publish to this topic (FANOUT_ACL_FILE)`, username };
+}
+
+/** What answers 401 on the admin endpoints asks for [RFC 6750]. */
+export const WWW_AUTHENTICATE_ADMIN = 'Bearer realm="mqtt-fanout admin"';
+
+/**
+ * Whether an admin request (POST /admin/reload) may go on: `Authorization: Bearer <token>` with
+ * FANOUT_ADMIN_TOKEN. null: it may; else the refusal (403 while no token is configured, so the
+ * endpoint is off; 401 for a missing, malformed or wrong token). The tokens are compared as
+ * digests in constant time, so the answer's timing tells nothing about the token.
+ */
+export function adminRefusal(authorization: string | undefined, token: string | null): { status: 401 | 403; error: string } | null {
+  if (token === null) return { status: 403, error: 'the admin endpoints are off: FANOUT_ADMIN_TOKEN is not set' };
+  const m = authorization === undefined ? null : /^Bearer +(\S+) *$/i.exec(authorization);
+  if (m === null) return { status: 401, error: 'authentication required: Authorization: Bearer <FANOUT_ADMIN_TOKEN>' };
+  const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
+  if (!timingSafeEqual(digest(m[1]), digest(token))) return { status: 401, error: 'wrong admin token' };
+  return null;
 }

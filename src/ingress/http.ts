@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import type { MetricsCollector } from '../metrics/collector';
 import { RateLimitedLog } from '../log';
 import { DASHBOARD_HTML } from './dashboard';
-import { aclRefusal, authenticateHttp, WWW_AUTHENTICATE, type HttpAuthRules, type HttpRefusal } from './http-auth';
+import { aclRefusal, adminRefusal, authenticateHttp, WWW_AUTHENTICATE, WWW_AUTHENTICATE_ADMIN, type HttpAuthRules, type HttpRefusal } from './http-auth';
 
 export interface HttpDeps {
   host: string;
@@ -25,6 +25,10 @@ export interface HttpDeps {
   /** Routes a message; resolves with 0 or the first refusal reason once it is acknowledged as
    *  FANOUT_ACK says (QoS 0: once it is in the rings). */
   publish(topic: string, payload: Buffer, qos: number, retain: boolean): Promise<number>;
+  /** FANOUT_ADMIN_TOKEN: the Bearer token of the admin endpoints; null: they answer 403. */
+  adminToken: string | null;
+  /** POST /admin/reload: re-reads the configuration; the answer's body is the JSON summary. */
+  reload(): Promise<{ status: number; body: unknown }>;
   /** FANOUT_TEST_HOOKS only: makes a thread fail; false when there is no such thread. */
   testCrash?: (thread: string, kind: 'throw' | 'oom' | 'dump') => boolean;
 }
@@ -87,6 +91,9 @@ export function startHttp(deps: HttpDeps): Promise<http.Server & { boundPort: nu
       case 'POST /publish':
         void publish(url, req, res);
         return;
+      case 'POST /admin/reload':
+        void adminReload(req, res);
+        return;
       default:
         if (route === 'POST /test/crash' && deps.testCrash !== undefined) testCrash(url, res, deps.testCrash);
         else if (url.pathname === '/publish') json(res, 405, { error: 'use POST /publish?topic=...&qos=...&retain=... with the payload as body' });
@@ -108,6 +115,24 @@ export function startHttp(deps: HttpDeps): Promise<http.Server & { boundPort: nu
     warnings.warn(`publish-${r.status}`, { username: r.username ?? undefined, status: r.status, address: req.socket.remoteAddress, reason: r.error }, 'POST /publish refused');
     if (r.status === 401) res.setHeader('www-authenticate', WWW_AUTHENTICATE);
     json(res, r.status, { error: r.error });
+  };
+
+  const adminReload = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    req.resume();
+    const refusal = adminRefusal(req.headers.authorization, deps.adminToken);
+    if (refusal !== null) {
+      warnings.warn(`admin-${refusal.status}`, { status: refusal.status, address: req.socket.remoteAddress, reason: refusal.error }, 'POST /admin/reload refused');
+      if (refusal.status === 401) res.setHeader('www-authenticate', WWW_AUTHENTICATE_ADMIN);
+      json(res, refusal.status, { error: refusal.error });
+      return;
+    }
+    try {
+      const { status, body } = await deps.reload();
+      json(res, status, body);
+    } catch (err) {
+      deps.log.error({ err }, 'POST /admin/reload failed');
+      json(res, 500, { error: (err as Error).message });
+    }
   };
 
   const publish = async (url: URL, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {

@@ -21,6 +21,9 @@ export interface CollectorSources {
   pullLatency(): Promise<{ ack: string[]; rtt: string[][] }>;
 }
 
+/** The broker label of a slot a reload retired: its rows are left out. */
+const RETIRED = '\u0000retired';
+
 /** Seconds of latency history the quantiles cover. */
 const WINDOW_S = 60;
 /** Seconds of counter history the dashboard charts. */
@@ -71,7 +74,7 @@ export class MetricsCollector {
   private collecting = false;
   /** The supervisor's own thread (HTTP, registry, logs). */
   private readonly vitals = new ThreadVitals();
-  private mainVitals: Vitals = { loopDelayP99Ms: 0, loopDelayMaxMs: 0, heapUsedMb: 0 };
+  private mainVitals: Vitals = { loopDelayP99Ms: 0, loopDelayMaxMs: 0, heapUsedMb: 0, heapCommittedMb: 0, externalMb: 0 };
 
   constructor(private readonly src: CollectorSources) {
     this.rtt = src.brokers.map(() => new Window());
@@ -93,6 +96,8 @@ export class MetricsCollector {
     try {
       const { ack, rtt } = await this.src.pullLatency();
       this.ack.push(ack);
+      // A reload may have added broker slots.
+      while (this.rtt.length < this.src.brokers.length) this.rtt.push(new Window());
       this.rtt.forEach((w, b) => w.push(rtt[b] ?? []));
       const shards = this.src.shardStats();
       const last = this.ack.merged(true);
@@ -117,12 +122,14 @@ export class MetricsCollector {
     const shards = this.src.shardStats();
     const writers = this.src.writerStats();
     const brokers = this.src.brokers;
+    // A broker a reload removed has no series: its slot may share its name with one added later.
+    const nameOf = (b: number): string => (brokers[b].retired === true ? RETIRED : brokers[b].name);
     const metric = (name: string, type: 'counter' | 'gauge' | 'summary', help: string, rows: [Record<string, string | number>, number][]): void => {
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
-      for (const [labels, value] of rows) out.push(`${name}${labelText(labels)} ${fmt(value)}`);
+      for (const [labels, value] of rows) if (labels.broker !== RETIRED) out.push(`${name}${labelText(labels)} ${fmt(value)}`);
     };
     const perShard = (field: ShardField): [Record<string, string | number>, number][] => shards.map((s, i) => [{ shard: i }, s[field]]);
-    const perBroker = (field: WriterField): [Record<string, string | number>, number][] => writers.map((w, b) => [{ broker: brokers[b].name }, w[field]]);
+    const perBroker = (field: WriterField): [Record<string, string | number>, number][] => writers.map((w, b) => [{ broker: nameOf(b) }, w[field]]);
 
     metric('fanout_connections', 'gauge', 'Device connections open, by transport and shard.',
       shards.flatMap((s, i): [Record<string, string | number>, number][] => [
@@ -152,22 +159,22 @@ export class MetricsCollector {
         [{ reason: 'unrouted', shard: i }, s.unrouted]);
     });
     writers.forEach((w, b) => {
-      drops.push([{ reason: 'too_large_for_broker', broker: brokers[b].name }, w.tooLarge],
-        [{ reason: 'downlink_too_large', broker: brokers[b].name }, w.downlinkTooLarge],
-        [{ reason: 'downlink_unmatched', broker: brokers[b].name }, w.downlinkUnmatched],
-        [{ reason: 'no_upstream_session', broker: brokers[b].name }, w.deviceNoSession]);
+      drops.push([{ reason: 'too_large_for_broker', broker: nameOf(b) }, w.tooLarge],
+        [{ reason: 'downlink_too_large', broker: nameOf(b) }, w.downlinkTooLarge],
+        [{ reason: 'downlink_unmatched', broker: nameOf(b) }, w.downlinkUnmatched],
+        [{ reason: 'no_upstream_session', broker: nameOf(b) }, w.deviceNoSession]);
     });
     metric('fanout_drops_total', 'counter', 'Messages not passed on, by reason.', drops);
     metric('fanout_qos0_bytes_lost_total', 'counter', 'Unsent bytes holding QoS 0 messages when a broker connection dropped, by broker.', perBroker('qos0BytesLost'));
     metric('fanout_broker_messages_out_total', 'counter', 'Messages sent to brokers (first sends), by broker and QoS.',
-      writers.flatMap((w, b): [Record<string, string | number>, number][] => [0, 1, 2].map((q) => [{ broker: brokers[b].name, qos: q },
+      writers.flatMap((w, b): [Record<string, string | number>, number][] => [0, 1, 2].map((q) => [{ broker: nameOf(b), qos: q },
         q === 0 ? w.messagesOutQos0 : q === 1 ? w.messagesOutQos1 : w.messagesOutQos2])));
     metric('fanout_broker_bytes_out_total', 'counter', 'Bytes of PUBLISH packets sent to brokers (first sends), by broker and the QoS they were sent at.',
-      writers.flatMap((w, b): [Record<string, string | number>, number][] => [0, 1, 2].map((q) => [{ broker: brokers[b].name, qos: q },
+      writers.flatMap((w, b): [Record<string, string | number>, number][] => [0, 1, 2].map((q) => [{ broker: nameOf(b), qos: q },
         q === 0 ? w.bytesOutQos0 : q === 1 ? w.bytesOutQos1 : w.bytesOutQos2])));
     metric('fanout_broker_bytes_in_total', 'counter', 'Bytes received from brokers (every packet), by broker.', perBroker('bytesIn'));
     metric('fanout_broker_messages_in_total', 'counter', 'Messages from brokers passed to devices, by broker and the QoS the broker sent.',
-      writers.flatMap((w, b): [Record<string, string | number>, number][] => [0, 1, 2].map((q) => [{ broker: brokers[b].name, qos: q },
+      writers.flatMap((w, b): [Record<string, string | number>, number][] => [0, 1, 2].map((q) => [{ broker: nameOf(b), qos: q },
         q === 0 ? w.downlinkInQos0 : q === 1 ? w.downlinkInQos1 : w.downlinkInQos2])));
     metric('fanout_broker_inflight', 'gauge', 'Messages sent to a broker and not yet acknowledged, by broker.', perBroker('inflight'));
     metric('fanout_broker_connections_up', 'gauge', 'Broker connections up, by broker.', perBroker('connectionsUp'));
@@ -181,8 +188,8 @@ export class MetricsCollector {
     metric('fanout_upstream_sessions', 'gauge', 'Per-device mode: devices\' own sessions at each broker, by state (up; connecting; queued: '
       + 'waiting for FANOUT_UPSTREAM_CONNECT_RATE or for an older session of the client id to end; down: lost, reconnecting).',
     writers.flatMap((w, b): [Record<string, string | number>, number][] => [
-      [{ broker: brokers[b].name, state: 'up' }, w.deviceSessionsUp], [{ broker: brokers[b].name, state: 'connecting' }, w.deviceSessionsConnecting],
-      [{ broker: brokers[b].name, state: 'queued' }, w.deviceSessionsQueued], [{ broker: brokers[b].name, state: 'down' }, w.deviceSessionsDown]]));
+      [{ broker: nameOf(b), state: 'up' }, w.deviceSessionsUp], [{ broker: nameOf(b), state: 'connecting' }, w.deviceSessionsConnecting],
+      [{ broker: nameOf(b), state: 'queued' }, w.deviceSessionsQueued], [{ broker: nameOf(b), state: 'down' }, w.deviceSessionsDown]]));
     metric('fanout_upstream_session_connects_total', 'counter', 'Per-device mode: connection attempts of device sessions, by broker.', perBroker('deviceConnects'));
     metric('fanout_upstream_session_refusals_total', 'counter', 'Per-device mode: device sessions the broker refused (CONNACK code), by broker.', perBroker('deviceRefusals'));
     metric('fanout_upstream_session_timeouts_total', 'counter', 'Per-device mode: devices refused because their session was not up within FANOUT_UPSTREAM_CONNECT_TIMEOUT_MS, by broker.', perBroker('deviceTimeouts'));
@@ -192,26 +199,30 @@ export class MetricsCollector {
     metric('fanout_upstream_filters', 'gauge', 'Subscriptions the proxy holds at each broker (one per distinct filter).', perBroker('upstreamFilters'));
     const fill: [Record<string, string | number>, number][] = [];
     for (let s = 0; s < this.src.shards; s++) {
-      brokers.forEach((br, b) => {
-        fill.push([{ shard: s, broker: br.name, direction: 'up' }, ringUsed(this.src.uplinkRings[s][b])],
-          [{ shard: s, broker: br.name, direction: 'down' }, ringUsed(this.src.downlinkRings[s][b])]);
+      brokers.forEach((_, b) => {
+        fill.push([{ shard: s, broker: nameOf(b), direction: 'up' }, ringUsed(this.src.uplinkRings[s][b])],
+          [{ shard: s, broker: nameOf(b), direction: 'down' }, ringUsed(this.src.downlinkRings[s][b])]);
       });
     }
     metric('fanout_ring_fill_bytes', 'gauge', 'Bytes waiting in the shared-memory rings, by shard, broker and direction.', fill);
     metric('fanout_ring_capacity_bytes', 'gauge', 'Capacity of each ring.', [[{}, this.src.uplinkRings[0]?.[0]?.capacity ?? 0]]);
 
-    const threads: [string, { loopDelayP99Ms: number; loopDelayMaxMs: number; heapUsedMb: number }][] = [
+    const threads: [string, Vitals][] = [
       ['main', this.mainVitals], ...shards.map((v, i): [string, Vitals] => [`shard-${i}`, v]),
-      ...writers.map((v, b): [string, Vitals] => [`writer-${brokers[b].name}`, v])];
+      ...writers.flatMap((v, b): [string, Vitals][] => (nameOf(b) === RETIRED ? [] : [[`writer-${nameOf(b)}`, v]]))];
     metric('fanout_thread_event_loop_delay_seconds', 'gauge', 'How late each thread\'s event loop ran over the last second: p99 and max.',
       threads.flatMap(([thread, v]): [Record<string, string | number>, number][] => [
         [{ thread, stat: 'p99' }, v.loopDelayP99Ms / 1000], [{ thread, stat: 'max' }, v.loopDelayMaxMs / 1000]]));
     metric('fanout_thread_heap_used_bytes', 'gauge', 'JavaScript heap in use, by thread.', threads.map(([thread, v]) => [{ thread }, v.heapUsedMb * 1048576]));
+    metric('fanout_thread_heap_committed_bytes', 'gauge', 'JavaScript heap V8 holds from the system, used or not, by thread.',
+      threads.map(([thread, v]) => [{ thread }, v.heapCommittedMb * 1048576]));
+    metric('fanout_thread_external_bytes', 'gauge', 'Memory outside the heap that JavaScript objects own (Buffers, ArrayBuffers), by thread.',
+      threads.map(([thread, v]) => [{ thread }, v.externalMb * 1048576]));
     metric('fanout_process_resident_bytes', 'gauge', 'Resident memory of the daemon process (every thread).', [[{}, process.memoryUsage.rss()]]);
 
     this.summary(out, 'fanout_ack_latency_seconds', 'Device publish to device acknowledgement (QoS 1/2), quantiles over the last minute.', [[{}, this.ack]]);
     this.summary(out, 'fanout_broker_rtt_seconds', 'PUBLISH to PUBACK/PUBREC at each broker, quantiles over the last minute.',
-      this.rtt.map((w, b) => [{ broker: brokers[b].name }, w]));
+      this.rtt.flatMap((w, b): [Record<string, string>, Window][] => (nameOf(b) === RETIRED ? [] : [[{ broker: nameOf(b) }, w]])));
     return `${out.join('\n')}\n`;
   }
 
@@ -242,6 +253,7 @@ export class MetricsCollector {
       subscriptions: sum(shards, 'subscriptions'),
       ackLatency: { p50: q(ack, 50), p90: q(ack, 90), p99: q(ack, 99), p999: q(ack, 99.9) },
       brokers: this.src.brokers.map((b, i) => ({
+        retired: b.retired === true,
         name: b.name,
         url: b.redactedUrl,
         up: writers[i].connectionsUp,
@@ -251,7 +263,7 @@ export class MetricsCollector {
         queuedBytes: this.src.uplinkRings.reduce((n, rings) => n + ringUsed(rings[i]), 0),
         messagesOut: writers[i].messagesOutQos0 + writers[i].messagesOutQos1 + writers[i].messagesOutQos2,
         messagesIn: writers[i].downlinkInQos0 + writers[i].downlinkInQos1 + writers[i].downlinkInQos2,
-      })),
+      })).filter((b) => !b.retired),
       history: this.history,
     };
     ack.destroy();

@@ -6,6 +6,7 @@ export const SHARD_FIELDS = [
   'messagesOut', 'dropQueueFull', 'dropExpired', 'dropTooLarge', 'dropOfflineQos0', 'sessions', 'subscriptions', 'unrouted',
   'wsConnections', 'bytesIn', 'httpPublishes', 'tlsConnections', 'throttled', 'refusedRate', 'authRefused', 'aclDenied',
   'wssConnections', 'bytesOut', 'loopDelayP99Ms', 'loopDelayMaxMs', 'heapUsedMb', 'refusedMax', 'tlsHandshakes',
+  'heapCommittedMb', 'externalMb',
 ] as const;
 export type ShardField = (typeof SHARD_FIELDS)[number];
 
@@ -18,6 +19,7 @@ export const WRITER_FIELDS = [
   // Per-device upstream mode: the devices' own sessions at the broker.
   'deviceSessionsUp', 'deviceSessionsConnecting', 'deviceSessionsQueued', 'deviceSessionsDown', 'deviceConnects', 'deviceRefusals',
   'deviceLosses', 'deviceTimeouts', 'deviceReconnects', 'deviceParked', 'deviceNoSession',
+  'heapCommittedMb', 'externalMb',
 ] as const;
 export type WriterField = (typeof WRITER_FIELDS)[number];
 
@@ -55,10 +57,10 @@ export class StatsRow<F extends string> {
 }
 
 /** Writes a thread's vitals (src/metrics/vitals.ts) into its row. */
-export function setVitals(row: { set(field: 'loopDelayP99Ms' | 'loopDelayMaxMs' | 'heapUsedMb', n: number): void }, v: { loopDelayP99Ms: number; loopDelayMaxMs: number; heapUsedMb: number }): void {
-  row.set('loopDelayP99Ms', v.loopDelayP99Ms);
-  row.set('loopDelayMaxMs', v.loopDelayMaxMs);
-  row.set('heapUsedMb', v.heapUsedMb);
+type VitalField = 'loopDelayP99Ms' | 'loopDelayMaxMs' | 'heapUsedMb' | 'heapCommittedMb' | 'externalMb';
+
+export function setVitals(row: { set(field: VitalField, n: number): void }, v: Record<VitalField, number>): void {
+  for (const f of ['loopDelayP99Ms', 'loopDelayMaxMs', 'heapUsedMb', 'heapCommittedMb', 'externalMb'] as const) row.set(f, v[f]);
 }
 
 export class ShardStats extends StatsRow<ShardField> {

@@ -14,6 +14,10 @@ export interface Vitals {
   loopDelayP99Ms: number;
   loopDelayMaxMs: number;
   heapUsedMb: number;
+  /** Heap V8 holds from the system (used or not), and memory outside it that JS objects own
+   *  (Buffers, ArrayBuffers): what the heap figure alone does not explain of the RSS. */
+  heapCommittedMb: number;
+  externalMb: number;
 }
 
 /** Seconds of near-idle event loop before an idle collection. */
@@ -60,6 +64,8 @@ export class ThreadVitals {
       loopDelayP99Ms: d.count > 0 ? d.percentile(99) / 1e6 : 0,
       loopDelayMaxMs: d.count > 0 ? d.max / 1e6 : 0,
       heapUsedMb: heapMb(),
+      heapCommittedMb: v8.getHeapStatistics().total_heap_size / 1048576,
+      externalMb: process.memoryUsage().external / 1048576,
     };
     d.reset();
     this.reclaim(v.heapUsedMb);

@@ -53,6 +53,11 @@ export class ShardDownlink {
     private readonly devices: DeviceUpstreams | null = null,
   ) {}
 
+  /** A reload added a broker slot: its downlink ring. */
+  addRing(ring: RingConsumer): void {
+    this.rings.push(ring);
+  }
+
   hasData(): boolean {
     for (const r of this.rings) if (r.hasData()) return true;
     return false;

@@ -29,7 +29,7 @@ export class InflightTable {
   private size = 0;
   active = 0;
 
-  private readonly all: number;
+  private all: number;
 
   constructor(brokers: number, private readonly mode: AckMode, initial = 1024, private readonly latency: LatencyRecorder | null = null) {
     this.all = brokers >= 31 ? 0x7fffffff : (1 << brokers) - 1;
@@ -61,6 +61,11 @@ export class InflightTable {
     if (this.latency !== null) this.started[slot] = performance.now();
     this.active++;
     return slot;
+  }
+
+  /** A reload changed the broker set: new publishes wait on the slots of `mask` by default. */
+  setBrokers(mask: number): void {
+    this.all = mask;
   }
 
   /** Applies broker `broker`'s answer for `slot`; an answer it already gave is ignored. */

@@ -34,7 +34,7 @@ import { LatencyRecorder } from '../metrics/latency';
 import { Session, type SessionLimits, type SessionState, type PendingState } from './session';
 import { ShardSubscriptions } from './subscriptions';
 import { ShardDownlink } from './downlink';
-import { buildRouting, buildRoutes } from './build-routing';
+import { buildRouting, buildRoutes, liveMask } from './build-routing';
 import { perDeviceBrokers } from '../config/upstream';
 import { DeviceUpstreams } from './device-upstreams';
 import { crashForTest } from '../test-hooks';
@@ -116,7 +116,25 @@ export type ToShard =
   | { t: 'writer-restarted'; broker: number; port: MessagePort }
   // Tokens the failed writer `broker` took with it (no spool): their devices send again.
   | { t: 'lost'; broker: number; tokens: number[] }
-  | { t: 'test-crash'; kind: 'throw' | 'oom' | 'dump' };
+  | { t: 'test-crash'; kind: 'throw' | 'oom' | 'dump' }
+  // A reload changed the broker set (see BrokerChange).
+  | ({ t: 'brokers' } & BrokerChange);
+
+/**
+ * What a reload changes on a shard, in one message: `config` lists every broker slot, retired
+ * ones marked. `added`: new slots (appended, in order) with their rings, their writer's doorbell
+ * and control channel; `retired`: slots that take no new publish or subscription from now on
+ * (their writers drain what they hold); `gone`: retired slots whose writer has ended, so that
+ * nothing still waits for them.
+ */
+export interface BrokerChange {
+  id: number;
+  config: Config;
+  added: { slot: number; uplink: RingBuffers; ack: RingBuffers; downlink: RingBuffers; doorbell: SharedArrayBuffer; port: MessagePort }[];
+  retired: number[];
+  gone: number[];
+}
+
 /** A client-id claim (a CONNECT) or release (the connection and its pending will are gone). */
 export interface RegistryOp {
   claim: boolean;
@@ -143,10 +161,13 @@ export type FromShard =
   | { t: 'published'; id: number; reason: number }
   | { t: 'handed'; req: number }
   | { t: 'pending'; shard: number; broker: number; tokens: number[] }
+  // A BrokerChange applied; `unanswered`: publishes a gone broker had not acknowledged.
+  | { t: 'brokers-done'; shard: number; id: number; unanswered: number }
   | { t: 'auth'; shard: number; id: number; username: string; password: Buffer | undefined };
 
 export class Shard implements ShardContext {
-  readonly config: Config;
+  /** Replaced by a reload that changes the broker set (see onBrokers). */
+  config: Config;
   readonly log: Logger;
   readonly uplink: Uplink;
   readonly inflight: InflightTable;
@@ -207,7 +228,7 @@ export class Shard implements ShardContext {
     this.port = opts.port;
     const writerBells = opts.writerDoorbells.map((sab) => new Doorbell(sab));
     const perDevice = perDeviceBrokers(opts.config);
-    this.uplink = new Uplink(opts.uplinkRings.map((r) => new RingProducer(r)), writerBells, buildRoutes(opts.config), perDevice);
+    this.uplink = new Uplink(opts.uplinkRings.map((r) => new RingProducer(r)), writerBells, buildRoutes(opts.config), perDevice, liveMask(opts.config));
     this.acks = opts.ackRings.map((r) => new RingConsumer(r));
     this.ackWriters = writerBells;
     this.doorbell = new Doorbell(opts.doorbell);
@@ -220,6 +241,7 @@ export class Shard implements ShardContext {
       : new RedisStore(opts.config.sessionStore, opts.instance, opts.log, `${opts.instance}-shard-${opts.index}`);
     this.loadAcl();
     this.inflight = new InflightTable(opts.uplinkRings.length, opts.config.ack, 1024, this.ackLatency);
+    this.inflight.setBrokers(liveMask(opts.config));
     this.upstream = perDevice.includes(true) ? new DeviceUpstreams({
       index: opts.index, config: opts.config, log: opts.log, warnings: this.warnings, uplink: this.uplink,
       wake: (conn) => this.wake(conn), schedule: () => this.scheduleTurn(),
@@ -788,6 +810,9 @@ export class Shard implements ShardContext {
       this.onWriterRestarted(m.broker, m.port);
     } else if (m.t === 'lost') {
       this.onLost(m.broker, m.tokens);
+    } else if (m.t === 'brokers') {
+      this.onBrokers(m);
+      return;
     } else if (m.t === 'test-crash') {
       if (m.kind === 'dump') this.dumpState();
       else crashForTest(m.kind);
@@ -821,6 +846,38 @@ export class Shard implements ShardContext {
     const orphans = this.upstream?.replaceWriter(broker, port) ?? [];
     for (const conn of orphans) conn.protocolClose(C.RC_UNSPECIFIED, 'its session at a broker ended with a failed writer');
     this.send({ t: 'pending', shard: this.index, broker, tokens: this.inflight.pendingOn(broker) });
+  }
+
+  /**
+   * A reload: new slots get rings and their share of the subscriptions, retired ones no new
+   * publish (what is in their rings and in flight is drained by their writers, whose answers
+   * still arrive here), and a gone slot's unanswered publishes stop waiting for it. Everything
+   * written before this message was committed at the end of an earlier turn.
+   */
+  private onBrokers(m: BrokerChange): void {
+    const subs = [...this.sessions.values()].flatMap((session) => [...session.subs.values()]);
+    this.config = m.config;
+    const routing = buildRouting(m.config);
+    const added = m.added.map((a) => {
+      if (a.slot !== this.acks.length) throw new Error(`broker slot ${a.slot} added out of order (next is ${this.acks.length})`);
+      this.acks.push(new RingConsumer(a.ack));
+      this.downlink.addRing(new RingConsumer(a.downlink));
+      return { ring: new RingProducer(a.uplink), doorbell: new Doorbell(a.doorbell) };
+    });
+    const live = liveMask(m.config);
+    this.uplink.reconfigure(buildRoutes(m.config), live, added);
+    this.inflight.setBrokers(live);
+    for (const a of m.added) this.subs.addWriter(a.slot, a.port, routing, subs);
+    for (const b of m.retired) this.subs.retireWriter(b, routing, subs);
+    let unanswered = 0;
+    for (const b of m.gone) {
+      for (const token of this.inflight.pendingOn(b)) {
+        this.inflight.ack(token, 0, b);
+        unanswered++;
+      }
+    }
+    this.drainAcks();
+    this.send({ t: 'brokers-done', shard: this.index, id: m.id, unanswered });
   }
 
   /** Publishes that went with a failed writer (no spool): their devices are closed without an

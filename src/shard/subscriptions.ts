@@ -73,7 +73,7 @@ export class ShardSubscriptions {
   constructor(
     private readonly shard: number,
     private writers: MessagePort[],
-    private readonly routing: DownlinkRouting,
+    private routing: DownlinkRouting,
     private readonly schedule: () => void,
     private readonly limits: { readonly maxTopicLength: number; readonly maxTopicLevels: number; readonly maxSubscriptions: number } =
     { maxTopicLength: 65535, maxTopicLevels: 65535, maxSubscriptions: Infinity },
@@ -303,6 +303,45 @@ export class ShardSubscriptions {
       this.ops[b].push(this.op(h, h.asked, 0));
     }
     this.schedule();
+  }
+
+  /**
+   * A reload added broker slot `b` (its writer's channel is `port`) and `routing` includes it:
+   * every subscription of `subs` that the routes give it is held there too, without asking for
+   * retained messages (the devices' subscriptions are not new).
+   */
+  addWriter(b: number, port: MessagePort, routing: DownlinkRouting, subs: Iterable<Sub>): void {
+    this.routing = routing;
+    this.writers = [...this.writers, port];
+    this.held[b] = new Map();
+    this.ops[b] = [];
+    port.on('message', (m: WriterToShard) => this.onWriter(m));
+    const answered = (): void => {};
+    for (const sub of subs) {
+      for (const f of routing.inFilters(b, sub.filter)) {
+        const q = Math.min(sub.qos, f.qos);
+        sub.refs.push({ broker: b, upstream: f.upstream, qos: q });
+        this.hold(b, f.upstream, q, 0, answered, sub);
+      }
+    }
+    this.schedule();
+  }
+
+  /**
+   * A reload removed broker slot `b`: no subscription is held there any more (its writer is
+   * draining and then ends); a device SUBSCRIBE still waiting on it is answered by the others.
+   */
+  retireWriter(b: number, routing: DownlinkRouting, subs: Iterable<Sub>): void {
+    this.routing = routing;
+    for (const sub of subs) {
+      for (let i = sub.refs.length - 1; i >= 0; i--) if (sub.refs[i].broker === b) sub.refs.splice(i, 1);
+    }
+    for (const h of this.held[b].values()) {
+      this.holds.delete(h.id);
+      for (const w of h.waiters) w.resolve(0x80);
+    }
+    this.held[b].clear();
+    this.ops[b] = [];
   }
 
   /** Sends this turn's changes to the writers, one message per writer. */

@@ -30,28 +30,48 @@ export interface UplinkMessage {
   payloadEnd: number;
 }
 
+/** Broker slots a shard can have over its life: the in-flight table keeps one bit per slot. */
+export const MAX_BROKER_SLOTS = 31;
+
 export class Uplink {
   private readonly dirty: boolean[];
   // The plan of the message in hand (see fits()): which rings get it, under which topic (null:
-  // the device's) and with which QoS cap.
-  private readonly targets: Uint8Array;
+  // the device's) and with which QoS cap. Sized for every slot a reload may add.
+  private readonly targets = new Uint8Array(MAX_BROKER_SLOTS);
   private readonly topics: (Buffer | null)[];
-  private readonly caps: Uint8Array;
+  private readonly caps = new Uint8Array(MAX_BROKER_SLOTS).fill(2);
   /** Brokers the message in hand goes to, after fits(): their number and their bit mask. */
   planned = 0;
   plannedMask = 0;
-  private readonly allMask: number;
+  /** The slots in service (a slot a reload removed is not written to again). */
+  private liveMask: number;
 
-  constructor(private readonly rings: RingProducer[], private readonly doorbells: Doorbell[], private readonly routes: RouteTable | null = null,
+  constructor(private readonly rings: RingProducer[], private readonly doorbells: Doorbell[], private routes: RouteTable | null = null,
     /** Per broker: per-device upstream mode (wills are the broker's business there). */
-    private readonly perDevice: readonly boolean[] = []) {
+    private readonly perDevice: readonly boolean[] = [], liveMask = rings.length >= 31 ? 0x7fffffff : (1 << rings.length) - 1) {
     this.dirty = rings.map(() => false);
-    this.targets = new Uint8Array(rings.length).fill(1);
     this.topics = rings.map(() => null);
-    this.caps = new Uint8Array(rings.length).fill(2);
-    this.planned = rings.length;
-    this.allMask = rings.length >= 31 ? 0x7fffffff : (1 << rings.length) - 1;
-    this.plannedMask = this.allMask;
+    this.liveMask = liveMask;
+    this.planAll();
+  }
+
+  /** The slots in service, as a bit mask. */
+  get live(): number {
+    return this.liveMask;
+  }
+
+  /** A reload changed the broker set: `ring` (when given) is a new slot's, appended; `live` the
+   *  slots in service from the next message on, routed by `routes`. */
+  reconfigure(routes: RouteTable | null, live: number, added: { ring: RingProducer; doorbell: Doorbell }[]): void {
+    for (const a of added) {
+      this.rings.push(a.ring);
+      this.doorbells.push(a.doorbell);
+      this.dirty.push(false);
+      this.topics.push(null);
+    }
+    this.routes = routes;
+    this.liveMask = live;
+    this.planAll();
   }
 
   static recordSize(m: UplinkMessage): number {
@@ -66,14 +86,14 @@ export class Uplink {
       return;
     }
     if (routes === null) {
-      if (this.planned !== this.rings.length) this.planAll();
+      if (this.plannedMask !== this.liveMask) this.planAll();
       return;
     }
     const topic = m.topic.toString('utf8', m.topicStart, m.topicStart + m.topicLen);
     let n = 0;
     let mask = 0;
     for (let b = 0; b < this.rings.length; b++) {
-      const o = routes.outMatch(b, topic);
+      const o = (this.liveMask & (1 << b)) === 0 ? null : routes.outMatch(b, topic);
       if (o === null) {
         this.targets[b] = 0;
         continue;
@@ -90,11 +110,16 @@ export class Uplink {
 
   /** Every broker, the topic as it is (no routes), after a will's plan changed that. */
   private planAll(): void {
-    this.targets.fill(1);
+    let n = 0;
+    for (let b = 0; b < this.rings.length; b++) {
+      const live = (this.liveMask & (1 << b)) !== 0;
+      this.targets[b] = live ? 1 : 0;
+      if (live) n++;
+    }
     this.topics.fill(null);
     this.caps.fill(2);
-    this.planned = this.rings.length;
-    this.plannedMask = this.allMask;
+    this.planned = n;
+    this.plannedMask = this.liveMask;
   }
 
   /** A will goes where the routes send its topic, except to per-device brokers. */
@@ -103,7 +128,7 @@ export class Uplink {
     let n = 0;
     let mask = 0;
     for (let b = 0; b < this.rings.length; b++) {
-      const o = this.perDevice[b] ? null : topic === null ? undefined : this.routes!.outMatch(b, topic);
+      const o = this.perDevice[b] || (this.liveMask & (1 << b)) === 0 ? null : topic === null ? undefined : this.routes!.outMatch(b, topic);
       if (o === null) {
         this.targets[b] = 0;
         continue;

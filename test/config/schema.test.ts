@@ -41,6 +41,7 @@ const DEFAULTS = {
   tlsIdentityAsUsername: false,
   shards: 4,
   brokers: [],
+  brokersFile: null,
   maxPacketSize: 262144,
   maxInflight: 100,
   passwordFile: null,
@@ -65,6 +66,8 @@ const DEFAULTS = {
   spoolOverflow: 'block',
   conflateTopics: null,
   threadHeapMb: 4096,
+  threadYoungMb: 0,
+  adminToken: null,
   testHooks: false,
   logLevel: 'info',
   traceClients: null,
@@ -94,7 +97,7 @@ const NAMES = [
     'FANOUT_MAX_TOPIC_LEVELS', 'FANOUT_MAX_SUBSCRIPTIONS', 'FANOUT_MAX_PUBLISH_RATE', 'FANOUT_MAX_QUEUED_MESSAGES', 'FANOUT_QUEUE_OVERFLOW', 'FANOUT_SESSION_EXPIRY_MAX',
     'FANOUT_SESSION_STORE',
   'FANOUT_PENDING_THROTTLE_MS', 'FANOUT_RING_BYTES', 'FANOUT_ACK', 'FANOUT_SPOOL_DIR', 'FANOUT_SPOOL_FSYNC_MS', 'FANOUT_SPOOL_MAX_BYTES',
-  'FANOUT_SPOOL_OVERFLOW', 'FANOUT_CONFLATE_TOPICS', 'FANOUT_THREAD_HEAP_MB', 'FANOUT_TEST_HOOKS', 'FANOUT_LOG_LEVEL', 'FANOUT_TRACE_CLIENTS', 'FANOUT_PROXY_ID',
+  'FANOUT_SPOOL_OVERFLOW', 'FANOUT_CONFLATE_TOPICS', 'FANOUT_THREAD_HEAP_MB', 'FANOUT_THREAD_YOUNG_MB', 'FANOUT_TEST_HOOKS', 'FANOUT_LOG_LEVEL', 'FANOUT_TRACE_CLIENTS', 'FANOUT_PROXY_ID',
   'FANOUT_STATUS_TOPIC', 'FANOUT_CONNECT_TIMEOUT_MS', 'FANOUT_SHUTDOWN_TIMEOUT_MS', 'FANOUT_RECONNECT_MIN_MS',
   'FANOUT_RECONNECT_MAX_MS', 'FANOUT_UPSTREAM_MODE', 'FANOUT_UPSTREAM_CLIENT_ID', 'FANOUT_UPSTREAM_CONNECT_RATE',
   'FANOUT_UPSTREAM_CONNECT_TIMEOUT_MS',
@@ -251,6 +254,8 @@ test('the spool variables: fsync wait or off, bound, overflow policy, conflated 
     fs.writeFileSync(file, '');
     assertRejected('FANOUT_SPOOL_DIR', path.join(file, 'spool'), 'expected a folder this process can create, read and write (ENOTDIR)');
     assertRejected('FANOUT_THREAD_HEAP_MB', '31', 'expected an integer from 32 to 1048576');
+    assertRejected('FANOUT_THREAD_YOUNG_MB', '2048', 'expected an integer from 0 to 1024');
+    assert.equal(loadConfig({ FANOUT_THREAD_YOUNG_MB: '16' }).threadYoungMb, 16);
     assert.equal(loadConfig({ FANOUT_TEST_HOOKS: 'true' }).testHooks, true);
     assertRejected('FANOUT_TEST_HOOKS', 'on', 'expected true, false, 1, 0, yes or no');
   } finally {

@@ -1,8 +1,8 @@
-// Unit tests for who may POST /publish (src/ingress/http-auth.ts).
+// Unit tests for who may POST /publish and POST /admin/reload (src/ingress/http-auth.ts).
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { aclRefusal, authenticateHttp, HTTP_CLIENT_ID, parseBasic, type HttpAuthRules } from '../../src/ingress/http-auth';
+import { aclRefusal, adminRefusal, authenticateHttp, HTTP_CLIENT_ID, parseBasic, type HttpAuthRules } from '../../src/ingress/http-auth';
 import { parseAclFile } from '../../src/auth/acl';
 
 const b64 = (s: string | Buffer): string => Buffer.from(s).toString('base64');
@@ -43,4 +43,15 @@ test('aclRefusal: the user\'s write rules, %c being "http"; anonymous gets the r
   assert.equal(aclRefusal(null, 'pub/x', rules(true, null)), null);
   assert.equal(aclRefusal(null, 'a/x', rules(true, null))?.status, 403);
   assert.equal(aclRefusal('alice', 'anything', { ...rules(false, null), acl: () => null }), null, 'no ACL file: everything');
+});
+
+test('adminRefusal: 403 without FANOUT_ADMIN_TOKEN; 401 without Bearer, with another scheme or a wrong token; null with it', () => {
+  const token = 'admin-token-0123456789';
+  assert.equal(adminRefusal(`Bearer ${token}`, null)?.status, 403);
+  assert.match(adminRefusal(`Bearer ${token}`, null)!.error, /FANOUT_ADMIN_TOKEN is not set/);
+  for (const h of [undefined, '', 'Bearer', `Basic ${b64(`admin:${token}`)}`, `Bearer ${token}x`, `Bearer ${token.slice(1)}`, `Bearer ${token} extra`]) {
+    assert.equal(adminRefusal(h, token)?.status, 401, String(h));
+  }
+  assert.equal(adminRefusal(`Bearer ${token}`, token), null);
+  assert.equal(adminRefusal(`bearer  ${token}`, token), null);
 });

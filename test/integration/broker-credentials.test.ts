@@ -80,7 +80,7 @@ describe('broker credentials from files, towards a mosquitto that requires a pas
     const config = d.lines.find((l) => l.msg === 'configuration')?.config as { brokers: Array<Record<string, unknown>> } | undefined;
     assert.ok(config, 'the configuration is printed at debug level');
     assert.deepEqual([config.brokers[0].username, config.brokers[0].password, config.brokers[0].passwordFile], ['proxy', '***', passwordFile]);
-    assert.ok(d.lines.some((l) => l.trace === 'out'), 'trace lines were written');
+    assert.ok(await d.waitForLog((l) => l.trace === 'out', 5000), 'trace lines were written');
     const exit = await d.stop();
     assert.equal(exit.code, 0);
     assert.ok(!output(d).includes(PROXY_SECRET), 'the broker password appears in the daemon output');
@@ -105,7 +105,7 @@ describe('broker credentials from files, towards a mosquitto that requires a pas
     const config = d.lines.find((l) => l.msg === 'configuration')?.config as { brokers: Array<Record<string, unknown>> } | undefined;
     assert.ok(config, 'the configuration is printed');
     assert.deepEqual([config.brokers[0].username, config.brokers[0].password], ['proxy', '***']);
-    assert.ok(d.lines.some((l) => l.trace === 'out'), 'trace lines were written');
+    assert.ok(await d.waitForLog((l) => l.trace === 'out', 5000), 'trace lines were written');
     // A broker restart makes the daemon reconnect: its connect and failure lines too.
     await up.restart();
     await waitFor('the pool back after the broker restart', () => d.lines.filter((l) => l.msg === 'broker connected' && l.broker === 'cloud-eu').length >= 4,

@@ -116,7 +116,7 @@ describe('chaos', { timeout: 300_000 }, () => {
       assert.ok(ackedDuring < 100, `without a spool the devices are slowed down, not acknowledged past b1 (${ackedDuring})`);
       await allArrive(t, x, stream);
       if (fault === 'blackhole') {
-        assert.ok(x.daemon.lines.some((l) => l.msg === 'dropping broker connection' && l.why === 'keep-alive timeout'), 'the silent partition was noticed by the keep-alive');
+        assert.ok(await x.daemon.waitForLog((l) => l.msg === 'dropping broker connection' && l.why === 'keep-alive timeout', 5000), 'the silent partition was noticed by the keep-alive');
       }
     });
   }
@@ -174,7 +174,7 @@ describe('chaos', { timeout: 300_000 }, () => {
     await x.daemon.waitForLog((l) => l.msg === 'shard restarted', 20_000);
     await publishing;
     assert.ok(x.daemon.running, 'the daemon runs on');
-    assert.ok(x.daemon.lines.some((l) => l.thread === 'shard-1' && typeof l.msg === 'string' && l.msg.startsWith('shard heap nearly exhausted')), 'the heap watch caught it');
+    assert.ok(await x.daemon.waitForLog((l) => l.thread === 'shard-1' && typeof l.msg === 'string' && l.msg.startsWith('shard heap nearly exhausted'), 5000), 'the heap watch caught it');
     await allArrive(t, x, stream);
   });
 });

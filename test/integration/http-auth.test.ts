@@ -130,7 +130,7 @@ for (const allowAnonymous of [false, true]) {
 
     test('refusals are logged as a warning, and no password reaches any log line', async () => {
       await sleep(100);
-      assert.ok(daemon.lines.some((l) => l.level === 40 && l.msg === 'POST /publish refused'), 'a warning for the refusals');
+      assert.ok(await daemon.waitForLog((l) => l.level === 40 && l.msg === 'POST /publish refused', 5000), 'a warning for the refusals');
       for (const secret of ['alice-http-secret', 'bob-http-secret']) assert.ok(!daemon.stdout.includes(secret), `${secret} was logged`);
     });
   });

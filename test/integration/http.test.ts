@@ -95,6 +95,13 @@ describe('HTTP: metrics, health, publish', { timeout: 120_000 }, () => {
     assert.ok(value(all, 'fanout_ack_latency_seconds', {}, 'fanout_ack_latency_seconds_count') >= 20, 'every QoS 1 publish is in the ack latency');
     for (const q of ['0.5', '0.9', '0.99', '0.999']) assert.ok(value(all, 'fanout_ack_latency_seconds', { quantile: q }) > 0, `quantile ${q}`);
     assert.ok(family(all, 'fanout_drops_total').samples.length > 0);
+    // Each thread's memory, sampled once a second: heap in use within what V8 committed.
+    for (const thread of ['main', 'shard-0', 'shard-1', 'writer-b1', 'writer-b2']) {
+      const used = value(all, 'fanout_thread_heap_used_bytes', { thread });
+      assert.ok(used > 0 && used <= value(all, 'fanout_thread_heap_committed_bytes', { thread }), `${thread}: heap used within committed`);
+      assert.ok(value(all, 'fanout_thread_external_bytes', { thread }) > 0, `${thread}: external memory`);
+    }
+    assert.ok(value(all, 'fanout_process_resident_bytes', {}) > 0);
   });
 
   test('GET /metrics: messages by broker and QoS, and bytes, in and out, count exactly the traffic sent', async (t) => {

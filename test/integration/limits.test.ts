@@ -67,7 +67,7 @@ describe('limits', { timeout: 120_000 }, () => {
     }
     assert.equal(await wsAttempt(daemon.wsPort), 'refused', 'WebSocket beyond FANOUT_MAX_CONNECTIONS');
     assert.equal(await refusedMax() - before, 4, 'fanout_connections_refused_max_total counts the four sockets');
-    assert.ok(daemon.lines.some((l) => l.level === 40 && l.msg === 'FANOUT_MAX_CONNECTIONS reached: connection closed'), 'the refusal is logged as a warning');
+    assert.ok(await daemon.waitForLog((l) => l.level === 40 && l.msg === 'FANOUT_MAX_CONNECTIONS reached: connection closed', 5000), 'the refusal is logged as a warning');
     // A silent socket going makes room, for TCP and for WebSocket.
     silent.pop()!.destroy();
     await waitFor('room for a client', async () => {

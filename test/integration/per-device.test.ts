@@ -236,8 +236,10 @@ describe('per-device upstream mode: two mosquittos with per-client ACLs', { time
     // FANOUT_TRACE_CLIENTS covers the device's sessions too, in both directions.
     const traced = (dir: string, type: string, broker: string): boolean => daemon.lines.some((l) => l.trace === dir && l.clientId === `${k}-${broker}` &&
       l.device === k && (l.packet as { type?: string } | undefined)?.type === type);
+    // Trace lines are written off the shard thread: they may follow the broker's log by a moment.
     for (const b of ['b1', 'b2']) {
-      assert.ok(traced('out', 'connect', b) && traced('in', 'connack', b) && traced('out', 'pingreq', b) && traced('out', 'publish', b), `trace of ${k}-${b}`);
+      await waitFor(`trace of ${k}-${b}`, () => traced('out', 'connect', b) && traced('in', 'connack', b) && traced('out', 'pingreq', b) && traced('out', 'publish', b),
+        { timeoutMs: 5000 });
     }
   });
 

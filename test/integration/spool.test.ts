@@ -98,7 +98,7 @@ describe('durable spool', { timeout: 180_000 }, () => {
     await at1.waitAll(acked, 'b1 after the restart', 60_000);
     await at2.waitAll(acked, 'b2 (down during the first run) after the restart', 60_000);
     t.diagnostic(`duplicates after the restart: b1 ${at1.duplicates}, b2 ${at2.duplicates}`);
-    assert.ok(second.lines.some((l) => l.msg === 'spool: replaying what the previous run left unfinished' && l.dir === path.join(dir, 'b2')),
+    assert.ok(await second.waitForLog((l) => l.msg === 'spool: replaying what the previous run left unfinished' && l.dir === path.join(dir, 'b2'), 5000),
       'the restarted daemon says it replays b2\'s spool');
   });
 
@@ -158,7 +158,7 @@ describe('durable spool', { timeout: 180_000 }, () => {
     await sleep(1100); // the writers publish their counters once a second
     const dropped = await metric(daemon, 'fanout_spool_dropped_total', { broker: 'b1' });
     assert.ok(dropped > 0, 'drops are counted');
-    assert.ok(daemon.lines.some((l) => typeof l.msg === 'string' && l.msg.startsWith('spool full: oldest messages dropped')), 'and logged');
+    assert.ok(await daemon.waitForLog((l) => typeof l.msg === 'string' && l.msg.startsWith('spool full: oldest messages dropped'), 5000), 'and logged');
     b1.resume();
     const newest = stream.all().slice(-200);
     await at1.waitAll(newest, 'b1: the newest messages', 60_000);

@@ -220,3 +220,20 @@ test('several devices share the table; each is called with its own messages', ()
   t.ack(sa, 0, 1);
   assert.deepEqual(a.take(), [['acked', 1, 1, 0], ['settled', 1, 1]]);
 });
+
+test('setBrokers: new slots wait on the brokers in service; a slot waiting on a retired one is answered by it alone', () => {
+  const acked: number[] = [];
+  const owner = { uplinkAcked: (id: number) => acked.push(id), uplinkSettled: () => {} };
+  const t = new InflightTable(2, 'all');
+  const before = t.allocate(owner, 1, 1);
+  t.setBrokers(0b101);
+  const after = t.allocate(owner, 2, 1);
+  assert.deepEqual(t.pendingOn(1), [before]);
+  assert.deepEqual(t.pendingOn(2), [after]);
+  t.ack(before, 0, 0);
+  t.ack(after, 0, 0);
+  assert.deepEqual(acked, []);
+  t.ack(before, 0, 1);
+  t.ack(after, 0, 2);
+  assert.deepEqual(acked, [1, 2]);
+});

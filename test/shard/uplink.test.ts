@@ -88,3 +88,29 @@ test('a device\'s end is a record of its own behind its publishes, with how it l
   assert.deepEqual([c.dataView.getUint32(at + 4, true), c.dataView.getUint32(at + 8, true), c.dataView.getUint32(at + 12, true)], [300, NO_TOKEN, 7]);
   assert.equal(c.next(), -1);
 });
+
+test('a reload: a retired slot gets no publish from then on, an added one every publish, routes by slot', () => {
+  const { uplink, read } = setup([false, false]);
+  assert.equal(send(uplink, message('t/before')), 2);
+  assert.equal(uplink.plannedMask, 0b11);
+  const added = createRing(65536);
+  uplink.reconfigure(null, 0b101, [{ ring: new RingProducer(added), doorbell: new Doorbell(createDoorbell()) }]);
+  assert.equal(send(uplink, message('t/after')), 2);
+  assert.equal(uplink.plannedMask, 0b101);
+  assert.deepEqual(read(0).map((r) => r.topic), ['t/before', 't/after']);
+  assert.deepEqual(read(1).map((r) => r.topic), ['t/before'], 'the retired slot got a publish');
+  const c = new RingConsumer(added);
+  const at = c.next();
+  assert.ok(at >= 0, 'the added slot got nothing');
+  assert.equal(c.buffer.toString('utf8', at + UPLINK_HEADER, at + UPLINK_HEADER + 't/after'.length), 't/after');
+  // With routes, the retired slot stays out whatever they say.
+  const routes = new RouteTable([
+    { broker: 'a', pattern: '#', direction: 'out', qos: 2, localPrefix: '', remotePrefix: '' },
+    { broker: 'c', pattern: 'only/#', direction: 'out', qos: 2, localPrefix: '', remotePrefix: '' },
+  ], ['a', '~retired-1', 'c']);
+  uplink.reconfigure(routes, 0b101, []);
+  assert.equal(send(uplink, message('only/x')), 2);
+  assert.equal(uplink.plannedMask, 0b101);
+  assert.equal(send(uplink, message('other')), 1);
+  assert.equal(uplink.plannedMask, 0b001);
+});
