@@ -9,7 +9,7 @@ import type { Config, BrokerConfig } from './config/types';
 import { createMainLogger, type MainLog } from './log';
 import { createRing, type RingBuffers } from './ring/spsc';
 import { createDoorbell } from './ring/doorbell';
-import { ClientRegistry } from './registry';
+import { ClientRegistry, type Owner } from './registry';
 import { startEmbeddedBroker, type EmbeddedBroker } from './embedded';
 import type { FromShard, ToShard, WsPlan } from './shard/shard';
 import { assertPortFree, loadReuseport, type ListenPlan } from './ingress/listen';
@@ -308,11 +308,26 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
         toShard(next.shard, { t: 'session', conn: next.conn, from: -1, exportId: 0, state: null });
         return;
       }
-      void ownership.claim(clientId, clean).then((r) => toShard(next.shard, {
-        t: 'session', conn: next.conn, from: -1, exportId: 0, state: r.ok ? r.state : null, refuse: !r.ok,
-      }));
+      claimFromStore(ownership, next, clientId, clean);
     },
   });
+  /** The client id across instances, and its recorded session, for the CONNECT `next`. The
+   *  claim goes on while some connection here has the id: a CONNECT that replaced `next` in the
+   *  meantime gets the session from `next`'s shard once it is there (see Shard.onExport). */
+  const claimFromStore = (store: Ownership, next: Owner, clientId: string, clean: boolean): void => {
+    const wanted = (): boolean => {
+      const o = registry.owner(clientId);
+      return o !== undefined && !(o.gone === true && o.shard === next.shard && o.conn === next.conn);
+    };
+    void store.claim(clientId, clean, wanted).then((r) => {
+      // The connection went while the claim ran: the key it took is let go again unless another
+      // connection here has the id by now (its own claim follows this one).
+      if (r.ok && !r.abandoned && registry.owner(clientId) === undefined) store.release(clientId);
+      toShard(next.shard, {
+        t: 'session', conn: next.conn, from: -1, exportId: 0, state: r.ok ? r.state : null, refuse: !r.ok || r.abandoned === true,
+      });
+    });
+  };
   type Ready = Extract<FromShard, { t: 'ready' }>;
   const startShard = (s: number, listen: ListenPlan, ws: WsPlan | null, wss: WsPlan | null, tlsPlan: ListenPlan | null,
     writerPorts: MessagePort[] = shardEnds[s], restarted = false): Promise<Ready> => new Promise((resolve, reject) => {
@@ -331,11 +346,18 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       if (msg.t === 'registry') {
         for (const op of msg.ops) {
           if (op.claim) registry.claim(op.clientId, { shard: msg.shard, conn: op.conn }, op.fetch, op.clean);
+          else if (op.gone === true) registry.gone(op.clientId, { shard: msg.shard, conn: op.conn });
           else if (registry.release(op.clientId, { shard: msg.shard, conn: op.conn })) ownership?.release(op.clientId);
         }
       } else if (msg.t === 'relay') toShard(msg.to, msg.msg);
       else if (msg.t === 'pending') writers[msg.broker]?.postMessage({ t: 'pending', shard: msg.shard, tokens: msg.tokens } satisfies ToWriter);
       else if (msg.t === 'published') httpAnswers.get(msg.id)?.(msg.reason);
+      else if (msg.t === 'unrecorded') {
+        // The client id's previous connection here had nothing: the session is read from the store.
+        const o = registry.owner(msg.clientId);
+        if (ownership !== null && o !== undefined && o.shard === msg.next.shard && o.conn === msg.next.conn) claimFromStore(ownership, msg.next, msg.clientId, false);
+        else toShard(msg.next.shard, { t: 'session', conn: msg.next.conn, from: -1, exportId: 0, state: null, refuse: ownership !== null });
+      }
       else if (msg.t === 'handed') {
         handovers.get(msg.req)?.();
         handovers.delete(msg.req);

@@ -7,6 +7,11 @@
 //     ends the connection, writes what it had not written yet, drops the session and answers;
 //     the new one then takes the key and reads the session. An owner that is gone (its alive key,
 //     refreshed every second, expired) or does not answer in HANDOVER_TIMEOUT_MS is not waited for.
+// The claims and releases of one client id run one after the other, in the order the registry
+// made them: a release never overtakes the claim it ends, so an instance never keeps the key of
+// a client id it no longer serves (its successor's writes would be fenced off). A claim whose
+// connection is gone by the time it would take the key (`wanted`) gives up, and a key another
+// instance took meanwhile is asked for again rather than taken from it.
 // Each instance is `{proxyId}:{nonce}`, so a restarted instance never takes its predecessor's
 // keys for its own.
 
@@ -14,7 +19,7 @@ import type { Logger } from 'pino';
 import type Redis from 'ioredis';
 import { redisClient } from '../session-store/redis';
 import { decodeSession } from '../session-store/codec';
-import { CLAIM, RELEASE, TAKE } from '../session-store/scripts';
+import { CLAIM, RELEASE, TAKE, TAKE_FROM } from '../session-store/scripts';
 import { aliveKey, controlChannel, ownerKey, sessionKey } from '../session-store/types';
 import type { SessionState } from '../shard/session';
 import { RateLimitedLog } from '../log';
@@ -23,6 +28,8 @@ const ALIVE_MS = 3000;
 const HEARTBEAT_MS = 1000;
 const HANDOVER_TIMEOUT_MS = 5000;
 const POLL_MS = 250;
+/** Owners a claim asks in turn before it takes the key whoever has it. */
+const MAX_HANDOVERS = 4;
 
 /** Messages on an instance's control channel. */
 export type ControlMessage =
@@ -30,11 +37,29 @@ export type ControlMessage =
   | { t: 'handover'; clientId: string; from: string; req: number }
   | { t: 'handed'; req: number };
 
-export type ClaimResult = { ok: true; state: SessionState | null } | { ok: false; reason: string };
+/** `abandoned`: the connection that asked was gone before the key was taken; nothing was taken. */
+export type ClaimResult = { ok: true; state: SessionState | null; abandoned?: boolean } | { ok: false; reason: string };
+
+/** What the supervisor counts of the ownership (fanout_session_* in /metrics). */
+export interface OwnershipCounters {
+  /** Client ids taken from another instance that answered the handover. */
+  handovers: number;
+  /** ... from an instance found gone (its alive key expired) or silent past the timeout. */
+  takenFromGone: number;
+  /** Handover requests of other instances answered here. */
+  handedOver: number;
+  /** Claims given up because their connection had gone meanwhile. */
+  abandoned: number;
+  /** Claims that found the key taken by a third instance meanwhile and asked that one. */
+  contended: number;
+  /** Claims refused because Redis did not answer. */
+  failed: number;
+}
 
 type Scripted = Redis & {
   fanoutClaim(key: string, instance: string, ttl: number): Promise<string>;
   fanoutTake(key: string, session: string, instance: string, ttl: number, clean: string): Promise<string>;
+  fanoutTakeFrom(key: string, instance: string, ttl: number, expected: string): Promise<string>;
   fanoutRelease(key: string, instance: string): Promise<number>;
 };
 
@@ -56,12 +81,16 @@ export class Ownership {
   private heartbeat: NodeJS.Timeout | null = null;
   private readonly ttlMs: number;
   private readonly warnings: RateLimitedLog;
+  /** The last claim or release of each client id still running (see serial). */
+  private readonly queues = new Map<string, Promise<void>>();
+  readonly counters: OwnershipCounters = { handovers: 0, takenFromGone: 0, handedOver: 0, abandoned: 0, contended: 0, failed: 0 };
 
   constructor(url: string, readonly instance: string, private readonly log: Logger, sessionExpiryMaxS: number, private readonly hooks: OwnershipHooks) {
     this.cmd = redisClient(url, `${instance}-own`) as Scripted;
     this.sub = redisClient(url, `${instance}-ctl`);
     this.cmd.defineCommand('fanoutClaim', { numberOfKeys: 1, lua: CLAIM });
     this.cmd.defineCommand('fanoutTake', { numberOfKeys: 2, lua: TAKE });
+    this.cmd.defineCommand('fanoutTakeFrom', { numberOfKeys: 1, lua: TAKE_FROM });
     this.cmd.defineCommand('fanoutRelease', { numberOfKeys: 1, lua: RELEASE });
     // An owner key outlives the longest session it can stand for, and then some.
     this.ttlMs = Math.max(60_000, sessionExpiryMaxS * 1000 + 3_600_000);
@@ -105,6 +134,7 @@ export class Ownership {
     } else if (m.t === 'kick') {
       this.hooks.kick(m.clientId);
     } else if (m.t === 'handover') {
+      this.counters.handedOver++;
       this.hooks.handover(m.clientId, () => void this.cmd.publish(controlChannel(m.from), JSON.stringify({ t: 'handed', req: m.req } satisfies ControlMessage)));
     }
   }
@@ -113,29 +143,72 @@ export class Ownership {
     return (await this.cmd.exists(aliveKey(instance))) === 1;
   }
 
-  /** Takes `clientId` for this instance; with clean start 0 also reads its session. */
-  async claim(clientId: string, clean: boolean): Promise<ClaimResult> {
+  /** Runs `op` once every earlier claim or release of `clientId` here has finished. */
+  private serial<T>(clientId: string, op: () => Promise<T>): Promise<T> {
+    const run = (this.queues.get(clientId) ?? Promise.resolve()).then(op);
+    const tail = run.then(() => undefined, () => undefined);
+    this.queues.set(clientId, tail);
+    void tail.then(() => {
+      if (this.queues.get(clientId) === tail) this.queues.delete(clientId);
+    });
+    return run;
+  }
+
+  /** Takes `clientId` for this instance; with clean start 0 also reads its session. `wanted`
+   *  says whether the connection that asked still wants it (false: it is gone, the claim gives
+   *  up instead of taking the key from another instance). */
+  claim(clientId: string, clean: boolean, wanted: () => boolean = () => true): Promise<ClaimResult> {
+    return this.serial(clientId, () => this.claimNow(clientId, clean, wanted));
+  }
+
+  private async claimNow(clientId: string, clean: boolean, wanted: () => boolean): Promise<ClaimResult> {
     try {
       const key = ownerKey(clientId);
-      const old = clean ? await this.cmd.fanoutTake(key, sessionKey(clientId), this.instance, this.ttlMs, '1')
-        : await this.cmd.fanoutClaim(key, this.instance, this.ttlMs);
-      if (old !== '' && old !== this.instance) {
-        if (clean) {
+      if (clean) {
+        const old = await this.cmd.fanoutTake(key, sessionKey(clientId), this.instance, this.ttlMs, '1');
+        if (old !== '' && old !== this.instance) {
           void this.cmd.publish(controlChannel(old), JSON.stringify({ t: 'kick', clientId, from: this.instance } satisfies ControlMessage));
-        } else {
-          if (await this.alive(old)) await this.askHandover(old, clientId);
-          const was = await this.cmd.fanoutTake(key, sessionKey(clientId), this.instance, this.ttlMs, '0');
-          // Not handed over (gone, or silent past the timeout): should it still run, whatever
-          // it has of the client id ends there (its writes are fenced off from now on anyway).
-          if (was === old && !this.handedOver.delete(clientId)) {
-            void this.cmd.publish(controlChannel(old), JSON.stringify({ t: 'kick', clientId, from: this.instance } satisfies ControlMessage));
-          }
         }
+        return { ok: true, state: null };
       }
-      if (clean) return { ok: true, state: null };
+      let old = await this.cmd.fanoutClaim(key, this.instance, this.ttlMs);
+      for (let asked = 1; old !== '' && old !== this.instance; asked++) {
+        if (!wanted()) {
+          this.counters.abandoned++;
+          return { ok: true, state: null, abandoned: true };
+        }
+        if (await this.alive(old)) await this.askHandover(old, clientId);
+        const handed = this.handedOver.delete(clientId);
+        // The wait may take seconds (an owner just killed is alive until its key expires).
+        if (!wanted()) {
+          this.counters.abandoned++;
+          return { ok: true, state: null, abandoned: true };
+        }
+        // Taken only from the owner just asked (or found gone), or when free: another instance
+        // that took the key meanwhile serves the device now, and is asked in turn. The last
+        // attempt takes the key whoever has it.
+        const last = asked >= MAX_HANDOVERS;
+        const was = last ? await this.cmd.fanoutTake(key, sessionKey(clientId), this.instance, this.ttlMs, '0')
+          : await this.cmd.fanoutTakeFrom(key, this.instance, this.ttlMs, old);
+        const other = was !== '' && was !== this.instance;
+        if (other && was !== old && !last) {
+          this.counters.contended++;
+          old = was;
+          continue;
+        }
+        if (handed) this.counters.handovers++;
+        else this.counters.takenFromGone++;
+        // Not handed over (gone, or silent past the timeout): should it still run, whatever it
+        // has of the client id ends there (its writes are fenced off from now on anyway).
+        if (other && (!handed || was !== old)) {
+          void this.cmd.publish(controlChannel(was), JSON.stringify({ t: 'kick', clientId, from: this.instance } satisfies ControlMessage));
+        }
+        break;
+      }
       const fields = await this.cmd.hgetallBuffer(sessionKey(clientId));
       return { ok: true, state: decodeSession(clientId, fields, Date.now()) };
     } catch (err) {
+      this.counters.failed++;
       this.warnings.warn('claim', { clientId, err: (err as Error).message }, 'client id not claimed in the session store');
       return { ok: false, reason: (err as Error).message };
     }
@@ -176,7 +249,7 @@ export class Ownership {
 
   /** This instance no longer has `clientId` (its connection and session are gone). */
   release(clientId: string): void {
-    this.cmd.fanoutRelease(ownerKey(clientId), this.instance).catch(() => undefined);
+    void this.serial(clientId, () => this.cmd.fanoutRelease(ownerKey(clientId), this.instance).then(() => undefined, () => undefined));
   }
 
   async stop(): Promise<void> {

@@ -50,6 +50,18 @@ if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
 return old or ''
 `;
 
+/** KEYS: ownership key. ARGV: instance, ttl ms, expected owner. Takes the client id
+ *  from `expected` (the owner that was asked to hand it over, or found gone), or when it is free
+ *  or already ours; another instance that took it meanwhile keeps it. Returns the owner found
+ *  ('' for none): the client id is ours when that is `expected`, '' or this instance. */
+export const TAKE_FROM = `
+local old = redis.call('GET', KEYS[1])
+if not old or old == ARGV[1] or old == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return old or ''
+`;
+
 /** KEYS: ownership key. ARGV: instance. Lets go of a client id this instance owns. */
 export const RELEASE = `
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end

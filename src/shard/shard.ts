@@ -145,6 +145,9 @@ export interface RegistryOp {
   /** With a shared session store every claim fetches (to own the id across instances); this
    *  one starts clean. */
   clean?: boolean;
+  /** A release of a connection still waiting for its session: the id stays claimed until the
+   *  session is here (and passed on, or let go), but a claim in the store for it gives up. */
+  gone?: boolean;
 }
 
 /** Messages a shard sends to the supervisor. */
@@ -160,6 +163,8 @@ export type FromShard =
   | { t: 'metrics'; shard: number; ackLatency: string }
   | { t: 'published'; id: number; reason: number }
   | { t: 'handed'; req: number }
+  // The client id's previous connection here had no session: `next` reads it from the store.
+  | { t: 'unrecorded'; clientId: string; next: { shard: number; conn: number } }
   | { t: 'pending'; shard: number; broker: number; tokens: number[] }
   // A BrokerChange applied; `unanswered`: publishes a gone broker had not acknowledged.
   | { t: 'brokers-done'; shard: number; id: number; unanswered: number }
@@ -196,6 +201,13 @@ export class Shard implements ShardContext {
   private readonly downlink: ShardDownlink;
   /** Connections whose CONNECT waits for their session to arrive from another shard. */
   private readonly awaiting = new Map<number, { conn: DeviceConnection; expiryMs: number; timer: NodeJS.Timeout }>();
+  /** Exports asked for while the session was still on its way here, by the connection that
+   *  waited for it (awaiting, or importing from another shard): done once the session is here. */
+  private readonly exportAfter = new Map<number, Extract<ToShard, { t: 'export' }>>();
+  /** The same, by import id, for sessions still importing from another shard (their tail). */
+  private readonly exportAfterImport = new Map<number, Extract<ToShard, { t: 'export' }>>();
+  /** Sessions read from the store whose CONNACK waits for their subscriptions, by connection. */
+  private readonly readying = new Map<number, Session>();
   /** Sessions handed to another shard, still collecting messages until it has taken over. */
   private readonly exporting = new Map<number, { session: Session; to: number; timer: NodeJS.Timeout }>();
   private nextExport = 1;
@@ -384,6 +396,8 @@ export class Shard implements ShardContext {
       }
       session.link = null;
       this.offline.delete(session.lastConn);
+      // One read from the store and waiting for its subscriptions is this connection's now.
+      for (const [id, s] of this.readying) if (s === session) this.readying.delete(id);
       // A session that was to end with its connection is not resumed [MQTT-3.1.2-6].
       if (clean || expired || session.expiryMs === 0) {
         this.endSession(session);
@@ -432,11 +446,32 @@ export class Shard implements ShardContext {
     clearTimeout(wait.timer);
     this.awaiting.delete(m.conn);
     const conn = wait.conn;
+    const closed = conn.state === 2;
+    // Another CONNECT of the client id here took over while this one waited: it gets the session.
+    const passOn = this.exportAfter.get(conn.id);
     if (m.refuse === true) {
+      if (passOn !== undefined) {
+        this.exportAfter.delete(conn.id);
+        this.relay(passOn.to, { t: 'session', conn: passOn.toConn, from: -1, exportId: 0, state: null, refuse: true });
+      }
       conn.unavailable('the session store did not answer');
+      if (closed) this.release(conn);
+      return;
+    }
+    if (closed && passOn === undefined && m.from < 0 && this.store.shared) {
+      // The device left while the store was asked: nothing is kept here, the client id is let go
+      // (after the claim, see Ownership.serial) and the next CONNECT reads the record again.
+      this.release(conn);
       return;
     }
     const state = m.state;
+    if (passOn !== undefined && state === null && m.from < 0) {
+      // There was none: the connection that took over starts without one.
+      this.exportAfter.delete(conn.id);
+      this.relay(passOn.to, { t: 'session', conn: passOn.toConn, from: -1, exportId: 0, state: null });
+      this.release(conn);
+      return;
+    }
     const session = this.newSession(state?.clientId ?? conn.clientId);
     session.expiryMs = wait.expiryMs;
     if (state !== null) {
@@ -448,13 +483,15 @@ export class Shard implements ShardContext {
     // A session read from the store (another instance had it) has no old shard collecting for
     // it meanwhile: its CONNACK waits until the brokers have its subscriptions (at most
     // STORE_SUBSCRIBE_WAIT_MS), so that what is published after the CONNACK reaches it.
-    const fromStore = state !== null && m.from < 0 && state.subs.length > 0;
+    const fromStore = state !== null && m.from < 0 && state.subs.length > 0 && !closed;
     let subscribed = false;
     let timer: NodeJS.Timeout | null = null;
     const resumed = (): void => {
       if (timer === null) return;
       clearTimeout(timer);
       timer = null;
+      if (this.readying.get(conn.id) !== session) return;
+      this.readying.delete(conn.id);
       this.sessionReady(conn, session, true, true);
     };
     if (state !== null) {
@@ -478,9 +515,17 @@ export class Shard implements ShardContext {
     }
     if (fromStore && !subscribed) {
       timer = setTimeout(resumed, STORE_SUBSCRIBE_WAIT_MS);
+      this.readying.set(conn.id, session);
       return;
     }
-    this.sessionReady(conn, session, state !== null, this.store.shared && m.from < 0);
+    this.sessionReady(conn, session, state !== null, this.store.shared && m.from < 0 && passOn === undefined);
+    if (passOn !== undefined) {
+      this.exportAfter.delete(conn.id);
+      // Parked under this connection by sessionReady (it was taken over): on to the new one,
+      // once the old shard's tail is here.
+      if (session.importing === null) this.onExport(passOn);
+      else this.exportAfterImport.set(session.importId, passOn);
+    }
   }
 
   private sessionReady(conn: DeviceConnection, session: Session, present: boolean, stored = false): void {
@@ -505,7 +550,36 @@ export class Shard implements ShardContext {
   private onExport(m: Extract<ToShard, { t: 'export' }>): void {
     this.cancelWill(m.conn);
     const conn = this.conns.get(m.conn);
+    const ready = this.readying.get(m.conn);
+    if (ready !== undefined) {
+      // Read from the store, waiting for its subscriptions: it goes on from here as it is.
+      this.readying.delete(m.conn);
+      ready.lastConn = m.conn;
+      ready.detach(Date.now());
+      this.offline.set(m.conn, ready);
+    }
+    const early = this.awaiting.get(m.conn);
     let session = conn?.session ?? this.offline.get(m.conn) ?? null;
+    if (early !== undefined || session?.importing != null) {
+      // The session is still on its way here (from the store or another shard): a "none" now
+      // would start the new connection on an empty session (and a new record, wiping the one
+      // in the store). It follows once it is complete here.
+      if (early !== undefined) this.exportAfter.set(m.conn, m);
+      else this.exportAfterImport.set(session!.importId, m);
+      if (session !== null && early === undefined) {
+        session.lastConn = m.conn;
+        if (conn !== undefined && session.link === conn) {
+          conn.session = null;
+          session.detach(Date.now());
+        }
+        this.offline.set(m.conn, session);
+      }
+      if (conn !== undefined) {
+        this.stats.add('takeovers');
+        conn.takeover();
+      }
+      return;
+    }
     if (conn !== undefined) {
       conn.session = null;
       if (session?.link === conn) session.link = null;
@@ -517,7 +591,9 @@ export class Shard implements ShardContext {
       session = null;
     }
     if (session === null) {
-      this.relay(m.to, { t: 'session', conn: m.toConn, from: -1, exportId: 0, state: null });
+      // Nothing here: with a shared store the session may still be recorded there.
+      if (this.store.shared) this.send({ t: 'unrecorded', clientId: m.clientId, next: { shard: m.to, conn: m.toConn } });
+      else this.relay(m.to, { t: 'session', conn: m.toConn, from: -1, exportId: 0, state: null });
       return;
     }
     this.offline.delete(session.lastConn);
@@ -818,7 +894,14 @@ export class Shard implements ShardContext {
       else crashForTest(m.kind);
     } else if (m.t === 'tail') {
       const session = this.sessions.get(m.clientId);
-      if (session?.importing && session.importId === m.exportId) session.finishImport(m.pending, this.limits, Date.now());
+      if (session?.importing && session.importId === m.exportId) {
+        session.finishImport(m.pending, this.limits, Date.now());
+        const passOn = this.exportAfterImport.get(m.exportId);
+        if (passOn !== undefined) {
+          this.exportAfterImport.delete(m.exportId);
+          this.onExport(passOn);
+        }
+      }
     }
     this.endOfTurn();
   }
@@ -912,6 +995,19 @@ export class Shard implements ShardContext {
 
   private release(conn: DeviceConnection): void {
     if (!conn.claimed) return;
+    const ready = this.readying.get(conn.id);
+    if (ready !== undefined) {
+      // Read from the store for this connection, which is gone before its CONNACK: not kept
+      // here (the client id is let go below, its writes would be fenced off).
+      this.readying.delete(conn.id);
+      this.forget(ready);
+    }
+    if (this.awaiting.get(conn.id)?.conn === conn) {
+      // Its session is still on its way: the id stays claimed until it is here (onSessionState
+      // releases it then, or parks the session), so that a CONNECT meanwhile gets it from here.
+      this.sendRegistry({ claim: false, conn: conn.id, clientId: conn.clientId, gone: true });
+      return;
+    }
     conn.claimed = false;
     // A persistent session keeps the client id claimed, so that a CONNECT on another shard
     // reaches it (kick) instead of leaving it behind.
