@@ -456,6 +456,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   const collector = new MetricsCollector({
     get brokers() { return cfg.brokers; },
     shards,
+    ...(ownership !== null ? { ownership: () => ({ ...ownership!.counters }) } : {}),
     shardStats: () => readShardStats(stats, shards),
     writerStats: () => readWriterStats(writerStats, cfg.brokers.length),
     uplinkRings: uplink, downlinkRings: downlink,

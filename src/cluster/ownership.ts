@@ -5,8 +5,10 @@
 //     tells the old owner on its control channel (pub/sub) to end the old connection;
 //   - clean start 0: the new instance asks the old owner to hand the session over; the old one
 //     ends the connection, writes what it had not written yet, drops the session and answers;
-//     the new one then takes the key and reads the session. An owner that is gone (its alive key,
-//     refreshed every second, expired) or does not answer in HANDOVER_TIMEOUT_MS is not waited for.
+//     the new one then takes the key and reads the session. An owner that is gone is not waited
+//     for: nobody listens on its control channel (Redis dropped its connections: the process
+//     died, the kernel closed its sockets), or its alive key, refreshed every second, expired (a
+//     host or network that went silent), or it does not answer in HANDOVER_TIMEOUT_MS.
 // The claims and releases of one client id run one after the other, in the order the registry
 // made them: a release never overtakes the claim it ends, so an instance never keeps the key of
 // a client id it no longer serves (its successor's writes would be fenced off). A claim whose
@@ -26,7 +28,8 @@ import { RateLimitedLog } from '../log';
 
 const ALIVE_MS = 3000;
 const HEARTBEAT_MS = 1000;
-const HANDOVER_TIMEOUT_MS = 5000;
+/** How long a claim waits for an owner that runs to answer a handover. */
+export const HANDOVER_TIMEOUT_MS = 5000;
 const POLL_MS = 250;
 /** Owners a claim asks in turn before it takes the key whoever has it. */
 const MAX_HANDOVERS = 4;
@@ -44,7 +47,8 @@ export type ClaimResult = { ok: true; state: SessionState | null; abandoned?: bo
 export interface OwnershipCounters {
   /** Client ids taken from another instance that answered the handover. */
   handovers: number;
-  /** ... from an instance found gone (its alive key expired) or silent past the timeout. */
+  /** ... from an instance found gone (no listener on its control channel, or its alive key
+   *  expired) or silent past HANDOVER_TIMEOUT_MS. */
   takenFromGone: number;
   /** Handover requests of other instances answered here. */
   handedOver: number;
@@ -139,8 +143,12 @@ export class Ownership {
     }
   }
 
+  /** Whether `instance` runs: its alive key is there and its control channel has a listener.
+   *  A killed process loses the listener at once, long before the key expires; a frozen one or
+   *  one cut off keeps it until Redis notices, and is then told by the key. */
   private async alive(instance: string): Promise<boolean> {
-    return (await this.cmd.exists(aliveKey(instance))) === 1;
+    const [exists, numsub] = await Promise.all([this.cmd.exists(aliveKey(instance)), this.cmd.pubsub('NUMSUB', controlChannel(instance))]);
+    return exists === 1 && Number((numsub as unknown[])[1]) > 0;
   }
 
   /** Runs `op` once every earlier claim or release of `clientId` here has finished. */
@@ -179,7 +187,7 @@ export class Ownership {
         }
         if (await this.alive(old)) await this.askHandover(old, clientId);
         const handed = this.handedOver.delete(clientId);
-        // The wait may take seconds (an owner just killed is alive until its key expires).
+        // The wait may take seconds (an owner frozen or cut off is alive until its key expires).
         if (!wanted()) {
           this.counters.abandoned++;
           return { ok: true, state: null, abandoned: true };
@@ -243,7 +251,11 @@ export class Ownership {
         }, () => { poll = setTimeout(check, POLL_MS); });
       };
       void this.cmd.publish(controlChannel(owner), JSON.stringify({ t: 'handover', clientId, from: this.instance, req } satisfies ControlMessage))
-        .then(() => { poll = setTimeout(check, POLL_MS); }, () => done());
+        .then((receivers) => {
+          // Nobody listens: the owner died between the check and the request.
+          if (receivers === 0) done();
+          else if (this.waiting.has(req)) poll = setTimeout(check, POLL_MS);
+        }, () => done());
     });
   }
 

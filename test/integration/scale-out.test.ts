@@ -13,7 +13,9 @@ import assert from 'node:assert/strict';
 import mqtt, { type IConnackPacket, type MqttClient } from 'mqtt';
 import { Mosquitto } from '../helpers/mosquitto';
 import { RedisServer } from '../helpers/redis';
-import { Cluster, startInstance } from '../helpers/cluster';
+import { Cluster, httpPortOf, startInstance } from '../helpers/cluster';
+import { parsePrometheus } from '../helpers/prometheus';
+import { HOST } from '../helpers/ports';
 import { connectClient, urlOf } from '../helpers/clients';
 import { Scope, sleep, waitFor } from '../helpers/wait';
 
@@ -51,6 +53,13 @@ function device(port: number, id: string, v5: boolean): Promise<Dev> {
     client.once('connect', () => resolve(dev));
     setTimeout(() => reject(new Error(`${id} did not connect through HAProxy`)), 30_000).unref();
   });
+}
+
+/** fanout_session_claims_total of an instance, by outcome. */
+async function claims(port: number): Promise<Record<string, number>> {
+  const text = await (await fetch(`http://${HOST}:${port}/metrics`)).text();
+  const family = parsePrometheus(text).get('fanout_session_claims_total');
+  return Object.fromEntries((family?.samples ?? []).map((x) => [x.labels.outcome, x.value]));
 }
 
 async function collector(m: Mosquitto, filter: string): Promise<{ client: MqttClient; seen: Set<string> }> {
@@ -187,7 +196,13 @@ describe('several instances behind HAProxy', { timeout: 600_000 }, () => {
       timeoutMs: 30_000,
       detail: () => `${devs.filter((d) => !d.got.has(`last:${d.id}`)).length} devices without it`,
     });
-    t.diagnostic(`devices on the killed instance: ${victimDevices.length} streaming + ${awayOnVictim.length} away; all back ${backMs} ms after the kill; ${acked.length} publishes acknowledged (${ackedOnVictim} by devices of the killed instance)`);
+    // Every client id of the killed instance was taken from it by one of the others, as counted.
+    const counted = await Promise.all(cluster.instances.slice(1).map((i) => claims(httpPortOf(i))));
+    const total = (k: string): number => counted.reduce((n, c) => n + (c[k] ?? 0), 0);
+    assert.ok(total('takenFromGone') + total('handovers') >= victimDevices.length + awayOnVictim.length,
+      `client ids taken from the killed instance, as the survivors count them: ${JSON.stringify(counted)}`);
+    t.diagnostic(`devices on the killed instance: ${victimDevices.length} streaming + ${awayOnVictim.length} away; all back ${backMs} ms after the kill; ${acked.length} publishes acknowledged (${ackedOnVictim} by devices of the killed instance); `
+      + `claims at the survivors: ${['takenFromGone', 'handovers', 'contended', 'abandoned', 'failed'].map((k) => `${k} ${total(k)}`).join(', ')}`);
   });
 });
 

@@ -1,9 +1,10 @@
 // Sessions in Redis (FANOUT_SESSION_STORE): a device that connects twice while its first CONNECT
-// still waits for the session of an instance just killed (its alive key outlives it by up to 3 s,
-// so the claim waits). The second CONNECT lands on either shard of the instance; on both it must
-// resume the recorded session (session present 1, the queued message, the subscription), not
-// start an empty one that would also wipe the record. The race of a reconnection storm, where a
-// device gives up on a slow CONNACK and tries again.
+// still waits for the session of an instance that stopped answering (frozen with SIGSTOP: its
+// connections to Redis stay, its alive key outlives it by up to 3 s, so the claim waits). The
+// second CONNECT lands on either shard of the instance; on both it must resume the recorded
+// session (session present 1, the queued message, the subscription), not start an empty one
+// that would also wipe the record. The race of a reconnection storm, where a device gives up on a
+// slow CONNACK and tries again.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,7 +18,7 @@ import { Scope, sleep, waitFor } from '../helpers/wait';
 /** Devices, each connecting twice: with 2 shards the pairs land on the same and on different shards. */
 const DEVICES = 8;
 
-test('a second CONNECT while the first waits for the session of a killed instance resumes the recorded session, on either shard', { timeout: 120_000 }, async (t) => {
+test('a second CONNECT while the first waits for the session of a frozen instance resumes the recorded session, on either shard', { timeout: 120_000 }, async (t) => {
   const scope = new Scope();
   t.after(() => scope.close());
   const m = scope.use(await Mosquitto.start());
@@ -45,7 +46,7 @@ test('a second CONNECT while the first waits for the session of a killed instanc
   const recorded = async (id: string): Promise<boolean> => (await redis.command(['HKEYS', `fanout:s:${id}`])).includes('q:');
   await waitFor('the queued messages recorded in Redis', async () => (await Promise.all(ids.map(recorded))).every(Boolean));
 
-  await i1.close();
+  i1.proc.kill('SIGSTOP');
   // First CONNECTs: each waits for instance 1's alive key to expire.
   const firsts: MqttClient[] = ids.map((id, k) => {
     const c = mqtt.connect(urlOf(i2.port), opts(id, k));
@@ -85,6 +86,7 @@ test('a second CONNECT while the first waits for the session of a killed instanc
     const owner = await redis.command(['GET', `fanout:own:${id}`]);
     assert.ok(owner.includes(i2.proxyId), `${id} is owned by instance 2 (${owner.trim()})`);
   }
+  await i1.close();
   const pairs = ids.map((id) => i2.connectShards(id)).filter((s) => s.length >= 2);
   t.diagnostic(`CONNECT pairs on one shard: ${pairs.filter((s) => s[0] === s[1]).length}, on two: ${pairs.filter((s) => s[0] !== s[1]).length}`);
 });
