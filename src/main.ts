@@ -10,7 +10,7 @@ import type { Config, BrokerConfig } from './config/types';
 import { createMainLogger, type MainLog } from './log';
 import { createRing, type RingBuffers } from './ring/spsc';
 import { createDoorbell } from './ring/doorbell';
-import { ClientRegistry } from './registry';
+import { ClientRegistry, type Owner } from './registry';
 import { startEmbeddedBroker, type EmbeddedBroker } from './embedded';
 import type { FromShard, ToShard, WsPlan } from './shard/shard';
 import { assertPortFree, loadReuseport, type ListenPlan } from './ingress/listen';
@@ -29,6 +29,8 @@ import { MAX_BROKER_SLOTS } from './shard/uplink';
 import type * as http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { lockSpoolDir } from './broker/spool';
+import { Ownership } from './cluster/ownership';
+import { redactUrl } from './config/brokers';
 
 const WORKERS = path.join(__dirname, '..', 'workers');
 /** A thread restarted this many times within the window is not restarted again. */
@@ -89,6 +91,8 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   }
   // Spool entries of this run carry it: tokens of an earlier run mean nothing now.
   const runId = randomBytes(4).readUInt32LE(0);
+  // This process in the session store: a restarted instance is a new one.
+  const instance = `${cfg.proxyId}:${randomBytes(4).toString('hex')}`;
   // Broker passwords, from URLs or files, show as *** (redactedConfig); pino's redact paths only
   // reach a `password` field one level down.
   logger.debug({ config: redactedConfig(cfg) }, 'configuration');
@@ -268,17 +272,74 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     if (authenticator === null) answer(false);
     else authenticator.verify(m.username, m.password === undefined ? undefined : Buffer.from(m.password)).then(answer, () => answer(false));
   };
+  // FANOUT_SESSION_STORE=redis://: client ids are owned across instances (src/cluster/).
+  const handovers = new Map<number, () => void>();
+  let nextHandover = 1;
+  let ownership: Ownership | null = null;
+  if (cfg.sessionStore !== null) {
+    ownership = new Ownership(cfg.sessionStore, instance, logger, cfg.sessionExpiryMaxS, {
+      // A clean start elsewhere: the session here ends with its connection (a plain kick would
+      // park a persistent one here, stale, and its later CONNECTs here would not ask the store).
+      kick: (clientId) => {
+        const owner = registry.owner(clientId);
+        if (owner !== undefined) toShard(owner.shard, { t: 'handover', conn: owner.conn, clientId, req: 0 });
+      },
+      handover: (clientId, done) => {
+        const owner = registry.owner(clientId);
+        if (owner === undefined) {
+          done();
+          return;
+        }
+        const req = nextHandover++;
+        handovers.set(req, done);
+        toShard(owner.shard, { t: 'handover', conn: owner.conn, clientId, req });
+      },
+    });
+    try {
+      await ownership.start();
+    } catch (err) {
+      await ownership.stop();
+      await embedded?.close();
+      releaseSpool?.();
+      const shown = redactUrl(cfg.sessionStore);
+      throw new ConfigError('FANOUT_SESSION_STORE', shown, `FANOUT_SESSION_STORE="${shown}" is invalid: expected a Redis server that answers (${(err as Error).message})`);
+    }
+    logger.info({ sessionStore: redactUrl(cfg.sessionStore), instance }, 'persistent sessions are recorded in Redis; client ids are owned across instances');
+  }
   const registry = new ClientRegistry({
     kick: (owner) => toShard(owner.shard, { t: 'kick', conn: owner.conn }),
     fetch: (previous, next, clientId) => toShard(previous.shard, { t: 'export', conn: previous.conn, clientId, to: next.shard, toConn: next.conn }),
-    none: (next) => toShard(next.shard, { t: 'session', conn: next.conn, from: -1, exportId: 0, state: null }),
+    none: (next, clientId, clean) => {
+      if (ownership === null) {
+        toShard(next.shard, { t: 'session', conn: next.conn, from: -1, exportId: 0, state: null });
+        return;
+      }
+      claimFromStore(ownership, next, clientId, clean);
+    },
   });
+  /** The client id across instances, and its recorded session, for the CONNECT `next`. The
+   *  claim goes on while some connection here has the id: a CONNECT that replaced `next` in the
+   *  meantime gets the session from `next`'s shard once it is there (see Shard.onExport). */
+  const claimFromStore = (store: Ownership, next: Owner, clientId: string, clean: boolean): void => {
+    const wanted = (): boolean => {
+      const o = registry.owner(clientId);
+      return o !== undefined && !(o.gone === true && o.shard === next.shard && o.conn === next.conn);
+    };
+    void store.claim(clientId, clean, wanted).then((r) => {
+      // The connection went while the claim ran: the key it took is let go again unless another
+      // connection here has the id by now (its own claim follows this one).
+      if (r.ok && !r.abandoned && registry.owner(clientId) === undefined) store.release(clientId);
+      toShard(next.shard, {
+        t: 'session', conn: next.conn, from: -1, exportId: 0, state: r.ok ? r.state : null, refuse: !r.ok || r.abandoned === true,
+      });
+    });
+  };
   type Ready = Extract<FromShard, { t: 'ready' }>;
   const startShard = (s: number, listen: ListenPlan, ws: WsPlan | null, wss: WsPlan | null, tlsPlan: ListenPlan | null,
     writerPorts: MessagePort[] = shardEnds[s], restarted = false): Promise<Ready> => new Promise((resolve, reject) => {
     const w = watch(new Worker(path.join(WORKERS, 'shard.worker.js'), {
       workerData: {
-        config: cfg, index: s, listen, ws, wss, tls: tlsPlan, uplinkRings: uplink[s], ackRings: acks[s],
+        config: cfg, index: s, instance, listen, ws, wss, tls: tlsPlan, uplinkRings: uplink[s], ackRings: acks[s],
         downlinkRings: downlink[s], writerPorts, restarted,
         doorbell: shardBells[s], writerDoorbells: writerBells, stats,
       },
@@ -290,12 +351,23 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       const msg = m as FromShard;
       if (msg.t === 'registry') {
         for (const op of msg.ops) {
-          if (op.claim) registry.claim(op.clientId, { shard: msg.shard, conn: op.conn }, op.fetch);
-          else registry.release(op.clientId, { shard: msg.shard, conn: op.conn });
+          if (op.claim) registry.claim(op.clientId, { shard: msg.shard, conn: op.conn }, op.fetch, op.clean);
+          else if (op.gone === true) registry.gone(op.clientId, { shard: msg.shard, conn: op.conn });
+          else if (registry.release(op.clientId, { shard: msg.shard, conn: op.conn })) ownership?.release(op.clientId);
         }
       } else if (msg.t === 'relay') toShard(msg.to, msg.msg);
       else if (msg.t === 'pending') writers[msg.broker]?.postMessage({ t: 'pending', shard: msg.shard, tokens: msg.tokens } satisfies ToWriter);
       else if (msg.t === 'published') httpAnswers.get(msg.id)?.(msg.reason);
+      else if (msg.t === 'unrecorded') {
+        // The client id's previous connection here had nothing: the session is read from the store.
+        const o = registry.owner(msg.clientId);
+        if (ownership !== null && o !== undefined && o.shard === msg.next.shard && o.conn === msg.next.conn) claimFromStore(ownership, msg.next, msg.clientId, false);
+        else toShard(msg.next.shard, { t: 'session', conn: msg.next.conn, from: -1, exportId: 0, state: null, refuse: ownership !== null });
+      }
+      else if (msg.t === 'handed') {
+        handovers.get(msg.req)?.();
+        handovers.delete(msg.req);
+      }
       else if (msg.t === 'auth') onAuth(msg);
       else if (msg.t === 'metrics') {
         if (msg.ackLatency !== '') latency.ack.push(msg.ackLatency);
@@ -390,6 +462,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   const collector = new MetricsCollector({
     get brokers() { return cfg.brokers; },
     shards,
+    ...(ownership !== null ? { ownership: () => ({ ...ownership!.counters }) } : {}),
     shardStats: () => readShardStats(stats, shards),
     writerStats: () => readWriterStats(writerStats, cfg.brokers.length),
     uplinkRings: uplink, downlinkRings: downlink,
@@ -488,6 +561,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       }
     }
     await Promise.all([...writers, ...(listener ? [listener] : [])].map((w) => w.terminate()));
+    await ownership?.stop();
     await embedded?.close();
     await authenticator?.close();
     releaseSpool?.();

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import tls from 'node:tls';
 import { applyCredentialFiles, credentialVariable, isCredentialVariable } from './broker-files';
-import { parseBrokerList, redactList } from './brokers';
+import { parseBrokerList, redactList, redactUrl } from './brokers';
 import { envSchema, SPECS, type ShownParams } from './schema';
 import type { BrokerConfig, Config } from './types';
 
@@ -190,7 +190,12 @@ export function describeEnv(): Array<{ name: string; default: string; allowed: s
 /** The config as a plain object safe to log: a broker password, from its URL or from a file,
  *  is only ever shown as `***`. */
 export function redactedConfig(c: Config): object {
-  return { ...c, brokers: c.brokers.map(redactBroker), adminToken: c.adminToken === null ? null : '***' };
+  return {
+    ...c,
+    brokers: c.brokers.map(redactBroker),
+    sessionStore: c.sessionStore === null ? null : redactUrl(c.sessionStore),
+    adminToken: c.adminToken === null ? null : '***',
+  };
 }
 
 function redactBroker({ password, ...rest }: BrokerConfig): object {

@@ -52,6 +52,22 @@ function rule<T>(allowed: string, convert: (raw: string) => T | undefined): Kind
   };
 }
 
+/** FANOUT_SESSION_STORE: null for memory, else the Redis URL as given. */
+const SESSION_STORE_ALLOWED = 'memory, or a redis:// or rediss:// URL (redis://[user[:password]@]host[:port][/db])';
+const sessionStore: Kind<string | null> = {
+  allowed: SESSION_STORE_ALLOWED,
+  schema: z.string().transform((raw, ctx) => {
+    if (raw === 'memory') return null;
+    let ok = /^rediss?:\/\/[^/?#]+(\/\d{0,5})?$/.test(raw);
+    try {
+      ok &&= new URL(raw).hostname !== '';
+    } catch {
+      ok = false;
+    }
+    return ok ? raw : fail(ctx, expected(SESSION_STORE_ALLOWED));
+  }),
+};
+
 export function integer(min: number, max: number, allowed = `an integer from ${min} to ${max}`): Kind<number> {
   return rule(allowed, (raw) => parseDecimal(raw, min, max));
 }
@@ -203,6 +219,11 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
   sessionExpiryMaxS: { name: 'FANOUT_SESSION_EXPIRY_MAX', default: '86400', ...integer(0, 4294967295),
     description: 'Upper bound of the MQTT 5 session expiry and the expiry of MQTT 3.1.1 persistent '
       + '(clean session 0) sessions, in seconds.' },
+  sessionStore: { name: 'FANOUT_SESSION_STORE', default: 'memory', fallback: () => null,
+    ...sessionStore,
+    description: 'Where persistent device sessions (subscriptions, undelivered QoS 1/2 messages, in-flight state) are kept beyond the shard that serves them. '
+      + 'memory: in that shard only; they end with the instance. redis://...: also in Redis (written behind, read at CONNECT with clean start 0), '
+      + 'so that a device resumes its session on any instance sharing the Redis; a client id is then owned by one instance at a time. See Several instances.' },
   pendingThrottleMs: { name: 'FANOUT_PENDING_THROTTLE_MS', default: '10', ...integer(0, 60000),
     description: 'Pause between re-sent batches after a broker reconnect, in milliseconds.' },
   ringBytes: { name: 'FANOUT_RING_BYTES', default: '4194304', ...powerOfTwo,

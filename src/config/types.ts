@@ -125,6 +125,8 @@ export interface Config {
   /** Upper bound, in seconds, of MQTT 5 session expiry and of the expiry of MQTT 3.1.1
    *  persistent (clean session 0) sessions. */
   readonly sessionExpiryMaxS: number;
+  /** FANOUT_SESSION_STORE: the Redis URL sessions are recorded at; null: memory only. */
+  readonly sessionStore: string | null;
   readonly pendingThrottleMs: number;
   readonly ringBytes: number;
   readonly ack: AckMode;

@@ -19,6 +19,8 @@ export interface CollectorSources {
   /** Asks every thread for its histograms since the last call (several per broker when a
    *  reply came late). */
   pullLatency(): Promise<{ ack: string[]; rtt: string[][] }>;
+  /** FANOUT_SESSION_STORE=redis://: how client ids moved between instances (absent otherwise). */
+  ownership?: () => Readonly<Record<string, number>>;
 }
 
 /** The broker label of a slot a reload retired: its rows are left out. */
@@ -221,6 +223,13 @@ export class MetricsCollector {
       threads.map(([thread, v]) => [{ thread }, v.externalMb * 1048576]));
     metric('fanout_process_resident_bytes', 'gauge', 'Resident memory of the daemon process (every thread).', [[{}, process.memoryUsage.rss()]]);
 
+    const own = this.src.ownership?.();
+    if (own !== undefined) {
+      metric('fanout_session_claims_total', 'counter', 'Client ids claimed in the session store from another instance, by outcome: '
+        + 'handovers (it answered), takenFromGone (its alive key had expired, or it was silent), contended (another instance took it meanwhile and was asked in turn), '
+        + 'abandoned (the connection went meanwhile), failed (Redis did not answer); handedOver: the requests of other instances answered here.',
+      Object.entries(own).map(([outcome, n]): [Record<string, string>, number] => [{ outcome }, n]));
+    }
     this.summary(out, 'fanout_ack_latency_seconds', 'Device publish to device acknowledgement (QoS 1/2), quantiles over the last minute.', [[{}, this.ack]]);
     this.summary(out, 'fanout_broker_rtt_seconds', 'PUBLISH to PUBACK/PUBREC at each broker, quantiles over the last minute.',
       this.rtt.flatMap((w, b): [Record<string, string>, Window][] => (nameOf(b) === RETIRED ? [] : [[{ broker: nameOf(b) }, w]])));

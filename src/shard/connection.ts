@@ -356,6 +356,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     this.session = session;
     session.version = this.version;
     session.acl = this.acl;
+    session.journal?.meta(session);
     this.send(encodeConnack(this.version, 0, { ...connack, sessionPresent: present }));
     this.connack = null;
     session.attach(this, this.id, this.ctx.limits, Date.now());
@@ -625,6 +626,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
         }
         this.session.expiryMs = Math.min(asked, this.ctx.config.sessionExpiryMaxS) * 1000;
         this.disconnectExpiryS = this.session.expiryMs / 1000;
+        if (this.session.expiryMs > 0) this.session.journal?.meta(this.session);
       }
     }
     this.disconnectReason = reason;
@@ -715,6 +717,14 @@ export class DeviceConnection implements AckTarget, SessionLink {
   /** Graceful end at shutdown: MQTT 5 devices get "server shutting down". */
   shutdown(): void {
     this.protocolClose(C.RC_SERVER_SHUTTING_DOWN, 'shutting down');
+  }
+
+  /** The CONNECT cannot be served now (MQTT 5: 0x88, 3.1.1: 0x03); the device tries again. */
+  unavailable(why: string): void {
+    if (this.state !== CONNECTED || this.connack === null) return;
+    this.ctx.log.warn({ conn: this.id, clientId: this.clientId, why }, 'CONNECT refused: server unavailable');
+    this.connack = null;
+    this.refuse(this.version, this.version === 5 ? C.RC_SERVER_UNAVAILABLE : C.CONNACK_V4_UNAVAILABLE);
   }
 
   private refuse(version: number, code: number): void {

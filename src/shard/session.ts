@@ -6,6 +6,7 @@
 import type { Sub } from './subscriptions';
 import { OwnPublishes } from './no-local';
 import type { AclChecker } from '../auth/acl';
+import type { SessionJournal } from '../session-store/types';
 
 /** A message from a broker, as one shard keeps it: topic | properties | payload in `body`. */
 export class StoredMessage {
@@ -48,6 +49,10 @@ export interface Outgoing {
   /** Broker index * 2^32 + the writer's sequence number: the same message seen twice while a
    *  session moves between shards has the same origin. 0 when unknown. */
   origin: number;
+  /** Its field in the session store (FANOUT_SESSION_STORE), 0 until it is recorded there. */
+  key?: number;
+  /** Recorded in the store at least once (a drop must then delete it there). */
+  stored?: boolean;
 }
 
 /** A session in transit between shards (structured-clone friendly). */
@@ -57,6 +62,9 @@ export interface SessionState {
   version: number;
   subs: { topic: string; qos: number; nl: boolean; rap: boolean; subId: number }[];
   pending: PendingState[];
+  /** The store's record of the session ('' when none) and its last message key. */
+  storeId?: string;
+  storeSeq?: number;
 }
 
 export interface PendingState {
@@ -73,6 +81,8 @@ export interface PendingState {
   topicLen: number;
   propsLen: number;
   expiresAt: number;
+  /** Outgoing.key: where the store has it (0: not recorded). */
+  key: number;
 }
 
 function pendingState(id: number, o: Outgoing): PendingState {
@@ -81,14 +91,14 @@ function pendingState(id: number, o: Outgoing): PendingState {
   return {
     id, stage: o.stage, qos: o.qos, retain: o.retain, subIds: o.subIds, origin: o.origin, topic: m.topic,
     body: Uint8Array.prototype.slice.call(m.body, m.start, m.start + len), topicLen: m.topicLen, propsLen: m.propsLen,
-    expiresAt: m.expiresAt,
+    expiresAt: m.expiresAt, key: o.key ?? 0,
   };
 }
 
 export function outgoingOf(p: PendingState): Outgoing {
   const body = Buffer.from(p.body.buffer, p.body.byteOffset, p.body.length);
   const msg = new StoredMessage(body, 0, p.topicLen, p.propsLen, body.length - p.topicLen - p.propsLen, p.topic, p.expiresAt);
-  return { msg, qos: p.qos, retain: p.retain, subIds: p.subIds, stage: p.stage, origin: p.origin };
+  return { msg, qos: p.qos, retain: p.retain, subIds: p.subIds, stage: p.stage, origin: p.origin, key: p.key, stored: p.key !== 0 };
 }
 
 /** What a session needs from the connection it is attached to. */
@@ -148,6 +158,12 @@ export class Session {
   importing: Outgoing[] | null = null;
   /** The old shard's export this session is the import of (its tail carries the same id). */
   importId = 0;
+  /** FANOUT_SESSION_STORE: where this session's changes are recorded (null: nowhere). */
+  journal: SessionJournal | null = null;
+  /** The last message key given in the store, and the id of the record this session writes
+   *  ('' until it starts one). */
+  storeSeq = 0;
+  storeId = '';
   /** Subscriptions with No Local, and the device's recent publishes while there are any. */
   noLocalSubs = 0;
   own: OwnPublishes | null = null;
@@ -174,20 +190,25 @@ export class Session {
       return;
     }
     if (link !== null && this.queued === 0 && this.inflight.size < link.receiveMaximum) {
+      this.journal?.put(this, out);
       this.send(link, out, now, limits);
       return;
     }
     if (this.queued >= limits.maxQueued) {
       limits.dropped('queue-full', this);
       if (!limits.dropOldest) return;
+      const oldest = this.queue[this.head];
       this.queue[this.head++] = undefined as unknown as Outgoing;
+      this.journal?.drop(this, oldest);
     }
     this.queue.push(out);
+    this.journal?.put(this, out);
   }
 
   private send(link: SessionLink, out: Outgoing, now: number, limits: SessionLimits): void {
     if (out.msg.expiresAt !== 0 && out.msg.expiresAt <= now) {
       limits.dropped('expired', this);
+      this.journal?.drop(this, out);
       return;
     }
     const id = this.allocId();
@@ -195,9 +216,11 @@ export class Session {
     if (!link.writePublish(out, id, false, now)) {
       // Too large for this device: dropped as the spec says, not retried [MQTT-3.1.2-25].
       limits.dropped('too-large', this);
+      this.journal?.drop(this, out);
       return;
     }
     this.inflight.set(id, out);
+    this.journal?.flight(this, out, id);
   }
 
   private allocId(): number {
@@ -231,14 +254,17 @@ export class Session {
       if (out.stage !== 1 || out.qos !== 2) return false;
       if (reason >= 0x80) {
         this.inflight.delete(id);
+        this.journal?.drop(this, out);
         return true;
       }
       out.stage = 2;
+      this.journal?.flight(this, out, id);
       this.link?.writePubrel(id);
       return true;
     }
     if ((type === 'puback' && (out.qos !== 1 || out.stage !== 1)) || (type === 'pubcomp' && out.stage !== 2)) return false;
     this.inflight.delete(id);
+    this.journal?.drop(this, out);
     return true;
   }
 
@@ -253,6 +279,7 @@ export class Session {
       else if (!link.writePublish(out, id, true, now)) {
         this.inflight.delete(id);
         limits.dropped('too-large', this);
+        this.journal?.drop(this, out);
       }
     }
     this.pump(limits, now);
@@ -281,6 +308,7 @@ export class Session {
       const o = outgoingOf(p);
       if (p.id !== 0) this.inflight.set(p.id, o);
       else this.queue.push(o);
+      if (p.key > this.storeSeq) this.storeSeq = p.key;
     }
   }
 

@@ -40,10 +40,19 @@ import { DeviceUpstreams } from './device-upstreams';
 import { crashForTest } from '../test-hooks';
 import { Admission } from './admission';
 import { TlsHandshakes } from '../ingress/tls-handshakes';
+import type { SessionStore } from '../session-store/types';
+import { MemoryStore } from '../session-store/memory';
+import { RedisStore } from '../session-store/redis';
 
 /** Heap watch of shards with uWS listeners (see watchHeap). */
 const HEAP_CHECK_MS = 50;
 const HEAP_ALARM = 0.8;
+
+/** How long the CONNACK of a session resumed from the store waits for its subscriptions upstream. */
+const STORE_SUBSCRIBE_WAIT_MS = 5000;
+
+/** How often the records of connected persistent sessions have their expiry renewed. */
+const TOUCH_MS = 60_000;
 
 /** Poll interval while acknowledgements keep arriving (see ackLoop). */
 const NAP_MS = 1;
@@ -70,6 +79,8 @@ export interface ShardOptions {
   log: Logger;
   /** This shard replaces one that failed: what its rings hold back from the writers is stale. */
   restarted: boolean;
+  /** This instance's name in the session store (FANOUT_SESSION_STORE). */
+  instance: string;
 }
 
 /** Where a shard's WebSocket listener binds; `fallbackPlan` is for the `ws` package (null: only
@@ -93,7 +104,11 @@ export type ToShard =
   | { t: 'export'; conn: number; clientId: string; to: number; toConn: number }
   // `exportId` names one export on the old shard: one client id may be on its way to several
   // shards at once in a CONNECT race, and each export is counted out on its own.
-  | { t: 'session'; conn: number; from: number; exportId: number; state: SessionState | null }
+  // From the supervisor, `from` -1: the state read from the session store (or null: none);
+  // `refuse`: the store could not be asked, the CONNECT is refused (server unavailable).
+  | { t: 'session'; conn: number; from: number; exportId: number; state: SessionState | null; refuse?: boolean }
+  // Another instance resumes this client's session: end it here, write it out, answer `handed`.
+  | { t: 'handover'; conn: number; clientId: string; req: number }
   | { t: 'registered'; exportId: number }
   | { t: 'tail'; clientId: string; exportId: number; pending: PendingState[] }
   // Writer `broker` failed and was restarted: its new control channel; the shard reads what the
@@ -127,6 +142,12 @@ export interface RegistryOp {
   clientId: string;
   /** A claim that wants the client's persistent session, wherever it is. */
   fetch?: boolean;
+  /** With a shared session store every claim fetches (to own the id across instances); this
+   *  one starts clean. */
+  clean?: boolean;
+  /** A release of a connection still waiting for its session: the id stays claimed until the
+   *  session is here (and passed on, or let go), but a claim in the store for it gives up. */
+  gone?: boolean;
 }
 
 /** Messages a shard sends to the supervisor. */
@@ -141,6 +162,9 @@ export type FromShard =
   | { t: 'drained'; shard: number }
   | { t: 'metrics'; shard: number; ackLatency: string }
   | { t: 'published'; id: number; reason: number }
+  | { t: 'handed'; req: number }
+  // The client id's previous connection here had no session: `next` reads it from the store.
+  | { t: 'unrecorded'; clientId: string; next: { shard: number; conn: number } }
   | { t: 'pending'; shard: number; broker: number; tokens: number[] }
   // A BrokerChange applied; `unanswered`: publishes a gone broker had not acknowledged.
   | { t: 'brokers-done'; shard: number; id: number; unanswered: number }
@@ -170,11 +194,20 @@ export class Shard implements ShardContext {
   private readonly http: HttpPublisher;
   readonly limits: SessionLimits;
   private readonly sessions = new Map<string, Session>();
+  /** FANOUT_SESSION_STORE: where persistent sessions are recorded beyond this shard. */
+  readonly store: SessionStore;
   /** Offline sessions by the id of the connection that last held them (for kicks). */
   private readonly offline = new Map<number, Session>();
   private readonly downlink: ShardDownlink;
   /** Connections whose CONNECT waits for their session to arrive from another shard. */
   private readonly awaiting = new Map<number, { conn: DeviceConnection; expiryMs: number; timer: NodeJS.Timeout }>();
+  /** Exports asked for while the session was still on its way here, by the connection that
+   *  waited for it (awaiting, or importing from another shard): done once the session is here. */
+  private readonly exportAfter = new Map<number, Extract<ToShard, { t: 'export' }>>();
+  /** The same, by import id, for sessions still importing from another shard (their tail). */
+  private readonly exportAfterImport = new Map<number, Extract<ToShard, { t: 'export' }>>();
+  /** Sessions read from the store whose CONNACK waits for their subscriptions, by connection. */
+  private readonly readying = new Map<number, Session>();
   /** Sessions handed to another shard, still collecting messages until it has taken over. */
   private readonly exporting = new Map<number, { session: Session; to: number; timer: NodeJS.Timeout }>();
   private nextExport = 1;
@@ -216,6 +249,8 @@ export class Shard implements ShardContext {
     this.traceRe = compileGlobs(opts.config.traceClients);
     this.warnings = new RateLimitedLog(opts.log);
     this.checksPasswords = opts.config.passwordFile !== null;
+    this.store = opts.config.sessionStore === null ? new MemoryStore()
+      : new RedisStore(opts.config.sessionStore, opts.instance, opts.log, `${opts.instance}-shard-${opts.index}`);
     this.loadAcl();
     this.inflight = new InflightTable(opts.uplinkRings.length, opts.config.ack, 1024, this.ackLatency);
     this.inflight.setBrokers(liveMask(opts.config));
@@ -349,6 +384,7 @@ export class Shard implements ShardContext {
 
   openSession(conn: DeviceConnection, clean: boolean, expiryMs: number): { session: Session; present: boolean } | null {
     let session = this.sessions.get(conn.clientId);
+    const local = session !== undefined;
     if (session !== undefined) {
       // The client id is back on this shard: end the connection that still has it, if any.
       const holder = session.link;
@@ -360,22 +396,29 @@ export class Shard implements ShardContext {
       }
       session.link = null;
       this.offline.delete(session.lastConn);
+      // One read from the store and waiting for its subscriptions is this connection's now.
+      for (const [id, s] of this.readying) if (s === session) this.readying.delete(id);
       // A session that was to end with its connection is not resumed [MQTT-3.1.2-6].
       if (clean || expired || session.expiryMs === 0) {
         this.endSession(session);
         session = undefined;
       }
     }
-    if (session === undefined && !clean && this.config.shards > 1) {
+    // With a shared store the client id may be owned by another instance, clean start or not:
+    // the CONNECT waits for the supervisor's claim (and the recorded session).
+    const shared = this.store.shared && !local;
+    if (session === undefined && (shared || (!clean && this.config.shards > 1))) {
       // The session may live on another shard: ask for it; the CONNECT waits for the answer.
-      const timer = setTimeout(() => this.onSessionState({ t: 'session', conn: conn.id, from: -1, exportId: 0, state: null }), 5000);
+      const timer = setTimeout(() => this.onSessionState({ t: 'session', conn: conn.id, from: -1, exportId: 0, state: null, refuse: this.store.shared }),
+        this.store.shared ? 15_000 : 5000);
       this.awaiting.set(conn.id, { conn, expiryMs, timer });
-      this.claim(conn, true);
+      this.claim(conn, true, clean);
       return null;
     }
     const present = session !== undefined;
     session ??= this.newSession(conn.clientId);
     session.expiryMs = expiryMs;
+    this.record(session);
     this.claim(conn, false);
     return { session, present };
   }
@@ -385,6 +428,11 @@ export class Shard implements ShardContext {
     this.sessions.set(clientId, session);
     this.stats.add('sessions');
     return session;
+  }
+
+  /** A session that outlives its connection is recorded in the store (FANOUT_SESSION_STORE). */
+  private record(session: Session): void {
+    session.journal = session.expiryMs > 0 ? this.store.journal() : null;
   }
 
   /** The old shard's answer to a session request (state null: there was none). */
@@ -398,11 +446,55 @@ export class Shard implements ShardContext {
     clearTimeout(wait.timer);
     this.awaiting.delete(m.conn);
     const conn = wait.conn;
+    const closed = conn.state === 2;
+    // Another CONNECT of the client id here took over while this one waited: it gets the session.
+    const passOn = this.exportAfter.get(conn.id);
+    if (m.refuse === true) {
+      if (passOn !== undefined) {
+        this.exportAfter.delete(conn.id);
+        this.relay(passOn.to, { t: 'session', conn: passOn.toConn, from: -1, exportId: 0, state: null, refuse: true });
+      }
+      conn.unavailable('the session store did not answer');
+      if (closed) this.release(conn);
+      return;
+    }
+    if (closed && passOn === undefined && m.from < 0 && this.store.shared) {
+      // The device left while the store was asked: nothing is kept here, the client id is let go
+      // (after the claim, see Ownership.serial) and the next CONNECT reads the record again.
+      this.release(conn);
+      return;
+    }
     const state = m.state;
+    if (passOn !== undefined && state === null && m.from < 0) {
+      // There was none: the connection that took over starts without one.
+      this.exportAfter.delete(conn.id);
+      this.relay(passOn.to, { t: 'session', conn: passOn.toConn, from: -1, exportId: 0, state: null });
+      this.release(conn);
+      return;
+    }
     const session = this.newSession(state?.clientId ?? conn.clientId);
     session.expiryMs = wait.expiryMs;
     if (state !== null) {
+      session.storeId = state.storeId ?? '';
       session.restore(state.pending);
+      if (state.storeSeq !== undefined && state.storeSeq > session.storeSeq) session.storeSeq = state.storeSeq;
+    }
+    this.record(session);
+    // A session read from the store (another instance had it) has no old shard collecting for
+    // it meanwhile: its CONNACK waits until the brokers have its subscriptions (at most
+    // STORE_SUBSCRIBE_WAIT_MS), so that what is published after the CONNACK reaches it.
+    const fromStore = state !== null && m.from < 0 && state.subs.length > 0 && !closed;
+    let subscribed = false;
+    let timer: NodeJS.Timeout | null = null;
+    const resumed = (): void => {
+      if (timer === null) return;
+      clearTimeout(timer);
+      timer = null;
+      if (this.readying.get(conn.id) !== session) return;
+      this.readying.delete(conn.id);
+      this.sessionReady(conn, session, true, true);
+    };
+    if (state !== null) {
       if (m.from >= 0) {
         session.importing = [];
         session.importId = m.exportId;
@@ -411,12 +503,38 @@ export class Shard implements ShardContext {
       // once every writer has the filters, the old shard can send what it collected meanwhile.
       let left = state.subs.length + 1;
       const one = (): void => {
-        if (--left === 0 && m.from >= 0) this.relay(m.from, { t: 'registered', exportId: m.exportId });
+        if (--left !== 0) return;
+        subscribed = true;
+        if (m.from >= 0) this.relay(m.from, { t: 'registered', exportId: m.exportId });
+        else resumed();
       };
       for (const sub of state.subs) {
         this.subs.subscribe(session, state.version === 5, sub.subId, [{ topic: sub.topic, qos: sub.qos, nl: sub.nl, rap: sub.rap, rh: 2 }], one);
       }
       one();
+    }
+    if (fromStore && !subscribed) {
+      timer = setTimeout(resumed, STORE_SUBSCRIBE_WAIT_MS);
+      this.readying.set(conn.id, session);
+      return;
+    }
+    this.sessionReady(conn, session, state !== null, this.store.shared && m.from < 0 && passOn === undefined);
+    if (passOn !== undefined) {
+      this.exportAfter.delete(conn.id);
+      // Parked under this connection by sessionReady (it was taken over): on to the new one,
+      // once the old shard's tail is here.
+      if (session.importing === null) this.onExport(passOn);
+      else this.exportAfterImport.set(session.importId, passOn);
+    }
+  }
+
+  private sessionReady(conn: DeviceConnection, session: Session, present: boolean, stored = false): void {
+    if (conn.state === 2 && stored) {
+      // The device left while the store was asked: its connection has let go of the client id
+      // (release), so the session is not kept here, where its writes would be fenced off; the
+      // next CONNECT, on any instance, reads the record again.
+      this.forget(session);
+      return;
     }
     if (conn.state === 2) {
       // The device left while its session travelled: keep the session for its next CONNECT.
@@ -425,14 +543,43 @@ export class Shard implements ShardContext {
       this.offline.set(conn.id, session);
       return;
     }
-    conn.sessionReady(session, state !== null);
+    conn.sessionReady(session, present);
   }
 
   /** Another shard takes this client's session. */
   private onExport(m: Extract<ToShard, { t: 'export' }>): void {
     this.cancelWill(m.conn);
     const conn = this.conns.get(m.conn);
+    const ready = this.readying.get(m.conn);
+    if (ready !== undefined) {
+      // Read from the store, waiting for its subscriptions: it goes on from here as it is.
+      this.readying.delete(m.conn);
+      ready.lastConn = m.conn;
+      ready.detach(Date.now());
+      this.offline.set(m.conn, ready);
+    }
+    const early = this.awaiting.get(m.conn);
     let session = conn?.session ?? this.offline.get(m.conn) ?? null;
+    if (early !== undefined || session?.importing != null) {
+      // The session is still on its way here (from the store or another shard): a "none" now
+      // would start the new connection on an empty session (and a new record, wiping the one
+      // in the store). It follows once it is complete here.
+      if (early !== undefined) this.exportAfter.set(m.conn, m);
+      else this.exportAfterImport.set(session!.importId, m);
+      if (session !== null && early === undefined) {
+        session.lastConn = m.conn;
+        if (conn !== undefined && session.link === conn) {
+          conn.session = null;
+          session.detach(Date.now());
+        }
+        this.offline.set(m.conn, session);
+      }
+      if (conn !== undefined) {
+        this.stats.add('takeovers');
+        conn.takeover();
+      }
+      return;
+    }
     if (conn !== undefined) {
       conn.session = null;
       if (session?.link === conn) session.link = null;
@@ -444,7 +591,9 @@ export class Shard implements ShardContext {
       session = null;
     }
     if (session === null) {
-      this.relay(m.to, { t: 'session', conn: m.toConn, from: -1, exportId: 0, state: null });
+      // Nothing here: with a shared store the session may still be recorded there.
+      if (this.store.shared) this.send({ t: 'unrecorded', clientId: m.clientId, next: { shard: m.to, conn: m.toConn } });
+      else this.relay(m.to, { t: 'session', conn: m.toConn, from: -1, exportId: 0, state: null });
       return;
     }
     this.offline.delete(session.lastConn);
@@ -452,15 +601,54 @@ export class Shard implements ShardContext {
     const state: SessionState = {
       clientId: session.clientId, expiryMs: session.expiryMs, version: session.version,
       subs: [...session.subs.values()].map((s) => ({ topic: s.key, qos: s.qos, nl: s.noLocal, rap: s.retainAsPublished, subId: s.subId })),
-      pending: session.takePending(),
+      pending: session.takePending(), storeId: session.storeId, storeSeq: session.storeSeq,
     };
+    // The new shard records the session from now on (what arrives here meanwhile goes to it in
+    // the tail); what this shard recorded is written before it gets the state.
+    session.journal = null;
     // Until the new shard has the subscriptions upstream, messages keep arriving here. Should it
     // never say so, what was collected goes to it anyway after 30 s.
     // Unique across shards, so a tail is never taken for another shard's.
     const exportId = this.index + this.config.shards * this.nextExport++;
     const timer = setTimeout(() => this.onRegistered(exportId), 30_000);
     this.exporting.set(exportId, { session, to: m.to, timer });
-    this.relay(m.to, { t: 'session', conn: m.toConn, from: this.index, exportId, state });
+    const send = (): void => this.relay(m.to, { t: 'session', conn: m.toConn, from: this.index, exportId, state });
+    if (this.store.shared) void this.store.flush().then(send);
+    else send();
+  }
+
+  /** Another instance resumes this client's session (shared store): the connection ends, the
+   *  session is written out and dropped here, and the supervisor is told. */
+  private onHandover(m: Extract<ToShard, { t: 'handover' }>): void {
+    this.cancelWill(m.conn);
+    const conn = this.conns.get(m.conn);
+    const session = conn?.session ?? this.offline.get(m.conn) ?? this.sessions.get(m.clientId) ?? null;
+    if (conn !== undefined) {
+      conn.session = null;
+      if (session?.link === conn) session.link = null;
+      this.stats.add('takeovers');
+      conn.takeover();
+    }
+    if (session !== null) this.forget(session);
+    void this.store.flush().then(() => this.send({ t: 'handed', req: m.req }));
+  }
+
+  /** The session is no longer served here; its record in the store stays as written. */
+  private forget(session: Session): void {
+    if (this.sessions.get(session.clientId) !== session) return;
+    session.journal = null;
+    const parked = this.offline.get(session.lastConn) === session;
+    if (parked) {
+      this.offline.delete(session.lastConn);
+      this.sendRegistry({ claim: false, conn: session.lastConn, clientId: session.clientId });
+    }
+    this.sessions.delete(session.clientId);
+    if (!session.ended) {
+      session.ended = true;
+      this.stats.add('subscriptions', -session.subs.size);
+      this.subs.dropSession(session);
+      this.stats.add('sessions', -1);
+    }
   }
 
   private onRegistered(exportId: number): void {
@@ -488,6 +676,8 @@ export class Shard implements ShardContext {
     if (this.offline.get(session.lastConn) === session) this.offline.delete(session.lastConn);
     if (session.ended) return;
     session.ended = true;
+    session.journal = null;
+    this.store.remove(session);
     this.stats.add('subscriptions', -session.subs.size);
     this.subs.dropSession(session);
     this.stats.add('sessions', -1);
@@ -503,6 +693,8 @@ export class Shard implements ShardContext {
       return;
     }
     session.detach(Date.now());
+    // Rewritten so that the record's expiry counts from now.
+    session.journal?.meta(session);
     this.offline.set(conn.id, session);
   }
 
@@ -686,6 +878,8 @@ export class Shard implements ShardContext {
       this.onExport(m);
     } else if (m.t === 'session') {
       this.onSessionState(m);
+    } else if (m.t === 'handover') {
+      this.onHandover(m);
     } else if (m.t === 'registered') {
       this.onRegistered(m.exportId);
     } else if (m.t === 'writer-restarted') {
@@ -700,7 +894,14 @@ export class Shard implements ShardContext {
       else crashForTest(m.kind);
     } else if (m.t === 'tail') {
       const session = this.sessions.get(m.clientId);
-      if (session?.importing && session.importId === m.exportId) session.finishImport(m.pending, this.limits, Date.now());
+      if (session?.importing && session.importId === m.exportId) {
+        session.finishImport(m.pending, this.limits, Date.now());
+        const passOn = this.exportAfterImport.get(m.exportId);
+        if (passOn !== undefined) {
+          this.exportAfterImport.delete(m.exportId);
+          this.onExport(passOn);
+        }
+      }
     }
     this.endOfTurn();
   }
@@ -787,13 +988,26 @@ export class Shard implements ShardContext {
     return true;
   }
 
-  private claim(conn: DeviceConnection, fetch: boolean): void {
+  private claim(conn: DeviceConnection, fetch: boolean, clean = false): void {
     conn.claimed = true;
-    this.sendRegistry({ claim: true, conn: conn.id, clientId: conn.clientId, fetch: fetch || undefined });
+    this.sendRegistry({ claim: true, conn: conn.id, clientId: conn.clientId, fetch: fetch || undefined, clean: clean || undefined });
   }
 
   private release(conn: DeviceConnection): void {
     if (!conn.claimed) return;
+    const ready = this.readying.get(conn.id);
+    if (ready !== undefined) {
+      // Read from the store for this connection, which is gone before its CONNACK: not kept
+      // here (the client id is let go below, its writes would be fenced off).
+      this.readying.delete(conn.id);
+      this.forget(ready);
+    }
+    if (this.awaiting.get(conn.id)?.conn === conn) {
+      // Its session is still on its way: the id stays claimed until it is here (onSessionState
+      // releases it then, or parks the session), so that a CONNECT meanwhile gets it from here.
+      this.sendRegistry({ claim: false, conn: conn.id, clientId: conn.clientId, gone: true });
+      return;
+    }
     conn.claimed = false;
     // A persistent session keeps the client id claimed, so that a CONNECT on another shard
     // reaches it (kick) instead of leaving it behind.
@@ -908,6 +1122,7 @@ export class Shard implements ShardContext {
   }
 
   private readonly vitals = new ThreadVitals();
+  private touched = Date.now();
 
   private onTick(): void {
     const now = Date.now();
@@ -920,6 +1135,11 @@ export class Shard implements ShardContext {
       }
     }
     this.subs.sweep(now);
+    if (this.store.shared && now - this.touched >= TOUCH_MS) {
+      // A connected session's record must outlive its connection by the session expiry.
+      this.touched = now;
+      for (const session of this.sessions.values()) if (session.link !== null) session.journal?.meta(session);
+    }
     this.upstream?.tick(now);
     this.warnings.flush();
     this.stats.set('messagesOut', this.downlink.delivered);
@@ -998,6 +1218,8 @@ export class Shard implements ShardContext {
     this.stopped = true;
     this.warnings.flush(true);
     if (this.tick) clearInterval(this.tick);
+    // Persistent sessions stay recorded for the instances (or the restart) that resume them.
+    await this.store.close();
     this.send({ t: 'drained', shard: this.index });
   }
 

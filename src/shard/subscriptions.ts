@@ -155,6 +155,7 @@ export class ShardSubscriptions {
       if (sub.noLocal && session.noLocalSubs++ === 0) session.own ??= new OwnPublishes();
       if (previous !== undefined) this.drop(previous);
       session.subs.set(r.topic, sub);
+      session.journal?.sub(session, r.topic, sub);
       this.trie.add(filter, sub);
       answered = true;
       // No broker serves this filter: granted, but nothing will arrive on it.
@@ -176,6 +177,7 @@ export class ShardSubscriptions {
       return false;
     }
     session.subs.delete(key);
+    session.journal?.sub(session, key, null);
     this.drop(sub);
     this.schedule();
     return true;

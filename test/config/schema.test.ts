@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ConfigError, loadConfig, type Config } from '../../src/config';
+import { ConfigError, loadConfig, redactedConfig, type Config } from '../../src/config';
 import { boolean, defaultProxyId } from '../../src/config/schema';
 import { makePki } from '../helpers/certs';
 
@@ -57,6 +57,7 @@ const DEFAULTS = {
   maxQueuedMessages: 1000,
   queueOverflow: 'block',
   sessionExpiryMaxS: 86400,
+  sessionStore: null,
   pendingThrottleMs: 10,
   ringBytes: 4194304,
   uplinkQueueBytes: 524288,
@@ -96,6 +97,7 @@ const NAMES = [
   'FANOUT_BROKERS', 'FANOUT_ROUTES', 'FANOUT_COVER_FILTERS', 'FANOUT_MAX_PACKET_SIZE',
   'FANOUT_MAX_INFLIGHT', 'FANOUT_PASSWORD_FILE', 'FANOUT_ACL_FILE', 'FANOUT_ALLOW_ANONYMOUS', 'FANOUT_MAX_CONNECTIONS', 'FANOUT_MAX_CONNECT_RATE', 'FANOUT_MAX_TOPIC_LENGTH',
     'FANOUT_MAX_TOPIC_LEVELS', 'FANOUT_MAX_SUBSCRIPTIONS', 'FANOUT_MAX_PUBLISH_RATE', 'FANOUT_MAX_QUEUED_MESSAGES', 'FANOUT_QUEUE_OVERFLOW', 'FANOUT_SESSION_EXPIRY_MAX',
+    'FANOUT_SESSION_STORE',
   'FANOUT_PENDING_THROTTLE_MS', 'FANOUT_RING_BYTES', 'FANOUT_UPLINK_QUEUE_BYTES', 'FANOUT_ACK', 'FANOUT_SPOOL_DIR', 'FANOUT_SPOOL_FSYNC_MS', 'FANOUT_SPOOL_MAX_BYTES',
   'FANOUT_SPOOL_OVERFLOW', 'FANOUT_CONFLATE_TOPICS', 'FANOUT_THREAD_HEAP_MB', 'FANOUT_THREAD_YOUNG_MB', 'FANOUT_TEST_HOOKS', 'FANOUT_LOG_LEVEL', 'FANOUT_TRACE_CLIENTS', 'FANOUT_PROXY_ID',
   'FANOUT_STATUS_TOPIC', 'FANOUT_CONNECT_TIMEOUT_MS', 'FANOUT_SHUTDOWN_TIMEOUT_MS', 'FANOUT_RECONNECT_MIN_MS',
@@ -394,4 +396,15 @@ test('FANOUT_WSS_PORT: a port from 0 to 65535, needing the TLS certificate and k
   } finally {
     pki.remove();
   }
+});
+
+test('FANOUT_SESSION_STORE: memory (the default) or a Redis URL, whose password is never shown', () => {
+  assert.equal(loadConfig({ FANOUT_SESSION_STORE: 'memory' }).sessionStore, null);
+  assert.equal(loadConfig({ FANOUT_SESSION_STORE: 'redis://127.0.0.1:6379' }).sessionStore, 'redis://127.0.0.1:6379');
+  assert.equal(loadConfig({ FANOUT_SESSION_STORE: 'rediss://u:secret@redis.example.com/2' }).sessionStore, 'rediss://u:secret@redis.example.com/2');
+  for (const bad of ['redis', 'http://127.0.0.1', 'redis://', 'redis://host/x', 'redis://host:6379/0?timeout=1']) {
+    assertRejected('FANOUT_SESSION_STORE', bad, 'expected memory, or a redis:// or rediss:// URL (redis://[user[:password]@]host[:port][/db])');
+  }
+  const shown = JSON.stringify(redactedConfig(loadConfig({ FANOUT_SESSION_STORE: 'redis://u:secret@127.0.0.1' })));
+  assert.ok(!shown.includes('secret') && shown.includes('***'), shown);
 });
