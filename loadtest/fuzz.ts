@@ -21,7 +21,7 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { Mosquitto } from '../test/helpers/mosquitto';
 import { HOST } from '../test/helpers/ports';
 import { exitOf, track, type ExitInfo } from '../test/helpers/procs';
-import { addTally, buildScript, describeScript, Engine, newTally, type EngineOptions, type FromFuzzWorker, type Tally } from './fuzz.worker';
+import { addTally, buildScript, describeScript, Engine, newTally, type EngineOptions, type FromFuzzWorker, type FuzzWorkerData, type Tally } from './fuzz.worker';
 
 /** The daemon built next to this program; --daemon names another build's cli.js. */
 const DEFAULT_CLI = path.resolve(__dirname, '..', 'src', 'cli.js');
@@ -48,6 +48,9 @@ const HELP = `usage: node dist/loadtest/fuzz.js [options]   (npm run fuzz -- [op
   --max-per-connection N most packets in one connection (default 64)
   --warmup N             warm-up packets before the RSS baseline (default min(20000, packets/10))
   --settle S             quiet seconds before each RSS reading (default 10)
+  --nice N               scheduling priority of the fuzzer's own threads once the daemon and the
+                         broker run (default 10; 0: the same as theirs): on a shared machine the
+                         fuzzer then takes the CPU they leave instead of starving them
   --session-expiry S     FANOUT_SESSION_EXPIRY_MAX, so persistent sessions end (default 5)
   --rss-tolerance-mb N   RSS after may exceed the baseline by this much (default 64)
   --brokers 1|2          broker entries, both on the one mosquitto: MQTT 5 (pool 2) and 3.1.1 (default 2)
@@ -71,6 +74,7 @@ interface FuzzOptions {
   maxPerConnection: number;
   warmup: number;
   settleS: number;
+  nice: number;
   sessionExpiryS: number;
   rssToleranceMB: number;
   brokers: 1 | 2;
@@ -91,7 +95,7 @@ function parseOptions(argv: string[]): FuzzOptions | null {
       workers: { type: 'string' }, 'ws-share': { type: 'string' }, 'max-per-connection': { type: 'string' }, warmup: { type: 'string' },
       settle: { type: 'string' }, 'session-expiry': { type: 'string' }, 'rss-tolerance-mb': { type: 'string' }, brokers: { type: 'string' },
       env: { type: 'string', multiple: true }, json: { type: 'string' }, print: { type: 'string' }, only: { type: 'string' }, first: { type: 'string' },
-      daemon: { type: 'string' }, help: { type: 'boolean', short: 'h' },
+      daemon: { type: 'string' }, nice: { type: 'string' }, help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) return null;
@@ -132,6 +136,7 @@ function parseOptions(argv: string[]): FuzzOptions | null {
     maxPerConnection: Math.floor(num('max-per-connection', values['max-per-connection'], 64, 1, 10000)),
     warmup: Math.floor(num('warmup', values.warmup, Math.min(20_000, Math.ceil(packets / 10)), 0, 1e9)),
     settleS: num('settle', values.settle, 10, 0, 3600),
+    nice: num('nice', values.nice, 10, 0, 19),
     sessionExpiryS: Math.floor(num('session-expiry', values['session-expiry'], 5, 0, 3600)),
     rssToleranceMB: num('rss-tolerance-mb', values['rss-tolerance-mb'], 64, 0, 1e6),
     brokers: brokers === 1 ? 1 : 2,
@@ -527,7 +532,8 @@ async function runPhase(label: string, o: FuzzOptions, d: Daemon, broker: Mosqui
       fuzz: {
         ...base, first: first + w, step: n, concurrency: Math.ceil(o.connections / n), budget: Math.ceil(budget / n),
       } satisfies EngineOptions,
-    },
+      nice: o.nice,
+    } satisfies FuzzWorkerData,
   }));
   const done = workers.map((worker, w) => new Promise<void>((resolve, reject) => {
     worker.on('message', (m: FromFuzzWorker) => {
@@ -827,6 +833,9 @@ async function main(argv: string[]): Promise<number> {
     const d = daemon;
     await withTimeout((async () => { while ((await httpGet(d.httpPort, '/readyz').catch(() => ({ status: 0 }))).status !== 200) await sleep(100); })(), 20_000, 'readyz 200');
     watch = new Watch(d);
+    // The daemon and mosquitto keep the priority they were started with; the fuzzer's threads
+    // (this one, and each worker at its start) give way to them.
+    if (o.nice > 0) os.setPriority(0, o.nice);
     const rssStartKB = procStatus(d.pid)?.rssKB ?? null;
     const ref = await gauges(d);
     if (!ref) throw new Error('GET /metrics failed before the fuzz started');

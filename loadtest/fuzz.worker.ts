@@ -7,6 +7,7 @@
 // the fuzz program owns only fuzz.ts and this file.)
 
 import * as net from 'node:net';
+import * as os from 'node:os';
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import * as mqttPacket from 'mqtt-packet';
 import WebSocket from 'ws';
@@ -1039,6 +1040,8 @@ export class Engine {
 
 export interface FuzzWorkerData {
   fuzz: EngineOptions;
+  /** Scheduling priority of this thread (see --nice in fuzz.ts). */
+  nice?: number;
 }
 export type ToFuzzWorker = { t: 'stop' } | { t: 'snapshot'; sinceMs: number };
 export type FromFuzzWorker =
@@ -1047,6 +1050,9 @@ export type FromFuzzWorker =
   | { t: 'snapshot'; live: number[]; recent: number[] };
 
 if (!isMainThread && (workerData as FuzzWorkerData | null)?.fuzz) {
+  // Linux schedules each thread on its own: this one gives way to the daemon and the broker.
+  const nice = (workerData as FuzzWorkerData).nice ?? 0;
+  if (nice > 0) os.setPriority(0, nice);
   const engine = new Engine((workerData as FuzzWorkerData).fuzz);
   const port = parentPort!;
   const post = (m: FromFuzzWorker): void => port.postMessage(m);
