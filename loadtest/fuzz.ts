@@ -612,6 +612,29 @@ async function gauges(d: Daemon): Promise<Map<string, number> | null> {
   }
 }
 
+/** Heap used, committed and external memory of each daemon thread, in MB, from /metrics. */
+async function threadMemory(d: Daemon): Promise<Map<string, number[]>> {
+  const out = new Map<string, number[]>();
+  const text = await httpGet(d.httpPort, '/metrics').then((r) => r.body, () => '');
+  const names = ['fanout_thread_heap_used_bytes', 'fanout_thread_heap_committed_bytes', 'fanout_thread_external_bytes'];
+  for (const line of text.split('\n')) {
+    const m = /^(\w+)\{thread="([^"]+)"\}\s+(\S+)/.exec(line);
+    const i = m === null ? -1 : names.indexOf(m[1]);
+    if (m === null || i < 0) continue;
+    const row = out.get(m[2]) ?? [0, 0, 0];
+    row[i] = Number(m[3]) / 1048576;
+    out.set(m[2], row);
+  }
+  return out;
+}
+
+function memoryDiff(before: Map<string, number[]>, after: Map<string, number[]>): string {
+  return [...after].map(([t, a]) => {
+    const b = before.get(t) ?? [0, 0, 0];
+    return `${t} ${b.map((x) => x.toFixed(0)).join('/')} → ${a.map((x) => x.toFixed(0)).join('/')}`;
+  }).join(', ');
+}
+
 function gaugeDiff(ref: Map<string, number>, now: Map<string, number> | null): string[] {
   if (!now) return ['GET /metrics failed'];
   return STATE_GAUGES.filter((g) => (now.get(g) ?? 0) !== (ref.get(g) ?? 0)).map((g) => `${g} ${now.get(g) ?? 0} (was ${ref.get(g) ?? 0})`);
@@ -862,6 +885,7 @@ async function main(argv: string[]): Promise<number> {
     // JavaScript heap of every thread: tells a leak in the daemon's objects from memory the
     // allocator keeps after use (RSS without heap).
     const g0 = await gauges(d);
+    const threadMemBefore = await threadMemory(d);
     const heapBaselineMB = (g0?.get('fanout_thread_heap_used_bytes') ?? 0) / 1048576;
     const committedBaselineMB = (g0?.get('fanout_thread_heap_committed_bytes') ?? 0) / 1048576;
     const externalBaselineMB = (g0?.get('fanout_thread_external_bytes') ?? 0) / 1048576;
@@ -958,7 +982,8 @@ async function main(argv: string[]): Promise<number> {
     const growth = rssAfterKB !== null && rssBaselineKB !== null ? rssAfterKB - rssBaselineKB : null;
     checks.push({
       name: `RSS back to the baseline (within ${o.rssToleranceMB} MB)`, ok: growth !== null && growth <= o.rssToleranceMB * 1024,
-      detail: `baseline ${MB(rssBaselineKB)} MB, peak ${MB(rssPeakKB)} MB, after ${MB(rssAfterKB)} MB`,
+      detail: `baseline ${MB(rssBaselineKB)} MB, peak ${MB(rssPeakKB)} MB, after ${MB(rssAfterKB)} MB`
+        + (growth !== null && growth > o.rssToleranceMB * 1024 ? `; by thread, heap used/committed/external MB before → after: ${memoryDiff(threadMemBefore, await threadMemory(d))}` : ''),
     });
     const ms = d.alive ? metricSums(metricsNow.body) : null;
     const brokerConnects = broker.connectedClientIds().filter((id) => id.startsWith(`fuzz-${process.pid}-`)).length;
