@@ -212,6 +212,17 @@ function httpGet(port: number, urlPath: string, timeoutMs = PROBE_TIMEOUT_MS): P
   });
 }
 
+function httpPost(port: number, urlPath: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: HOST, port, path: urlPath, method: 'POST', timeout: PROBE_TIMEOUT_MS, agent: false }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
 /** Prometheus text → sum of every series of each metric. */
 function metricSums(text: string): Map<string, number> {
   const out = new Map<string, number>();
@@ -237,6 +248,7 @@ class Daemon {
   wsPath = '/mqtt';
   readonly levels: Record<string, number> = {};
   readonly fatal: LogLine[] = [];
+  readonly dumps: string[] = [];
   readonly errors: LogLine[] = [];
   /** Error and fatal lines by message (and error message), counted. */
   readonly errorKinds = new Map<string, number>();
@@ -299,6 +311,7 @@ class Daemon {
       if (l.level >= 60) this.fatal.push(l);
       else if (l.level >= 50) { if (this.errors.length < 50) this.errors.push(l); }
       else if (l.level >= 40) this.warnings.set(l.msg, (this.warnings.get(l.msg) ?? 0) + 1);
+      if (typeof l.msg === 'string' && l.msg.includes('(FANOUT_TEST_HOOKS dump)')) this.dumps.push(part);
     }
   }
 
@@ -650,7 +663,11 @@ async function waitQuiet(d: Daemon, ref: Map<string, number>, timeoutMs: number)
       // Which shard, broker or thread holds what is left.
       const text = await httpGet(d.httpPort, '/metrics').then((r) => r.body, () => '');
       const left = text.split('\n').filter((l) => STATE_GAUGES.some((g) => l.startsWith(`${g}{`)) && !/\s0$/.test(l));
-      return [...diff, ...(left.length > 0 ? [`by label: ${left.join(', ')}`] : [])];
+      // With FANOUT_TEST_HOOKS=true (--env), every thread also logs its state.
+      const threads = [...new Set([...text.matchAll(/thread="((?:shard|writer)-[^"]+)"/g)].map((m) => m[1]))];
+      for (const t of threads) await httpPost(d.httpPort, `/test/crash?thread=${encodeURIComponent(t)}&kind=dump`).catch(() => undefined);
+      await sleep(1500);
+      return [...diff, ...(left.length > 0 ? [`by label: ${left.join(', ')}`] : []), ...d.dumps.map((l) => `dump: ${l.slice(0, 3000)}`)];
     }
     await sleep(250);
   }

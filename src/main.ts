@@ -205,6 +205,9 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   const writers: Worker[] = [];
   /** A broker set reload is running (see BrokerSet). */
   let reloading = false;
+  /** Brokers /readyz waits for: every broker at the start; one a reload added or changed once
+   *  it has had a connection up. */
+  const established = new Set<string>(cfg.brokers.map((b) => b.name));
   /** The broker slots in service (a reload retires removed ones). */
   const liveSlots = (): number[] => cfg.brokers.flatMap((b, i) => (b.retired === true ? [] : [i]));
   const shardWorkers: Worker[] = [];
@@ -512,7 +515,11 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       ready: () => {
         const ws = readWriterStats(writerStats, cfg.brokers.length);
         const list = liveSlots().map((i) => ({ name: cfg.brokers[i].name, up: ws[i].connectionsUp }));
-        return { ready: !stopping && list.every((b) => b.up > 0), brokers: list };
+        for (const b of list) if (b.up > 0) established.add(b.name);
+        // A broker a reload added or changed counts once it has been up: until then the instance
+        // serves as it did before the reload (a load balancer must not take it out, and cut its
+        // devices, for a broker it did not have a moment ago). Nor does a reload in progress.
+        return { ready: !stopping && list.every((b) => b.up > 0 || reloading || !established.has(b.name)), brokers: list };
       },
       publish: (topic, payload, qos, retain) => new Promise((resolve) => {
         const id = nextPublish++;
@@ -618,7 +625,9 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     }
     reloading = true;
     try {
-      return await brokerSet.reload();
+      const r = await brokerSet.reload();
+      if (r.ok) for (const name of [...r.added, ...r.changed]) established.delete(name);
+      return r;
     } finally {
       reloading = false;
       for (const s of deferredShards) restartShard(s);

@@ -239,6 +239,17 @@ export class WriterDownlink {
     return this.subs.size;
   }
 
+  /** Sizes of the bookkeeping, for a state dump (FANOUT_TEST_HOOKS). */
+  describe(): Record<string, number> {
+    let gens = 0;
+    for (const u of this.subs.values()) gens += u.gens.size;
+    return {
+      filters: this.subs.size, covered: this.coveredCount, retiring: this.retiring.size, handOvers: this.byUnsub.size, byGen: this.byGen.size,
+      gensWithRecipients: gens, byPacket: this.byPacket.size, toSubscribe: this.toSubscribe.size, toUnsubscribe: this.toUnsubscribe.size,
+      fetches: this.fetches.size, fetchTimers: this.fetchTimers.size, fetchWaiting: this.fetchWaiting.size, fetchByPacket: this.fetchByPacket.size,
+    };
+  }
+
   /** Held filters served through a cover, without a subscription of their own at the broker. */
   get coveredCount(): number {
     let n = 0;

@@ -265,7 +265,7 @@ export class Writer implements WriterContext, SpooledHost {
       if (m.t === 'drain') void this.drain(m.deadlineMs, m.handover === true);
       else if (m.t === 'shard-reset') this.resetShard(m.shard, m.port);
       else if (m.t === 'test-crash') {
-        if (m.kind === 'dump') this.log.warn({ broker: this.opts.broker.name, pool: this.pool.map((c) => c.describe()), heldDownlink: this.heldDownlink, rings: this.rings.map((r) => r.used()), heap: v8.getHeapStatistics() }, 'writer state (FANOUT_TEST_HOOKS dump)');
+        if (m.kind === 'dump') this.log.warn({ broker: this.opts.broker.name, downlink: this.downlink.describe(), heldDownlink: this.heldDownlink, heap: v8.getHeapStatistics(), pool: this.pool.map((c) => c.describe()), rings: this.rings.map((r) => r.used()) }, 'writer state (FANOUT_TEST_HOOKS dump)');
         else crashForTest(m.kind);
       }
       else if (m.t === 'reload') this.devices?.reload();

@@ -60,6 +60,16 @@ export class RingProducer extends RingSide {
   /** Reserves room for a record of `len` bytes and returns the offset in `data` where its body
    *  goes, or -1 when the ring is full. The record becomes visible at the next commit(). */
   reserve(len: number): number {
+    const at = this.tryReserve(len);
+    if (at !== -2) return at;
+    Atomics.store(this.ctrl, PRODUCER_WAITING, 1);
+    // As in canFit(): room released before the flag was set would wake nobody.
+    const again = this.tryReserve(len);
+    return again === -2 ? -1 : again;
+  }
+
+  /** reserve() without the waiting flag: -2 when the ring is full. */
+  private tryReserve(len: number): number {
     const need = 4 + ((len + 3) & ~3);
     if (need > this.capacity) return -1;
     const tail = Atomics.load(this.ctrl, TAIL) >>> 0;
@@ -68,12 +78,12 @@ export class RingProducer extends RingSide {
     const contiguous = this.capacity - pos;
     const used = (head - tail) >>> 0;
     if (need > contiguous) {
-      if (used + contiguous + need > this.capacity) return this.full();
+      if (used + contiguous + need > this.capacity) return -2;
       this.view.setUint32(pos, WRAP, true);
       head = (head + contiguous) >>> 0;
       pos = 0;
     } else if (used + need > this.capacity) {
-      return this.full();
+      return -2;
     }
     this.view.setUint32(pos, len, true);
     this.head = (head + need) >>> 0;
@@ -87,14 +97,20 @@ export class RingProducer extends RingSide {
   /** Whether a record of `len` bytes would fit now (worst case, counting a wrap) within the
    *  queue limit. */
   canFit(len: number): boolean {
+    if (this.fitsNow(len)) return true;
+    Atomics.store(this.ctrl, PRODUCER_WAITING, 1);
+    // The consumer may have released room between the look above and the flag, and seen no
+    // flag: look again now that it is set (at worst the consumer wakes us for nothing).
+    return this.fitsNow(len);
+  }
+
+  private fitsNow(len: number): boolean {
     const need = 4 + ((len + 3) & ~3);
     const tail = Atomics.load(this.ctrl, TAIL) >>> 0;
     const used = (this.head - tail) >>> 0;
     const contiguous = this.capacity - (this.head & this.mask);
     const total = need > contiguous ? contiguous + need : need;
-    if (used + total <= (used === 0 ? this.capacity : this.queueLimit)) return true;
-    Atomics.store(this.ctrl, PRODUCER_WAITING, 1);
-    return false;
+    return used + total <= (used === 0 ? this.capacity : this.queueLimit);
   }
 
   get buffer(): Buffer {
@@ -111,11 +127,6 @@ export class RingProducer extends RingSide {
     this.committed = this.head;
     Atomics.store(this.ctrl, HEAD, this.head | 0);
     return true;
-  }
-
-  private full(): number {
-    Atomics.store(this.ctrl, PRODUCER_WAITING, 1);
-    return -1;
   }
 }
 
