@@ -5,14 +5,18 @@
 import { DaemonProcess } from './daemon';
 import { HaproxyProcess } from './haproxy';
 
+type Env = Record<string, string | number | undefined>;
+
 export class Cluster {
   private constructor(readonly instances: DaemonProcess[], readonly haproxy: HaproxyProcess) {}
 
-  /** Starts `count` instances with `env` (FANOUT_HTTP_PORT is set for each) and HAProxy in front. */
-  static async start(count: number, env: Record<string, string | number | undefined>, maxconn = 4000): Promise<Cluster> {
+  /** Starts `count` instances with `env` (FANOUT_HTTP_PORT is set for each) and HAProxy in front.
+   *  `env` may be a function of the instance's index (from 0), for settings of one's own such as
+   *  FANOUT_BROKERS_FILE. */
+  static async start(count: number, env: Env | ((index: number) => Env), maxconn = 4000): Promise<Cluster> {
     const instances: DaemonProcess[] = [];
     try {
-      for (let i = 0; i < count; i++) instances.push(await startInstance(env, i));
+      for (let i = 0; i < count; i++) instances.push(await startInstance(typeof env === 'function' ? env(i) : env, i));
       const haproxy = await HaproxyProcess.start(instances.map((d) => ({ mqtt: d.port, http: httpPortOf(d) })), maxconn);
       return new Cluster(instances, haproxy);
     } catch (err) {
@@ -31,7 +35,7 @@ export class Cluster {
   }
 }
 
-export async function startInstance(env: Record<string, string | number | undefined>, index: number): Promise<DaemonProcess> {
+export async function startInstance(env: Env, index: number): Promise<DaemonProcess> {
   return DaemonProcess.start({ FANOUT_HTTP_PORT: 0, FANOUT_PROXY_ID: `fanout${index + 1}-${process.pid}`, ...env });
 }
 
