@@ -311,7 +311,7 @@ class Daemon {
       if (l.level >= 60) this.fatal.push(l);
       else if (l.level >= 50) { if (this.errors.length < 50) this.errors.push(l); }
       else if (l.level >= 40) this.warnings.set(l.msg, (this.warnings.get(l.msg) ?? 0) + 1);
-      if (typeof l.msg === 'string' && l.msg.includes('(FANOUT_TEST_HOOKS dump)')) this.dumps.push(part);
+      if (typeof l.msg === 'string' && l.msg.includes('(FANOUT_TEST_HOOKS')) this.dumps.push(part);
     }
   }
 
@@ -639,6 +639,21 @@ async function threadMemory(d: Daemon): Promise<Map<string, number[]>> {
     out.set(m[2], row);
   }
   return out;
+}
+
+/** With FANOUT_TEST_HOOKS=true: a heap snapshot of the thread whose heap in use grew most. */
+async function snapshotGrowth(d: Daemon, before: Map<string, number[]>, after: Map<string, number[]>): Promise<string> {
+  let worst = '';
+  let most = 0;
+  for (const [t, a] of after) {
+    const grew = a[0] - (before.get(t)?.[0] ?? 0);
+    if (/^(shard|writer)-/.test(t) && grew > most) [worst, most] = [t, grew];
+  }
+  if (worst === '' || (await httpPost(d.httpPort, `/test/crash?thread=${encodeURIComponent(worst)}&kind=heap`).catch(() => 0)) !== 202) return '';
+  const seen = d.dumps.length;
+  for (let i = 0; i < 120 && d.dumps.length === seen; i++) await sleep(500);
+  const line = d.dumps.slice(seen).find((l) => l.includes('heap snapshot written'));
+  return line === undefined ? '' : `; heap snapshot of ${worst}: ${(JSON.parse(line) as { file?: string }).file}`;
 }
 
 function memoryDiff(before: Map<string, number[]>, after: Map<string, number[]>): string {
@@ -997,10 +1012,11 @@ async function main(argv: string[]): Promise<number> {
     });
     checks.push({ name: 'state back to before the fuzz (connections, sessions, subscriptions, filters, inflight, rings)', ok: stateLeft.length === 0, detail: stateLeft.length === 0 ? 'all back' : stateLeft.join('; ') });
     const growth = rssAfterKB !== null && rssBaselineKB !== null ? rssAfterKB - rssBaselineKB : null;
+    const threadMemAfter = await threadMemory(d);
     checks.push({
       name: `RSS back to the baseline (within ${o.rssToleranceMB} MB)`, ok: growth !== null && growth <= o.rssToleranceMB * 1024,
       detail: `baseline ${MB(rssBaselineKB)} MB, peak ${MB(rssPeakKB)} MB, after ${MB(rssAfterKB)} MB`
-        + (growth !== null && growth > o.rssToleranceMB * 1024 ? `; by thread, heap used/committed/external MB before → after: ${memoryDiff(threadMemBefore, await threadMemory(d))}` : ''),
+        + (growth !== null && growth > o.rssToleranceMB * 1024 ? `; by thread, heap used/committed/external MB before → after: ${memoryDiff(threadMemBefore, threadMemAfter)}${await snapshotGrowth(d, threadMemBefore, threadMemAfter)}` : ''),
     });
     const ms = d.alive ? metricSums(metricsNow.body) : null;
     const brokerConnects = broker.connectedClientIds().filter((id) => id.startsWith(`fuzz-${process.pid}-`)).length;

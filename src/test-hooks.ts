@@ -1,6 +1,10 @@
 // Fault injection for the restart tests, reachable only with FANOUT_TEST_HOOKS=true (POST
 // /test/crash on the HTTP listener).
 
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as v8 from 'node:v8';
+
 /**
  * FANOUT_TEST_HOOKS: makes this thread fail the way a defect would, for the restart tests: an
  * error no handler catches, or a heap that outgrows FANOUT_THREAD_HEAP_MB.
@@ -17,4 +21,9 @@ export function crashForTest(kind: 'throw' | 'oom'): void {
     setTimeout(grow, 10);
   };
   grow();
+}
+
+/** FANOUT_TEST_HOOKS: a V8 heap snapshot of this thread in the system's temporary directory. */
+export function writeHeapSnapshot(thread: string): string {
+  return v8.writeHeapSnapshot(path.join(os.tmpdir(), `fanout-${thread}-${process.pid}-${Date.now()}.heapsnapshot`));
 }

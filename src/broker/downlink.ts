@@ -169,6 +169,8 @@ const FETCH_LINGER_MS = 5000;
  *  broker sends the retained messages right after the SUBACK, and until the UNSUBSCRIBE the
  *  subscription also receives live traffic (one more copy of every matching message). */
 const FETCH_QUIET_MS = 500;
+/** Retained-message fetches sent and not answered yet, at most (split mode). */
+const MAX_FETCHES_IN_FLIGHT = 32;
 const MAX_SUB_ID = 268435455;
 /** Request ids with this bit name a shared group's hold (the shard's id for it): its turn. */
 export const SHARED_REQ = 0x80000000;
@@ -212,6 +214,8 @@ export class WriterDownlink {
   private readonly fetchWaiting = new Map<string, Recipient[]>();
   private readonly fetches = new Map<number, { filter: string; recipients: Recipient[]; acked: boolean }>();
   private readonly fetchByPacket = new Map<number, number[]>();
+  /** The fetch of each filter still waiting for its SUBACK (its generation). */
+  private readonly fetchPending = new Map<string, number>();
   /** Per fetched filter: its unsubscribe at the latest (FETCH_LINGER_MS) and once it is quiet. */
   private readonly fetchTimers = new Map<string, { cap: NodeJS.Timeout; quiet: NodeJS.Timeout | null }>();
 
@@ -495,6 +499,19 @@ export class WriterDownlink {
     const link = this.fetchLink!();
     if (!link.subscribable) return;
     for (const [filter, recipients] of this.fetchWaiting) {
+      // A fetch of this filter not answered yet serves them too: the broker sends the retained
+      // messages after its SUBACK.
+      const pending = this.fetchPending.get(filter);
+      const f = pending === undefined ? undefined : this.fetches.get(pending);
+      if (f !== undefined && !f.acked) {
+        f.recipients.push(...recipients);
+        this.fetchWaiting.delete(filter);
+        continue;
+      }
+      // At most so many unanswered: a broker that reads slowly is not handed a backlog of them
+      // (the rest wait here, one entry per filter, and go as SUBACKs come).
+      if (this.fetchByPacket.size >= MAX_FETCHES_IN_FLIGHT) break;
+      this.fetchWaiting.delete(filter);
       const gen = this.nextGen;
       this.nextGen = this.nextGen === MAX_SUB_ID ? 1 : this.nextGen + 1;
       this.fetches.set(gen, { filter, recipients, acked: false });
@@ -503,6 +520,7 @@ export class WriterDownlink {
         properties: { subscriptionIdentifier: gen },
       }, { protocolVersion: 5 }));
       this.fetchByPacket.set(id, [gen]);
+      this.fetchPending.set(filter, gen);
       const old = this.fetchTimers.get(filter);
       if (old) {
         clearTimeout(old.cap);
@@ -512,7 +530,6 @@ export class WriterDownlink {
       cap.unref();
       this.fetchTimers.set(filter, { cap, quiet: null });
     }
-    this.fetchWaiting.clear();
   }
 
   /** Ends the fetch subscription of `filter`, unless a newer request renewed it meanwhile. */
@@ -552,14 +569,18 @@ export class WriterDownlink {
       const f = this.fetches.get(g);
       if (f) {
         f.acked = true;
+        if (this.fetchPending.get(f.filter) === g) this.fetchPending.delete(f.filter);
         this.fetchActive(f.filter);
       }
     }
+    // Room for the fetches that waited.
+    if (this.fetchWaiting.size > 0) this.onChange();
   }
 
   /** The fetch link reconnected: fetches not answered yet are asked again. */
   onFetchConnected(): void {
     this.fetchByPacket.clear();
+    this.fetchPending.clear();
     for (const [g, f] of this.fetches) {
       if (f.acked) continue;
       this.fetches.delete(g);

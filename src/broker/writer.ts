@@ -19,7 +19,7 @@ import { setVitals, WriterStats } from '../metrics/stats';
 import { ThreadVitals } from '../metrics/vitals';
 import { buildRouting, effectiveRoutes } from '../shard/build-routing';
 import { SpooledPath, type SpooledHost } from './spooled';
-import { crashForTest } from '../test-hooks';
+import { crashForTest, writeHeapSnapshot } from '../test-hooks';
 import { upstreamModeOf } from '../config/upstream';
 import { DeviceSessions } from './device-sessions';
 
@@ -54,7 +54,7 @@ export type ToWriter =
   | { t: 'reload' }
   // Shard `shard` failed and is being replaced; `port` is the new shard's control channel.
   | { t: 'shard-reset'; shard: number; port: MessagePort }
-  | { t: 'test-crash'; kind: 'throw' | 'oom' | 'dump' }
+  | { t: 'test-crash'; kind: 'throw' | 'oom' | 'dump' | 'heap' }
   // Recovery: the tokens a shard still waits for from this broker.
   | { t: 'pending'; shard: number; tokens: number[] };
 export type FromWriter =
@@ -266,6 +266,7 @@ export class Writer implements WriterContext, SpooledHost {
       else if (m.t === 'shard-reset') this.resetShard(m.shard, m.port);
       else if (m.t === 'test-crash') {
         if (m.kind === 'dump') this.log.warn({ broker: this.opts.broker.name, downlink: this.downlink.describe(), heldDownlink: this.heldDownlink, heap: v8.getHeapStatistics(), pool: this.pool.map((c) => c.describe()), rings: this.rings.map((r) => r.used()) }, 'writer state (FANOUT_TEST_HOOKS dump)');
+        else if (m.kind === 'heap') this.log.warn({ file: writeHeapSnapshot(`writer-${this.opts.broker.name}`) }, 'heap snapshot written (FANOUT_TEST_HOOKS)');
         else crashForTest(m.kind);
       }
       else if (m.t === 'reload') this.devices?.reload();

@@ -30,7 +30,7 @@ export interface HttpDeps {
   /** POST /admin/reload: re-reads the configuration; the answer's body is the JSON summary. */
   reload(): Promise<{ status: number; body: unknown }>;
   /** FANOUT_TEST_HOOKS only: makes a thread fail; false when there is no such thread. */
-  testCrash?: (thread: string, kind: 'throw' | 'oom' | 'dump') => boolean;
+  testCrash?: (thread: string, kind: 'throw' | 'oom' | 'dump' | 'heap') => boolean;
 }
 
 /** How long POST /publish waits for the brokers before answering 504. */
@@ -104,7 +104,7 @@ export function startHttp(deps: HttpDeps): Promise<http.Server & { boundPort: nu
   const testCrash = (url: URL, res: http.ServerResponse, crash: NonNullable<HttpDeps['testCrash']>): void => {
     const thread = url.searchParams.get('thread') ?? '';
     const kind = url.searchParams.get('kind') ?? 'throw';
-    if (kind !== 'throw' && kind !== 'oom' && kind !== 'dump') json(res, 400, { error: 'kind must be throw, oom or dump' });
+    if (kind !== 'throw' && kind !== 'oom' && kind !== 'dump' && kind !== 'heap') json(res, 400, { error: 'kind must be throw, oom, dump or heap' });
     else if (!crash(thread, kind)) json(res, 404, { error: `no thread ${JSON.stringify(thread)} (shard-<n> or writer-<broker>)` });
     else json(res, 202, { thread, kind });
   };

@@ -37,7 +37,7 @@ import { ShardDownlink } from './downlink';
 import { buildRouting, buildRoutes, liveMask } from './build-routing';
 import { perDeviceBrokers } from '../config/upstream';
 import { DeviceUpstreams } from './device-upstreams';
-import { crashForTest } from '../test-hooks';
+import { crashForTest, writeHeapSnapshot } from '../test-hooks';
 import { Admission } from './admission';
 import { TlsHandshakes } from '../ingress/tls-handshakes';
 import type { SessionStore } from '../session-store/types';
@@ -116,7 +116,7 @@ export type ToShard =
   | { t: 'writer-restarted'; broker: number; port: MessagePort }
   // Tokens the failed writer `broker` took with it (no spool): their devices send again.
   | { t: 'lost'; broker: number; tokens: number[] }
-  | { t: 'test-crash'; kind: 'throw' | 'oom' | 'dump' }
+  | { t: 'test-crash'; kind: 'throw' | 'oom' | 'dump' | 'heap' }
   // A reload changed the broker set (see BrokerChange).
   | ({ t: 'brokers' } & BrokerChange);
 
@@ -891,6 +891,7 @@ export class Shard implements ShardContext {
       return;
     } else if (m.t === 'test-crash') {
       if (m.kind === 'dump') this.dumpState();
+      else if (m.kind === 'heap') this.log.warn({ file: writeHeapSnapshot(`shard-${this.index}`) }, 'heap snapshot written (FANOUT_TEST_HOOKS)');
       else crashForTest(m.kind);
     } else if (m.t === 'tail') {
       const session = this.sessions.get(m.clientId);
