@@ -617,7 +617,14 @@ export class DeviceConnection implements AckTarget, SessionLink {
     const reason = this.version === 5 && end > start ? buf[start] : 0;
     if (this.version === 5 && end - start > 1 && this.session !== null) {
       const props = this.ctx.parse(5, buf.subarray(end - this.framer.size, end));
-      const asked = props?.cmd === 'disconnect' ? props.properties?.sessionExpiryInterval : undefined;
+      const properties = props?.cmd === 'disconnect' ? props.properties : undefined;
+      // Only User Property may repeat [MQTT-3.14.2.2]: mqtt-packet gives a repeated one as an
+      // array, which as a Session Expiry Interval would make a session that never ends.
+      if (properties !== undefined && Object.entries(properties).some(([k, v]) => k !== 'userProperties' && Array.isArray(v))) {
+        this.protocolClose(C.RC_PROTOCOL_ERROR, 'a property repeated in DISCONNECT');
+        return;
+      }
+      const asked = properties?.sessionExpiryInterval;
       if (asked !== undefined) {
         // A session that was to end with the connection cannot be prolonged now [MQTT-3.14.2-2].
         if (this.session.expiryMs === 0 && asked > 0) {

@@ -197,6 +197,13 @@ describe('malformed input', { timeout: 150_000 }, () => {
       reason: 0x81,
     }))),
     {
+      // Found by the fuzz: taken as given, the session never expired.
+      name: 'DISCONNECT with the Session Expiry Interval twice',
+      versions: [5],
+      bytes: () => packet(0xe0, [0x00, 0x0a, 0x11, 0, 0, 0, 5, 0x11, 0, 0, 0, 7]),
+      reason: 0x82,
+    },
+    {
       name: 'SUBSCRIBE with no topic filter [MQTT-3.8.3-2]',
       bytes: (v) => packet(0x82, [0x00, 0x01], v === 5 ? [0x00] : []),
       reason: 0x82,
