@@ -91,6 +91,48 @@ export function propertiesAreValid(buf: Buffer, start: number, end: number): boo
   return pos === end;
 }
 
+/**
+ * Whether a property other than User Property appears twice in buf[start, end), which MQTT 5
+ * makes a protocol error for every packet a client sends. mqtt-packet keeps only the last of two
+ * when the first is falsy and hands others over as an array (as a number, an array becomes NaN).
+ * The properties must already be known well-formed.
+ */
+export function hasRepeatedProperty(buf: Buffer, start: number, end: number): boolean {
+  let low = 0; // identifiers 0x00-0x1f, one bit each
+  let high = 0; // identifiers 0x20-0x3f
+  let pos = start;
+  while (pos < end) {
+    const id = buf[pos];
+    const kind = KIND[id];
+    if (kind === undefined) return false;
+    if (id !== 0x26) {
+      const bit = 1 << (id & 0x1f);
+      const mask = id < 0x20 ? low : high;
+      if ((mask & bit) !== 0) return true;
+      if (id < 0x20) low |= bit;
+      else high |= bit;
+    }
+    pos = skipValue(buf, pos + 1, end, kind);
+    if (pos < 0) return false;
+  }
+  return false;
+}
+
+/**
+ * Checks the property block whose length varint starts at buf[at], inside a packet ending at
+ * end (and, when last, ending with it): 0 when well-formed, 0x81 when malformed (unknown
+ * identifier, a value or the block beyond the packet, bytes after it), 0x82 when a property other than User Property repeats. For the acknowledgements,
+ * SUBSCRIBE, UNSUBSCRIBE and DISCONNECT, which are otherwise read by their fixed fields.
+ */
+export function propertyBlockFault(buf: Buffer, at: number, end: number, last: boolean): number {
+  const len = readVarint(buf, at, end);
+  if (len < 0) return 0x81;
+  const start = varintEnd;
+  const stop = start + len;
+  if (stop > end || (last && stop !== end) || !propertiesAreValid(buf, start, stop)) return 0x81;
+  return hasRepeatedProperty(buf, start, stop) ? 0x82 : 0;
+}
+
 function skipValue(buf: Buffer, pos: number, end: number, kind: string): number {
   switch (kind) {
     case '1': return pos + 1 <= end ? pos + 1 : -1;

@@ -11,7 +11,7 @@ import { decodePublish, encodePublishHead, publishSize } from '../protocol/publi
 import { varintSize, writeVarint } from '../protocol/framer';
 import { copyBytes } from '../protocol/bytes';
 import { withinTopicLimits } from '../protocol/topic';
-import { filtersAreValid } from '../protocol/properties';
+import { filtersAreValid, propertyBlockFault } from '../protocol/properties';
 import { decodeConnect, encodeConnack, type ConnackOptions } from '../protocol/connect';
 import * as C from '../protocol/constants';
 import { NO_TOKEN } from '../ring/records';
@@ -198,6 +198,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
       this.protocolClose(C.RC_MALFORMED, `reserved flags set on packet type ${type}`);
       return true;
     }
+    if (this.version === 5 && this.propertiesFault(type, buf, start, end)) return true;
     switch (type) {
       case C.PUBREL: this.onPubrel(buf, start, end); break;
       case C.PINGREQ: this.send(C.PINGRESP_PACKET); break;
@@ -210,6 +211,23 @@ export class DeviceConnection implements AckTarget, SessionLink {
       case C.CONNECT: this.protocolClose(C.RC_PROTOCOL_ERROR, 'second CONNECT'); break;
       default: this.protocolClose(C.RC_PROTOCOL_ERROR, `unexpected packet type ${type}`);
     }
+    return true;
+  }
+
+  /** MQTT 5: checks the properties of a packet other than PUBLISH, which are otherwise read by
+   *  their fixed fields or by mqtt-packet (which takes a repeated property without complaint),
+   *  and closes the connection when they are malformed or repeat one. */
+  private propertiesFault(type: number, buf: Buffer, start: number, end: number): boolean {
+    let at = -1;
+    switch (type) {
+      case C.PUBACK: case C.PUBREC: case C.PUBREL: case C.PUBCOMP: at = end - start > 3 ? start + 3 : -1; break;
+      case C.SUBSCRIBE: case C.UNSUBSCRIBE: at = start + 2; break;
+      case C.DISCONNECT: at = end - start > 1 ? start + 1 : -1; break;
+    }
+    if (at < 0) return false;
+    const fault = propertyBlockFault(buf, at, end, type !== C.SUBSCRIBE && type !== C.UNSUBSCRIBE);
+    if (fault === 0) return false;
+    this.protocolClose(fault, fault === C.RC_PROTOCOL_ERROR ? `a property repeated in packet type ${type}` : `malformed properties in packet type ${type}`);
     return true;
   }
 
@@ -617,13 +635,9 @@ export class DeviceConnection implements AckTarget, SessionLink {
     const reason = this.version === 5 && end > start ? buf[start] : 0;
     if (this.version === 5 && end - start > 1 && this.session !== null) {
       const props = this.ctx.parse(5, buf.subarray(end - this.framer.size, end));
+      // A repeated property (an array as a Session Expiry Interval: a session that never ends)
+      // was refused by propertiesFault [MQTT-3.14.2.2].
       const properties = props?.cmd === 'disconnect' ? props.properties : undefined;
-      // Only User Property may repeat [MQTT-3.14.2.2]: mqtt-packet gives a repeated one as an
-      // array, which as a Session Expiry Interval would make a session that never ends.
-      if (properties !== undefined && Object.entries(properties).some(([k, v]) => k !== 'userProperties' && Array.isArray(v))) {
-        this.protocolClose(C.RC_PROTOCOL_ERROR, 'a property repeated in DISCONNECT');
-        return;
-      }
       const asked = properties?.sessionExpiryInterval;
       if (asked !== undefined) {
         // A session that was to end with the connection cannot be prolonged now [MQTT-3.14.2-2].

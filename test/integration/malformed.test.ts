@@ -204,6 +204,30 @@ describe('malformed input', { timeout: 150_000 }, () => {
       reason: 0x82,
     },
     {
+      name: 'SUBSCRIBE with the Subscription Identifier twice',
+      versions: [5],
+      bytes: () => packet(0x82, [0x00, 0x01], [0x04, 0x0b, 0x01, 0x0b, 0x02], str('mal/sub-dup'), [0x00]),
+      reason: 0x82,
+    },
+    {
+      name: 'PUBACK with the Reason String twice',
+      versions: [5],
+      bytes: () => packet(0x40, [0x00, 0x01, 0x00], [0x08, 0x1f, 0x00, 0x01, 0x61, 0x1f, 0x00, 0x01, 0x62]),
+      reason: 0x82,
+    },
+    {
+      name: 'PUBREL with an unknown property identifier (0x7F)',
+      versions: [5],
+      bytes: () => packet(0x62, [0x00, 0x01, 0x00], [0x02, 0x7f, 0x00]),
+      reason: 0x81,
+    },
+    {
+      name: 'PUBCOMP with a property list longer than the packet',
+      versions: [5],
+      bytes: () => packet(0x70, [0x00, 0x01, 0x00], [0x09, 0x1f, 0x00, 0x01, 0x61]),
+      reason: 0x81,
+    },
+    {
       name: 'SUBSCRIBE with no topic filter [MQTT-3.8.3-2]',
       bytes: (v) => packet(0x82, [0x00, 0x01], v === 5 ? [0x00] : []),
       reason: 0x82,
@@ -263,7 +287,8 @@ describe('malformed input', { timeout: 150_000 }, () => {
 
   const BAD_UTF8 = [0xc3, 0x28];
   const withBad = (s: string): Buffer => Buffer.concat([Buffer.from(s), Buffer.from(BAD_UTF8)]);
-  interface ConnectCase { name: string; bytes: (v: 4 | 5, willTopic: string) => Buffer; versions?: Array<4 | 5> }
+  /** code: the CONNACK reason code an MQTT 5 client gets (default 0x81, malformed). */
+  interface ConnectCase { name: string; bytes: (v: 4 | 5, willTopic: string) => Buffer; versions?: Array<4 | 5>; code?: number }
   const connectCases: ConnectCase[] = [
     { name: 'a client id that is not valid UTF-8', bytes: (v) => rawConnect(v, { clientId: withBad('mal-id') }) },
     { name: 'a client id with U+0000', bytes: (v) => rawConnect(v, { clientId: Buffer.from('mal-id\u0000x') }) },
@@ -280,6 +305,21 @@ describe('malformed input', { timeout: 150_000 }, () => {
       bytes: (v, w) => rawConnect(v, { clientId: Buffer.from(`mal-w-${tag()}`), will: { topic: Buffer.from(w), props: [0x26, 0x00, 0x01, 0x6b, 0x00, 0x01, 0x00] } }),
     },
     {
+      // Found by the fuzz: mqtt-packet handed the two over as an array, and the session made of
+      // it never expired.
+      name: 'the Session Expiry Interval twice', versions: [5], code: 0x82,
+      bytes: (v) => rawConnect(v, { clientId: Buffer.from(`mal-se-${tag()}`), props: [0x11, 0, 0, 0, 60, 0x11, 0, 0, 0x0e, 0x10] }),
+    },
+    {
+      // The first one 0: mqtt-packet keeps only the second.
+      name: 'the Receive Maximum twice', versions: [5], code: 0x82,
+      bytes: (v) => rawConnect(v, { clientId: Buffer.from(`mal-rm-${tag()}`), props: [0x21, 0, 0, 0x21, 0, 10] }),
+    },
+    {
+      name: 'the Will Delay Interval twice', versions: [5], code: 0x82,
+      bytes: (v, w) => rawConnect(v, { clientId: Buffer.from(`mal-wd-${tag()}`), will: { topic: Buffer.from(w), props: [0x18, 0, 0, 0, 1, 0x18, 0, 0, 0, 2] } }),
+    },
+    {
       name: 'a CONNECT User Property that is not valid UTF-8', versions: [5],
       bytes: (v) => rawConnect(v, { clientId: Buffer.from(`mal-p-${tag()}`), props: [0x26, 0x00, 0x02, ...BAD_UTF8, 0x00, 0x01, 0x76] }),
     },
@@ -287,7 +327,8 @@ describe('malformed input', { timeout: 150_000 }, () => {
 
   for (const c of connectCases) {
     for (const version of c.versions ?? [4, 5] as const) {
-      test(`CONNECT with ${c.name} (MQTT ${version === 4 ? '3.1.1' : '5'}): ${version === 5 ? 'CONNACK 0x81 and closed' : 'closed without an answer'}; no will, nothing forwarded; daemon still serves`, async (t) => {
+      const code = c.code ?? 0x81;
+      test(`CONNECT with ${c.name} (MQTT ${version === 4 ? '3.1.1' : '5'}): ${version === 5 ? `CONNACK 0x${code.toString(16)} and closed` : 'closed without an answer'}; no will, nothing forwarded; daemon still serves`, async (t) => {
         const raw = await RawClient.open(daemon.port, version);
         t.after(() => raw.destroy());
         const willTopic = `mal/cwill/${tag()}`;
@@ -295,7 +336,7 @@ describe('malformed input', { timeout: 150_000 }, () => {
         await raw.waitClosed(5000);
         if (version === 5) {
           const connack = raw.packets.find((p) => p.cmd === 'connack') as { reasonCode?: number } | undefined;
-          assert.equal(connack?.reasonCode, 0x81, raw.describe());
+          assert.equal(connack?.reasonCode, code, raw.describe());
           assert.deepEqual(raw.packets.map((p) => p.cmd), ['connack'], raw.describe());
         } else {
           assert.equal(raw.bytes.length, 0, `an MQTT 3.1.1 client got an answer: ${raw.describe()}`);

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as mqttPacket from 'mqtt-packet';
 import { hasDiscouraged } from '../helpers/bytes';
-import { isValidMqttString, PROP_TOPIC_ALIAS, propertiesAreValid, scanPublishProperties, type PropertyScan } from '../../src/protocol/properties';
+import { hasRepeatedProperty, isValidMqttString, PROP_TOPIC_ALIAS, propertiesAreValid, propertyBlockFault, scanPublishProperties, type PropertyScan } from '../../src/protocol/properties';
 import { readVarint, varintEnd } from '../../src/protocol/framer';
 
 function scan(props: Buffer | number[], pad = 0): PropertyScan & { start: number; buf: Buffer } {
@@ -259,4 +259,25 @@ test('propertiesAreValid: CONNECT and will properties, with every string checked
   assert.equal(propertiesAreValid(b(0x11, 0, 0), 0, 3), false, 'a truncated value');
   // Binary data (correlation data, authentication data) is not a string.
   assert.equal(propertiesAreValid(b(0x09, 0, 2, 0xc3, 0x28), 0, 5), true);
+});
+
+test('hasRepeatedProperty: any identifier but User Property, in either half of the identifier range', () => {
+  const b = (...x: number[]): Buffer => Buffer.from(x);
+  assert.equal(hasRepeatedProperty(b(0x11, 0, 0, 0, 1, 0x11, 0, 0, 0, 2), 0, 10), true);
+  assert.equal(hasRepeatedProperty(b(0x21, 0, 0, 0x21, 0, 5), 0, 6), true); // first one 0
+  assert.equal(hasRepeatedProperty(b(0x01, 0, 0x21, 0, 5), 0, 5), false); // 0x01 and 0x21 share a bit position
+  const pair = [0x26, 0, 1, 0x6b, 0, 1, 0x76];
+  assert.equal(hasRepeatedProperty(b(...pair, ...pair), 0, 14), false);
+  assert.equal(hasRepeatedProperty(b(0x1f, 0, 1, 0x61, 0x26, 0, 1, 0x6b, 0, 1, 0x76, 0x1f, 0, 0), 0, 14), true);
+});
+
+test('propertyBlockFault: 0 for well-formed, 0x82 for a repeat, 0x81 for unknown, too long or trailing', () => {
+  const b = (...x: number[]): Buffer => Buffer.from(x);
+  assert.equal(propertyBlockFault(b(0), 0, 1, true), 0);
+  assert.equal(propertyBlockFault(b(3, 0x1f, 0, 0), 0, 4, true), 0);
+  assert.equal(propertyBlockFault(b(6, 0x1f, 0, 0, 0x1f, 0, 0), 0, 7, true), 0x82);
+  assert.equal(propertyBlockFault(b(2, 0x7f, 0), 0, 3, true), 0x81);
+  assert.equal(propertyBlockFault(b(5, 0x1f, 0, 0), 0, 4, true), 0x81);
+  assert.equal(propertyBlockFault(b(3, 0x1f, 0, 0, 0xaa), 0, 5, true), 0x81); // bytes after the block
+  assert.equal(propertyBlockFault(b(3, 0x1f, 0, 0, 0xaa), 0, 5, false), 0); // a SUBSCRIBE's filters follow
 });
