@@ -2,9 +2,10 @@
 // (p99 and worst over the second) and how much heap it uses. The soak run and /metrics read them.
 //
 // It also gives memory back after a load spike: V8 collects when allocating, so a thread that
-// goes quiet after a burst keeps its garbage (and the process its RSS) indefinitely. A thread
-// that has been idle for a few seconds with much more heap in use than after its last collection,
-// or much heap committed and unused, collects once (a full collection also gives back the pages). This needs `gc`, which the daemon's entry point exposes (src/cli.ts).
+// goes quiet after a burst keeps its garbage, the heap pages the burst grew and the Buffers its
+// garbage still holds (and the process its RSS) indefinitely. A thread that has been idle for a
+// few seconds after being busy collects once (a full collection also gives back the pages and
+// frees the Buffers). This needs `gc`, which the daemon's entry point exposes (src/cli.ts).
 
 import { monitorEventLoopDelay, performance, type EventLoopUtilization, type IntervalHistogram } from 'node:perf_hooks';
 import * as v8 from 'node:v8';
@@ -23,10 +24,11 @@ export interface Vitals {
 /** Seconds of near-idle event loop before an idle collection. */
 const IDLE_S = 5;
 const IDLE_UTILIZATION = 0.05;
-/** Heap growth since the last collection, or heap committed and unused, that is worth one. */
+/** Busy seconds since the last collection that make the next idle stretch worth one. */
+const BUSY_S = 2;
+/** Or: heap growth since the last collection that is worth one, busy or not. */
 const GROWTH_MB = 32;
-const SLACK_MB = 48;
-/** At most one idle collection in this long (a heap that stays committed is not chased). */
+/** At most one idle collection in this long. */
 const MIN_INTERVAL_MS = 30_000;
 
 function collector(): (() => void) | null {
@@ -47,6 +49,8 @@ export class ThreadVitals {
   private readonly gc = collector();
   private elu: EventLoopUtilization = performance.eventLoopUtilization();
   private idleS = 0;
+  /** Seconds with the loop busier than IDLE_UTILIZATION since the last idle collection. */
+  private busyS = 0;
   private heapAfterGc = heapMb();
   private lastGc = 0;
   /** Idle collections made. */
@@ -76,13 +80,17 @@ export class ThreadVitals {
     const now = performance.eventLoopUtilization();
     const busy = performance.eventLoopUtilization(now, this.elu).utilization;
     this.elu = now;
-    this.idleS = busy < IDLE_UTILIZATION ? this.idleS + 1 : 0;
+    if (busy < IDLE_UTILIZATION) this.idleS++;
+    else {
+      this.idleS = 0;
+      this.busyS++;
+    }
     if (used < this.heapAfterGc) this.heapAfterGc = used;
     if (this.gc === null || this.idleS < IDLE_S || Date.now() - this.lastGc < MIN_INTERVAL_MS) return;
-    const slack = v8.getHeapStatistics().total_heap_size / 1048576 - used;
-    if (used < this.heapAfterGc + GROWTH_MB && slack < SLACK_MB) return;
+    if (this.busyS < BUSY_S && used < this.heapAfterGc + GROWTH_MB) return;
     this.gc();
     this.collections++;
+    this.busyS = 0;
     this.lastGc = Date.now();
     this.heapAfterGc = heapMb();
   }
