@@ -22,6 +22,7 @@ import { Mosquitto } from '../test/helpers/mosquitto';
 import { HOST } from '../test/helpers/ports';
 import { exitOf, track, type ExitInfo } from '../test/helpers/procs';
 import { addTally, buildScript, describeScript, Engine, newTally, type EngineOptions, type FromFuzzWorker, type FuzzWorkerData, type Tally } from './fuzz.worker';
+import { daemonCommand } from '../src/allocator';
 
 /** The daemon built next to this program; --daemon names another build's cli.js. */
 const DEFAULT_CLI = path.resolve(__dirname, '..', 'src', 'cli.js');
@@ -274,7 +275,9 @@ class Daemon {
   get alive(): boolean { return this.exit === null && this.proc.exitCode === null && this.proc.signalCode === null; }
 
   static async start(cli: string, env: NodeJS.ProcessEnv): Promise<Daemon> {
-    const d = new Daemon(track(spawn(process.execPath, [cli], { env, stdio: ['ignore', 'pipe', 'pipe'] })));
+    // Through the build's launcher, as operators start it (the allocator FANOUT_MALLOC names).
+    const run = daemonCommand(cli);
+    const d = new Daemon(track(spawn(run.command, run.args, { env: { ...env, ...run.env }, stdio: ['ignore', 'pipe', 'pipe'] })));
     const line = await withTimeout(Promise.race([
       new Promise<LogLine>((resolve) => { d.ready = resolve; }),
       d.exited.then((i): never => { throw new Error(`the daemon exited at start-up (code ${i.code}, signal ${i.signal}): ${d.stderr.trim()} ${d.tailText()}`); }),

@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { daemonCommand } from '../src/allocator';
 
 export interface Managed {
   name: string;
@@ -264,7 +265,9 @@ export async function startDaemon(opts: DaemonOptions): Promise<StartedDaemon> {
   };
   // Worker threads inherit the flags: one profile per thread, named by pid and thread id.
   const prof = opts.cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : [];
-  const proc = spawnManaged('mqtt-fanout', process.execPath, [...prof, opts.entry], { env, logPath: path.join(opts.dir, 'mqtt-fanout.log'), pipeStdout: true });
+  // Through the build's launcher, as operators start it (the allocator FANOUT_MALLOC names).
+  const run = daemonCommand(opts.entry, prof);
+  const proc = spawnManaged('mqtt-fanout', run.command, run.args, { env: { ...env, ...run.env }, logPath: path.join(opts.dir, 'mqtt-fanout.log'), pipeStdout: true });
   const ready = await waitForLogLine(proc, (line) => line.msg === 'mqtt-fanout ready');
   const portOf = (key: string): number | null => (typeof ready[key] === 'number' ? (ready[key] as number) : null);
   const started: StartedDaemon = {

@@ -6,6 +6,7 @@ import * as v8 from 'node:v8';
 import * as dns from 'node:dns/promises';
 import * as net from 'node:net';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
+import { loadedAllocator } from './allocator';
 import type { Config, BrokerConfig } from './config/types';
 import { createMainLogger, type MainLog } from './log';
 import { createRing, type RingBuffers } from './ring/spsc';
@@ -538,8 +539,13 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   if (unlisted.length > 0) {
     logger.warn({ brokers: unlisted, brokersFile: cfg.brokersFile }, 'FANOUT_ROUTES names brokers FANOUT_BROKERS_FILE does not list: their routes apply once a reload adds them');
   }
+  const allocator = loadedAllocator();
+  if (cfg.malloc === 'jemalloc' && allocator === 'system') {
+    logger.warn('FANOUT_MALLOC=jemalloc but jemalloc is not loaded: start the daemon with src/mqtt-fanout (npm start) and install libjemalloc2, '
+      + 'or set FANOUT_MALLOC=system; the C library\'s allocator keeps much of the memory of a load spike resident');
+  }
   logger.info({
-    port, host: cfg.host, shards, listen: plan.kind, brokers: brokers.map((b) => b.name), ...(cfg.brokersFile !== null ? { brokersFile: cfg.brokersFile } : {}),
+    port, host: cfg.host, shards, listen: plan.kind, allocator, brokers: brokers.map((b) => b.name), ...(cfg.brokersFile !== null ? { brokersFile: cfg.brokersFile } : {}),
     ...(wsPort !== null ? { wsPort, wsPath: cfg.wsPath, websocket: first.ws } : {}),
     ...(wssPort !== null ? { wssPort, wsPath: cfg.wsPath, secureWebsocket: first.wss } : {}),
     ...(httpServer !== null ? { httpPort: httpServer.boundPort } : {}),

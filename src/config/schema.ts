@@ -254,6 +254,9 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
   threadYoungMb: { name: 'FANOUT_THREAD_YOUNG_MB', default: '24', ...integer(0, 1024),
     description: 'Young generation of each shard and writer thread, in MiB, fixed at this size from the start (a third of it is one semi-space); '
       + '0: V8\'s own, which starts small, grows under load up to 32 MiB of new space per thread and shrinks at idle, so resident memory follows the load\'s history.' },
+  malloc: { name: 'FANOUT_MALLOC', default: 'jemalloc', ...oneOf(['jemalloc', 'system']),
+    description: 'Memory allocator: jemalloc, which gives freed memory back to the system within seconds, preloaded by the launcher `src/mqtt-fanout` (what `npm start` runs) '
+      + 'where Debian\'s libjemalloc2 is installed (a warning at start-up where it is not); system: the C library\'s, which keeps much of the memory of a load spike resident.' },
   adminToken: { name: 'FANOUT_ADMIN_TOKEN', default: 'none: POST /admin/reload is refused (403)',
     ...rule('16 to 256 printable ASCII characters without spaces', (raw) => (/^[\x21-\x7e]{16,256}$/.test(raw) ? raw : undefined)),
     fallback: () => null,

@@ -141,6 +141,8 @@ export interface Config {
   /** Heap limit of each shard and writer thread (MiB). */
   readonly threadHeapMb: number;
   readonly threadYoungMb: number;
+  /** FANOUT_MALLOC: the allocator the launcher preloads (the daemon checks and warns). */
+  readonly malloc: 'jemalloc' | 'system';
   /** FANOUT_ADMIN_TOKEN: the Bearer token of POST /admin/reload; null: refused. */
   readonly adminToken: string | null;
   /** FANOUT_TEST_HOOKS: POST /test/crash is served. */

@@ -69,6 +69,7 @@ const DEFAULTS = {
   conflateTopics: null,
   threadHeapMb: 4096,
   threadYoungMb: 24,
+  malloc: 'jemalloc',
   adminToken: null,
   testHooks: false,
   logLevel: 'info',
@@ -99,7 +100,7 @@ const NAMES = [
     'FANOUT_MAX_TOPIC_LEVELS', 'FANOUT_MAX_SUBSCRIPTIONS', 'FANOUT_MAX_PUBLISH_RATE', 'FANOUT_MAX_QUEUED_MESSAGES', 'FANOUT_QUEUE_OVERFLOW', 'FANOUT_SESSION_EXPIRY_MAX',
     'FANOUT_SESSION_STORE',
   'FANOUT_PENDING_THROTTLE_MS', 'FANOUT_RING_BYTES', 'FANOUT_UPLINK_QUEUE_BYTES', 'FANOUT_ACK', 'FANOUT_SPOOL_DIR', 'FANOUT_SPOOL_FSYNC_MS', 'FANOUT_SPOOL_MAX_BYTES',
-  'FANOUT_SPOOL_OVERFLOW', 'FANOUT_CONFLATE_TOPICS', 'FANOUT_THREAD_HEAP_MB', 'FANOUT_THREAD_YOUNG_MB', 'FANOUT_TEST_HOOKS', 'FANOUT_LOG_LEVEL', 'FANOUT_TRACE_CLIENTS', 'FANOUT_PROXY_ID',
+  'FANOUT_SPOOL_OVERFLOW', 'FANOUT_CONFLATE_TOPICS', 'FANOUT_THREAD_HEAP_MB', 'FANOUT_THREAD_YOUNG_MB', 'FANOUT_MALLOC', 'FANOUT_TEST_HOOKS', 'FANOUT_LOG_LEVEL', 'FANOUT_TRACE_CLIENTS', 'FANOUT_PROXY_ID',
   'FANOUT_STATUS_TOPIC', 'FANOUT_CONNECT_TIMEOUT_MS', 'FANOUT_SHUTDOWN_TIMEOUT_MS', 'FANOUT_RECONNECT_MIN_MS',
   'FANOUT_RECONNECT_MAX_MS', 'FANOUT_UPSTREAM_MODE', 'FANOUT_UPSTREAM_CLIENT_ID', 'FANOUT_UPSTREAM_CONNECT_RATE',
   'FANOUT_UPSTREAM_CONNECT_TIMEOUT_MS',
@@ -259,6 +260,8 @@ test('the spool variables: fsync wait or off, bound, overflow policy, conflated 
     assertRejected('FANOUT_THREAD_HEAP_MB', '31', 'expected an integer from 32 to 1048576');
     assertRejected('FANOUT_THREAD_YOUNG_MB', '2048', 'expected an integer from 0 to 1024');
     assert.equal(loadConfig({ FANOUT_THREAD_YOUNG_MB: '16' }).threadYoungMb, 16);
+    assertRejected('FANOUT_MALLOC', 'tcmalloc', 'jemalloc');
+    assert.equal(loadConfig({ FANOUT_MALLOC: 'system' }).malloc, 'system');
     assert.equal(loadConfig({ FANOUT_TEST_HOOKS: 'true' }).testHooks, true);
     assertRejected('FANOUT_TEST_HOOKS', 'on', 'expected true, false, 1, 0, yes or no');
   } finally {

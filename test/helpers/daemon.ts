@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { HOST } from './ports';
 import { exitOf, isRunning, track, type ExitInfo } from './procs';
 import { waitFor, withTimeout } from './wait';
+import { daemonCommand } from '../../src/allocator';
 
 /** dist/test/helpers/daemon.js -> dist/src/cli.js */
 export const CLI = path.resolve(__dirname, '..', '..', 'src', 'cli.js');
@@ -84,7 +85,10 @@ export class DaemonProcess {
   /** Spawns the daemon without waiting for anything. */
   static spawn(overrides: Record<string, string | number | undefined> = {}): DaemonProcess {
     const env = daemonEnv(overrides);
-    const proc = track(spawn(process.execPath, [CLI], { env, stdio: ['ignore', 'pipe', 'pipe'] }));
+    // Through the launcher, as operators start it (the allocator FANOUT_MALLOC names); it execs
+    // node, so the child's pid is the daemon's.
+    const run = daemonCommand(CLI);
+    const proc = track(spawn(run.command, run.args, { env: { ...env, ...run.env }, stdio: ['ignore', 'pipe', 'pipe'] }));
     return new DaemonProcess(proc, env);
   }
 

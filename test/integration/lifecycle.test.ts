@@ -17,6 +17,8 @@ describe('bad configuration: exit code 2 and one line on stderr naming the varia
   const cases: Array<{ env: Record<string, string>; variable: string; prefix: string; secret?: string }> = [
     { env: { FANOUT_PORT: '99999' }, variable: 'FANOUT_PORT', prefix: 'mqtt-fanout: FANOUT_PORT="99999" is invalid: ' },
     { env: { FANOUT_ACK: 'maybe' }, variable: 'FANOUT_ACK', prefix: 'mqtt-fanout: FANOUT_ACK="maybe" is invalid: ' },
+    // Through the launcher, which preloads nothing for a value it does not know.
+    { env: { FANOUT_MALLOC: 'tcmalloc' }, variable: 'FANOUT_MALLOC', prefix: 'mqtt-fanout: FANOUT_MALLOC="tcmalloc" is invalid: ' },
     { env: { FANOUT_FOO: '1' }, variable: 'FANOUT_FOO', prefix: 'mqtt-fanout: FANOUT_FOO="1" ' },
     { env: { FANOUT_SHARDS: '0' }, variable: 'FANOUT_SHARDS', prefix: 'mqtt-fanout: FANOUT_SHARDS="0" is invalid: ' },
     { env: { FANOUT_BROKERS: 'b1=http://127.0.0.1:1883' }, variable: 'FANOUT_BROKERS', prefix: 'mqtt-fanout: FANOUT_BROKERS="b1=http://127.0.0.1:1883" is invalid: ' },

@@ -1,0 +1,83 @@
+// The allocator: the launcher (src/mqtt-fanout, what `npm start` runs) preloads jemalloc, which
+// gives the memory of a load spike back to the system; FANOUT_MALLOC=system keeps the C
+// library's; a daemon started without the launcher says that jemalloc is missing. Checked in the
+// daemon's own /proc/<pid>/maps.
+
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { loadedAllocator } from '../../src/allocator';
+import { CLI, DaemonProcess, daemonEnv, type LogLine } from '../helpers/daemon';
+import { track } from '../helpers/procs';
+import { Scope, withTimeout } from '../helpers/wait';
+
+const WARNING = /jemalloc is not loaded/;
+const mapsOf = (pid: number): string => fs.readFileSync(`/proc/${pid}/maps`, 'latin1');
+
+describe('allocator', { timeout: 60_000 }, () => {
+  const scope = new Scope();
+  after(() => scope.close());
+
+  test('started by the launcher: jemalloc is mapped into the daemon, its ready line says so, no warning', async () => {
+    const d = scope.use(await DaemonProcess.start());
+    assert.match(mapsOf(d.proc.pid!), /libjemalloc/, 'jemalloc is not mapped: is libjemalloc2 installed (.ci/run installs it)?');
+    const ready = await d.waitForLog((l) => l.msg === 'mqtt-fanout ready');
+    assert.equal(ready.allocator, 'jemalloc');
+    assert.equal(d.lines.filter((l) => WARNING.test(l.msg)).length, 0);
+  });
+
+  test('FANOUT_MALLOC=system: the C library\'s allocator, said in the ready line, no warning', async () => {
+    const d = scope.use(await DaemonProcess.start({ FANOUT_MALLOC: 'system' }));
+    assert.doesNotMatch(mapsOf(d.proc.pid!), /libjemalloc/);
+    const ready = await d.waitForLog((l) => l.msg === 'mqtt-fanout ready');
+    assert.equal(ready.allocator, 'system');
+    assert.equal(d.lines.filter((l) => WARNING.test(l.msg)).length, 0);
+  });
+
+  test('started without the launcher: the C library\'s allocator and a warning naming FANOUT_MALLOC', async () => {
+    const child = track(spawn(process.execPath, [CLI], { env: daemonEnv(), stdio: ['ignore', 'pipe', 'pipe'] }));
+    const lines: LogLine[] = [];
+    try {
+      await withTimeout(new Promise<void>((resolve, reject) => {
+        let buf = '';
+        child.stdout!.on('data', (chunk: Buffer) => {
+          buf += chunk.toString();
+          let nl;
+          while ((nl = buf.indexOf('\n')) >= 0) {
+            const line = buf.slice(0, nl);
+            buf = buf.slice(nl + 1);
+            try { lines.push(JSON.parse(line) as LogLine); } catch { /* not a log line */ }
+            if (lines.at(-1)?.msg === 'mqtt-fanout ready') resolve();
+          }
+        });
+        child.once('exit', (code) => reject(new Error(`exited with ${code}`)));
+      }), 20_000, 'the ready line');
+      assert.doesNotMatch(mapsOf(child.pid!), /libjemalloc/);
+      assert.equal(lines.find((l) => l.msg === 'mqtt-fanout ready')?.allocator, 'system');
+      const warning = lines.find((l) => WARNING.test(l.msg));
+      assert.ok(warning, `no warning; lines: ${lines.map((l) => l.msg).join(' | ')}`);
+      assert.equal(warning.level, 40);
+      assert.match(warning.msg, /FANOUT_MALLOC/);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
+  test('loadedAllocator reads a maps file: jemalloc, system, unknown', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fanout-maps-'));
+    try {
+      const withJe = path.join(dir, 'a');
+      fs.writeFileSync(withJe, '7f00-7f10 r-xp 00000000 08:01 123 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n');
+      const without = path.join(dir, 'b');
+      fs.writeFileSync(without, '7f00-7f10 r-xp 00000000 08:01 124 /usr/lib/x86_64-linux-gnu/libc.so.6\n');
+      assert.equal(loadedAllocator(withJe), 'jemalloc');
+      assert.equal(loadedAllocator(without), 'system');
+      assert.equal(loadedAllocator(path.join(dir, 'missing')), 'unknown');
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
