@@ -7,6 +7,7 @@ import * as dns from 'node:dns/promises';
 import * as net from 'node:net';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { loadedAllocator } from './allocator';
+import { writeHeapSnapshot } from './test-hooks';
 import type { Config, BrokerConfig } from './config/types';
 import { createMainLogger, type MainLog } from './log';
 import { createRing, type RingBuffers } from './ring/spsc';
@@ -506,6 +507,10 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
         return r.ok ? { status: 200, body: r } : { status: r.status, body: { ok: false, error: r.error } };
       },
       testCrash: cfg.testHooks ? (thread, kind) => {
+        if (thread === 'main' && kind === 'heap') {
+          logger.warn({ file: writeHeapSnapshot('main') }, 'heap snapshot written (FANOUT_TEST_HOOKS)');
+          return true;
+        }
         const target = /^shard-(\d+)$/.test(thread) ? shardWorkers[Number(thread.slice(6))]
           : thread.startsWith('writer-') ? writers[cfg.brokers.findIndex((b) => b.name === thread.slice(7) && b.retired !== true)] : undefined;
         if (target === undefined) return false;
