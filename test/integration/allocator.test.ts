@@ -21,9 +21,11 @@ describe('allocator', { timeout: 60_000 }, () => {
   const scope = new Scope();
   after(() => scope.close());
 
-  test('started by the launcher: jemalloc is mapped into the daemon, its ready line says so, no warning', async () => {
+  test('started by the launcher: jemalloc is mapped into the daemon with its background purging threads, its ready line says so, no warning', async () => {
     const d = scope.use(await DaemonProcess.start());
     assert.match(mapsOf(d.proc.pid!), /libjemalloc/, 'jemalloc is not mapped: is libjemalloc2 installed (.ci/run installs it)?');
+    const names = fs.readdirSync(`/proc/${d.proc.pid!}/task`).map((t) => fs.readFileSync(`/proc/${d.proc.pid!}/task/${t}/comm`, 'utf8').trim());
+    assert.ok(names.includes('jemalloc_bg_thd'), `no jemalloc background thread: ${names.join(', ')}`);
     const ready = await d.waitForLog((l) => l.msg === 'mqtt-fanout ready');
     assert.equal(ready.allocator, 'jemalloc');
     assert.equal(d.lines.filter((l) => WARNING.test(l.msg)).length, 0);
