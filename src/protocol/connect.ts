@@ -3,7 +3,7 @@
 
 import * as mqttPacket from 'mqtt-packet';
 import { readVarint, varintEnd } from './framer';
-import { hasRepeatedProperty, isValidMqttString, propertiesAreValid } from './properties';
+import { isValidMqttString, propertyFault } from './properties';
 import {
   CONNACK, CONNACK_V4_BAD_PROTOCOL, CONNACK_V4_ID_REJECTED, RC_MALFORMED, RC_PROTOCOL_ERROR,
   RC_UNSUPPORTED_PROTOCOL,
@@ -58,10 +58,10 @@ export function decodeConnect(packet: Buffer, packetStart: number, bodyStart: nu
   if (version === 5) {
     const propLen = readVarint(packet, idAt, bodyEnd);
     idAt = varintEnd + propLen;
-    const propsAt = varintEnd;
-    if (!propertiesAreValid(packet, propsAt, idAt)) return refuse(5, RC_MALFORMED, 'CONNECT property is not valid UTF-8');
+    const fault = propertyFault(packet, varintEnd, idAt);
+    if (fault === RC_MALFORMED) return refuse(5, RC_MALFORMED, 'CONNECT property is not valid UTF-8');
     // A repeated Session Expiry Interval reached us as an array: a session that never ended.
-    if (hasRepeatedProperty(packet, propsAt, idAt)) return refuse(5, RC_PROTOCOL_ERROR, 'a CONNECT property repeated');
+    if (fault === RC_PROTOCOL_ERROR) return refuse(5, RC_PROTOCOL_ERROR, 'a CONNECT property repeated');
   }
   // Client id, will topic and user name are checked on the raw bytes.
   const flags = packet[levelAt + 1];
@@ -80,10 +80,10 @@ export function decodeConnect(packet: Buffer, packetStart: number, bodyStart: nu
   if (flags & 0x04) {
     if (version === 5) {
       const willPropsLen = readVarint(packet, at, bodyEnd); // mqtt-packet parsed it: in bounds
-      const willPropsAt = varintEnd; // read now: walking the properties reads varints too
-      const willPropsEnd = willPropsAt + willPropsLen;
-      if (!propertiesAreValid(packet, willPropsAt, willPropsEnd)) return refuse(5, RC_MALFORMED, 'will property is not valid UTF-8');
-      if (hasRepeatedProperty(packet, willPropsAt, willPropsEnd)) return refuse(5, RC_PROTOCOL_ERROR, 'a will property repeated');
+      const willPropsEnd = varintEnd + willPropsLen; // read now: walking the properties reads varints too
+      const fault = propertyFault(packet, varintEnd, willPropsEnd);
+      if (fault === RC_MALFORMED) return refuse(5, RC_MALFORMED, 'will property is not valid UTF-8');
+      if (fault === RC_PROTOCOL_ERROR) return refuse(5, RC_PROTOCOL_ERROR, 'a will property repeated');
       at = willPropsEnd;
     }
     if (badString()) return refuse(answerAs === 5 ? 5 : 0, RC_MALFORMED, 'will topic is not valid UTF-8');

@@ -27,12 +27,30 @@ export interface PropertyScan {
   aliasStart: number;
 }
 
+// The property identifiers seen so far in the walk in progress, one bit each (identifiers run
+// from 0x01 to 0x2a): only User Property may repeat in what a client sends [MQTT-2.2.2.2].
+let seenLow = 0; // 0x00-0x1f
+let seenHigh = 0; // 0x20-0x3f
+
+/** Marks id seen; true when it was seen before in this walk. */
+function seenBefore(id: number): boolean {
+  const bit = 1 << (id & 0x1f);
+  if (id < 0x20) {
+    if ((seenLow & bit) !== 0) return true;
+    seenLow |= bit;
+  } else {
+    if ((seenHigh & bit) !== 0) return true;
+    seenHigh |= bit;
+  }
+  return false;
+}
+
 /** Walks the properties in buf[start, end) of a client PUBLISH. */
 export function scanPublishProperties(buf: Buffer, start: number, end: number, out: PropertyScan): void {
   out.error = 0;
   out.topicAlias = 0;
   out.aliasStart = -1;
-  const seen = new Set<number>();
+  seenLow = seenHigh = 0;
   let pos = start;
   while (pos < end) {
     const id = buf[pos];
@@ -45,12 +63,9 @@ export function scanPublishProperties(buf: Buffer, start: number, end: number, o
       out.error = 0x82; // Subscription Identifier from a client is a protocol error [MQTT-3.3.4-6]
       return;
     }
-    if (id !== 0x26) {
-      if (seen.has(id)) {
-        out.error = 0x82;
-        return;
-      }
-      seen.add(id);
+    if (id !== 0x26 && seenBefore(id)) {
+      out.error = 0x82;
+      return;
     }
     const valueAt = pos + 1;
     const next = skipValue(buf, valueAt, end, kind);
@@ -75,62 +90,43 @@ export function scanPublishProperties(buf: Buffer, start: number, end: number, o
 }
 
 /**
- * Whether the properties in buf[start, end) are well-formed: known identifiers, values inside
- * the range, and every UTF-8 string (user properties included) passing isValidMqttString. For
- * the CONNECT and will properties, which mqtt-packet decodes leniently and a will carries on to
- * the brokers.
+ * Checks the properties in buf[start, end) in one walk: 0x81 (malformed) unless every identifier
+ * is known, every value inside the range and every UTF-8 string (user properties included) passes
+ * isValidMqttString; else 0x82 (protocol error) when a property other than User Property
+ * repeats, which mqtt-packet takes without complaint (it keeps the last of two when the first is
+ * falsy and hands others over as an array: as a number, NaN); else 0. For the CONNECT and will
+ * properties, which mqtt-packet decodes leniently and a will carries on to the brokers.
  */
-export function propertiesAreValid(buf: Buffer, start: number, end: number): boolean {
-  let pos = start;
-  while (pos < end) {
-    const kind = KIND[buf[pos]];
-    if (kind === undefined) return false;
-    pos = skipValue(buf, pos + 1, end, kind);
-    if (pos < 0) return false;
-  }
-  return pos === end;
-}
-
-/**
- * Whether a property other than User Property appears twice in buf[start, end), which MQTT 5
- * makes a protocol error for every packet a client sends. mqtt-packet keeps only the last of two
- * when the first is falsy and hands others over as an array (as a number, an array becomes NaN).
- * The properties must already be known well-formed.
- */
-export function hasRepeatedProperty(buf: Buffer, start: number, end: number): boolean {
-  let low = 0; // identifiers 0x00-0x1f, one bit each
-  let high = 0; // identifiers 0x20-0x3f
+export function propertyFault(buf: Buffer, start: number, end: number): number {
+  seenLow = seenHigh = 0;
+  let repeated = false;
   let pos = start;
   while (pos < end) {
     const id = buf[pos];
     const kind = KIND[id];
-    if (kind === undefined) return false;
-    if (id !== 0x26) {
-      const bit = 1 << (id & 0x1f);
-      const mask = id < 0x20 ? low : high;
-      if ((mask & bit) !== 0) return true;
-      if (id < 0x20) low |= bit;
-      else high |= bit;
-    }
+    if (kind === undefined) return 0x81;
+    if (id !== 0x26 && seenBefore(id)) repeated = true;
     pos = skipValue(buf, pos + 1, end, kind);
-    if (pos < 0) return false;
+    if (pos < 0) return 0x81;
   }
-  return false;
+  if (pos !== end) return 0x81;
+  return repeated ? 0x82 : 0;
 }
 
 /**
  * Checks the property block whose length varint starts at buf[at], inside a packet ending at
  * end (and, when last, ending with it): 0 when well-formed, 0x81 when malformed (unknown
- * identifier, a value or the block beyond the packet, bytes after it), 0x82 when a property other than User Property repeats. For the acknowledgements,
- * SUBSCRIBE, UNSUBSCRIBE and DISCONNECT, which are otherwise read by their fixed fields.
+ * identifier, a value or the block beyond the packet, bytes after it), 0x82 when a property
+ * other than User Property repeats. For the acknowledgements, SUBSCRIBE, UNSUBSCRIBE and
+ * DISCONNECT, which are otherwise read by their fixed fields.
  */
 export function propertyBlockFault(buf: Buffer, at: number, end: number, last: boolean): number {
   const len = readVarint(buf, at, end);
   if (len < 0) return 0x81;
   const start = varintEnd;
   const stop = start + len;
-  if (stop > end || (last && stop !== end) || !propertiesAreValid(buf, start, stop)) return 0x81;
-  return hasRepeatedProperty(buf, start, stop) ? 0x82 : 0;
+  if (stop > end || (last && stop !== end)) return 0x81;
+  return propertyFault(buf, start, stop);
 }
 
 function skipValue(buf: Buffer, pos: number, end: number, kind: string): number {

@@ -16,6 +16,18 @@ export function urlOf(port: number): string {
   return `mqtt://${HOST}:${port}`;
 }
 
+/** A device with a persistent session (MQTT 3.1.1 clean session 0, or 5 with a session expiry
+ *  of expiryS) that reconnects by itself every 300 ms and never subscribes again, so what it gets
+ *  after a reconnect comes from its session. Errors are left to its reconnects. */
+export function persistentClient(port: number, clientId: string, v5: boolean, expiryS: number): MqttClient {
+  const client = mqtt.connect(urlOf(port), {
+    clientId, clean: false, protocolVersion: v5 ? 5 : 4, reconnectPeriod: 300, connectTimeout: 10_000, keepalive: 30,
+    resubscribe: false, ...(v5 ? { properties: { sessionExpiryInterval: expiryS } } : {}),
+  });
+  client.on('error', () => undefined);
+  return client;
+}
+
 export interface Connected {
   client: MqttClient;
   connack: IConnackPacket;

@@ -16,7 +16,7 @@ import { RedisServer } from '../helpers/redis';
 import { Cluster, httpPortOf, startInstance } from '../helpers/cluster';
 import { parsePrometheus } from '../helpers/prometheus';
 import { HOST } from '../helpers/ports';
-import { connectClient, urlOf } from '../helpers/clients';
+import { connectClient, persistentClient, urlOf } from '../helpers/clients';
 import { Scope, sleep, waitFor } from '../helpers/wait';
 
 const DEVICES = Number(process.env.SCALE_DEVICES ?? 500);
@@ -39,12 +39,8 @@ interface Dev {
  *  reconnects by itself through HAProxy. It never subscribes again: what it gets after a
  *  reconnect comes from its session. */
 function device(port: number, id: string, v5: boolean): Promise<Dev> {
-  const client = mqtt.connect(urlOf(port), {
-    clientId: id, clean: false, protocolVersion: v5 ? 5 : 4, reconnectPeriod: 300, connectTimeout: 10_000, keepalive: 30,
-    resubscribe: false, ...(v5 ? { properties: { sessionExpiryInterval: 600 } } : {}),
-  });
+  const client = persistentClient(port, id, v5, 600);
   const dev: Dev = { id, client, acked: new Set(), got: new Set(), connects: 0, presentAfterFirst: [], seq: 0 };
-  client.on('error', () => undefined);
   client.on('message', (_topic, payload) => dev.got.add(payload.toString()));
   client.on('connect', (connack) => {
     if (dev.connects++ > 0) dev.presentAfterFirst.push(connack.sessionPresent);

@@ -14,13 +14,13 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import mqtt, { type MqttClient } from 'mqtt';
+import type { MqttClient } from 'mqtt';
 import { Mosquitto } from '../helpers/mosquitto';
 import { RedisServer } from '../helpers/redis';
 import { Cluster, httpPortOf } from '../helpers/cluster';
 import type { LogLine } from '../helpers/daemon';
 import { HOST } from '../helpers/ports';
-import { urlOf } from '../helpers/clients';
+import { persistentClient } from '../helpers/clients';
 import { Tally } from '../helpers/stream';
 import { Scope, sleep, waitFor, withTimeout } from '../helpers/wait';
 
@@ -47,12 +47,8 @@ interface Dev {
 /** A device with a persistent session (3.1.1 clean session 0, or 5 with a session expiry) that
  *  would reconnect by itself: any reconnect shows in its events. */
 function device(port: number, id: string, v5: boolean): Promise<Dev> {
-  const client = mqtt.connect(urlOf(port), {
-    clientId: id, clean: false, protocolVersion: v5 ? 5 : 4, reconnectPeriod: 300, connectTimeout: 10_000, keepalive: 30,
-    resubscribe: false, ...(v5 ? { properties: { sessionExpiryInterval: 300 } } : {}),
-  });
+  const client = persistentClient(port, id, v5, 300);
   const dev: Dev = { id, client, seq: 0, events: [], firstEventAt: 0 };
-  client.on('error', () => undefined);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       client.end(true);

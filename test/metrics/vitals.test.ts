@@ -15,12 +15,17 @@ function spin(ms: number): void {
   while (Date.now() < until) { /* busy */ }
 }
 
+/** Idle seconds, sampled once each as the threads do; stops early once `until` holds. */
+async function idleFor(v: ThreadVitals, seconds: number, until: () => boolean = () => false): Promise<void> {
+  for (let i = 0; i < seconds && !until(); i++) {
+    await sleep(1000);
+    v.sample();
+  }
+}
+
 test('busy for two seconds, then idle for five: one idle collection; idle all along: none', { timeout: 30_000 }, async () => {
   const quiet = new ThreadVitals();
-  for (let i = 0; i < 6; i++) {
-    await sleep(1000);
-    quiet.sample();
-  }
+  await idleFor(quiet, 6);
   assert.equal(quiet.collections, 0, 'a thread that was never busy collected');
 
   const v = new ThreadVitals();
@@ -30,20 +35,11 @@ test('busy for two seconds, then idle for five: one idle collection; idle all al
     v.sample();
   }
   assert.equal(v.collections, 0, 'collected while busy');
-  for (let i = 0; i < 4; i++) {
-    await sleep(1000);
-    v.sample();
-  }
+  await idleFor(v, 4);
   assert.equal(v.collections, 0, 'collected before five idle seconds');
-  for (let i = 0; i < 3 && v.collections === 0; i++) {
-    await sleep(1000);
-    v.sample();
-  }
+  await idleFor(v, 3, () => v.collections > 0);
   assert.equal(v.collections, 1, 'no collection after the busy stretch went idle');
   // Idle on: no second one without new work.
-  for (let i = 0; i < 3; i++) {
-    await sleep(1000);
-    v.sample();
-  }
+  await idleFor(v, 3);
   assert.equal(v.collections, 1);
 });

@@ -5,8 +5,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as mqttPacket from 'mqtt-packet';
 import { hasDiscouraged } from '../helpers/bytes';
-import { hasRepeatedProperty, isValidMqttString, PROP_TOPIC_ALIAS, propertiesAreValid, propertyBlockFault, scanPublishProperties, type PropertyScan } from '../../src/protocol/properties';
+import { isValidMqttString, PROP_TOPIC_ALIAS, propertyBlockFault, propertyFault, scanPublishProperties, type PropertyScan } from '../../src/protocol/properties';
 import { readVarint, varintEnd } from '../../src/protocol/framer';
+
+/** propertyFault's two verdicts, as the CONNECT decoder reads them. */
+const propertiesAreValid = (buf: Buffer, start: number, end: number): boolean => propertyFault(buf, start, end) !== 0x81;
+const hasRepeatedProperty = (buf: Buffer, start: number, end: number): boolean => propertyFault(buf, start, end) === 0x82;
 
 function scan(props: Buffer | number[], pad = 0): PropertyScan & { start: number; buf: Buffer } {
   const body = Buffer.isBuffer(props) ? props : Buffer.from(props);
