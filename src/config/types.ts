@@ -1,7 +1,15 @@
 // The validated, frozen configuration every thread receives. Produced once at start-up by
 // loadConfig() from the FANOUT_* environment; workers get it through workerData.
 
-export type AckMode = 'all' | 'any' | 'local';
+/** FANOUT_ACK: a number k acknowledges a device publish once k of the brokers it goes to did
+ *  (at most as many as it goes to); `any` is k = 1, `all` every one of them. */
+export type AckMode = 'all' | 'any' | 'local' | number;
+
+/** Brokers each device publish waits for (k of FANOUT_ACK); `all` (and `local`, which waits
+ *  for every broker's spool) is more than there can be brokers, so min(k, n) means all n. */
+export function ackQuorum(ack: AckMode): number {
+  return ack === 'any' ? 1 : typeof ack === 'number' ? ack : 255;
+}
 export type RetainMode = 'forward' | 'strip';
 export type QoS = 0 | 1 | 2;
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
