@@ -39,6 +39,12 @@ export interface Route {
   readonly remotePrefix: string;
 }
 
+/** One address a broker is reached at. */
+export interface BrokerAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
 export interface BrokerConfig {
   /** Short name from FANOUT_BROKERS (`name=url`): [A-Za-z0-9_-]{1,32}, unique. */
   readonly name: string;
@@ -79,6 +85,11 @@ export interface BrokerConfig {
   readonly credentials?: CredentialsMode;
   /** Per-device mode with credentials=map: the JSON file of device user name -> credentials. */
   readonly credentialsMap?: string;
+  /** URL `failover`: the addresses tried after host:port, in order, on each reconnect; absent: none. */
+  readonly failover?: readonly BrokerAddress[];
+  /** With failover (URL `primaryCheckMs`): ms on a failover address before host:port is tried
+   *  again; 0: never while the connection holds. */
+  readonly primaryCheckMs?: number;
   /** Set by a reload on the slot of a broker it removed: Config.brokers keeps every slot a
    *  thread may have rings for, and a retired one takes and serves nothing. */
   readonly retired?: boolean;
