@@ -110,6 +110,8 @@ test('failover: further addresses in order, the port defaulting to the scheme\'s
   assertRejected('a=mqtt://h1?failover=h2&primaryCheckMs=86400001', 'a=mqtt://h1?failover=h2&primaryCheckMs=86400001',
     'broker "a": primaryCheckMs must be an integer from 0 to 86400000');
   assertRejected('a=mqtt://h1?primaryCheckMs=1000', 'a=mqtt://h1?primaryCheckMs=1000', 'broker "a": primaryCheckMs goes with failover');
+  assertRejected('a=mqtt://h1?failover=h2&mode=per-device', 'a=mqtt://h1?failover=h2&mode=per-device',
+    'broker "a": failover applies to pooled brokers only, and this one is per-device (mode or FANOUT_UPSTREAM_MODE)');
 });
 
 test('TLS parameters: readable files (percent-decoded), cert with key, insecure, mqtts only', () => {
