@@ -201,6 +201,8 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   // Histograms the threads handed over and the collector has not taken yet. A reply that comes
   // after a collection gave up waiting is kept for the next one: each is recorded only once.
   const latency = { ack: [] as string[], rtt: brokers.map(() => [] as string[]), waiting: 0, wake: null as (() => void) | null };
+  /** Per broker, the address each pool connection is up on (-1: down), as of the last collection. */
+  const connectionAddresses: number[][] = [];
   const gotLatency = (): void => {
     if (latency.waiting > 0 && --latency.waiting === 0) latency.wake?.();
   };
@@ -233,6 +235,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
       if (onWorkerMessage(m)) return;
       if (m.t === 'metrics') {
         if (m.rtt !== '') latency.rtt[m.broker].push(m.rtt);
+        connectionAddresses[m.broker] = m.addresses;
         gotLatency();
       } else if (m.t === 'lost') {
         toShard(m.shard, { t: 'lost', broker: m.broker, tokens: m.tokens });
@@ -471,6 +474,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     shardStats: () => readShardStats(stats, shards),
     writerStats: () => readWriterStats(writerStats, cfg.brokers.length),
     uplinkRings: uplink, downlinkRings: downlink,
+    connectionAddresses: () => connectionAddresses,
     pullLatency: () => new Promise((resolve) => {
       const take = (): void => {
         clearTimeout(timer);

@@ -1,26 +1,31 @@
 // One connection from a writer to its upstream broker: CONNECT with a client id unique to this
 // broker and a retained last will, PUBLISH with an inflight window capped by the broker's
 // Receive Maximum, the QoS 1/2 handshakes, keep-alive, and re-sending what was not
-// acknowledged after a reconnect, paced by FANOUT_PENDING_THROTTLE_MS.
+// acknowledged after a reconnect, paced by FANOUT_PENDING_THROTTLE_MS. A broker with failover
+// addresses is tried at the next of them on each reconnect, and a connection on a failover
+// address goes back to the first once a probe finds it answering (primaryCheckMs).
 
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import * as tls from 'node:tls';
 import * as mqttPacket from 'mqtt-packet';
-import type { BrokerConfig, Config } from '../config/types';
+import type { BrokerAddress, BrokerConfig, Config } from '../config/types';
 import { Framer, FRAME_READY, FRAME_INCOMPLETE, readVarint, varintEnd } from '../protocol/framer';
 import { encodePublishHead, publishSize } from '../protocol/publish';
 import { copyBytes } from '../protocol/bytes';
 import * as C from '../protocol/constants';
 import { NO_TOKEN } from '../ring/records';
 import { describePackets } from '../protocol/trace';
+import { addressText, brokerAddresses } from '../config/brokers';
 import { nextBackoff } from './backoff';
 import type { WriterContext } from './context';
 
 const DOWN = 0;
 const CONNECTING = 1;
 const UP = 2;
+/** Up, taking nothing new: its in-flight messages drain before it moves back to the primary. */
+const LEAVING = 3;
 
 // Inflight stages per packet id.
 const FREE = 0;
@@ -34,6 +39,13 @@ const OUT_HIGH_WATER = 1024 * 1024;
 /** In-flight publishes towards an MQTT 3.1.1 broker when the URL says `inflight=auto`: such a
  *  broker cannot announce a limit, and mosquitto's max_inflight_messages is 20 by default. */
 const AUTO_INFLIGHT_V4 = 20;
+/** With failover addresses: an attempt without CONNACK for this long fails over to the next one
+ *  (a host that is gone may take minutes to refuse a TCP connection). */
+const FAILOVER_CONNECT_TIMEOUT_MS = 10000;
+/** How long a connection moving back to the primary waits for its in-flight messages; those
+ *  still unacknowledged then are re-sent there. */
+const LEAVE_DRAIN_MS = 5000;
+const STATUS_TAG = -2;
 
 export class BrokerConnection {
   readonly clientId: string;
@@ -66,7 +78,8 @@ export class BrokerConnection {
   private readonly lengths = new Uint32Array(65536);
   private readonly tokens = new Uint32Array(65536);
   private readonly shards = new Uint8Array(65536);
-  /** Spool sequence number of the message under each packet id (-1: not from the spool). */
+  /** Spool sequence number of the message under each packet id (-1: not from the spool,
+   *  STATUS_TAG: a status message). */
   private readonly tags = new Float64Array(65536).fill(-1);
   private readonly stages = new Uint8Array(65536);
   private readonly order = new Uint32Array(65536);
@@ -88,6 +101,19 @@ export class BrokerConnection {
   /** A broker PUBLISH the shards' rings could not take yet; the socket is paused meanwhile. */
   private held: { header: number; buf: Buffer; start: number; end: number } | null = null;
   private readonly statusTopic: string;
+  /** Where the broker is reached: host:port of the URL, then its failover addresses. */
+  private readonly addresses: readonly BrokerAddress[];
+  /** The address of the current (or last) attempt, an index into addresses. */
+  address = 0;
+  /** The address whose session the connection holds: another one gets a clean start. */
+  private sessionAddress = -1;
+  /** When the current stage began (connect attempt, arrival on a failover address, leaving). */
+  private stageAt = 0;
+  /** The primary answered the probe: the next connect goes there at once. */
+  private returning = false;
+  private probe: net.Socket | null = null;
+  /** Packet id of the last status publish, which a newer one replaces rather than follows. */
+  private statusId = 0;
 
   constructor(private readonly ctx: WriterContext, private readonly broker: BrokerConfig, private readonly config: Config, readonly index: number) {
     this.clientId = `${config.proxyId}-${broker.name}-${index}`;
@@ -95,6 +121,12 @@ export class BrokerConnection {
     this.v5 = broker.protocolVersion === 5;
     this.maxInflight = broker.inflight > 0 ? broker.inflight : this.v5 ? 65535 : AUTO_INFLIGHT_V4;
     this.statusTopic = config.statusTopic.replace('{clientId}', this.clientId);
+    this.addresses = brokerAddresses(broker);
+  }
+
+  /** host:port of the address in use (or of address i). */
+  addressText(i = this.address): string {
+    return addressText(this.addresses[i]);
   }
 
   /** Whether a record can be taken now without exceeding any window. */
@@ -104,7 +136,7 @@ export class BrokerConnection {
   }
 
   get up(): boolean {
-    return this.state === UP;
+    return this.state === UP || this.state === LEAVING;
   }
 
   get subscribable(): boolean {
@@ -125,17 +157,19 @@ export class BrokerConnection {
   connect(): void {
     if (this.closing) return;
     this.state = CONNECTING;
+    this.stageAt = this.ctx.now;
     const b = this.broker;
+    const { host, port } = this.addresses[this.address];
     const socket = b.transport === 'mqtts'
       ? tls.connect({
-        host: b.host, port: b.port, servername: net.isIP(b.host) ? undefined : b.host,
+        host, port, servername: net.isIP(host) ? undefined : host,
         // Read at each connect, so rotated files are picked up by the next reconnect.
         ca: b.ca === null ? undefined : fs.readFileSync(b.ca),
         cert: b.cert === null ? undefined : fs.readFileSync(b.cert),
         key: b.key === null ? undefined : fs.readFileSync(b.key),
         rejectUnauthorized: !b.insecure,
       })
-      : net.connect({ host: b.host, port: b.port });
+      : net.connect({ host, port });
     socket.setNoDelay(true);
     this.socket = socket;
     this.framer.reset();
@@ -145,8 +179,9 @@ export class BrokerConnection {
       socket.write(mqttPacket.generate({
         cmd: 'connect', protocolId: 'MQTT', protocolVersion: b.protocolVersion, clientId: this.clientId,
         // A fresh session on the first connect: a stale one could hold QoS 2 packet ids that
-        // would swallow new messages. Later reconnects resume it so in-flight QoS 2 completes.
-        clean: !this.everConnected, keepalive: b.keepalive, username: b.username,
+        // would swallow new messages. Later reconnects resume it so in-flight QoS 2 completes,
+        // except at another address: that broker's session of this client id is a stale one.
+        clean: this.address !== this.sessionAddress, keepalive: b.keepalive, username: b.username,
         password: b.password === undefined ? undefined : Buffer.from(b.password), will,
         properties: this.v5 ? { sessionExpiryInterval: 3600, receiveMaximum: 65535, maximumPacketSize: this.ctx.maxIncoming } : undefined,
       }, { protocolVersion: b.protocolVersion }));
@@ -159,15 +194,16 @@ export class BrokerConnection {
       this.ctx.schedulePump();
     });
     socket.on('error', (err) => {
-      if (this.state === UP) this.ctx.log.warn({ broker: b.name, clientId: this.clientId, err: err.message }, 'broker connection error');
-      else this.ctx.log.debug({ broker: b.name, clientId: this.clientId, err: err.message }, 'broker connect failed');
+      const address = this.addressText();
+      if (this.state === UP) this.ctx.log.warn({ broker: b.name, clientId: this.clientId, address, err: err.message }, 'broker connection error');
+      else this.ctx.log.debug({ broker: b.name, clientId: this.clientId, address, err: err.message }, 'broker connect failed');
     });
     socket.on('close', () => this.onClose(socket));
   }
 
   private onClose(socket: net.Socket): void {
     if (socket !== this.socket) return;
-    const wasUp = this.state === UP;
+    const wasUp = this.state === UP || this.state === LEAVING;
     const unsent = socket.writableLength + this.outLen;
     if (unsent > 0 && this.qos0Pending) {
       // QoS 1/2 messages among those bytes are re-sent; QoS 0 ones are gone, and said so.
@@ -185,8 +221,18 @@ export class BrokerConnection {
     this.out = Buffer.allocUnsafe(OUT_CHUNK);
     this.outLen = 0;
     this.resending = false;
+    this.probe?.destroy();
+    this.probe = null;
     if (this.closing) return;
-    if (wasUp) this.ctx.log.warn({ broker: this.broker.name, clientId: this.clientId, inflight: this.inflight }, 'broker connection lost');
+    if (this.returning) {
+      this.returning = false;
+      this.address = 0;
+      this.connect();
+      return;
+    }
+    if (wasUp) this.ctx.log.warn({ broker: this.broker.name, clientId: this.clientId, address: this.addressText(), inflight: this.inflight }, 'broker connection lost');
+    // Each reconnect tries the next address, after the same backoff as with one address.
+    this.address = (this.address + 1) % this.addresses.length;
     const delay = nextBackoff(this.attempt++, this.config.reconnectMinMs, this.config.reconnectMaxMs);
     this.timer = setTimeout(() => this.connect(), delay);
   }
@@ -340,10 +386,14 @@ export class BrokerConnection {
     this.maxPacketSize = props.maximumPacketSize ?? 0x0fffffff;
     const resumed = ack.sessionPresent;
     this.state = UP;
+    this.stageAt = this.ctx.now;
+    this.sessionAddress = this.address;
     this.attempt = 0;
     if (this.everConnected) this.reconnects++;
     this.everConnected = true;
-    this.ctx.log.info({ broker: this.broker.name, clientId: this.clientId, resumed, pending: this.inflight }, 'broker connected');
+    this.ctx.log.info({ broker: this.broker.name, clientId: this.clientId, address: this.addressText(), resumed, pending: this.inflight }, 'broker connected');
+    // An unacknowledged status of an earlier connection would land after the new one.
+    if (this.stages[this.statusId] === AWAIT_ACK && this.tags[this.statusId] === STATUS_TAG) this.free(this.statusId);
     const ids: number[] = [];
     for (let id = 1; id < 65536; id++) {
       // SUBSCRIBEs are not part of the session: the downlink sends them again if needed.
@@ -351,7 +401,7 @@ export class BrokerConnection {
       else if (this.stages[id] !== FREE) ids.push(id);
     }
     if (!resumed) this.received2.clear();
-    this.publishStatus('online');
+    this.publishStatus(this.addresses.length > 1 ? `online ${this.addressText()}` : 'online');
     this.ctx.onConnected(this, resumed === true);
     this.resend(ids, resumed);
   }
@@ -398,10 +448,11 @@ export class BrokerConnection {
     step();
   }
 
-  private publishStatus(state: string): void {
+  private publishStatus(state: string, qos = 1): void {
     const payload = Buffer.from(state);
     const topic = Buffer.from(this.statusTopic);
-    this.publish(1, this.retainAvailable, NO_TOKEN, 0, topic, 0, topic.length, 0, 0, payload, 0, payload.length);
+    this.publish(qos, this.retainAvailable, NO_TOKEN, 0, topic, 0, topic.length, 0, 0, payload, 0, payload.length, false, STATUS_TAG);
+    if (qos > 0) this.statusId = this.nextId === 1 ? 65535 : this.nextId - 1;
   }
 
   /**
@@ -460,7 +511,7 @@ export class BrokerConnection {
       if (this.stages[id] === AWAIT_ACK || this.stages[id] === AWAIT_COMP) flight.push({ id, stage: this.stages[id], ageMs: Math.round(now - this.sentAt[id]), len: this.lengths[id] });
     }
     return {
-      clientId: this.clientId, state: this.state, inflight: this.inflight, maxInflight: this.maxInflight, writable: this.writable, resending: this.resending,
+      clientId: this.clientId, address: this.addressText(), state: this.state, inflight: this.inflight, maxInflight: this.maxInflight, writable: this.writable, resending: this.resending,
       outLen: this.outLen, held: this.held !== null, socketBuffered: this.socket?.writableLength ?? null, paused: this.socket?.isPaused() ?? null,
       framerBuffered: this.framer.buffered, flight: flight.slice(0, 40),
     };
@@ -487,6 +538,7 @@ export class BrokerConnection {
     this.stages[id] = FREE;
     this.slabs[id] = undefined;
     this.inflight--;
+    if (this.state === LEAVING && this.inflight === 0) this.leave();
     this.ctx.schedulePump();
   }
 
@@ -516,6 +568,7 @@ export class BrokerConnection {
 
   /** Keep-alive: PINGREQ when idle, reconnect when the broker stopped answering. */
   onTick(now: number): void {
+    if (this.addresses.length > 1) this.checkAddress(now);
     const ka = this.broker.keepalive * 1000;
     if (this.state !== UP || ka === 0) return;
     if (now - this.lastRx > ka * 1.5) {
@@ -524,6 +577,46 @@ export class BrokerConnection {
       this.append(C.PINGREQ_PACKET);
       this.flush();
     }
+  }
+
+  /** Failover: gives up a silent attempt, and takes a connection on a failover address back to
+   *  the primary once a TCP probe finds it listening again. */
+  private checkAddress(now: number): void {
+    if (this.state === CONNECTING && now - this.stageAt > FAILOVER_CONNECT_TIMEOUT_MS) {
+      this.fail(`no CONNACK within ${FAILOVER_CONNECT_TIMEOUT_MS} ms`);
+    } else if (this.state === LEAVING && now - this.stageAt > LEAVE_DRAIN_MS) {
+      this.leave();
+    } else if (this.state === UP && this.address !== 0 && !this.resending && this.probe === null
+      && this.broker.primaryCheckMs !== 0 && now - this.stageAt >= (this.broker.primaryCheckMs ?? 0)) {
+      const { host, port } = this.addresses[0];
+      const probe = net.connect({ host, port });
+      this.probe = probe;
+      const done = (answered: boolean): void => {
+        probe.destroy();
+        if (this.probe !== probe) return;
+        this.probe = null;
+        this.stageAt = this.ctx.now;
+        if (!answered || this.state !== UP) return;
+        this.ctx.log.info({ broker: this.broker.name, clientId: this.clientId, address: this.addressText(), primary: this.addressText(0), inflight: this.inflight },
+          'primary broker address answers again: moving back once in-flight messages are acknowledged');
+        this.state = LEAVING;
+        if (this.inflight === 0) this.leave();
+      };
+      probe.setTimeout(FAILOVER_CONNECT_TIMEOUT_MS, () => done(false));
+      probe.once('connect', () => done(true));
+      probe.once('error', () => done(false));
+    }
+  }
+
+  /** Leaves the failover address for the primary: status offline there (QoS 0, so it cannot be
+   *  re-sent after the next connection's online), DISCONNECT, and reconnect at once. */
+  private leave(): void {
+    if (this.state !== LEAVING || this.returning) return;
+    this.returning = true;
+    this.publishStatus('offline', 0);
+    this.append(this.v5 ? C.disconnectV5(0) : C.DISCONNECT_V4_PACKET);
+    this.flush();
+    this.socket?.end();
   }
 
   private fail(why: string): void {

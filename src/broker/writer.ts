@@ -59,7 +59,8 @@ export type ToWriter =
   | { t: 'pending'; shard: number; tokens: number[] };
 export type FromWriter =
   | { t: 'drained'; broker: string; leftInRings: number; leftInflight: number }
-  | { t: 'metrics'; broker: number; rtt: string }
+  /** addresses: per pool connection, the index of the broker address it is up on, -1 when down. */
+  | { t: 'metrics'; broker: number; rtt: string; addresses: number[] }
   | { t: 'shard-reset-done'; broker: number; shard: number }
   // Recovery without a spool: tokens whose messages went with the failed writer.
   | { t: 'lost'; broker: number; shard: number; tokens: number[] };
@@ -275,7 +276,7 @@ export class Writer implements WriterContext, SpooledHost {
         this.schedulePump();
       } else if (m.t === 'metrics') {
         this.publishStats();
-        const reply: FromWriter = { t: 'metrics', broker: this.opts.index, rtt: this.rtt.take() };
+        const reply: FromWriter = { t: 'metrics', broker: this.opts.index, rtt: this.rtt.take(), addresses: this.pool.map((c) => (c.up ? c.address : -1)) };
         this.opts.port.postMessage(reply);
       }
     });

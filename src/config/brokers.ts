@@ -5,7 +5,7 @@
 
 import { accessSync, constants } from 'node:fs';
 import { isIP, isIPv6 } from 'node:net';
-import type { BrokerConfig } from './types';
+import type { BrokerAddress, BrokerConfig } from './types';
 import { loadCredentialsMap } from './upstream';
 
 export const BROKERS_ALLOWED =
@@ -135,7 +135,40 @@ const PARAMS: { readonly [K in ParamKey]: ParamSpec<BrokerConfig[K]> } = {
   },
 };
 
-type OptionalKey = 'mode' | 'credentials' | 'credentialsMap';
+type OptionalKey = 'mode' | 'credentials' | 'credentialsMap' | 'failover' | 'primaryCheckMs';
+
+/** How long a connection stays on a failover address before it tries the primary again (ms). */
+export const PRIMARY_CHECK_MS = 30000;
+
+const FAILOVER_ALLOWED = 'host[:port] addresses separated by ; (host names, IPv4 or [IPv6] addresses), each once and none the URL\'s own';
+
+/** Where a broker is reached, in the order tried: the URL's host:port, then its failover addresses. */
+export function brokerAddresses(b: BrokerConfig): BrokerAddress[] {
+  return [{ host: b.host, port: b.port }, ...(b.failover ?? [])];
+}
+
+/** host:port, an IPv6 address in brackets, as logs, status messages and /metrics show it. */
+export function addressText(a: BrokerAddress): string {
+  return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
+}
+
+/** `h2:1883;[::1]:1884`: the addresses in order, the port defaulting to the scheme's (filled in
+ *  by parseUrl, which knows it: 0 here). */
+function parseFailover(raw: string): BrokerAddress[] | undefined {
+  if (raw === '') return undefined;
+  const out: BrokerAddress[] = [];
+  for (const part of raw.split(';')) {
+    const m = /^(\[[^\]]*\]|[^:[\]]+)(?::([0-9]+))?$/.exec(part);
+    if (m === null) return undefined;
+    const bracketed = m[1].startsWith('[');
+    const host = bracketed ? m[1].slice(1, -1) : m[1];
+    if (!(bracketed ? isIPv6(host) : isIP(host) !== 0 || isHostName(host))) return undefined;
+    const port = m[2] === undefined ? 0 : parseDecimal(m[2], 1, 65535);
+    if (port === undefined) return undefined;
+    out.push({ host, port });
+  }
+  return out;
+}
 
 /** Parameters a BrokerConfig holds only when the URL gives them (parse: null for ''), so an
  *  absent one can follow a FANOUT_* variable or a rule decided later. */
@@ -157,6 +190,18 @@ const OPTIONAL_PARAMS: { readonly [K in OptionalKey]: ParamSpec<NonNullable<Brok
     name: 'credentialsMap', default: '', shownDefault: '', ...fileParam,
     description: 'credentials=map: JSON file {"<device user name>": {"username": "...", "password": "..."}, "*": {...}}; '
       + 'read at start-up and on SIGHUP.',
+  },
+  failover: {
+    name: 'failover', default: '', shownDefault: 'none', allowed: FAILOVER_ALLOWED,
+    description: 'Further addresses of this broker, tried in this order after the URL\'s own host on each reconnect '
+      + '(same scheme, credentials, TLS files and backoff; a port left out is the scheme\'s); see Failover addresses.',
+    parse: (raw) => (raw === '' ? null : parseFailover(raw)),
+  },
+  primaryCheckMs: {
+    name: 'primaryCheckMs', default: '', shownDefault: String(PRIMARY_CHECK_MS), allowed: 'an integer from 0 to 86400000',
+    description: 'With failover: how long a connection on a failover address stays there before it checks whether the '
+      + 'first address (the URL\'s host) answers again and moves back to it, in milliseconds; 0: it stays until that address fails.',
+    parse: (raw) => (raw === '' ? null : parseDecimal(raw, 0, 86400000)),
   },
 };
 
@@ -239,6 +284,16 @@ function parseUrl(url: string): Omit<BrokerConfig, 'name'> {
   if ((params.credentials === 'map') !== (params.credentialsMap !== undefined)) {
     throw new EntryError(params.credentialsMap === undefined ? 'credentials=map needs credentialsMap' : 'credentialsMap goes with credentials=map');
   }
+  if (params.primaryCheckMs !== undefined && params.failover === undefined) throw new EntryError('primaryCheckMs goes with failover');
+  const port = rawPort === undefined ? DEFAULT_PORT[transport] : parsePort(rawPort);
+  const host = parseHost(rawHost ?? '');
+  let failover: Pick<BrokerConfig, 'failover' | 'primaryCheckMs'> = {};
+  if (params.failover !== undefined) {
+    const addresses = params.failover.map((a) => ({ host: a.host, port: a.port === 0 ? DEFAULT_PORT[transport] : a.port }));
+    const keys = [{ host, port }, ...addresses].map((a) => `${a.host}:${a.port}`);
+    if (new Set(keys).size !== keys.length) throw new EntryError(`failover must be ${FAILOVER_ALLOWED}`);
+    failover = { failover: addresses, primaryCheckMs: params.primaryCheckMs ?? PRIMARY_CHECK_MS };
+  }
   if (params.credentialsMap !== undefined) {
     try {
       loadCredentialsMap(params.credentialsMap);
@@ -248,10 +303,11 @@ function parseUrl(url: string): Omit<BrokerConfig, 'name'> {
   }
   return {
     transport,
-    host: parseHost(rawHost ?? ''),
-    port: rawPort === undefined ? DEFAULT_PORT[transport] : parsePort(rawPort),
+    host,
+    port,
     ...parseUserinfo(userinfo),
     ...params,
+    ...failover,
     redactedUrl: redactUrl(url),
   };
 }

@@ -8,6 +8,7 @@ import { applyCredentialFiles, credentialVariable, isCredentialVariable } from '
 import { parseBrokerList, redactList, redactUrl } from './brokers';
 import { envSchema, SPECS, type ShownParams } from './schema';
 import type { BrokerConfig, Config } from './types';
+import { upstreamModeOf } from './upstream';
 
 export type {
   AckMode, BrokerConfig, Config, LogLevel, QoS, QueueOverflow, RetainMode, Route, RouteDirection,
@@ -93,7 +94,7 @@ export function loadConfig(given: NodeJS.ProcessEnv = process.env, opts?: { cpus
     const { variable, value, reason } = credentials;
     throw new ConfigError(variable, value, `${variable}=${quote(value)} is invalid: ${reason}`);
   }
-  checkFixedCredentials(credentials.brokers, env);
+  checkBrokerRules(config, credentials.brokers, env);
   const allowAnonymous = config.allowAnonymous ?? config.passwordFile === null;
   return deepFreeze({ ...config, brokers: credentials.brokers, allowAnonymous });
 }
@@ -119,12 +120,20 @@ function readBrokersFile(path: string, env: NodeJS.ProcessEnv): string {
 
 /** credentials=fixed logs every device in with the broker's own user name, which may come from a
  *  file (FANOUT_BROKER_<NAME>_USERNAME_FILE): only known once those are applied. */
-function checkFixedCredentials(brokers: readonly BrokerConfig[], env: NodeJS.ProcessEnv): void {
-  const b = brokers.find((x) => x.credentials === 'fixed' && x.username === undefined);
-  if (b === undefined) return;
-  const value = shown(env.FANOUT_BROKERS) ?? '';
-  throw new ConfigError('FANOUT_BROKERS', value, `FANOUT_BROKERS=${quote(value)} is invalid: broker "${b.name}": credentials=fixed needs a user name `
-    + `(in the URL or ${credentialVariable(b.name, 'USERNAME')})`);
+function checkBrokerRules(config: Config, brokers: readonly BrokerConfig[], env: NodeJS.ProcessEnv): void {
+  const rules: [(b: BrokerConfig) => boolean, (b: BrokerConfig) => string][] = [
+    [(b) => b.credentials === 'fixed' && b.username === undefined,
+      (b) => `credentials=fixed needs a user name (in the URL or ${credentialVariable(b.name, 'USERNAME')})`],
+    // A device's own session lives at one broker: it does not move between addresses.
+    [(b) => b.failover !== undefined && upstreamModeOf(config, b) === 'per-device',
+      () => 'failover applies to pooled brokers only, and this one is per-device (mode or FANOUT_UPSTREAM_MODE)'],
+  ];
+  for (const [breaks, why] of rules) {
+    const b = brokers.find(breaks);
+    if (b === undefined) continue;
+    const value = shown(env.FANOUT_BROKERS) ?? '';
+    throw new ConfigError('FANOUT_BROKERS', value, `FANOUT_BROKERS=${quote(value)} is invalid: broker "${b.name}": ${why(b)}`);
+  }
 }
 
 /** The TLS variables go together, and the files must make a usable TLS context now rather than

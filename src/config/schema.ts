@@ -4,11 +4,11 @@
 
 import { isIP } from 'node:net';
 import { z } from 'zod';
-import { BROKER_NAME_RE, BROKERS_ALLOWED, isHostName, parseBrokerList, parseDecimal } from './brokers';
+import { BROKER_NAME_RE, BROKERS_ALLOWED, isHostName, MAX_BROKERS, parseBrokerList, parseDecimal } from './brokers';
 import { parseRoutes, ROUTES_ALLOWED, RoutesError } from './routes';
 import { validateTopicFilter } from '../protocol/topic';
 import { CLIENT_ID_TEMPLATE_ALLOWED, isClientIdTemplate } from './upstream';
-import type { Config, Route } from './types';
+import type { AckMode, Config, Route } from './types';
 
 /** Facts about the machine that some defaults derive from; injected to keep tests stable. */
 export interface HostFacts {
@@ -121,6 +121,10 @@ const statusTopic = rule('an MQTT topic name without + or #, which may contain {
 
 const clientIdTemplate = rule(CLIENT_ID_TEMPLATE_ALLOWED, (raw) => (isClientIdTemplate(raw) ? raw : undefined));
 
+const ACK_ALLOWED = 'all, any, local, or a number of brokers k from 1 to those in FANOUT_BROKERS';
+const ackMode = rule<AckMode>(ACK_ALLOWED, (raw) =>
+  raw === 'all' || raw === 'any' || raw === 'local' ? raw : parseDecimal(raw, 1, MAX_BROKERS));
+
 const brokerList: Kind<Config['brokers']> = {
   allowed: BROKERS_ALLOWED,
   schema: z.string().transform((raw, ctx) => {
@@ -232,9 +236,10 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
   uplinkQueueBytes: { name: 'FANOUT_UPLINK_QUEUE_BYTES', default: '524288', ...integer(1024, 1073741824),
     description: 'Device publishes a shard queues for one broker, in bytes (at most FANOUT_RING_BYTES), before the devices publishing to it are paused: '
       + 'when a broker is slower than the devices, a publish waits behind at most this much. Larger absorbs longer bursts; smaller keeps the wait short.' },
-  ack: { name: 'FANOUT_ACK', default: 'all', ...oneOf(['all', 'any', 'local']),
-    description: 'When a device publish is acknowledged: once all brokers, any one broker, '
-      + 'or only the proxy itself (local) took it; with FANOUT_SPOOL_DIR, local means once it is in every broker\'s spool (see FANOUT_SPOOL_FSYNC_MS).' },
+  ack: { name: 'FANOUT_ACK', default: 'all', ...ackMode,
+    description: 'When a device publish is acknowledged: once all brokers it goes to, any one of them, k of them '
+      + '(a number; a publish that goes to fewer than k brokers waits for all of those), '
+      + 'or only the proxy itself (local) took it; with FANOUT_SPOOL_DIR, local means once it is in every broker\'s spool (see FANOUT_SPOOL_FSYNC_MS). See Durable spool and Routes.' },
   spoolDir: { name: 'FANOUT_SPOOL_DIR', default: 'none: no spool, messages wait in memory', ...filePath, fallback: () => null,
     description: 'Folder of the durable spool: every message to a broker is appended to that broker\'s log here first, '
       + 'sent from there at the broker\'s pace, and replayed after a restart (see Durable spool above).' },
@@ -329,6 +334,7 @@ export function envSchema(host: HostFacts): z.ZodType<Config, z.ZodTypeDef, unkn
         ENTRIES.map(([key, spec]) => [key, vars[spec.name] ?? defaultValue(spec, host)]),
       ) as EnvValues;
       const embeddedBroker = vars[VARIABLES.brokers.name] === undefined;
+      checkAckQuorum(values, embeddedBroker, ctx);
       return { ...values, embeddedBroker, routes: routesOf(values, embeddedBroker, ctx) };
     });
 }
@@ -350,6 +356,15 @@ function routesOf(values: EnvValues, embeddedBroker: boolean, ctx: z.RefinementC
   }
   ctx.addIssue({ code: z.ZodIssueCode.custom, path: [VARIABLES.routes.name], message, fatal: true });
   return z.NEVER;
+}
+
+/** FANOUT_ACK=k cannot wait for more brokers than there are (the embedded broker is one). */
+function checkAckQuorum(values: EnvValues, embeddedBroker: boolean, ctx: z.RefinementCtx): void {
+  const brokers = embeddedBroker ? 1 : values.brokers.length;
+  if (typeof values.ack !== 'number' || values.ack <= brokers) return;
+  const which = embeddedBroker ? 'FANOUT_BROKERS is not set: the embedded broker is the only one' : `FANOUT_BROKERS has ${brokers}`;
+  ctx.addIssue({ code: z.ZodIssueCode.custom, path: [VARIABLES.ack.name], fatal: true,
+    message: `${expected(ACK_ALLOWED)} (${which})` });
 }
 
 function checkReconnectOrder(vars: Record<string, unknown>, ctx: z.RefinementCtx, host: HostFacts): void {

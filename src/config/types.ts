@@ -1,7 +1,15 @@
 // The validated, frozen configuration every thread receives. Produced once at start-up by
 // loadConfig() from the FANOUT_* environment; workers get it through workerData.
 
-export type AckMode = 'all' | 'any' | 'local';
+/** FANOUT_ACK: a number k acknowledges a device publish once k of the brokers it goes to did
+ *  (at most as many as it goes to); `any` is k = 1, `all` every one of them. */
+export type AckMode = 'all' | 'any' | 'local' | number;
+
+/** Brokers each device publish waits for (k of FANOUT_ACK); `all` (and `local`, which waits
+ *  for every broker's spool) is more than there can be brokers, so min(k, n) means all n. */
+export function ackQuorum(ack: AckMode): number {
+  return ack === 'any' ? 1 : typeof ack === 'number' ? ack : 255;
+}
 export type RetainMode = 'forward' | 'strip';
 export type QoS = 0 | 1 | 2;
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -29,6 +37,12 @@ export interface Route {
   readonly localPrefix: string;
   /** What localPrefix is replaced with at the broker; '' for none. */
   readonly remotePrefix: string;
+}
+
+/** One address a broker is reached at. */
+export interface BrokerAddress {
+  readonly host: string;
+  readonly port: number;
 }
 
 export interface BrokerConfig {
@@ -71,6 +85,11 @@ export interface BrokerConfig {
   readonly credentials?: CredentialsMode;
   /** Per-device mode with credentials=map: the JSON file of device user name -> credentials. */
   readonly credentialsMap?: string;
+  /** URL `failover`: the addresses tried after host:port, in order, on each reconnect; absent: none. */
+  readonly failover?: readonly BrokerAddress[];
+  /** With failover (URL `primaryCheckMs`): ms on a failover address before host:port is tried
+   *  again; 0: never while the connection holds. */
+  readonly primaryCheckMs?: number;
   /** Set by a reload on the slot of a broker it removed: Config.brokers keeps every slot a
    *  thread may have rings for, and a retired one takes and serves nothing. */
   readonly retired?: boolean;

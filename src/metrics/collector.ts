@@ -2,6 +2,7 @@
 // the threads' shared-memory rows, ring fill read from the rings' control words, and latency
 // histograms the threads hand over every second (kept for a sliding minute).
 
+import { addressText, brokerAddresses } from '../config/brokers';
 import type { BrokerConfig } from '../config/types';
 import type { RingBuffers } from '../ring/spsc';
 import { ringUsed } from '../ring/spsc';
@@ -19,6 +20,9 @@ export interface CollectorSources {
   /** Asks every thread for its histograms since the last call (several per broker when a
    *  reply came late). */
   pullLatency(): Promise<{ ack: string[]; rtt: string[][] }>;
+  /** Per broker, the index of the address (URL host, then failover) each pool connection is up
+   *  on, -1 when down; as of the last pullLatency. */
+  connectionAddresses(): readonly (readonly number[] | undefined)[];
   /** FANOUT_SESSION_STORE=redis://: how client ids moved between instances (absent otherwise). */
   ownership?: () => Readonly<Record<string, number>>;
 }
@@ -182,6 +186,14 @@ export class MetricsCollector {
     metric('fanout_broker_connections_up', 'gauge', 'Broker connections up, by broker.', perBroker('connectionsUp'));
     metric('fanout_broker_connections', 'gauge', 'Broker connections configured (pool), by broker.', perBroker('connections'));
     metric('fanout_broker_reconnects_total', 'counter', 'Broker reconnections, by broker.', perBroker('reconnects'));
+    metric('fanout_broker_connection_address', 'gauge', 'Which address each pool connection ({proxyId}-{broker}-{connection}) is up on: 1 for that one, '
+      + '0 for the broker\'s other addresses (the URL host, then its failover addresses); all 0 while it is down.',
+    this.src.connectionAddresses().flatMap((pool, b): [Record<string, string | number>, number][] => {
+      if (pool === undefined || b >= brokers.length) return [];
+      const addresses = brokerAddresses(brokers[b]).map(addressText);
+      return pool.flatMap((up, n) => addresses.map((address, i): [Record<string, string | number>, number] =>
+        [{ broker: nameOf(b), connection: n, address }, up === i ? 1 : 0]));
+    }));
     metric('fanout_spool_bytes', 'gauge', 'Bytes each broker\'s spool holds on disk (FANOUT_SPOOL_DIR), by broker.', perBroker('spoolBytes'));
     metric('fanout_spool_unsent_bytes', 'gauge', 'Bytes in each broker\'s spool not yet sent to it, by broker.', perBroker('spoolUnsent'));
     metric('fanout_spool_dropped_total', 'counter', 'Messages the full spool dropped (FANOUT_SPOOL_OVERFLOW=drop-oldest), by broker.', perBroker('spoolDropped'));

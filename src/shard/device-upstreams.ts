@@ -12,7 +12,7 @@
 import type { MessagePort } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import type { IConnectPacket } from 'mqtt-packet';
-import type { Config } from '../config/types';
+import { ackQuorum, type Config } from '../config/types';
 import { perDeviceBrokers } from '../config/upstream';
 import type { DeviceSub, DevicesToShard, ShardToDevices } from '../broker/device-protocol';
 import { refusalFor } from '../protocol/refusal';
@@ -232,13 +232,15 @@ export class DeviceUpstreams {
       if (link.states[b] === OPEN) open++;
       else if (link.states[b] === FAILED) failed++;
     }
-    const all = this.ctx.config.ack === 'all';
-    if (all ? open === total : open > 0) {
+    // k of FANOUT_ACK sessions up (local: one); refused once that many cannot be up any more.
+    const ack = this.ctx.config.ack;
+    const need = Math.min(total, ack === 'local' ? 1 : ackQuorum(ack));
+    if (open >= need) {
       // Present when the proxy kept the session, or when every broker did and nothing else
       // holds any of its subscriptions.
       const brokersKept = !link.clean && this.perDevice.every(Boolean) && link.present.every((x, b) => !this.perDevice[b] || x);
       this.answer(link, { ok: true, present: link.proxyPresent || brokersKept });
-    } else if (failure >= 0 && (all || failed === total)) {
+    } else if (failure >= 0 && failed > total - need) {
       this.answer(link, { ok: false, code: failure });
     }
   }

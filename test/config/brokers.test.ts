@@ -93,7 +93,25 @@ test('each parameter rejects values outside its allowed set', () => {
 
 test('an unknown parameter is named along with the known ones', () => {
   assertRejected(`a=mqtt://u:${SECRET}@h?qos=1`, 'a=mqtt://u:***@h?qos=1',
-    'broker "a": unknown parameter "qos", known parameters are maxQos, retain, pool, protocol, keepalive, inflight, ca, cert, key, insecure, mode, credentials, credentialsMap');
+    'broker "a": unknown parameter "qos", known parameters are maxQos, retain, pool, protocol, keepalive, inflight, ca, cert, key, insecure, mode, credentials, credentialsMap, failover, primaryCheckMs');
+});
+
+test('failover: further addresses in order, the port defaulting to the scheme\'s, with primaryCheckMs', () => {
+  const [a, b] = brokers('a=mqtt://h1:1884?failover=h2;10.0.0.3:1885;[::1]:1886,b=mqtts://h1?failover=h2&primaryCheckMs=0');
+  assert.deepEqual(a.failover, [{ host: 'h2', port: 1883 }, { host: '10.0.0.3', port: 1885 }, { host: '::1', port: 1886 }]);
+  assert.equal(a.primaryCheckMs, 30000, 'the default');
+  assert.deepEqual([b.failover, b.primaryCheckMs], [[{ host: 'h2', port: 8883 }], 0]);
+  const c = brokers('c=mqtt://h1')[0];
+  assert.ok(!('failover' in c) && !('primaryCheckMs' in c), 'neither without failover');
+  const allowed = 'failover must be host[:port] addresses separated by ; (host names, IPv4 or [IPv6] addresses), each once and none the URL\'s own';
+  for (const bad of ['h2;', ';h2', 'h2:0', 'h2:65536', 'h2:x', '::1', '[zz]', 'bad_host-', 'h1:1884', 'h2;h2:1883']) {
+    assertRejected(`a=mqtt://h1:1884?failover=${bad}`, `a=mqtt://h1:1884?failover=${bad}`, `broker "a": ${allowed}`);
+  }
+  assertRejected('a=mqtt://h1?failover=h2&primaryCheckMs=86400001', 'a=mqtt://h1?failover=h2&primaryCheckMs=86400001',
+    'broker "a": primaryCheckMs must be an integer from 0 to 86400000');
+  assertRejected('a=mqtt://h1?primaryCheckMs=1000', 'a=mqtt://h1?primaryCheckMs=1000', 'broker "a": primaryCheckMs goes with failover');
+  assertRejected('a=mqtt://h1?failover=h2&mode=per-device', 'a=mqtt://h1?failover=h2&mode=per-device',
+    'broker "a": failover applies to pooled brokers only, and this one is per-device (mode or FANOUT_UPSTREAM_MODE)');
 });
 
 test('TLS parameters: readable files (percent-decoded), cert with key, insecure, mqtts only', () => {

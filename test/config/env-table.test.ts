@@ -43,7 +43,7 @@ test('describeBrokerParams lists the URL parameters with their defaults', () => 
   assert.deepEqual(describeBrokerParams().map((row) => [row.name, row.default]), [
     ['maxQos', '2'], ['retain', 'forward'], ['pool', '4'], ['protocol', '5'], ['keepalive', '60'], ['inflight', 'auto'],
     ['ca', ''], ['cert', ''], ['key', ''], ['insecure', 'false'],
-    ['mode', 'FANOUT_UPSTREAM_MODE'], ['credentials', 'passthrough'], ['credentialsMap', ''],
+    ['mode', 'FANOUT_UPSTREAM_MODE'], ['credentials', 'passthrough'], ['credentialsMap', ''], ['failover', 'none'], ['primaryCheckMs', '30000'],
   ]);
 });
 

@@ -222,7 +222,7 @@ test('the ring size must be a power of two within range', () => {
 });
 
 test('enumerations accept exactly the listed words', () => {
-  for (const bad of ['ALL', 'some', ' all']) assertRejected('FANOUT_ACK', bad, 'expected all, any or local');
+  for (const bad of ['ALL', 'some', ' all']) assertRejected('FANOUT_ACK', bad, 'expected all, any, local, or a number of brokers k from 1 to those in FANOUT_BROKERS');
   for (const bad of ['INFO', 'verbose']) {
     assertRejected('FANOUT_LOG_LEVEL', bad, 'expected fatal, error, warn, info, debug, trace or silent');
   }
@@ -231,6 +231,17 @@ test('enumerations accept exactly the listed words', () => {
     assertRejected('FANOUT_QUEUE_OVERFLOW', bad, 'expected block, drop-oldest or drop-new');
   }
   assert.equal(loadConfig({ FANOUT_QUEUE_OVERFLOW: 'drop-oldest' }).queueOverflow, 'drop-oldest');
+});
+
+test('FANOUT_ACK=k: a number of brokers from 1 to those in FANOUT_BROKERS', () => {
+  const three = { FANOUT_BROKERS: 'a=mqtt://h1,b=mqtt://h2,c=mqtt://h3' };
+  assert.equal(loadConfig({ ...three, FANOUT_ACK: '2' }).ack, 2);
+  assert.equal(loadConfig({ ...three, FANOUT_ACK: '3' }).ack, 3);
+  assert.equal(loadConfig({ FANOUT_ACK: '1' }).ack, 1, 'the embedded broker is one broker');
+  const allowed = 'expected all, any, local, or a number of brokers k from 1 to those in FANOUT_BROKERS';
+  for (const bad of ['0', '-1', '1.5', '02x', '32']) assertRejected('FANOUT_ACK', bad, allowed, { ...three, FANOUT_ACK: bad });
+  assertRejected('FANOUT_ACK', '4', `${allowed} (FANOUT_BROKERS has 3)`, { ...three, FANOUT_ACK: '4' });
+  assertRejected('FANOUT_ACK', '2', `${allowed} (FANOUT_BROKERS is not set: the embedded broker is the only one)`);
 });
 
 test('the spool variables: fsync wait or off, bound, overflow policy, conflated filters, and a usable folder', () => {
@@ -323,7 +334,7 @@ test('a ConfigError is a one-line Error with code, variable and value', () => {
   assert.equal(err.code, 'FANOUT_ERR_CONFIG');
   assert.equal(err.message, 'FANOUT_PORT="70000" is invalid: expected an integer from 0 to 65535');
   const multiline = configError({ FANOUT_ACK: 'all\nFANOUT_PORT=1' });
-  assert.equal(multiline.message, 'FANOUT_ACK="all\\nFANOUT_PORT=1" is invalid: expected all, any or local');
+  assert.equal(multiline.message, 'FANOUT_ACK="all\\nFANOUT_PORT=1" is invalid: expected all, any, local, or a number of brokers k from 1 to those in FANOUT_BROKERS');
 });
 
 test('the config is deeply frozen', () => {

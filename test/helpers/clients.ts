@@ -295,8 +295,9 @@ export async function mosquittoPub(port: number, args: string[], timeoutMs = 15_
 }
 
 /** Waits until the retained status of every broker connection `{proxyId}-{broker}-{0..pool-1}`
- *  is `online` on the broker at `brokerPort`, i.e. the daemon's pool is connected there. */
-export async function waitPoolOnline(brokerPort: number, proxyId: string, broker: string, pool: number, timeoutMs = 20_000): Promise<void> {
+ *  is `online` (`status`: `online <address>` for a broker with failover addresses) on the broker
+ *  at `brokerPort`, i.e. the daemon's pool is connected there. */
+export async function waitPoolOnline(brokerPort: number, proxyId: string, broker: string, pool: number, timeoutMs = 20_000, status = 'online'): Promise<void> {
   const c = await Collector.start(brokerPort, 'fanout/status/+', { qos: 1 });
   const prefix = `fanout/status/${proxyId}-${broker}-`;
   try {
@@ -304,7 +305,7 @@ export async function waitPoolOnline(brokerPort: number, proxyId: string, broker
       const latest = new Map<string, string>();
       for (const m of c.messages) if (m.topic.startsWith(prefix)) latest.set(m.topic, m.payload.toString());
       let online = 0;
-      for (const v of latest.values()) if (v === 'online') online++;
+      for (const v of latest.values()) if (v === status) online++;
       return online >= pool;
     }, { timeoutMs, detail: () => JSON.stringify(c.messages.map((m) => [m.topic, m.payload.toString()])) });
   } finally {

@@ -51,6 +51,47 @@ test('ack=any: the device is acknowledged after the first broker, settled after 
   assert.equal(t.active, 0);
 });
 
+test('ack=k: the device is acknowledged at the k-th broker that accepted, settled after the last', () => {
+  const t = new InflightTable(3, 2);
+  const d = new Device();
+  const slot = t.allocate(d, 9, 1);
+  t.ack(slot, 0, 2);
+  assert.deepEqual(d.take(), [], 'one of two');
+  t.ack(slot, 0, 2);
+  assert.deepEqual(d.take(), [], 'a second answer from the same broker does not count twice');
+  t.ack(slot, 0, 0);
+  assert.deepEqual(d.take(), [['acked', 9, 1, 0]]);
+  assert.equal(t.active, 1, 'still waiting for the stalled broker');
+  t.ack(slot, 0, 1);
+  assert.deepEqual(d.take(), [['settled', 9, 1]]);
+});
+
+test('ack=k: refusals do not count; fewer than k acceptances answer with the first refusal once all answered', () => {
+  const t = new InflightTable(3, 2);
+  const d = new Device();
+  const a = t.allocate(d, 1, 1);
+  t.ack(a, 0x87, 0);
+  t.ack(a, 0, 1);
+  assert.deepEqual(d.take(), [], 'one refused, one accepted: not yet two');
+  t.ack(a, 0, 2);
+  assert.deepEqual(d.take(), [['acked', 1, 1, 0], ['settled', 1, 1]], 'two accepted: success despite the refusal');
+  const b = t.allocate(d, 2, 1);
+  t.ack(b, 0x87, 0);
+  t.ack(b, 0, 1);
+  t.ack(b, 0x97, 2);
+  assert.deepEqual(d.take(), [['acked', 2, 1, 0x87], ['settled', 2, 1]]);
+});
+
+test('ack=k: a publish going to fewer than k brokers waits for all of those (min(k, n))', () => {
+  const t = new InflightTable(3, 3);
+  const d = new Device();
+  const slot = t.allocate(d, 5, 1, 0b101);
+  t.ack(slot, 0, 0);
+  assert.deepEqual(d.take(), []);
+  t.ack(slot, 0, 2);
+  assert.deepEqual(d.take(), [['acked', 5, 1, 0], ['settled', 5, 1]]);
+});
+
 test('a single broker: all and any behave the same', () => {
   for (const mode of ['all', 'any'] as const) {
     const t = new InflightTable(1, mode);
