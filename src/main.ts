@@ -67,7 +67,7 @@ export interface DaemonOptions {
   reloadConfig?: () => Config;
 }
 
-export async function startDaemon(config: Config, log: MainLog = createMainLogger(config.logLevel), opts: DaemonOptions = {}): Promise<Daemon> {
+export async function startDaemon(config: Config, log: MainLog = createMainLogger(config.logLevel, config.logFormat), opts: DaemonOptions = {}): Promise<Daemon> {
   const logger = log.logger;
   // libuv then accepts one connection per wake-up, letting idle shards take their share.
   process.env.UV_TCP_SINGLE_ACCEPT = '1';
@@ -547,7 +547,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   const allocator = loadedAllocator();
   if (cfg.malloc === 'jemalloc' && allocator === 'system') {
     logger.warn('FANOUT_MALLOC=jemalloc but jemalloc is not loaded: start the daemon with src/mqtt-fanout (npm start) and install libjemalloc2, '
-      + 'or set FANOUT_MALLOC=system; the C library\'s allocator keeps much of the memory of a load spike resident');
+      + 'or set FANOUT_MALLOC=auto or system; the C library\'s allocator keeps much of the memory of a load spike resident');
   }
   logger.info({
     port, host: cfg.host, shards, listen: plan.kind, allocator, brokers: brokers.map((b) => b.name), ...(cfg.brokersFile !== null ? { brokersFile: cfg.brokersFile } : {}),
