@@ -463,8 +463,19 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     for (const b of serving) writers[b].postMessage({ t: 'shard-reset', shard: s, port: channels[b].port1 } satisfies ToWriter, [channels[b].port1]);
   };
 
+  /** What /readyz answers and fanout_ready exports. */
+  const readiness = (): { ready: boolean; brokers: { name: string; up: number }[] } => {
+    const ws = readWriterStats(writerStats, cfg.brokers.length);
+    const list = liveSlots().map((i) => ({ name: cfg.brokers[i].name, up: ws[i].connectionsUp }));
+    for (const b of list) if (b.up > 0) established.add(b.name);
+    // A broker a reload added or changed counts once it has been up: until then the instance
+    // serves as it did before the reload (a load balancer must not take it out, and cut its
+    // devices, for a broker it did not have a moment ago). Nor does a reload in progress.
+    return { ready: !stopping && list.every((b) => b.up > 0 || reloading || !established.has(b.name)), brokers: list };
+  };
   // HTTP: metrics, health, publish, dashboard.
   const collector = new MetricsCollector({
+    ready: () => readiness().ready,
     get brokers() { return cfg.brokers; },
     shards,
     ...(ownership !== null ? { ownership: () => ({ ...ownership!.counters }) } : {}),
@@ -518,15 +529,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
         target.postMessage({ t: 'test-crash', kind });
         return true;
       } : undefined,
-      ready: () => {
-        const ws = readWriterStats(writerStats, cfg.brokers.length);
-        const list = liveSlots().map((i) => ({ name: cfg.brokers[i].name, up: ws[i].connectionsUp }));
-        for (const b of list) if (b.up > 0) established.add(b.name);
-        // A broker a reload added or changed counts once it has been up: until then the instance
-        // serves as it did before the reload (a load balancer must not take it out, and cut its
-        // devices, for a broker it did not have a moment ago). Nor does a reload in progress.
-        return { ready: !stopping && list.every((b) => b.up > 0 || reloading || !established.has(b.name)), brokers: list };
-      },
+      ready: readiness,
       publish: (topic, payload, qos, retain) => new Promise((resolve) => {
         const id = nextPublish++;
         httpAnswers.set(id, (reason) => {

@@ -19,6 +19,8 @@ export interface CollectorSources {
   /** Asks every thread for its histograms since the last call (several per broker when a
    *  reply came late). */
   pullLatency(): Promise<{ ack: string[]; rtt: string[][] }>;
+  /** Whether /readyz answers 200 now. */
+  ready(): boolean;
   /** FANOUT_SESSION_STORE=redis://: how client ids moved between instances (absent otherwise). */
   ownership?: () => Readonly<Record<string, number>>;
 }
@@ -133,6 +135,8 @@ export class MetricsCollector {
     const perShard = (field: ShardField): [Record<string, string | number>, number][] => shards.map((s, i) => [{ shard: i }, s[field]]);
     const perBroker = (field: WriterField): [Record<string, string | number>, number][] => writers.map((w, b) => [{ broker: nameOf(b) }, w[field]]);
 
+    metric('fanout_ready', 'gauge', 'Whether /readyz answers 200 (1: every broker that must be connected is; 0: not, or shutting down).',
+      [[{}, this.src.ready() ? 1 : 0]]);
     metric('fanout_connections', 'gauge', 'Device connections open, by transport and shard.',
       shards.flatMap((s, i): [Record<string, string | number>, number][] => [
         [{ transport: 'tcp', shard: i }, s.connections - s.wsConnections - s.wssConnections - s.tlsConnections],
