@@ -1,10 +1,12 @@
 // Logging: JSON lines through pino. The supervisor's logger writes through a pino transport, a
 // thread of its own, so no socket-owning thread ever waits on stdout. Workers hand their lines
 // to the supervisor (logs are per event, never per message), which passes them on unchanged.
+// FANOUT_LOG_FORMAT=pretty makes that transport pino-pretty: every line, the workers' included,
+// is formatted there, so formatting costs the shards and writers nothing.
 
 import pino, { type Logger } from 'pino';
 import type { MessagePort } from 'node:worker_threads';
-import type { LogLevel } from './config/types';
+import type { LogFormat, LogLevel } from './config/types';
 
 export interface LogLine {
   t: 'log';
@@ -19,8 +21,18 @@ export interface MainLog {
   flush(): Promise<void>;
 }
 
-export function createMainLogger(level: LogLevel): MainLog {
-  const stream = pino.transport({ target: 'pino/file', options: { destination: 1 } });
+/** pino-pretty runs in the transport's thread, whose stdout is not the terminal: it is told
+ *  whether to colour. */
+function transportTarget(format: LogFormat): pino.TransportSingleOptions {
+  if (format === 'json') return { target: 'pino/file', options: { destination: 1 } };
+  return {
+    target: 'pino-pretty',
+    options: { destination: 1, colorize: process.stdout.isTTY === true, translateTime: 'SYS:yyyy-mm-dd HH:MM:ss.l', ignore: 'pid,hostname' },
+  };
+}
+
+export function createMainLogger(level: LogLevel, format: LogFormat = 'json'): MainLog {
+  const stream = pino.transport(transportTarget(format));
   const logger = pino({ level, base: { pid: process.pid }, redact: ['password', '*.password'] }, stream);
   return {
     logger,

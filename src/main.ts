@@ -67,7 +67,7 @@ export interface DaemonOptions {
   reloadConfig?: () => Config;
 }
 
-export async function startDaemon(config: Config, log: MainLog = createMainLogger(config.logLevel), opts: DaemonOptions = {}): Promise<Daemon> {
+export async function startDaemon(config: Config, log: MainLog = createMainLogger(config.logLevel, config.logFormat), opts: DaemonOptions = {}): Promise<Daemon> {
   const logger = log.logger;
   // libuv then accepts one connection per wake-up, letting idle shards take their share.
   process.env.UV_TCP_SINGLE_ACCEPT = '1';
@@ -466,8 +466,19 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
     for (const b of serving) writers[b].postMessage({ t: 'shard-reset', shard: s, port: channels[b].port1 } satisfies ToWriter, [channels[b].port1]);
   };
 
+  /** What /readyz answers and fanout_ready exports. */
+  const readiness = (): { ready: boolean; brokers: { name: string; up: number }[] } => {
+    const ws = readWriterStats(writerStats, cfg.brokers.length);
+    const list = liveSlots().map((i) => ({ name: cfg.brokers[i].name, up: ws[i].connectionsUp }));
+    for (const b of list) if (b.up > 0) established.add(b.name);
+    // A broker a reload added or changed counts once it has been up: until then the instance
+    // serves as it did before the reload (a load balancer must not take it out, and cut its
+    // devices, for a broker it did not have a moment ago). Nor does a reload in progress.
+    return { ready: !stopping && list.every((b) => b.up > 0 || reloading || !established.has(b.name)), brokers: list };
+  };
   // HTTP: metrics, health, publish, dashboard.
   const collector = new MetricsCollector({
+    ready: () => readiness().ready,
     get brokers() { return cfg.brokers; },
     shards,
     ...(ownership !== null ? { ownership: () => ({ ...ownership!.counters }) } : {}),
@@ -522,15 +533,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
         target.postMessage({ t: 'test-crash', kind });
         return true;
       } : undefined,
-      ready: () => {
-        const ws = readWriterStats(writerStats, cfg.brokers.length);
-        const list = liveSlots().map((i) => ({ name: cfg.brokers[i].name, up: ws[i].connectionsUp }));
-        for (const b of list) if (b.up > 0) established.add(b.name);
-        // A broker a reload added or changed counts once it has been up: until then the instance
-        // serves as it did before the reload (a load balancer must not take it out, and cut its
-        // devices, for a broker it did not have a moment ago). Nor does a reload in progress.
-        return { ready: !stopping && list.every((b) => b.up > 0 || reloading || !established.has(b.name)), brokers: list };
-      },
+      ready: readiness,
       publish: (topic, payload, qos, retain) => new Promise((resolve) => {
         const id = nextPublish++;
         httpAnswers.set(id, (reason) => {
@@ -551,7 +554,7 @@ export async function startDaemon(config: Config, log: MainLog = createMainLogge
   const allocator = loadedAllocator();
   if (cfg.malloc === 'jemalloc' && allocator === 'system') {
     logger.warn('FANOUT_MALLOC=jemalloc but jemalloc is not loaded: start the daemon with src/mqtt-fanout (npm start) and install libjemalloc2, '
-      + 'or set FANOUT_MALLOC=system; the C library\'s allocator keeps much of the memory of a load spike resident');
+      + 'or set FANOUT_MALLOC=auto or system; the C library\'s allocator keeps much of the memory of a load spike resident');
   }
   logger.info({
     port, host: cfg.host, shards, listen: plan.kind, allocator, brokers: brokers.map((b) => b.name), ...(cfg.brokersFile !== null ? { brokersFile: cfg.brokersFile } : {}),

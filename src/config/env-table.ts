@@ -2,9 +2,10 @@
 // (`node dist/src/config/env-table.js`) it rewrites README.md between the markers in place;
 // test/config/env-table.test.ts fails whenever the committed README differs from it.
 
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describeBrokerParams, describeEnv } from './index';
+import { packageRoot } from '../package-info';
 
 export const START_MARKER = '<!-- env-table:start -->';
 export const END_MARKER = '<!-- env-table:end -->';
@@ -75,14 +76,6 @@ function table(firstColumn: string, rows: readonly Row[]): string {
 // kept unescaped so the README source stays readable.
 function cell(text: string): string {
   return text.replace(/[\\|<>*]/g, (c) => `\\${c}`);
-}
-
-function packageRoot(dir: string): string {
-  let current = dir;
-  while (!existsSync(path.join(current, 'package.json')) && path.dirname(current) !== current) {
-    current = path.dirname(current);
-  }
-  return current;
 }
 
 if (require.main === module) {

@@ -11,7 +11,7 @@ import type { BrokerConfig, Config } from './types';
 import { upstreamModeOf } from './upstream';
 
 export type {
-  AckMode, BrokerConfig, Config, LogLevel, QoS, QueueOverflow, RetainMode, Route, RouteDirection,
+  AckMode, BrokerConfig, Config, LogFormat, LogLevel, QoS, QueueOverflow, RetainMode, Route, RouteDirection,
 } from './types';
 export { describeBrokerParams, redactUrl } from './brokers';
 export { brokerEnvName, credentialVariable } from './broker-files';
@@ -41,11 +41,11 @@ const MAX_SUGGESTION_DISTANCE = 3;
  * An empty value counts as unset. Throws a ConfigError on the first problem found, checking
  * unknown variables (typos) before values so a misspelt name is not reported as a missing one.
  */
-export function loadConfig(given: NodeJS.ProcessEnv = process.env, opts?: { cpus?: number }): Config {
+export function loadConfig(given: NodeJS.ProcessEnv = process.env, opts?: { cpus?: number; tty?: boolean }): Config {
   rejectUnknown(given);
   const brokersFile = given.FANOUT_BROKERS_FILE === '' ? undefined : given.FANOUT_BROKERS_FILE;
   const env = brokersFile === undefined ? given : { ...given, FANOUT_BROKERS: readBrokersFile(brokersFile, given) };
-  const host = { cpus: opts?.cpus ?? os.availableParallelism(), hostname: os.hostname() };
+  const host = { cpus: opts?.cpus ?? os.availableParallelism(), hostname: os.hostname(), tty: opts?.tty ?? process.stdout.isTTY === true };
   const result = envSchema(host).safeParse(env);
   if (!result.success) {
     const issue = result.error.issues[0];

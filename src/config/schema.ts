@@ -14,6 +14,8 @@ import type { AckMode, Config, Route } from './types';
 export interface HostFacts {
   readonly cpus: number;
   readonly hostname: string;
+  /** Standard output is a terminal (people read it) rather than a file, pipe or journal. */
+  readonly tty?: boolean;
 }
 
 /** A value rule: the zod parser from raw text and the human text of what it accepts. */
@@ -259,9 +261,10 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
   threadYoungMb: { name: 'FANOUT_THREAD_YOUNG_MB', default: '24', ...integer(0, 1024),
     description: 'Young generation of each shard and writer thread, in MiB, fixed at this size from the start (a third of it is one semi-space); '
       + '0: V8\'s own, which starts small, grows under load up to 32 MiB of new space per thread and shrinks at idle, so resident memory follows the load\'s history.' },
-  malloc: { name: 'FANOUT_MALLOC', default: 'jemalloc', ...oneOf(['jemalloc', 'system']),
-    description: 'Memory allocator: jemalloc, which gives freed memory back to the system within seconds, preloaded by the launcher `src/mqtt-fanout` (what `npm start` runs) '
-      + 'where Debian\'s libjemalloc2 is installed (a warning at start-up where it is not); system: the C library\'s, which keeps much of the memory of a load spike resident.' },
+  malloc: { name: 'FANOUT_MALLOC', default: 'auto', ...oneOf(['auto', 'jemalloc', 'system']),
+    description: 'Memory allocator, preloaded by the launcher `src/mqtt-fanout` (what `npm start` runs). jemalloc gives freed memory back to the system within seconds; '
+      + 'system, the C library\'s, keeps much of the memory of a load spike resident. auto: jemalloc where Debian\'s libjemalloc2 is installed, else system; '
+      + 'the ready line names the one in use. jemalloc: a warning at start-up where it cannot be loaded.' },
   adminToken: { name: 'FANOUT_ADMIN_TOKEN', default: 'none: POST /admin/reload is refused (403)',
     ...rule('16 to 256 printable ASCII characters without spaces', (raw) => (/^[\x21-\x7e]{16,256}$/.test(raw) ? raw : undefined)),
     fallback: () => null,
@@ -271,6 +274,9 @@ export const VARIABLES: { readonly [K in EnvKey]: VarSpec<EnvValues[K]> } = {
   logLevel: { name: 'FANOUT_LOG_LEVEL', default: 'info',
     ...oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
     description: 'Least severe level that is logged.' },
+  logFormat: { name: 'FANOUT_LOG_FORMAT', default: 'pretty when standard output is a terminal, else json', ...oneOf(['json', 'pretty']),
+    fallback: (host) => (host.tty === true ? 'pretty' : 'json'),
+    description: 'json: one JSON object per line (for journald, Docker, log shippers). pretty: pino-pretty\'s coloured lines for people, formatted in the logging thread.' },
   traceClients: { name: 'FANOUT_TRACE_CLIENTS', default: 'none', fallback: () => null,
     ...rule('comma-separated globs on client ids (* any run of characters, ? one character)', (raw) => (raw.length <= 4096 ? raw : undefined)),
     description: 'Devices whose every packet in and out (and the broker traffic made on their behalf) is logged decoded at info level.' },

@@ -12,6 +12,7 @@ export function ackQuorum(ack: AckMode): number {
 }
 export type RetainMode = 'forward' | 'strip';
 export type QoS = 0 | 1 | 2;
+export type LogFormat = 'json' | 'pretty';
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 export type QueueOverflow = 'block' | 'drop-oldest' | 'drop-new';
 export type RouteDirection = 'in' | 'out' | 'both';
@@ -160,13 +161,15 @@ export interface Config {
   /** Heap limit of each shard and writer thread (MiB). */
   readonly threadHeapMb: number;
   readonly threadYoungMb: number;
-  /** FANOUT_MALLOC: the allocator the launcher preloads (the daemon checks and warns). */
-  readonly malloc: 'jemalloc' | 'system';
+  /** FANOUT_MALLOC: the allocator the launcher preloads (the daemon checks and says so). */
+  readonly malloc: 'auto' | 'jemalloc' | 'system';
   /** FANOUT_ADMIN_TOKEN: the Bearer token of POST /admin/reload; null: refused. */
   readonly adminToken: string | null;
   /** FANOUT_TEST_HOOKS: POST /test/crash is served. */
   readonly testHooks: boolean;
   readonly logLevel: LogLevel;
+  /** FANOUT_LOG_FORMAT: JSON lines, or pino-pretty's lines for a terminal. */
+  readonly logFormat: LogFormat;
   /** FANOUT_TRACE_CLIENTS: globs on client ids whose packets are logged decoded; null when off. */
   readonly traceClients: string | null;
   /** Prefix of client ids towards brokers: `{proxyId}-{broker}-{n}`. */

@@ -23,6 +23,8 @@ export interface CollectorSources {
   /** Per broker, the index of the address (URL host, then failover) each pool connection is up
    *  on, -1 when down; as of the last pullLatency. */
   connectionAddresses(): readonly (readonly number[] | undefined)[];
+  /** Whether /readyz answers 200 now. */
+  ready(): boolean;
   /** FANOUT_SESSION_STORE=redis://: how client ids moved between instances (absent otherwise). */
   ownership?: () => Readonly<Record<string, number>>;
 }
@@ -137,6 +139,8 @@ export class MetricsCollector {
     const perShard = (field: ShardField): [Record<string, string | number>, number][] => shards.map((s, i) => [{ shard: i }, s[field]]);
     const perBroker = (field: WriterField): [Record<string, string | number>, number][] => writers.map((w, b) => [{ broker: nameOf(b) }, w[field]]);
 
+    metric('fanout_ready', 'gauge', 'Whether /readyz answers 200 (1: every broker that must be connected is; 0: not, or shutting down).',
+      [[{}, this.src.ready() ? 1 : 0]]);
     metric('fanout_connections', 'gauge', 'Device connections open, by transport and shard.',
       shards.flatMap((s, i): [Record<string, string | number>, number][] => [
         [{ transport: 'tcp', shard: i }, s.connections - s.wsConnections - s.wssConnections - s.tlsConnections],

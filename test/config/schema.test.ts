@@ -69,10 +69,11 @@ const DEFAULTS = {
   conflateTopics: null,
   threadHeapMb: 4096,
   threadYoungMb: 24,
-  malloc: 'jemalloc',
+  malloc: 'auto',
   adminToken: null,
   testHooks: false,
   logLevel: 'info',
+  logFormat: 'json',
   traceClients: null,
   proxyId: defaultProxyId(os.hostname()),
   statusTopic: 'fanout/status/{clientId}',
@@ -89,7 +90,15 @@ const DEFAULTS = {
 };
 
 test('an empty environment yields the documented defaults', () => {
-  assert.deepEqual(loadConfig({}, { cpus: 4 }), DEFAULTS);
+  assert.deepEqual(loadConfig({}, { cpus: 4, tty: false }), DEFAULTS);
+});
+
+test('FANOUT_LOG_FORMAT: pretty by default on a terminal, json elsewhere, either when asked for', () => {
+  assert.equal(loadConfig({}, { tty: true }).logFormat, 'pretty');
+  assert.equal(loadConfig({}, { tty: false }).logFormat, 'json');
+  assert.equal(loadConfig({ FANOUT_LOG_FORMAT: 'json' }, { tty: true }).logFormat, 'json');
+  assert.equal(loadConfig({ FANOUT_LOG_FORMAT: 'pretty' }, { tty: false }).logFormat, 'pretty');
+  assertRejected('FANOUT_LOG_FORMAT', 'text', 'expected json or pretty');
 });
 
 const NAMES = [
@@ -100,18 +109,18 @@ const NAMES = [
     'FANOUT_MAX_TOPIC_LEVELS', 'FANOUT_MAX_SUBSCRIPTIONS', 'FANOUT_MAX_PUBLISH_RATE', 'FANOUT_MAX_QUEUED_MESSAGES', 'FANOUT_QUEUE_OVERFLOW', 'FANOUT_SESSION_EXPIRY_MAX',
     'FANOUT_SESSION_STORE',
   'FANOUT_PENDING_THROTTLE_MS', 'FANOUT_RING_BYTES', 'FANOUT_UPLINK_QUEUE_BYTES', 'FANOUT_ACK', 'FANOUT_SPOOL_DIR', 'FANOUT_SPOOL_FSYNC_MS', 'FANOUT_SPOOL_MAX_BYTES',
-  'FANOUT_SPOOL_OVERFLOW', 'FANOUT_CONFLATE_TOPICS', 'FANOUT_THREAD_HEAP_MB', 'FANOUT_THREAD_YOUNG_MB', 'FANOUT_MALLOC', 'FANOUT_TEST_HOOKS', 'FANOUT_LOG_LEVEL', 'FANOUT_TRACE_CLIENTS', 'FANOUT_PROXY_ID',
+  'FANOUT_SPOOL_OVERFLOW', 'FANOUT_CONFLATE_TOPICS', 'FANOUT_THREAD_HEAP_MB', 'FANOUT_THREAD_YOUNG_MB', 'FANOUT_MALLOC', 'FANOUT_TEST_HOOKS', 'FANOUT_LOG_LEVEL', 'FANOUT_LOG_FORMAT', 'FANOUT_TRACE_CLIENTS', 'FANOUT_PROXY_ID',
   'FANOUT_STATUS_TOPIC', 'FANOUT_CONNECT_TIMEOUT_MS', 'FANOUT_SHUTDOWN_TIMEOUT_MS', 'FANOUT_RECONNECT_MIN_MS',
   'FANOUT_RECONNECT_MAX_MS', 'FANOUT_UPSTREAM_MODE', 'FANOUT_UPSTREAM_CLIENT_ID', 'FANOUT_UPSTREAM_CONNECT_RATE',
   'FANOUT_UPSTREAM_CONNECT_TIMEOUT_MS',
 ];
 
 test('an empty value counts as unset', () => {
-  assert.deepEqual(loadConfig(Object.fromEntries(NAMES.map((name) => [name, ''])), { cpus: 4 }), DEFAULTS);
+  assert.deepEqual(loadConfig(Object.fromEntries(NAMES.map((name) => [name, ''])), { cpus: 4, tty: false }), DEFAULTS);
 });
 
 test('other variables are ignored', () => {
-  assert.deepEqual(loadConfig({ PATH: '/bin', PORT: 'x', fanout_port: 'x' }, { cpus: 4 }), DEFAULTS);
+  assert.deepEqual(loadConfig({ PATH: '/bin', PORT: 'x', fanout_port: 'x' }, { cpus: 4, tty: false }), DEFAULTS);
 });
 
 test('the shard default follows the CPU count within 1..64', () => {
@@ -145,6 +154,7 @@ test('every variable is converted to its typed field', () => {
     FANOUT_RING_BYTES: '1073741824',
     FANOUT_ACK: 'local',
     FANOUT_LOG_LEVEL: 'silent',
+    FANOUT_LOG_FORMAT: 'pretty',
     FANOUT_TRACE_CLIENTS: 'sensor-*,gw-??',
     FANOUT_PROXY_ID: 'edge_01-a',
     FANOUT_STATUS_TOPIC: 'site/7/{clientId}/status',
@@ -159,7 +169,7 @@ test('every variable is converted to its typed field', () => {
     host: '::1', port: 0, wsPort: 8083, wsPath: '/ws/mqtt-1.0', httpPort: 0, traceClients: 'sensor-*,gw-??',
     shards: 64, maxPacketSize: 64, maxInflight: 65535,
     maxQueuedMessages: 10000000, queueOverflow: 'drop-new', sessionExpiryMaxS: 0, pendingThrottleMs: 60000,
-    ringBytes: 1073741824, ack: 'local', logLevel: 'silent', proxyId: 'edge_01-a',
+    ringBytes: 1073741824, ack: 'local', logLevel: 'silent', logFormat: 'pretty', proxyId: 'edge_01-a',
     statusTopic: 'site/7/{clientId}/status', connectTimeoutMs: 100, shutdownTimeoutMs: 0,
     reconnectMinMs: 10, reconnectMaxMs: 10, coverFilters: false,
   });
@@ -271,8 +281,9 @@ test('the spool variables: fsync wait or off, bound, overflow policy, conflated 
     assertRejected('FANOUT_THREAD_HEAP_MB', '31', 'expected an integer from 32 to 1048576');
     assertRejected('FANOUT_THREAD_YOUNG_MB', '2048', 'expected an integer from 0 to 1024');
     assert.equal(loadConfig({ FANOUT_THREAD_YOUNG_MB: '16' }).threadYoungMb, 16);
-    assertRejected('FANOUT_MALLOC', 'tcmalloc', 'jemalloc');
+    assertRejected('FANOUT_MALLOC', 'tcmalloc', 'expected auto, jemalloc or system');
     assert.equal(loadConfig({ FANOUT_MALLOC: 'system' }).malloc, 'system');
+    assert.equal(loadConfig({ FANOUT_MALLOC: 'jemalloc' }).malloc, 'jemalloc');
     assert.equal(loadConfig({ FANOUT_TEST_HOOKS: 'true' }).testHooks, true);
     assertRejected('FANOUT_TEST_HOOKS', 'on', 'expected true, false, 1, 0, yes or no');
   } finally {

@@ -82,13 +82,13 @@ export class DaemonProcess {
   /** Set once the test asks the daemon to exit (stop/close), or expects it to exit by itself. */
   expectExit = false;
 
-  /** Spawns the daemon without waiting for anything. */
-  static spawn(overrides: Record<string, string | number | undefined> = {}): DaemonProcess {
+  /** Spawns the daemon (with command-line `args`) without waiting for anything. */
+  static spawn(overrides: Record<string, string | number | undefined> = {}, args: readonly string[] = []): DaemonProcess {
     const env = daemonEnv(overrides);
     // Through the launcher, as operators start it (the allocator FANOUT_MALLOC names); it execs
     // node, so the child's pid is the daemon's.
     const run = daemonCommand(CLI);
-    const proc = track(spawn(run.command, run.args, { env: { ...env, ...run.env }, stdio: ['ignore', 'pipe', 'pipe'] }));
+    const proc = track(spawn(run.command, [...run.args, ...args], { env: { ...env, ...run.env }, stdio: ['ignore', 'pipe', 'pipe'] }));
     return new DaemonProcess(proc, env);
   }
 
@@ -178,11 +178,12 @@ export class DaemonProcess {
   }
 }
 
-/** Runs the daemon to its exit (for start-up failures); SIGKILL after `timeoutMs`. */
+/** Runs the daemon to its exit (for start-up failures and the command-line options `args`);
+ *  SIGKILL after `timeoutMs`. */
 export async function runDaemonToExit(
-  overrides: Record<string, string | number | undefined>, timeoutMs = 15_000,
+  overrides: Record<string, string | number | undefined>, timeoutMs = 15_000, args: readonly string[] = [],
 ): Promise<ExitInfo & { stdout: string; stderr: string }> {
-  const d = DaemonProcess.spawn(overrides);
+  const d = DaemonProcess.spawn(overrides, args);
   d.expectExit = true;
   try {
     const info = await withTimeout(d.exited, timeoutMs, 'the daemon to exit');

@@ -1,7 +1,7 @@
 // The allocator: the launcher (src/mqtt-fanout, what `npm start` runs) preloads jemalloc, which
 // gives the memory of a load spike back to the system; FANOUT_MALLOC=system keeps the C
-// library's; a daemon started without the launcher says that jemalloc is missing. Checked in the
-// daemon's own /proc/<pid>/maps.
+// library's; without jemalloc the default (auto) quietly runs on the C library's, while
+// FANOUT_MALLOC=jemalloc warns that it is missing. Checked in the daemon's own /proc/<pid>/maps.
 
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -21,7 +21,7 @@ describe('allocator', { timeout: 60_000 }, () => {
   const scope = new Scope();
   after(() => scope.close());
 
-  test('started by the launcher: jemalloc is mapped into the daemon with its background purging threads, its ready line says so, no warning', async () => {
+  test('started by the launcher, FANOUT_MALLOC unset (auto): jemalloc is mapped into the daemon with its background purging threads, its ready line says so, no warning', async () => {
     const d = scope.use(await DaemonProcess.start());
     assert.match(mapsOf(d.proc.pid!), /libjemalloc/, 'jemalloc is not mapped: is libjemalloc2 installed (.ci/run installs it)?');
     const names = fs.readdirSync(`/proc/${d.proc.pid!}/task`).map((t) => fs.readFileSync(`/proc/${d.proc.pid!}/task/${t}/comm`, 'utf8').trim());
@@ -39,8 +39,9 @@ describe('allocator', { timeout: 60_000 }, () => {
     assert.equal(d.lines.filter((l) => WARNING.test(l.msg)).length, 0);
   });
 
-  test('started without the launcher: the C library\'s allocator and a warning naming FANOUT_MALLOC', async () => {
-    const child = track(spawn(process.execPath, [CLI], { env: daemonEnv(), stdio: ['ignore', 'pipe', 'pipe'] }));
+  /** Starts the daemon with node directly (no launcher, so no jemalloc) until its ready line. */
+  async function withoutLauncher(env: NodeJS.ProcessEnv, check: (lines: LogLine[]) => void): Promise<void> {
+    const child = track(spawn(process.execPath, [CLI], { env, stdio: ['ignore', 'pipe', 'pipe'] }));
     const lines: LogLine[] = [];
     try {
       await withTimeout(new Promise<void>((resolve, reject) => {
@@ -59,13 +60,25 @@ describe('allocator', { timeout: 60_000 }, () => {
       }), 20_000, 'the ready line');
       assert.doesNotMatch(mapsOf(child.pid!), /libjemalloc/);
       assert.equal(lines.find((l) => l.msg === 'mqtt-fanout ready')?.allocator, 'system');
+      check(lines);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  }
+
+  test('jemalloc not loadable and FANOUT_MALLOC unset (auto): the C library\'s allocator, said in the ready line, no warning', async () => {
+    await withoutLauncher(daemonEnv(), (lines) => {
+      assert.equal(lines.filter((l) => WARNING.test(l.msg)).length, 0, lines.map((l) => l.msg).join(' | '));
+    });
+  });
+
+  test('FANOUT_MALLOC=jemalloc asked for by name but not loaded: a warning naming FANOUT_MALLOC', async () => {
+    await withoutLauncher(daemonEnv({ FANOUT_MALLOC: 'jemalloc' }), (lines) => {
       const warning = lines.find((l) => WARNING.test(l.msg));
       assert.ok(warning, `no warning; lines: ${lines.map((l) => l.msg).join(' | ')}`);
       assert.equal(warning.level, 40);
       assert.match(warning.msg, /FANOUT_MALLOC/);
-    } finally {
-      child.kill('SIGKILL');
-    }
+    });
   });
 
   test('loadedAllocator reads a maps file: jemalloc, system, unknown', () => {

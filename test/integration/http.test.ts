@@ -269,8 +269,9 @@ describe('HTTP: metrics, health, publish', { timeout: 120_000 }, () => {
     }
   });
 
-  test('GET /readyz is 503 while a broker is down and 200 again once it is back', async () => {
+  test('GET /readyz is 503 while a broker is down and 200 again once it is back; fanout_ready follows it', async () => {
     await waitFor('readyz 200', async () => (await fetch(`${base}/readyz`)).status === 200, { timeoutMs: 15_000 });
+    assert.equal(value(await metrics(), 'fanout_ready', {}), 1);
     await b1.stop();
     try {
       const res = await waitFor('readyz 503', async () => {
@@ -280,10 +281,12 @@ describe('HTTP: metrics, health, publish', { timeout: 120_000 }, () => {
       const body = await res.json() as { ready: boolean; brokers: { name: string; up: number }[] };
       assert.equal(body.ready, false);
       assert.equal(body.brokers.find((b) => b.name === 'b1')?.up, 0);
+      assert.equal(value(await metrics(), 'fanout_ready', {}), 0);
     } finally {
       await b1.start();
     }
     await waitFor('readyz 200 again', async () => (await fetch(`${base}/readyz`)).status === 200, { timeoutMs: 15_000 });
+    assert.equal(value(await metrics(), 'fanout_ready', {}), 1);
   });
 
   test('POST /publish bad input: each case gets a 4xx JSON error naming the problem', async () => {
