@@ -87,6 +87,8 @@ export class DeviceConnection implements AckTarget, SessionLink {
   private dirty = false;
   private cleanDisconnect = false;
   private writeBlocked = false;
+  /** The socket closed while input was still to handle: the close completes once it is. */
+  private closing = false;
 
   constructor(private readonly ctx: ShardContext, readonly transport: DeviceTransport, readonly id: number) {
     this.framer = new Framer(ctx.config.maxPacketSize);
@@ -151,12 +153,34 @@ export class DeviceConnection implements AckTarget, SessionLink {
       if (r === FRAME_READY) {
         if (!this.safeHandle(f.header, f.buf, f.start, f.end)) this.block(f.header, f.buf, f.start, f.end);
       } else if (r === FRAME_INCOMPLETE) {
+        // A packet cut short by the close never completes.
+        if (this.closing) this.finishClose();
         return;
       } else {
         const tooLarge = r === FRAME_TOO_LARGE;
         this.protocolClose(tooLarge ? C.RC_PACKET_TOO_LARGE : C.RC_MALFORMED, tooLarge ? 'packet too large' : 'bad remaining length');
       }
     }
+    if (this.state === CLOSED) this.finishClose();
+  }
+
+  /**
+   * The socket has closed. Returns true when the connection can be let go now; false while
+   * input read before the close (a paused device's publishes, its DISCONNECT) still waits to
+   * be handled: everything a device sent before its FIN is processed, in order, and the shard
+   * is told (closeDeferred) once it has been.
+   */
+  endOfInput(): boolean {
+    if (this.state === CLOSED || (this.framer.buffered === 0 && this.pendingBuf === null)) return true;
+    this.closing = true;
+    return false;
+  }
+
+  private finishClose(): void {
+    if (!this.closing) return;
+    this.closing = false;
+    this.state = CLOSED;
+    this.ctx.closeDeferred(this);
   }
 
   private block(header: number, buf: Buffer, start: number, end: number): void {
@@ -733,6 +757,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     this.state = CLOSED;
     this.framer.reset();
     this.transport.end();
+    this.finishClose();
   }
 
   /** Graceful end at shutdown: MQTT 5 devices get "server shutting down". */
@@ -753,6 +778,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     this.flush();
     this.state = CLOSED;
     this.transport.end();
+    this.finishClose();
   }
 
   destroy(why: string): void {
@@ -760,6 +786,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     this.state = CLOSED;
     this.framer.reset();
     this.transport.destroy();
+    this.finishClose();
   }
 
   /** Socket closed, for whatever reason. Returns the will to publish, if one is due. */
