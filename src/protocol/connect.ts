@@ -3,7 +3,7 @@
 
 import * as mqttPacket from 'mqtt-packet';
 import { readVarint, varintEnd } from './framer';
-import { isValidMqttString, propertyFault } from './properties';
+import { CONNECT_ALLOWED, isValidMqttString, propertyFault, WILL_ALLOWED } from './properties';
 import {
   CONNACK, CONNACK_V4_BAD_PROTOCOL, CONNACK_V4_ID_REJECTED, RC_MALFORMED, RC_PROTOCOL_ERROR,
   RC_UNSUPPORTED_PROTOCOL,
@@ -58,10 +58,14 @@ export function decodeConnect(packet: Buffer, packetStart: number, bodyStart: nu
   if (version === 5) {
     const propLen = readVarint(packet, idAt, bodyEnd);
     idAt = varintEnd + propLen;
-    const fault = propertyFault(packet, varintEnd, idAt);
-    if (fault === RC_MALFORMED) return refuse(5, RC_MALFORMED, 'CONNECT property is not valid UTF-8');
+    const fault = propertyFault(packet, varintEnd, idAt, CONNECT_ALLOWED);
+    if (fault === RC_MALFORMED) return refuse(5, RC_MALFORMED, 'CONNECT property malformed or not allowed in CONNECT');
     // A repeated Session Expiry Interval reached us as an array: a session that never ended.
-    if (fault === RC_PROTOCOL_ERROR) return refuse(5, RC_PROTOCOL_ERROR, 'a CONNECT property repeated');
+    if (fault === RC_PROTOCOL_ERROR) return refuse(5, RC_PROTOCOL_ERROR, 'a CONNECT property repeated or out of range');
+    const props = connect.properties;
+    if (props?.authenticationData !== undefined && props.authenticationMethod === undefined) {
+      return refuse(5, RC_PROTOCOL_ERROR, 'Authentication Data without Authentication Method');
+    }
   }
   // Client id, will topic and user name are checked on the raw bytes.
   const flags = packet[levelAt + 1];
@@ -81,15 +85,21 @@ export function decodeConnect(packet: Buffer, packetStart: number, bodyStart: nu
     if (version === 5) {
       const willPropsLen = readVarint(packet, at, bodyEnd); // mqtt-packet parsed it: in bounds
       const willPropsEnd = varintEnd + willPropsLen; // read now: walking the properties reads varints too
-      const fault = propertyFault(packet, varintEnd, willPropsEnd);
-      if (fault === RC_MALFORMED) return refuse(5, RC_MALFORMED, 'will property is not valid UTF-8');
-      if (fault === RC_PROTOCOL_ERROR) return refuse(5, RC_PROTOCOL_ERROR, 'a will property repeated');
+      const fault = propertyFault(packet, varintEnd, willPropsEnd, WILL_ALLOWED);
+      if (fault === RC_MALFORMED) return refuse(5, RC_MALFORMED, 'will property malformed or not allowed in a will');
+      if (fault === RC_PROTOCOL_ERROR) return refuse(5, RC_PROTOCOL_ERROR, 'a will property repeated or out of range');
+      if (fault !== 0) return refuse(5, fault, 'will Response Topic is no topic name');
       at = willPropsEnd;
     }
     if (badString()) return refuse(answerAs === 5 ? 5 : 0, RC_MALFORMED, 'will topic is not valid UTF-8');
     at += 2 + packet.readUInt16BE(at);
   }
   if ((flags & 0x80) && badString()) return refuse(answerAs === 5 ? 5 : 0, RC_MALFORMED, 'user name is not valid UTF-8');
+  // MQTT 3.1.1: a password only with a user name [MQTT-3.1.2-22].
+  if (version !== 5 && (flags & 0xc0) === 0x40) return refuse(0, RC_MALFORMED, 'password without user name');
+  if (flags & 0x40) at += 2 + packet.readUInt16BE(at);
+  // The fields the flags announce must use up the Remaining Length [MQTT-3.1.4-1].
+  if (at !== bodyEnd) return refuse(answerAs === 5 ? 5 : 0, RC_MALFORMED, 'bytes after the last CONNECT field');
   if (connect.will && /[+#]/.test(connect.will.topic)) {
     return refuse(answerAs === 5 ? 5 : 0, 0x90, 'will topic contains a wildcard');
   }

@@ -45,7 +45,11 @@ export class Framer {
       const b = this.offset + headerLen < first.length ? first[this.offset + headerLen] : this.byteAt(headerLen);
       remaining += (b & 0x7f) * multiplier;
       headerLen++;
-      if ((b & 0x80) === 0) break;
+      if ((b & 0x80) === 0) {
+        // A last byte 0 after others: a shorter encoding existed [MQTT-1.5.5-1].
+        if (b === 0 && headerLen > 2) return FRAME_BAD_LENGTH;
+        break;
+      }
       if (headerLen > 4) return FRAME_BAD_LENGTH;
       multiplier *= 128;
     }
@@ -67,6 +71,11 @@ export class Framer {
       this.end = size;
     }
     return FRAME_READY;
+  }
+
+  /** The first byte buffered (a packet's type and flags), -1 when there is none. */
+  peek(): number {
+    return this.available > 0 ? this.chunks[0][this.offset] : -1;
   }
 
   /** Drops everything buffered (the connection is closing). */
@@ -122,7 +131,8 @@ export function writeVarint(buf: Buffer, pos: number, n: number): number {
   return pos;
 }
 
-/** Reads a variable byte integer at buf[pos]; returns value and sets varintEnd, or -1 if bad. */
+/** Reads a variable byte integer at buf[pos]; returns value and sets varintEnd, or -1 if bad
+ *  (longer than 4 bytes, beyond `end`, or not in its shortest encoding [MQTT-1.5.5-1]). */
 export let varintEnd = 0;
 export function readVarint(buf: Buffer, pos: number, end: number): number {
   let value = 0;
@@ -132,6 +142,7 @@ export function readVarint(buf: Buffer, pos: number, end: number): number {
     const b = buf[pos++];
     value += (b & 0x7f) * mul;
     if ((b & 0x80) === 0) {
+      if (b === 0 && i > 0) return -1;
       varintEnd = pos;
       return value;
     }

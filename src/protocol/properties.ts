@@ -14,8 +14,46 @@ const KIND: Record<number, '1' | '2' | '4' | 'v' | 's' | 'b' | 'p'> = {
   0x28: '1', 0x29: '1', 0x2a: '1',
 };
 
-/** Properties a client may put on a PUBLISH [MQTT-3.3.2.3]. */
-const PUBLISH_ALLOWED = new Set([0x01, 0x02, 0x03, 0x08, 0x09, 0x23, 0x26]);
+/** A table of the property identifiers allowed somewhere: 1 for each of `ids`. */
+function allowing(...ids: number[]): Uint8Array {
+  const table = new Uint8Array(256);
+  for (const id of ids) table[id] = 1;
+  return table;
+}
+
+// What a client may send in each place [MQTT 5, 2.2.2.2]: any other identifier, known or not, is
+// a malformed packet. The Subscription Identifier is valid in PUBLISH, but not from a client
+// (scanPublishProperties).
+const PUBLISH_ALLOWED = allowing(0x01, 0x02, 0x03, 0x08, 0x09, 0x0b, 0x23, 0x26);
+export const CONNECT_ALLOWED = allowing(0x11, 0x15, 0x16, 0x17, 0x19, 0x21, 0x22, 0x26, 0x27);
+export const WILL_ALLOWED = allowing(0x01, 0x02, 0x03, 0x08, 0x09, 0x18, 0x26);
+/** PUBACK, PUBREC, PUBREL, PUBCOMP. */
+export const ACK_ALLOWED = allowing(0x1f, 0x26);
+export const SUBSCRIBE_ALLOWED = allowing(0x0b, 0x26);
+export const UNSUBSCRIBE_ALLOWED = allowing(0x26);
+export const DISCONNECT_ALLOWED = allowing(0x11, 0x1c, 0x1f, 0x26);
+
+export const PROP_RESPONSE_TOPIC = 0x08;
+
+/** A value the specification calls a protocol error: a Payload Format Indicator, Request Problem
+ *  or Response Information other than 0 or 1; a Receive Maximum or Maximum Packet Size of 0. */
+function outOfRange(id: number, buf: Buffer, at: number): boolean {
+  switch (id) {
+    case 0x01: case 0x17: case 0x19: return buf[at] > 1;
+    case 0x21: return buf.readUInt16BE(at) === 0;
+    case 0x27: return buf.readUInt32BE(at) === 0;
+  }
+  return false;
+}
+
+/** A Response Topic is a topic name: not empty, no wildcard [MQTT-3.3.2-14, MQTT-4.7.3-1]; its
+ *  value (length first) at buf[at], already checked to be a valid string. */
+function badResponseTopic(buf: Buffer, at: number): boolean {
+  const end = at + 2 + buf.readUInt16BE(at);
+  if (end === at + 2) return true;
+  for (let i = at + 2; i < end; i++) if (buf[i] === 0x23 || buf[i] === 0x2b) return true;
+  return false;
+}
 
 export const PROP_TOPIC_ALIAS = 0x23;
 
@@ -55,7 +93,7 @@ export function scanPublishProperties(buf: Buffer, start: number, end: number, o
   while (pos < end) {
     const id = buf[pos];
     const kind = KIND[id];
-    if (kind === undefined || (!PUBLISH_ALLOWED.has(id) && id !== 0x0b)) {
+    if (kind === undefined || PUBLISH_ALLOWED[id] !== 1) {
       out.error = 0x81; // an identifier not valid in PUBLISH is a malformed packet [MQTT-2.2.2]
       return;
     }
@@ -85,48 +123,57 @@ export function scanPublishProperties(buf: Buffer, start: number, end: number, o
       out.error = 0x82;
       return;
     }
+    if (id === PROP_RESPONSE_TOPIC && badResponseTopic(buf, valueAt)) {
+      out.error = 0x90;
+      return;
+    }
     pos = next;
   }
 }
 
 /**
  * Checks the properties in buf[start, end) in one walk: 0x81 (malformed) unless every identifier
- * is known, every value inside the range and every UTF-8 string (user properties included) passes
- * isValidMqttString; else 0x82 (protocol error) when a property other than User Property
- * repeats, which mqtt-packet takes without complaint (it keeps the last of two when the first is
- * falsy and hands others over as an array: as a number, NaN); else 0. For the CONNECT and will
- * properties, which mqtt-packet decodes leniently and a will carries on to the brokers.
+ * is one `allowed` (one of the tables above) has, every value inside the range and every UTF-8
+ * string (user properties included) passes isValidMqttString; else 0x82 (protocol error) when a
+ * property other than User Property repeats, which mqtt-packet takes without complaint (it keeps
+ * the last of two when the first is falsy and hands others over as an array: as a number, NaN)
+ * or a value is out of range (outOfRange); else 0x90 for a Response Topic that is no topic name; else 0. For the packets other than
+ * PUBLISH, which mqtt-packet decodes leniently, and the will, which is carried on to the brokers.
  */
-export function propertyFault(buf: Buffer, start: number, end: number): number {
+export function propertyFault(buf: Buffer, start: number, end: number, allowed: Uint8Array): number {
   seenLow = seenHigh = 0;
-  let repeated = false;
+  let repeated = false; // or a value out of range: a protocol error all the same
+  let badTopic = false;
   let pos = start;
   while (pos < end) {
     const id = buf[pos];
     const kind = KIND[id];
-    if (kind === undefined) return 0x81;
+    if (kind === undefined || allowed[id] !== 1) return 0x81;
     if (id !== 0x26 && seenBefore(id)) repeated = true;
-    pos = skipValue(buf, pos + 1, end, kind);
+    const valueAt = pos + 1;
+    pos = skipValue(buf, valueAt, end, kind);
     if (pos < 0) return 0x81;
+    if (outOfRange(id, buf, valueAt)) repeated = true;
+    else if (id === PROP_RESPONSE_TOPIC && badResponseTopic(buf, valueAt)) badTopic = true;
   }
   if (pos !== end) return 0x81;
-  return repeated ? 0x82 : 0;
+  return repeated ? 0x82 : badTopic ? 0x90 : 0;
 }
 
 /**
  * Checks the property block whose length varint starts at buf[at], inside a packet ending at
- * end (and, when last, ending with it): 0 when well-formed, 0x81 when malformed (unknown
- * identifier, a value or the block beyond the packet, bytes after it), 0x82 when a property
- * other than User Property repeats. For the acknowledgements, SUBSCRIBE, UNSUBSCRIBE and
- * DISCONNECT, which are otherwise read by their fixed fields.
+ * end (and, when last, ending with it), against the identifiers `allowed` there: 0 when
+ * well-formed, else as propertyFault (0x81 also for the block beyond the packet, or bytes after
+ * it). For the acknowledgements, SUBSCRIBE, UNSUBSCRIBE and DISCONNECT, which are otherwise read
+ * by their fixed fields.
  */
-export function propertyBlockFault(buf: Buffer, at: number, end: number, last: boolean): number {
+export function propertyBlockFault(buf: Buffer, at: number, end: number, last: boolean, allowed: Uint8Array): number {
   const len = readVarint(buf, at, end);
   if (len < 0) return 0x81;
   const start = varintEnd;
   const stop = start + len;
   if (stop > end || (last && stop !== end)) return 0x81;
-  return propertyFault(buf, start, stop);
+  return propertyFault(buf, start, stop, allowed);
 }
 
 function skipValue(buf: Buffer, pos: number, end: number, kind: string): number {

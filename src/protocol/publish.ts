@@ -32,9 +32,10 @@ export class PublishView implements PropertyScan {
 
 /**
  * Decodes a PUBLISH whose variable header and payload are buf[start, end). Returns 0, or the
- * reason code to close the connection with: RC_MALFORMED for structure (QoS 3, truncated
- * fields, bad UTF-8, bad properties), RC_PROTOCOL_ERROR for a zero packet id,
- * RC_TOPIC_NAME_INVALID for wildcards or an empty topic without alias.
+ * reason code to close the connection with: RC_MALFORMED for structure (QoS 3, DUP at QoS 0,
+ * truncated fields, bad UTF-8, bad properties), RC_PROTOCOL_ERROR for a zero packet id,
+ * RC_TOPIC_NAME_INVALID for wildcards (in the topic or the Response Topic) or an empty topic
+ * without alias.
  */
 export function decodePublish(header: number, buf: Buffer, start: number, end: number, version: number, out: PublishView): number {
   out.buf = buf;
@@ -44,6 +45,8 @@ export function decodePublish(header: number, buf: Buffer, start: number, end: n
   out.topicAlias = 0;
   out.aliasStart = -1;
   if (out.qos === 3) return RC_MALFORMED;
+  // DUP only where there can be a retransmission [MQTT-3.3.1-2].
+  if (out.qos === 0 && out.dup) return RC_MALFORMED;
   if (start + 2 > end) return RC_MALFORMED;
   const topicLen = buf.readUInt16BE(start);
   out.topicStart = start + 2;

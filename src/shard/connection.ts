@@ -11,7 +11,9 @@ import { decodePublish, encodePublishHead, publishSize } from '../protocol/publi
 import { varintSize, writeVarint } from '../protocol/framer';
 import { copyBytes } from '../protocol/bytes';
 import { withinTopicLimits } from '../protocol/topic';
-import { filtersAreValid, propertyBlockFault } from '../protocol/properties';
+import {
+  ACK_ALLOWED, DISCONNECT_ALLOWED, filtersAreValid, propertyBlockFault, SUBSCRIBE_ALLOWED, UNSUBSCRIBE_ALLOWED,
+} from '../protocol/properties';
 import { decodeConnect, encodeConnack, type ConnackOptions } from '../protocol/connect';
 import * as C from '../protocol/constants';
 import { NO_TOKEN } from '../ring/records';
@@ -87,6 +89,8 @@ export class DeviceConnection implements AckTarget, SessionLink {
   private dirty = false;
   private cleanDisconnect = false;
   private writeBlocked = false;
+  /** The socket closed while input was still to handle: the close completes once it is. */
+  private closing = false;
 
   constructor(private readonly ctx: ShardContext, readonly transport: DeviceTransport, readonly id: number) {
     this.framer = new Framer(ctx.config.maxPacketSize);
@@ -145,18 +149,46 @@ export class DeviceConnection implements AckTarget, SessionLink {
 
   private process(): void {
     const f = this.framer;
+    // The first packet must be a CONNECT [MQTT-3.1.0-1]: its first byte tells, without waiting
+    // for the length it declares.
+    if (this.state === NEW && f.buffered > 0 && f.peek() !== C.CONNECT << 4) {
+      this.destroy('first packet is not CONNECT');
+      return;
+    }
     // A connected device without its session yet (coming from another shard) waits.
     while (this.state !== CLOSED && !this.blocked && (this.state === NEW || this.session !== null)) {
       const r = f.next();
       if (r === FRAME_READY) {
         if (!this.safeHandle(f.header, f.buf, f.start, f.end)) this.block(f.header, f.buf, f.start, f.end);
       } else if (r === FRAME_INCOMPLETE) {
+        // A packet cut short by the close never completes.
+        if (this.closing) this.finishClose();
         return;
       } else {
         const tooLarge = r === FRAME_TOO_LARGE;
         this.protocolClose(tooLarge ? C.RC_PACKET_TOO_LARGE : C.RC_MALFORMED, tooLarge ? 'packet too large' : 'bad remaining length');
       }
     }
+    if (this.state === CLOSED) this.finishClose();
+  }
+
+  /**
+   * The socket has closed. Returns true when the connection can be let go now; false while
+   * input read before the close (a paused device's publishes, its DISCONNECT) still waits to
+   * be handled: everything a device sent before its FIN is processed, in order, and the shard
+   * is told (closeDeferred) once it has been.
+   */
+  endOfInput(): boolean {
+    if (this.state === CLOSED || (this.framer.buffered === 0 && this.pendingBuf === null)) return true;
+    this.closing = true;
+    return false;
+  }
+
+  private finishClose(): void {
+    if (!this.closing) return;
+    this.closing = false;
+    this.state = CLOSED;
+    this.ctx.closeDeferred(this);
   }
 
   private block(header: number, buf: Buffer, start: number, end: number): void {
@@ -219,15 +251,17 @@ export class DeviceConnection implements AckTarget, SessionLink {
    *  and closes the connection when they are malformed or repeat one. */
   private propertiesFault(type: number, buf: Buffer, start: number, end: number): boolean {
     let at = -1;
+    let allowed = ACK_ALLOWED;
     switch (type) {
       case C.PUBACK: case C.PUBREC: case C.PUBREL: case C.PUBCOMP: at = end - start > 3 ? start + 3 : -1; break;
-      case C.SUBSCRIBE: case C.UNSUBSCRIBE: at = start + 2; break;
-      case C.DISCONNECT: at = end - start > 1 ? start + 1 : -1; break;
+      case C.SUBSCRIBE: at = start + 2; allowed = SUBSCRIBE_ALLOWED; break;
+      case C.UNSUBSCRIBE: at = start + 2; allowed = UNSUBSCRIBE_ALLOWED; break;
+      case C.DISCONNECT: at = end - start > 1 ? start + 1 : -1; allowed = DISCONNECT_ALLOWED; break;
     }
     if (at < 0) return false;
-    const fault = propertyBlockFault(buf, at, end, type !== C.SUBSCRIBE && type !== C.UNSUBSCRIBE);
+    const fault = propertyBlockFault(buf, at, end, type !== C.SUBSCRIBE && type !== C.UNSUBSCRIBE, allowed);
     if (fault === 0) return false;
-    this.protocolClose(fault, fault === C.RC_PROTOCOL_ERROR ? `a property repeated in packet type ${type}` : `malformed properties in packet type ${type}`);
+    this.protocolClose(fault, fault === C.RC_PROTOCOL_ERROR ? `a property repeated or out of range in packet type ${type}` : `malformed properties in packet type ${type}`);
     return true;
   }
 
@@ -327,6 +361,13 @@ export class DeviceConnection implements AckTarget, SessionLink {
       assignedClientIdentifier: assigned,
       sessionExpiryInterval: v5 && expiry !== asked ? expiry : undefined,
     };
+    // A CONNACK larger than the device accepts is not sent: the connection just ends
+    // [MQTT-3.1.2-24]. Ours stay below 256 bytes, so larger limits need no encoding to know.
+    if (this.maxOutPacket < 256 && encodeConnack(5, 0, this.connack).length > this.maxOutPacket) {
+      this.will = null;
+      this.destroy('CONNACK larger than the Maximum Packet Size of the CONNECT');
+      return;
+    }
     if (this.ctx.openConnections() > this.ctx.config.maxConnections) {
       this.ctx.log.warn({ clientId: this.clientId, max: this.ctx.config.maxConnections }, 'FANOUT_MAX_CONNECTIONS reached: CONNECT refused');
       this.state = NEW;
@@ -525,7 +566,12 @@ export class DeviceConnection implements AckTarget, SessionLink {
       return;
     }
     if (type === C.SUBSCRIBE && packet.cmd === 'subscribe') {
-      const subId = v5 ? (packet.properties?.subscriptionIdentifier as number | undefined) ?? 0 : 0;
+      const asked = v5 ? packet.properties?.subscriptionIdentifier as number | undefined : undefined;
+      if (asked === 0) {
+        this.protocolClose(C.RC_PROTOCOL_ERROR, 'Subscription Identifier 0'); // 3.8.2.1.2
+        return;
+      }
+      const subId = asked ?? 0;
       if (v5 && packet.subscriptions.some((s) => s.nl && s.topic.startsWith('$share/'))) {
         this.protocolClose(C.RC_PROTOCOL_ERROR, 'No Local on a shared subscription'); // [MQTT-3.8.3-4]
         return;
@@ -725,14 +771,18 @@ export class DeviceConnection implements AckTarget, SessionLink {
     // never before the CONNACK (still pending while the session comes from another shard)
     // [MQTT-3.14.0-1]: then the connection is just closed.
     if (this.version === 5 && this.state === CONNECTED && this.connack === null) {
-      this.send(reason >= 0x80 && reason !== C.RC_SESSION_TAKEN_OVER && reason !== C.RC_SERVER_SHUTTING_DOWN
+      let packet = reason >= 0x80 && reason !== C.RC_SESSION_TAKEN_OVER && reason !== C.RC_SERVER_SHUTTING_DOWN
         ? mqttPacket.generate({ cmd: 'disconnect', reasonCode: reason, properties: { reasonString: why } }, { protocolVersion: 5 })
-        : C.disconnectV5(reason));
+        : C.disconnectV5(reason);
+      // Within the device's Maximum Packet Size: the Reason String goes first [MQTT-3.14.2-3].
+      if (packet.length > this.maxOutPacket) packet = C.disconnectV5(reason);
+      if (packet.length <= this.maxOutPacket) this.send(packet);
     }
     this.flush();
     this.state = CLOSED;
     this.framer.reset();
     this.transport.end();
+    this.finishClose();
   }
 
   /** Graceful end at shutdown: MQTT 5 devices get "server shutting down". */
@@ -753,6 +803,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     this.flush();
     this.state = CLOSED;
     this.transport.end();
+    this.finishClose();
   }
 
   destroy(why: string): void {
@@ -760,6 +811,7 @@ export class DeviceConnection implements AckTarget, SessionLink {
     this.state = CLOSED;
     this.framer.reset();
     this.transport.destroy();
+    this.finishClose();
   }
 
   /** Socket closed, for whatever reason. Returns the will to publish, if one is due. */

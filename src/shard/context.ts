@@ -54,4 +54,7 @@ export interface ShardContext {
   wake(conn: DeviceConnection): void;
   /** The connection has bytes to flush at the end of this turn. */
   dirty(conn: DeviceConnection): void;
+  /** A connection whose socket closed with input still to handle (see endOfInput) has handled
+   *  it, or was ended meanwhile: the close is completed now. */
+  closeDeferred(conn: DeviceConnection): void;
 }

@@ -796,6 +796,17 @@ export class Shard implements ShardContext {
   }
 
   onClose(conn: DeviceConnection): void {
+    // Publishes (and a DISCONNECT) read before the close but held by backpressure are still
+    // handled, in order: the close completes once they are (closeDeferred).
+    if (conn.endOfInput()) this.closeNow(conn);
+  }
+
+  closeDeferred(conn: DeviceConnection): void {
+    this.closeNow(conn);
+    this.scheduleTurn();
+  }
+
+  private closeNow(conn: DeviceConnection): void {
     if (!this.conns.delete(conn.id)) return;
     this.blockedConns.delete(conn);
     this.stats.add('connections', -1);

@@ -227,6 +227,36 @@ describe('malformed input', { timeout: 150_000 }, () => {
       bytes: () => packet(0x70, [0x00, 0x01, 0x00], [0x09, 0x1f, 0x00, 0x01, 0x61]),
       reason: 0x81,
     },
+    ...(['mal/dup0'].map((topic): Case => ({
+      name: 'PUBLISH QoS 0 with DUP set [MQTT-3.3.1-2]', topic, bytes: (v) => packet(0x38, publishBody(v, topic, 0)), reason: 0x81,
+    }))),
+    ...(['mal/rl-long'].map((topic): Case => ({
+      name: 'a remaining length in two bytes where one does [MQTT-1.5.5-1]', topic,
+      bytes: (v) => { const b = publishBody(v, topic, 0); return Buffer.concat([Buffer.from([0x30, 0x80 | b.length, 0x00]), b]); },
+      reason: 0x81,
+    }))),
+    ...(['mal/pl-long'].map((topic): Case => ({
+      name: 'PUBLISH with its property length in two bytes (80 00) where one does [MQTT-1.5.5-1]', topic, versions: [5],
+      bytes: () => packet(0x30, str(topic), [0x80, 0x00], Buffer.from('x')),
+      reason: 0x81,
+    }))),
+    ...([['a/+', 'mal/resp-plus'], ['#', 'mal/resp-hash']].map(([resp, topic]): Case => ({
+      name: `PUBLISH with the Response Topic ${resp} [MQTT-3.3.2-14]`, topic, versions: [5],
+      bytes: () => packet(0x32, publishBodyV5(topic, 1, [0x08, 0, resp.length, ...Buffer.from(resp)])),
+      reason: 0x90,
+    }))),
+    {
+      name: 'SUBSCRIBE with Subscription Identifier 0 (3.8.2.1.2)',
+      versions: [5],
+      bytes: () => packet(0x82, [0x00, 0x01], [0x02, 0x0b, 0x00], str('mal/sub-id0'), [0x00]),
+      reason: 0x82,
+    },
+    {
+      name: 'SUBSCRIBE with Subscription Identifier 0 written 0B 80 00 [MQTT-1.5.5-1]',
+      versions: [5],
+      bytes: () => packet(0x82, [0x00, 0x01], [0x03, 0x0b, 0x80, 0x00], str('mal/sub-id0'), [0x00]),
+      reason: 0x81,
+    },
     {
       name: 'SUBSCRIBE with no topic filter [MQTT-3.8.3-2]',
       bytes: (v) => packet(0x82, [0x00, 0x01], v === 5 ? [0x00] : []),
@@ -320,6 +350,22 @@ describe('malformed input', { timeout: 150_000 }, () => {
       bytes: (v, w) => rawConnect(v, { clientId: Buffer.from(`mal-wd-${tag()}`), will: { topic: Buffer.from(w), props: [0x18, 0, 0, 0, 1, 0x18, 0, 0, 0, 2] } }),
     },
     {
+      name: 'bytes after its last field [MQTT-3.1.4-1]',
+      bytes: (v) => { const c = rawConnect(v, { clientId: Buffer.from(`mal-tail-${tag()}`) }); return packet(0x10, c.subarray(2), [0x00, 0x01, 0x61]); },
+    },
+    {
+      name: 'a password but no user name [MQTT-3.1.2-22]', versions: [4],
+      bytes: () => packet(0x10, str('MQTT'), [4, 0x42, 0x00, 0x3c], str(`mal-pw-${tag()}`), str('secret')),
+    },
+    {
+      name: 'a Topic Alias (not a CONNECT property)', versions: [5],
+      bytes: (v) => rawConnect(v, { clientId: Buffer.from(`mal-ta-${tag()}`), props: [0x23, 0x00, 0x01] }),
+    },
+    {
+      name: 'a will Response Topic with a wildcard [MQTT-3.3.2-14]', versions: [5], code: 0x90,
+      bytes: (v, w) => rawConnect(v, { clientId: Buffer.from(`mal-wr-${tag()}`), will: { topic: Buffer.from(w), props: [0x08, 0x00, 0x03, 0x61, 0x2f, 0x2b] } }),
+    },
+    {
       name: 'a CONNECT User Property that is not valid UTF-8', versions: [5],
       bytes: (v) => rawConnect(v, { clientId: Buffer.from(`mal-p-${tag()}`), props: [0x26, 0x00, 0x02, ...BAD_UTF8, 0x00, 0x01, 0x76] }),
     },
@@ -370,6 +416,119 @@ describe('malformed input', { timeout: 150_000 }, () => {
     assert.equal(raw.bytes.length, 0, `got an answer: ${raw.describe()}`);
     await assertStillServes(['mal/early']);
   });
+
+  test('a first packet that is not CONNECT is refused on its first byte: 62 f0 07 (1,008 bytes declared, under FANOUT_MAX_PACKET_SIZE) is closed at once, not after FANOUT_CONNECT_TIMEOUT_MS (10 s)', async (t) => {
+    const raw = await RawClient.open(daemon.port);
+    t.after(() => raw.destroy());
+    raw.send([0x62, 0xf0, 0x07]);
+    await raw.waitClosed(5000);
+    assert.equal(raw.bytes.length, 0, `got an answer: ${raw.describe()}`);
+    await assertStillServes();
+  });
+
+  test('MQTT 5 CONNECT with a Maximum Packet Size (2) smaller than its CONNACK: closed without a CONNACK [MQTT-3.1.2-24]', async (t) => {
+    const raw = await RawClient.open(daemon.port, 5);
+    t.after(() => raw.destroy());
+    raw.send(rawConnect(5, { clientId: Buffer.from(`mal-mps-${tag()}`), props: [0x27, 0, 0, 0, 2] }));
+    await raw.waitClosed(5000);
+    assert.equal(raw.bytes.length, 0, `got an answer: ${raw.describe()}`);
+    await assertStillServes();
+  });
+
+  /** One valid value for each property identifier MQTT 5 defines, by its kind; [0] for others. */
+  const VALUE: Record<number, number[]> = {
+    0x01: [0], 0x02: [0, 0, 0, 60], 0x03: [0, 1, 0x61], 0x08: [0, 1, 0x61], 0x09: [0, 1, 0xff], 0x0b: [1], 0x11: [0, 0, 0, 0],
+    0x12: [0, 1, 0x61], 0x13: [0, 10], 0x15: [0, 1, 0x61], 0x16: [0, 1, 0xff], 0x17: [1], 0x18: [0, 0, 0, 0], 0x19: [0],
+    0x1a: [0, 1, 0x61], 0x1c: [0, 1, 0x61], 0x1f: [0, 1, 0x61], 0x21: [0, 10], 0x22: [0, 10], 0x23: [0, 1], 0x24: [1],
+    0x25: [1], 0x26: [0, 1, 0x6b, 0, 1, 0x76], 0x27: [0, 0, 0x10, 0], 0x28: [1], 0x29: [1], 0x2a: [1],
+  };
+  const IDS = [...Array.from({ length: 0x2b }, (_, i) => i), 0x7f];
+  const prop = (id: number): number[] => [id, ...(VALUE[id] ?? [0])];
+  const block = (id: number): number[] => { const p = prop(id); return [...varint(p.length), ...p]; };
+
+  /**
+   * Where a property can be, what a device sends to put one there, and the outcome each
+   * identifier must have [MQTT 5, 2.2.2.2]: 'ok' (answered, the connection stays), or the
+   * reason code of the CONNACK (CONNECT, will) or DISCONNECT that ends it. `after`: the packet
+   * sent after a successful CONNECT; `connect`: a CONNECT carrying the property itself.
+   */
+  interface Place { name: string; allowed: Record<number, 'ok' | number>; otherwise: number; after?: (id: number, topic: string) => Buffer; connect?: (id: number, willTopic: string) => Buffer }
+  const ack = (first: number) => (id: number): Buffer => packet(first, [0x00, 0x01, 0x00], block(id));
+  const places: Place[] = [
+    // Authentication Method: CONNACK 0x8C (no enhanced authentication); Authentication Data without it: 0x82.
+    { name: 'CONNECT', allowed: { 0x11: 'ok', 0x15: 0x8c, 0x16: 0x82, 0x17: 'ok', 0x19: 'ok', 0x21: 'ok', 0x22: 'ok', 0x26: 'ok', 0x27: 'ok' }, otherwise: 0x81,
+      connect: (id) => rawConnect(5, { clientId: Buffer.from(`mal-mx-c-${id}-${tag()}`), props: prop(id) }) },
+    { name: 'will', allowed: { 0x01: 'ok', 0x02: 'ok', 0x03: 'ok', 0x08: 'ok', 0x09: 'ok', 0x18: 'ok', 0x26: 'ok' }, otherwise: 0x81,
+      connect: (id, w) => rawConnect(5, { clientId: Buffer.from(`mal-mx-w-${id}-${tag()}`), will: { topic: Buffer.from(w), props: prop(id) } }) },
+    // A Subscription Identifier from a client is a protocol error [MQTT-3.3.4-6].
+    { name: 'PUBLISH', allowed: { 0x01: 'ok', 0x02: 'ok', 0x03: 'ok', 0x08: 'ok', 0x09: 'ok', 0x0b: 0x82, 0x23: 'ok', 0x26: 'ok' }, otherwise: 0x81,
+      after: (id, topic) => packet(0x32, publishBodyV5(topic, 1, prop(id))) },
+    ...([['PUBACK', 0x40], ['PUBREC', 0x50], ['PUBREL', 0x62], ['PUBCOMP', 0x70]] as const).map(([name, first]): Place => ({
+      name, allowed: { 0x1f: 'ok', 0x26: 'ok' }, otherwise: 0x81, after: ack(first),
+    })),
+    { name: 'SUBSCRIBE', allowed: { 0x0b: 'ok', 0x26: 'ok' }, otherwise: 0x81, after: (id) => packet(0x82, [0x00, 0x01], block(id), str('mal/mx/sub'), [0x00]) },
+    { name: 'UNSUBSCRIBE', allowed: { 0x26: 'ok' }, otherwise: 0x81, after: (id) => packet(0xa2, [0x00, 0x01], block(id), str('mal/mx/sub')) },
+    // Accepted: a normal disconnect, which ends the connection without a DISCONNECT back (0).
+    { name: 'DISCONNECT', allowed: { 0x11: 0, 0x1c: 0, 0x1f: 0, 0x26: 0 }, otherwise: 0x81, after: (id) => packet(0xe0, [0x00], block(id)) },
+    // No enhanced authentication: AUTH is a protocol error whatever it carries.
+    { name: 'AUTH', allowed: {}, otherwise: 0x82, after: (id) => packet(0xf0, [0x00], block(id)) },
+  ];
+
+  for (const place of places) {
+    test(`MQTT 5 ${place.name}: every property identifier (0x00-0x2A, 0x7F) gets the outcome the specification gives, and nothing of a refused packet reaches a broker`, async (t) => {
+      const prefix = `mal/mx/${place.name}/${tag()}`;
+      const open: RawClient[] = [];
+      t.after(() => open.forEach((c) => c.destroy()));
+      const one = async (id: number): Promise<string | null> => {
+        const want = place.allowed[id] ?? place.otherwise;
+        const topic = `${prefix}/${id}`;
+        const willTopic = `${prefix}/will/${id}`;
+        let raw: RawClient;
+        if (place.connect) {
+          raw = await RawClient.open(daemon.port, 5);
+          open.push(raw);
+          raw.send(place.connect(id, willTopic));
+          const connack = await raw.waitForPacket('connack', 5000) as { reasonCode?: number };
+          if (want === 'ok') return connack.reasonCode === 0 ? null : `0x${id.toString(16)}: CONNACK 0x${connack.reasonCode?.toString(16)}, expected 0`;
+          await raw.waitClosed(5000);
+          return connack.reasonCode === want ? null : `0x${id.toString(16)}: CONNACK 0x${connack.reasonCode?.toString(16)}, expected 0x${want.toString(16)}`;
+        }
+        raw = await RawClient.connected(daemon.port, 5, {
+          clientId: `mal-mx-${id}-${tag()}`, will: { topic: willTopic, payload: Buffer.from('gone'), qos: 1, retain: false },
+        });
+        open.push(raw);
+        raw.send(place.after!(id, topic));
+        if (want === 'ok') {
+          raw.send([0xc0, 0x00]);
+          await raw.waitForPacket('pingresp', 5000);
+          return raw.closed || raw.disconnectReason() !== undefined ? `0x${id.toString(16)}: closed; ${raw.describe()}` : null;
+        }
+        await raw.waitClosed(5000);
+        const got = raw.disconnectReason() ?? 0;
+        return got === want ? null : `0x${id.toString(16)}: DISCONNECT 0x${got.toString(16)}, expected 0x${want.toString(16)}`;
+      };
+      const wrong = (await Promise.all(IDS.map(one))).filter((x) => x !== null);
+      assert.deepEqual(wrong, [], `${place.name}: identifiers with the wrong outcome`);
+      const refused = IDS.filter((id) => (place.allowed[id] ?? place.otherwise) !== 'ok' && place.allowed[id] !== 0);
+      await assertStillServes(refused.map((id) => `${prefix}/${id}`));
+      if (place.name === 'PUBLISH') {
+        const accepted = IDS.filter((id) => place.allowed[id] === 'ok');
+        for (const [name, c] of [['b1', at], ['b2', at2]] as const) {
+          for (const id of accepted) {
+            await c.waitForCount(1, (m) => m.topic === `${prefix}/${id}`, 10_000, `the PUBLISH with property 0x${id.toString(16)} at ${name}`);
+            assert.equal(c.count((m) => m.topic === `${prefix}/${id}`), 1, `${name}: copies of the PUBLISH with property 0x${id.toString(16)}`);
+          }
+        }
+      }
+      if (place.name === 'DISCONNECT') {
+        // The will goes out after a refused DISCONNECT, never after an accepted one.
+        for (const [name, c] of [['b1', at], ['b2', at2]] as const) {
+          for (const id of refused) await c.waitForCount(1, (m) => m.topic === `${prefix}/will/${id}`, 10_000, `the will after the DISCONNECT with 0x${id.toString(16)} at ${name}`);
+          for (const id of IDS.filter((x) => place.allowed[x] === 0)) assert.equal(c.count((m) => m.topic === `${prefix}/will/${id}`), 0, `${name}: a will after a normal DISCONNECT with 0x${id.toString(16)}`);
+        }
+      }
+    });
+  }
 
   for (const level of [2, 6, 255]) {
     test(`CONNECT "MQTT" with unsupported protocol level ${level}: CONNACK 0x01 and closed; daemon still serves`, async (t) => {

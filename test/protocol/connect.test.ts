@@ -216,6 +216,38 @@ test('MQTT 5.0: a CONNECT or will property string (user property, content type) 
   assert.ok(decode(v5Connect([0x11, 0, 0, 0, 10], [0x03, 0, 4, 0x74, 0x65, 0x78, 0x74, ...userProp([0x6b], [0xc3, 0xa9])])).ok);
 });
 
+test('bytes after the last field the flags announce are malformed [MQTT-3.1.4-1]: closed for 3.1.1, CONNACK 0x81 for 5.0', () => {
+  const extra = Buffer.from([0xaa, 0xbb]);
+  assert.equal(refused(decode(rawConnect('MQTT', 4, Buffer.from('id'), 0x02, extra))).version, 0);
+  assert.deepEqual(refused(decode(rawConnect('MQTT', 5, Buffer.from('id'), 0x02, extra))), { version: 5, code: 0x81 });
+  // After a user name and password, and after a will.
+  const withAuth = Buffer.concat([connect({ username: 'u', password: Buffer.from('p') }).subarray(2), extra]);
+  assert.equal(refused(decode(Buffer.concat([Buffer.from([0x10, withAuth.length]), withAuth]))).version, 0);
+  const full = v5Connect([], [0x18, 0, 0, 0, 1]);
+  const longer = Buffer.concat([Buffer.from([0x10, full[1] + 1]), full.subarray(2), Buffer.from([0])]);
+  assert.deepEqual(refused(decode(longer)), { version: 5, code: 0x81 });
+  assert.ok(decode(full).ok);
+  assert.ok(decode(connect({ username: 'u', password: Buffer.from('p') })).ok);
+});
+
+test('MQTT 3.1.1: a password without a user name is malformed [MQTT-3.1.2-22]; MQTT 5 allows it', () => {
+  const pw = Buffer.from([0, 2, 0x70, 0x77]);
+  assert.equal(refused(decode(rawConnect('MQTT', 4, Buffer.from('id'), 0x42, pw))).version, 0);
+  assert.ok(decode(rawConnect('MQTT', 5, Buffer.from('id'), 0x42, pw)).ok);
+});
+
+test('MQTT 5.0: a property not allowed in CONNECT or in a will gets CONNACK 0x81; values the spec calls a protocol error 0x82; a will Response Topic with a wildcard 0x90', () => {
+  // Topic Alias, Payload Format Indicator, Reason String in CONNECT; Session Expiry, Topic Alias in a will.
+  for (const props of [[0x23, 0, 1], [0x01, 0], [0x1f, 0, 1, 0x61]]) assert.deepEqual(refused(decode(v5Connect(props))), { version: 5, code: 0x81 }, `CONNECT ${props}`);
+  for (const props of [[0x11, 0, 0, 0, 1], [0x23, 0, 1]]) assert.deepEqual(refused(decode(v5Connect([], props))), { version: 5, code: 0x81 }, `will ${props}`);
+  for (const props of [[0x21, 0, 0], [0x27, 0, 0, 0, 0], [0x17, 2], [0x19, 5], [0x16, 0, 1, 0x61]]) {
+    assert.deepEqual(refused(decode(v5Connect(props))), { version: 5, code: 0x82 }, `CONNECT ${props}`);
+  }
+  assert.deepEqual(refused(decode(v5Connect([], [0x01, 2]))), { version: 5, code: 0x82 }, 'will Payload Format Indicator 2');
+  assert.deepEqual(refused(decode(v5Connect([], [0x08, 0, 3, 0x61, 0x2f, 0x23]))), { version: 5, code: 0x90 }, 'will Response Topic a/#');
+  assert.ok(decode(v5Connect([0x17, 1, 0x19, 0, 0x21, 0, 1, 0x27, 0, 0, 0, 1], [0x08, 0, 3, 0x61, 0x2f, 0x62])).ok);
+});
+
 test('a CONNECT mqtt-packet cannot parse is refused (reserved flag, truncated)', () => {
   const reserved = rawConnect('MQTT', 4, Buffer.from('id'), 0x03);
   assert.equal(refused(decode(reserved)).version, 0);

@@ -221,14 +221,17 @@ test('varint encode/decode round trip at the boundary values, in the minimal num
   });
 });
 
-test('readVarint: truncation, the end bound and a 5th byte give -1', () => {
+test('readVarint: truncation, the end bound, a 5th byte and a longer encoding than needed give -1', () => {
   const buf = Buffer.from([0x00, 0xff, 0x7f, 0x99]);
   assert.equal(readVarint(buf, 1, buf.length), 16383);
   assert.equal(framer.varintEnd, 3);
   assert.equal(readVarint(Buffer.from([0x80, 0x80]), 0, 2), -1, 'truncated');
   assert.equal(readVarint(Buffer.from([0x81, 0x01]), 0, 1), -1, 'end bound honoured');
   assert.equal(readVarint(Buffer.from([0xff, 0xff, 0xff, 0xff, 0x01]), 0, 5), -1, 'five bytes');
-  assert.equal(readVarint(Buffer.from([0x80, 0x00]), 0, 2), 0, 'a non-minimal zero still decodes');
+  // [MQTT-1.5.5-1]: the shortest encoding only.
+  assert.equal(readVarint(Buffer.from([0x80, 0x00]), 0, 2), -1, '0 in two bytes');
+  assert.equal(readVarint(Buffer.from([0x81, 0x80, 0x00]), 0, 3), -1, '1 in three bytes');
+  assert.equal(readVarint(Buffer.from([0x80, 0x01]), 0, 2), 128, 'a last byte other than 0 is minimal');
 });
 
 test('writeVarint/readVarint agree for 10,000 pseudo-random values', () => {

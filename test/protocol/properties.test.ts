@@ -5,12 +5,18 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as mqttPacket from 'mqtt-packet';
 import { hasDiscouraged } from '../helpers/bytes';
-import { isValidMqttString, PROP_TOPIC_ALIAS, propertyBlockFault, propertyFault, scanPublishProperties, type PropertyScan } from '../../src/protocol/properties';
+import {
+  ACK_ALLOWED, CONNECT_ALLOWED, DISCONNECT_ALLOWED, isValidMqttString, PROP_TOPIC_ALIAS, propertyBlockFault, propertyFault, scanPublishProperties,
+  SUBSCRIBE_ALLOWED, UNSUBSCRIBE_ALLOWED, WILL_ALLOWED, type PropertyScan,
+} from '../../src/protocol/properties';
 import { readVarint, varintEnd } from '../../src/protocol/framer';
 
+/** Every identifier allowed: for the checks that do not depend on the packet type. */
+const ANY = new Uint8Array(256).fill(1);
+
 /** propertyFault's two verdicts, as the CONNECT decoder reads them. */
-const propertiesAreValid = (buf: Buffer, start: number, end: number): boolean => propertyFault(buf, start, end) !== 0x81;
-const hasRepeatedProperty = (buf: Buffer, start: number, end: number): boolean => propertyFault(buf, start, end) === 0x82;
+const propertiesAreValid = (buf: Buffer, start: number, end: number, allowed: Uint8Array = ANY): boolean => propertyFault(buf, start, end, allowed) !== 0x81;
+const hasRepeatedProperty = (buf: Buffer, start: number, end: number): boolean => propertyFault(buf, start, end, ANY) === 0x82;
 
 function scan(props: Buffer | number[], pad = 0): PropertyScan & { start: number; buf: Buffer } {
   const body = Buffer.isBuffer(props) ? props : Buffer.from(props);
@@ -256,7 +262,8 @@ test('propertiesAreValid: CONNECT and will properties, with every string checked
   assert.equal(propertiesAreValid(b(), 0, 0), true);
   // Session Expiry Interval, Receive Maximum, a user property, Authentication Method.
   const good = b(0x11, 0, 0, 0, 60, 0x21, 0, 10, 0x26, 0, 1, 0x6b, 0, 2, 0xc3, 0xa9, 0x15, 0, 1, 0x78);
-  assert.equal(propertiesAreValid(good, 0, good.length), true);
+  assert.equal(propertiesAreValid(good, 0, good.length, CONNECT_ALLOWED), true);
+  assert.equal(propertiesAreValid(good, 0, good.length, WILL_ALLOWED), false, 'Session Expiry Interval in a will');
   assert.equal(propertiesAreValid(b(0x26, 0, 1, 0x6b, 0, 1, 0x00), 0, 7), false, 'U+0000 in a user property value');
   assert.equal(propertiesAreValid(b(0x03, 0, 2, 0xc3, 0x28), 0, 5), false, 'invalid UTF-8 in a content type');
   assert.equal(propertiesAreValid(b(0x7f, 0), 0, 2), false, 'an unknown identifier');
@@ -277,11 +284,54 @@ test('hasRepeatedProperty: any identifier but User Property, in either half of t
 
 test('propertyBlockFault: 0 for well-formed, 0x82 for a repeat, 0x81 for unknown, too long or trailing', () => {
   const b = (...x: number[]): Buffer => Buffer.from(x);
-  assert.equal(propertyBlockFault(b(0), 0, 1, true), 0);
-  assert.equal(propertyBlockFault(b(3, 0x1f, 0, 0), 0, 4, true), 0);
-  assert.equal(propertyBlockFault(b(6, 0x1f, 0, 0, 0x1f, 0, 0), 0, 7, true), 0x82);
-  assert.equal(propertyBlockFault(b(2, 0x7f, 0), 0, 3, true), 0x81);
-  assert.equal(propertyBlockFault(b(5, 0x1f, 0, 0), 0, 4, true), 0x81);
-  assert.equal(propertyBlockFault(b(3, 0x1f, 0, 0, 0xaa), 0, 5, true), 0x81); // bytes after the block
-  assert.equal(propertyBlockFault(b(3, 0x1f, 0, 0, 0xaa), 0, 5, false), 0); // a SUBSCRIBE's filters follow
+  assert.equal(propertyBlockFault(b(0), 0, 1, true, ACK_ALLOWED), 0);
+  assert.equal(propertyBlockFault(b(3, 0x1f, 0, 0), 0, 4, true, ACK_ALLOWED), 0);
+  assert.equal(propertyBlockFault(b(6, 0x1f, 0, 0, 0x1f, 0, 0), 0, 7, true, ACK_ALLOWED), 0x82);
+  assert.equal(propertyBlockFault(b(2, 0x7f, 0), 0, 3, true, ANY), 0x81);
+  assert.equal(propertyBlockFault(b(5, 0x1f, 0, 0), 0, 4, true, ACK_ALLOWED), 0x81);
+  assert.equal(propertyBlockFault(b(3, 0x1f, 0, 0, 0xaa), 0, 5, true, ACK_ALLOWED), 0x81); // bytes after the block
+  assert.equal(propertyBlockFault(b(3, 0x1f, 0, 0, 0xaa), 0, 5, false, ACK_ALLOWED), 0); // a SUBSCRIBE's filters follow
+  assert.equal(propertyBlockFault(b(0x80, 0x00), 0, 2, true, ACK_ALLOWED), 0x81, 'a property length in two bytes where one does');
+});
+
+/** One valid value for each identifier, by kind. */
+const VALUE: Record<number, number[]> = {
+  0x01: [0], 0x02: [0, 0, 0, 60], 0x03: [0, 1, 0x61], 0x08: [0, 1, 0x61], 0x09: [0, 1, 0xff], 0x0b: [1], 0x11: [0, 0, 0, 0],
+  0x12: [0, 1, 0x61], 0x13: [0, 10], 0x15: [0, 1, 0x61], 0x16: [0, 1, 0xff], 0x17: [1], 0x18: [0, 0, 0, 0], 0x19: [0],
+  0x1a: [0, 1, 0x61], 0x1c: [0, 1, 0x61], 0x1f: [0, 1, 0x61], 0x21: [0, 10], 0x22: [0, 10], 0x23: [0, 1], 0x24: [1],
+  0x25: [1], 0x26: [0, 1, 0x6b, 0, 1, 0x76], 0x27: [0, 0, 0x10, 0], 0x28: [1], 0x29: [1], 0x2a: [1],
+};
+
+test('one allowed set per place [MQTT 5, 2.2.2.2]: every identifier a client may not send there is malformed (0x81)', () => {
+  const places: [string, Uint8Array, number[]][] = [
+    ['CONNECT', CONNECT_ALLOWED, [0x11, 0x15, 0x16, 0x17, 0x19, 0x21, 0x22, 0x26, 0x27]],
+    ['will', WILL_ALLOWED, [0x01, 0x02, 0x03, 0x08, 0x09, 0x18, 0x26]],
+    ['PUBACK, PUBREC, PUBREL, PUBCOMP', ACK_ALLOWED, [0x1f, 0x26]],
+    ['SUBSCRIBE', SUBSCRIBE_ALLOWED, [0x0b, 0x26]],
+    ['UNSUBSCRIBE', UNSUBSCRIBE_ALLOWED, [0x26]],
+    ['DISCONNECT', DISCONNECT_ALLOWED, [0x11, 0x1c, 0x1f, 0x26]],
+  ];
+  for (const [name, table, allowed] of places) {
+    for (let id = 0; id < 0x80; id++) {
+      const bytes = Buffer.from([id, ...(VALUE[id] ?? [0])]);
+      const want = allowed.includes(id) ? 0 : 0x81;
+      assert.equal(propertyFault(bytes, 0, bytes.length, table), want, `${name}: identifier 0x${id.toString(16)}`);
+    }
+  }
+});
+
+test('values the specification calls a protocol error (0x82), and a Response Topic that is no topic name (0x90)', () => {
+  const b = (...x: number[]): Buffer => Buffer.from(x);
+  const fault = (table: Uint8Array, ...x: number[]): number => propertyFault(b(...x), 0, x.length, table);
+  assert.equal(fault(CONNECT_ALLOWED, 0x21, 0, 0), 0x82, 'Receive Maximum 0');
+  assert.equal(fault(CONNECT_ALLOWED, 0x27, 0, 0, 0, 0), 0x82, 'Maximum Packet Size 0');
+  assert.equal(fault(CONNECT_ALLOWED, 0x17, 2), 0x82, 'Request Problem Information 2');
+  assert.equal(fault(CONNECT_ALLOWED, 0x19, 2), 0x82, 'Request Response Information 2');
+  assert.equal(fault(WILL_ALLOWED, 0x01, 2), 0x82, 'Payload Format Indicator 2');
+  assert.equal(fault(WILL_ALLOWED, 0x08, 0, 3, 0x61, 0x2f, 0x2b), 0x90, 'a/+');
+  assert.equal(fault(WILL_ALLOWED, 0x08, 0, 1, 0x23), 0x90, '#');
+  assert.equal(fault(WILL_ALLOWED, 0x08, 0, 0), 0x90, 'empty');
+  assert.equal(fault(WILL_ALLOWED, 0x08, 0, 3, 0x61, 0x2f, 0x62), 0, 'a/b');
+  const scanned = scan([0x08, 0, 1, 0x2b]);
+  assert.equal(scanned.error, 0x90, 'in a PUBLISH too');
 });
