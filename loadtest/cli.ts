@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import type { Qos } from './mqtt-wire';
 
 /** One letter each in client ids, which MQTT 3.1.1 servers need only accept up to 23 bytes long. */
-const KIND_TAG: Record<TargetKind, string> = { fanout: 'f', 'fanout-auth': 'a', 'fanout-per-device': 'p', mosquitto: 'm', 'mosquitto-direct': 'd' };
+const KIND_TAG: Record<TargetKind, string> = { fanout: 'f', 'fanout-auth': 'a', 'fanout-per-device': 'p', mosquitto: 'm', 'mosquitto-direct': 'd', 'sink-direct': 'k' };
 const TRANSPORT_TAG: Record<Transport, string> = { tcp: 't', ws: 'w', tls: 's' };
 
 async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, kind: TargetKind, transport: Transport, qos: Qos | null, progress: ProgressLine,
