@@ -86,6 +86,8 @@ export interface QosBreakdown {
 export interface ScenarioResult {
   /** How the devices connected. */
   transport: Transport;
+  /** What the upstreams were: sinks (sink.ts) or mosquittos. */
+  upstream?: 'sink' | 'mosquitto';
   /** The target's WebSocket server (ws runs): uWebSockets.js, ws or mosquitto; null otherwise. */
   wsServer: string | null;
   /** tls runs: the protocol and cipher suite the devices' sessions use, e.g. `TLSv1.3 TLS_AES_256_GCM_SHA384`; null otherwise. */
@@ -109,6 +111,24 @@ export interface ScenarioResult {
   resources: ResourceReport;
   /** Per QoS, when devices published at different QoS (mixed). */
   byQos?: QosBreakdown[];
+  /** mqtt-fanout with its HTTP port: the longest GC pause of each shard and writer thread since start, ms (/metrics). */
+  gcPauseMaxMs?: Record<string, number> | null;
+}
+
+/** The threads' samples reach /metrics once a second: wait that long for the last one. */
+const VITALS_EVERY_MS = 1100;
+
+/** fanout_thread_gc_pause_max_seconds of the shard and writer threads, ms by thread; null if unreadable. */
+export async function readGcPauses(httpPort: number): Promise<Record<string, number> | null> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${httpPort}/metrics`);
+    const text = await res.text();
+    const out: Record<string, number> = {};
+    for (const m of text.matchAll(/^fanout_thread_gc_pause_max_seconds\{thread="((?:shard|writer)-[^"]*)"\} (\S+)$/gm)) out[m[1]] = Number(m[2]) * 1000;
+    return Object.keys(out).length > 0 ? out : null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -264,8 +284,12 @@ export async function runUplink(target: Target, job: UplinkJob, hooks: UplinkHoo
     const delivered = brokers.reduce((n, b) => n + b.distinct, 0) / Math.max(1, brokers.length);
     const resources = resourceReport(procs, 'msg', delivered, windowS);
     const wsServer = transport === 'ws' ? target.wsServer : null;
-    const result: ScenarioResult = { transport, wsServer, tlsSession, msgPerSec, deliveredPerSec, endedBy, durationMs, publisher, brokers, e2e, resources };
+    const result: ScenarioResult = { upstream: target.upstreamKind, transport, wsServer, tlsSession, msgPerSec, deliveredPerSec, endedBy, durationMs, publisher, brokers, e2e, resources };
     if (job.qos === 'mixed') result.byQos = publisher.byQos.map((q) => breakdown(q, brokers));
+    if (target.httpPort !== null) {
+      await sleep(VITALS_EVERY_MS);
+      result.gcPauseMaxMs = await readGcPauses(target.httpPort);
+    }
     return result;
   } finally {
     meter?.stop();
