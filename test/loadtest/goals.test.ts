@@ -119,3 +119,18 @@ test('a CPU profile: self time by function and by file, idle left out, the threa
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('--rate takes a list in uplink (a load sweep): paced steps last 10 s, the unpaced one --messages; sinks by default', () => {
+  const o = parseOptions(['uplink', '--rate', '5000,20000,0', '--devices', '100'])!;
+  assert.deepEqual(o.rateSteps, [
+    { rate: 5000, messages: 500, timeBound: false },
+    { rate: 20_000, messages: 2000, timeBound: false },
+    { rate: 0, messages: 10_000, timeBound: false },
+  ]);
+  assert.equal(o.upstream, 'sink');
+  assert.equal(parseOptions(['uplink', '--rate', '5000,0', '--duration', '3'])!.rateSteps[1].timeBound, true);
+  assert.equal(parseOptions(['broker-outage'])!.upstream, 'mosquitto');
+  assert.throws(() => parseOptions(['downlink', '--rate', '1,2']), /uplink only/);
+  assert.throws(() => parseOptions(['downlink', '--upstream', 'sink']), /does not apply/);
+  assert.deepEqual(parseOptions(['uplink', '--target', 'sink-direct'])!.targets, ['sink-direct']);
+});
