@@ -15,7 +15,7 @@
 import type { ChildProcess } from 'node:child_process';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { Framer, PACKET, wallNow } from './mqtt-wire';
+import { Framer, PACKET, readVarint, wallNow } from './mqtt-wire';
 import { logTail, Managed, spawnManaged } from './procs';
 import { BrokerTally, LiveCounts, SeenTally, TallyShape, UpstreamCounter } from './tally';
 
@@ -28,19 +28,6 @@ const UNSUBACK = 0xb0;
 const SLAB_BYTES = 16 * 1024;
 /** How often the child reports its live counts to the harness. */
 export const LIVE_EVERY_MS = 50;
-
-/** Reads an MQTT variable byte integer at `p`: [value, offset after it]. */
-function readVarint(buf: Buffer, p: number): [number, number] {
-  let value = 0;
-  let mult = 1;
-  for (let i = 0; i < 4; i++) {
-    const b = buf[p++];
-    value += (b & 0x7f) * mult;
-    if ((b & 0x80) === 0) break;
-    mult *= 128;
-  }
-  return [value, p];
-}
 
 class SinkConnection {
   /** 5 once the CONNECT said MQTT 5 (acks and SUBACKs then carry a property length). */
@@ -146,8 +133,8 @@ class SinkConnection {
     const v5 = this.level === 5;
     let p = start + 2;
     if (v5) {
-      const [propLen, after] = readVarint(buf, p);
-      p = after + propLen;
+      const props = readVarint(buf, p);
+      p = props.next + props.value;
     }
     // First pass: how many filters (no array per SUBSCRIBE).
     let n = 0;
@@ -190,8 +177,8 @@ class SinkConnection {
       }
     }
     if (this.level === 5) {
-      const [propLen, after] = readVarint(buf, p);
-      p = after + propLen;
+      const props = readVarint(buf, p);
+      p = props.next + props.value;
     }
     this.sink.tally.count(buf, p, end, this.now);
   }
