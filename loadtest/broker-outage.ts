@@ -5,7 +5,7 @@
 // the target re-sends before our subscriber is back are queued for it rather
 // than dropped by b1: a loss then is the target's, not the harness's.
 import { sleep } from './procs';
-import type { Receiver } from './receiver';
+import type { UpstreamCounter } from './tally';
 import type { Target } from './targets';
 import { Progress, runUplink, ScenarioResult, UplinkJob } from './uplink';
 
@@ -38,14 +38,14 @@ export async function runBrokerOutage(target: Target, job: OutageJob, onProgress
   const victimProc = `upstream-${VICTIM}`;
   const outage: OutageFigures = { victim: VICTIM, killedAtS: NaN, restartedAtS: NaN, recoveryMs: NaN, reconnects: 0 };
   let restartWall = 0;
-  let victim: Receiver | null = null;
+  let victim: UpstreamCounter | null = null;
   const result = await runUplink(target, job, {
     onProgress,
     survivors: [VICTIM],
     beforeStart: () => target.snapshotUpstream(VICTIM),
     during: async (run) => {
       const wall = (): number => performance.timeOrigin + performance.now();
-      const receiver = run.receivers.find((r) => r.opts.broker === VICTIM);
+      const receiver = run.receivers.find((r) => r.broker === VICTIM);
       if (!receiver) throw new Error(`no subscriber on ${VICTIM}`);
       victim = receiver;
       await sleep(Math.max(0, run.startedAt + job.killAtS * 1000 - wall()));
@@ -64,7 +64,7 @@ export async function runBrokerOutage(target: Target, job: OutageJob, onProgress
   });
   const receiverTally = result.brokers.find((b) => b.broker === VICTIM);
   outage.reconnects = receiverTally?.reconnects ?? 0;
-  const firstAfter = (victim as Receiver | null)?.firstAfterAt ?? 0;
+  const firstAfter = (victim as UpstreamCounter | null)?.firstAfterAt ?? 0;
   outage.recoveryMs = firstAfter > 0 && restartWall > 0 ? firstAfter - restartWall : NaN;
   return { ...result, outage };
 }

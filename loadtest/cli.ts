@@ -14,13 +14,14 @@ import * as path from 'node:path';
 import type { Qos } from './mqtt-wire';
 
 /** One letter each in client ids, which MQTT 3.1.1 servers need only accept up to 23 bytes long. */
-const KIND_TAG: Record<TargetKind, string> = { fanout: 'f', 'fanout-auth': 'a', 'fanout-per-device': 'p', mosquitto: 'm', 'mosquitto-direct': 'd' };
+const KIND_TAG: Record<TargetKind, string> = { fanout: 'f', 'fanout-auth': 'a', 'fanout-per-device': 'p', mosquitto: 'm', 'mosquitto-direct': 'd', 'sink-direct': 'k' };
 const TRANSPORT_TAG: Record<Transport, string> = { tcp: 't', ws: 'w', tls: 's' };
 
 async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, kind: TargetKind, transport: Transport, qos: Qos | null, progress: ProgressLine,
   devices: number | null = null): Promise<RunRecord> {
   const via = opts.transports.length > 1 || transport !== 'tcp' ? `/${transport}` : '';
-  const label = `[${opts.scenario} round ${round}/${opts.rounds}${devices === null ? '' : ` ${devices} devices`} ${kind}${opts.shardCounts.length > 1 && isFanout(kind) ? ` shards ${opts.shards}` : ''}${via}${qos === null ? '' : ` qos${qos}`}]`;
+  const sweep = opts.rateSteps.length > 1 ? ` rate ${opts.rate === 0 ? 'max' : opts.rate}` : '';
+  const label = `[${opts.scenario} round ${round}/${opts.rounds}${devices === null ? '' : ` ${devices} devices`}${sweep} ${kind}${opts.shardCounts.length > 1 && isFanout(kind) ? ` shards ${opts.shards}` : ''}${via}${qos === null ? '' : ` qos${qos}`}]`;
   if (devices !== null) opts = { ...opts, devices, connections: devices };
   const record: RunRecord = {
     scenario: opts.scenario,
@@ -29,6 +30,7 @@ async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, k
     transport,
     qos,
     shards: isFanout(kind) ? opts.shards : null,
+    rate: opts.scenario === 'uplink' || opts.scenario === 'mixed' ? opts.rate : null,
     devices,
     error: null,
     result: null,
@@ -50,6 +52,7 @@ async function runOne(def: ScenarioDef<unknown>, opts: Options, round: number, k
       keepLogs: opts.keepLogs,
       ws: setup.ws,
       http: setup.http,
+      upstream: setup.upstream,
       tls: setup.tls,
       auth: setup.auth,
       upstreamRate: opts.upstreamRate,
@@ -94,11 +97,15 @@ async function main(): Promise<number> {
     // per-device: each device count of --devices in turn, every target for each.
     for (const devices of opts.scenario === 'per-device' ? opts.deviceCounts : [null]) {
       for (const qos of def.variants(opts)) {
-        // Same job, same round: each target over every transport asked for, back to back (tcp, then ws).
-        for (const kind of opts.targets) {
-          for (const shards of isFanout(kind) ? opts.shardCounts : [opts.shards]) {
-            const o = shards === opts.shards ? opts : { ...opts, shards };
-            for (const transport of opts.transports) records.push(await runOne(def, o, round, kind, transport, qos, progress, devices));
+        // A load sweep: each offered rate with every target in turn, so a rate's runs stand close together.
+        for (const step of opts.rateSteps) {
+          const atRate = { ...opts, ...step };
+          // Same job, same round: each target over every transport asked for, back to back (tcp, then ws).
+          for (const kind of opts.targets) {
+            for (const shards of isFanout(kind) ? opts.shardCounts : [opts.shards]) {
+              const o = shards === opts.shards ? atRate : { ...atRate, shards };
+              for (const transport of opts.transports) records.push(await runOne(def, o, round, kind, transport, qos, progress, devices));
+            }
           }
         }
       }

@@ -7,7 +7,7 @@ import type * as net from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import { generate } from 'mqtt-packet';
 import { encodeHistogram, newHistogram, recordMs } from './latency';
-import { ackFrame, connectRaw, disconnect, PACKET, PAYLOAD_HEADER_BYTES, PINGREQ_FRAME } from './mqtt-wire';
+import { ackFrame, connectRaw, disconnect, PACKET, PAYLOAD_HEADER_BYTES, PINGREQ_FRAME, readVarint } from './mqtt-wire';
 import { openPaced } from './pacing';
 import type { DeviceStats, DeviceWorkerConfig, FromDeviceWorker, SubscribeStats, ToDeviceWorker } from './downlink';
 
@@ -51,19 +51,6 @@ function post(msg: FromDeviceWorker): void {
 
 function note(message: string): void {
   if (stats.errors.length < 10 && !stats.errors.includes(message)) stats.errors.push(message);
-}
-
-/** An MQTT variable byte integer at `p`, and the offset after it. */
-function readVarint(buf: Buffer, p: number): { value: number; next: number } {
-  let value = 0;
-  let mult = 1;
-  for (let i = 0; i < 4; i++) {
-    const b = buf[p++];
-    value += (b & 0x7f) * mult;
-    if ((b & 0x80) === 0) break;
-    mult *= 128;
-  }
-  return { value, next: p };
 }
 
 function onPublish(i: number, header: number, buf: Buffer, start: number, length: number): void {

@@ -69,6 +69,19 @@ export class Framer {
   }
 }
 
+/** An MQTT variable byte integer at `p`, and the offset after it. */
+export function readVarint(buf: Buffer, p: number): { value: number; next: number } {
+  let value = 0;
+  let mult = 1;
+  for (let i = 0; i < 4; i++) {
+    const b = buf[p++];
+    value += (b & 0x7f) * mult;
+    if ((b & 0x80) === 0) break;
+    mult *= 128;
+  }
+  return { value, next: p };
+}
+
 function varintBytes(n: number): number {
   return n < 128 ? 1 : n < 16384 ? 2 : n < 2097152 ? 3 : 4;
 }

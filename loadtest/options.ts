@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import { parseArgs } from 'node:util';
 import { PAYLOAD_HEADER_BYTES, ProtocolLevel, Qos } from './mqtt-wire';
 import type { Transport } from './mqtt-ws';
-import type { TargetKind } from './targets';
+import type { TargetKind, UpstreamKind } from './targets';
 
 export const SCENARIOS = ['uplink', 'connect-storm', 'idle', 'broker-outage', 'mixed', 'downlink', 'http', 'auth', 'per-device'] as const;
 export type ScenarioName = (typeof SCENARIOS)[number];
@@ -15,6 +15,8 @@ export type HttpEndpoint = 'publish' | 'metrics';
 export const MAX_CONNECTIONS = 19_000;
 /** Sequence numbers per device the receivers make room for in an unpaced --duration run. */
 const TIME_BOUND_BITS = 2e8;
+/** Seconds of each paced step of a load sweep (--rate with a list) without --duration or --messages. */
+export const SWEEP_STEP_S = 10;
 /** http: sequence numbers the receivers make room for (16 MB of bitmap each); a run stops issuing at this many. */
 export const MAX_HTTP_REQUESTS = 2 ** 27;
 
@@ -48,8 +50,15 @@ export interface Options {
   /** --cpu-prof: where each mqtt-fanout run writes the V8 CPU profiles of its threads. */
   cpuProf: string | null;
   protocol: ProtocolLevel;
-  /** Total msg/s over all devices, paced per device (downlink: of the publisher); 0 = as fast as the window allows. */
+  /** Total msg/s over all devices, paced per device (downlink: of the publisher); 0 = as fast as the window allows. The first of rateSteps. */
   rate: number;
+  /**
+   * uplink --rate 5000,20000,0 (a load sweep): each rate a run of its own for every target and
+   * round, with its own run length; one step (the rate, messages, timeBound above) otherwise.
+   */
+  rateSteps: RateStep[];
+  /** What the upstreams are: sinks (sink.ts; uplink and mixed) or mosquittos (every other scenario). */
+  upstream: UpstreamKind;
   /** Connections per second while connecting; 0 = as fast as --concurrency allows. */
   ramp: number;
   /** Handshakes in flight at once while connecting. */
@@ -77,12 +86,20 @@ export interface Options {
   endpoints: HttpEndpoint[];
 }
 
+export interface RateStep {
+  rate: number;
+  messages: number;
+  timeBound: boolean;
+}
+
 export const HELP = `Usage: npm run loadtest -- [scenario] [options]
        node dist/loadtest/cli.js [scenario] [options]
 
 Compares mqtt-fanout (dist/src/cli.js) with a mosquitto bridge doing the same
 job (--target both, "compare"), alternating targets round by round with fresh
-processes (target + 2 upstream mosquittos) per run. downlink compares it with
+processes (target + 2 upstreams) per run. The upstreams of uplink and mixed are
+sinks by default (--upstream): stand-ins that only acknowledge and count, so
+they take little of the cores; every other scenario needs real mosquittos. downlink compares it with
 devices subscribed on the first upstream mosquitto directly (mosquitto-direct);
 http has no peer.
 
@@ -129,6 +146,11 @@ Stream options (uplink, mixed, broker-outage, auth; those marked * also downlink
   --rate R         * total msg/s, paced per device (downlink: of the
                      publisher); 0 = as fast as the inflight
                      window allows                          [0; outage: 2000]
+                     uplink: a comma-separated list is a load sweep
+                     (5000,20000,50000,0): each rate a run of its own per
+                     target and round; paced steps last --duration
+                     (default ${SWEEP_STEP_S} s), the unpaced one --messages
+                     (or --duration); one table of every step
   --payload BYTES  * payload size, >= ${PAYLOAD_HEADER_BYTES}                    [64]
   --qos Q          * uplink: 0 | 1 | 2 | both (= 1 then 0)  [both]
                      downlink: 0 | 1 | both, of the subscriptions and publishes
@@ -136,6 +158,12 @@ Stream options (uplink, mixed, broker-outage, auth; those marked * also downlink
                      (downlink: of the publisher)           [16]
   --topic PATTERN    device topic, {id} = device number     [load/{id}]
   --idle-timeout S * end a run after S s without progress   [10]
+  --upstream U       uplink, mixed: sink (a stand-in that acknowledges
+                     QoS 1/2 and counts, its own process, ~1 µs CPU per
+                     message) or mosquitto                  [sink]
+                     (broker-outage, downlink, auth, per-device, http,
+                     connect-storm, idle: always mosquitto: they need a
+                     real broker's sessions, routing or subscribers)
   --devices LIST     per-device: comma-separated device counts   [1000,5000]
   --upstream-rate N  per-device: FANOUT_UPSTREAM_CONNECT_RATE of
                      fanout-per-device, 0 = unpaced        [the daemon's, 1000]
@@ -174,7 +202,9 @@ Common options
                      publisher on upstream b1 itself; also accepted by name;
                      http: fanout only, there is no peer;    [http: fanout]
                      auth: fanout | fanout-auth | both;
-                     per-device: fanout | fanout-per-device | both)
+                     per-device: fanout | fanout-per-device | both;
+                     uplink, mixed: also sink-direct, the devices on one
+                     sink itself: the sink's own CPU per message)
   --threads N        load generator worker threads          [2]
   --json FILE        write every raw figure as JSON
   --keep-logs        keep each run's temp dir (configs, logs)
@@ -235,6 +265,7 @@ const APPLIES: Record<string, ScenarioName[]> = {
   'kill-at': ['broker-outage'],
   'down-for': ['broker-outage'],
   'upstream-rate': ['per-device'],
+  upstream: ['uplink', 'mixed'],
 };
 
 const TRANSPORT_ORDER: readonly Transport[] = ['tcp', 'ws', 'tls'];
@@ -289,6 +320,7 @@ export function parseOptions(argv: string[]): Options | null {
         warmup: { type: 'string' },
         endpoint: { type: 'string' },
         'upstream-rate': { type: 'string' },
+        upstream: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -338,6 +370,7 @@ export function parseOptions(argv: string[]): Options | null {
   const targetMap: Record<string, TargetKind[]> = { fanout: ['fanout'], both: ['fanout', peer], compare: ['fanout', peer] };
   if (scenario !== 'auth' && scenario !== 'per-device') targetMap.mosquitto = [peer];
   if (scenario === 'downlink' || scenario === 'auth' || scenario === 'per-device') targetMap[peer] = [peer];
+  if (scenario === 'uplink' || scenario === 'mixed') targetMap['sink-direct'] = ['sink-direct'];
   if (scenario === 'http' && targetRaw !== 'fanout') {
     throw new UsageError(`http: --target must be fanout: mosquitto has no HTTP publish endpoint, so this scenario has no peer (got '${targetRaw}')`);
   }
@@ -360,7 +393,14 @@ export function parseOptions(argv: string[]): Options | null {
     : [int('devices', v.devices, 100, 1, scenario === 'downlink' ? MAX_CONNECTIONS : 0xfffffffe)];
   const devices = deviceCounts[0];
   const shardCounts = v.shards === undefined ? [defaultShards()] : [...new Set(v.shards.split(',').map((s) => int('shards', s.trim(), 0, 1, 64)))];
-  const rate = num('rate', v.rate, scenario === 'broker-outage' ? 2000 : 0, 0);
+  const rateList = (v.rate ?? String(scenario === 'broker-outage' ? 2000 : 0)).split(',').map((r) => num('rate', r.trim(), 0, 0));
+  if (rateList.length > 1 && scenario !== 'uplink') throw new UsageError(`--rate takes a list (a load sweep) in uplink only, got '${v.rate}'`);
+  const rates = [...new Set(rateList)];
+  const sweep = rates.length > 1;
+  const rate = rates[0];
+  const upstreamRaw = v.upstream ?? (scenario === 'uplink' || scenario === 'mixed' ? 'sink' : 'mosquitto');
+  if (upstreamRaw !== 'sink' && upstreamRaw !== 'mosquitto') throw new UsageError(`--upstream must be sink or mosquitto, got '${upstreamRaw}'`);
+  const upstream: UpstreamKind = upstreamRaw;
   const killAtS = num('kill-at', v['kill-at'], 3, 0, true);
   const downForS = num('down-for', v['down-for'], 3, 0, true);
   if (v.messages !== undefined && v.duration !== undefined) throw new UsageError('give --messages or --duration, not both');
@@ -372,24 +412,26 @@ export function parseOptions(argv: string[]): Options | null {
   const amount = v.amount === undefined ? null : int('amount', v.amount, 0, 1, MAX_HTTP_REQUESTS);
   let durationS: number | null = v.duration === undefined ? (scenario === 'http' && amount === null ? 10 : null) : num('duration', v.duration, 0, 0, true);
   if (scenario === 'broker-outage' && durationS === null && v.messages === undefined) durationS = killAtS + downForS + 4;
-  let messages: number;
-  let timeBound = false;
-  if (scenario === 'http') {
-    // Not used: http sizes its receivers from --amount (or MAX_HTTP_REQUESTS).
-    messages = 0;
-  } else if (durationS === null) {
-    messages = int('messages', v.messages, scenario === 'downlink' || scenario === 'auth' ? 1000 : scenario === 'per-device' ? 100 : 10_000, 1, 0xffffffff);
-  } else if (rate > 0) {
-    messages = Math.max(1, Math.round((rate * durationS) / devices));
-  } else {
-    messages = Math.max(1, Math.min(0xffffffff, Math.floor(TIME_BOUND_BITS / devices)));
-    timeBound = true;
-  }
+  // A sweep's paced steps last SWEEP_STEP_S unless told otherwise; its unpaced step runs as a single rate would.
+  const stepOf = (r: number): RateStep => {
+    const d = sweep && r > 0 && durationS === null && v.messages === undefined ? SWEEP_STEP_S : durationS;
+    if (scenario === 'http') {
+      // Not used: http sizes its receivers from --amount (or MAX_HTTP_REQUESTS).
+      return { rate: r, messages: 0, timeBound: false };
+    }
+    if (d === null) {
+      return { rate: r, messages: int('messages', v.messages, scenario === 'downlink' || scenario === 'auth' ? 1000 : scenario === 'per-device' ? 100 : 10_000, 1, 0xffffffff), timeBound: false };
+    }
+    if (r > 0) return { rate: r, messages: Math.max(1, Math.round((r * d) / devices)), timeBound: false };
+    return { rate: r, messages: Math.max(1, Math.min(0xffffffff, Math.floor(TIME_BOUND_BITS / devices))), timeBound: true };
+  };
+  const rateSteps = rates.map(stepOf);
+  const { messages, timeBound } = rateSteps[0];
   const connections = int('connections', v.connections, scenario === 'http' ? 10 : scenario === 'auth' ? 2000 : 5000, 1, MAX_CONNECTIONS);
   // autocannon gives each connection a share of --amount; a connection with none is an error there.
   if (amount !== null && amount < connections) throw new UsageError(`--amount (${amount}) must be at least --connections (${connections})`);
   // The receivers keep one bit per message and broker (downlink: per device): 2e9 is 250 MB each.
-  if (Math.max(...deviceCounts) * messages > 2e9) throw new UsageError('--devices x --messages is limited to 2e9');
+  if (Math.max(...deviceCounts) * Math.max(...rateSteps.map((s) => s.messages)) > 2e9) throw new UsageError('--devices x --messages is limited to 2e9');
   if (scenario === 'broker-outage') {
     const streamS = (devices * messages) / rate;
     if (streamS <= killAtS + downForS) {
@@ -419,6 +461,8 @@ export function parseOptions(argv: string[]): Options | null {
     cpuProf: v['cpu-prof'] ?? null,
     protocol,
     rate,
+    rateSteps,
+    upstream,
     ramp: num('ramp', v.ramp, 0, 0),
     concurrency: int('concurrency', v.concurrency, 256, 1, 100_000),
     keepalive: int('keepalive', v.keepalive, scenario === 'connect-storm' ? 60 : scenario === 'idle' ? 5 : 0, 0, 65535),

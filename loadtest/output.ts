@@ -18,6 +18,8 @@ export interface RunRecord<R = unknown> {
   qos: Qos | null;
   /** FANOUT_SHARDS of the daemon; null for the bridge. */
   shards: number | null;
+  /** uplink, mixed: the offered rate of this run, msg/s (0: as fast as it goes; --rate lists several); null elsewhere. */
+  rate?: number | null;
   /** per-device: the device count of this run (--devices lists several); null elsewhere. */
   devices?: number | null;
   /** Set when the run could not be measured (target failed to start, probe timed out, ...). */

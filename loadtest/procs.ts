@@ -95,13 +95,14 @@ export function spawnManaged(
   name: string,
   command: string,
   args: string[],
-  opts: { env?: NodeJS.ProcessEnv; logPath: string; pipeStdout?: boolean },
+  opts: { env?: NodeJS.ProcessEnv; logPath: string; pipeStdout?: boolean; ipc?: boolean },
 ): Managed {
   const logFd = fs.openSync(opts.logPath, 'a');
   // Output goes straight to a file unless we must read it: a full pipe nobody drains would stall the child.
   const child = spawn(command, args, {
     env: opts.env ?? process.env,
-    stdio: ['ignore', opts.pipeStdout ? 'pipe' : logFd, logFd],
+    // An IPC channel for a child that reports to the harness (a sink, sink.ts).
+    stdio: ['ignore', opts.pipeStdout ? 'pipe' : logFd, logFd, ...(opts.ipc ? ['ipc' as const] : [])],
   });
   fs.closeSync(logFd);
   children.add(child);

@@ -1,51 +1,15 @@
-// One subscriber per upstream broker. Every (publisher, sequence) pair gets a
-// bit, so missing and duplicate counts are exact rather than inferred from
-// totals (a duplicate would otherwise hide a loss).
+// One subscriber per upstream broker, counting what it receives in a SeenTally
+// (tally.ts): exact missing and duplicate counts per (publisher, sequence).
 import type * as net from 'node:net';
-import { LatencySummary, newHistogram, recordMs, summarize, Histogram } from './latency';
-import { ackFrame, connectRaw, disconnect, encodeSubscribe, PACKET, PAYLOAD_HEADER_BYTES, PROBE_ID } from './mqtt-wire';
+import type { Histogram } from './latency';
+import { ackFrame, connectRaw, disconnect, encodeSubscribe, PACKET } from './mqtt-wire';
 import { sleep } from './procs';
+import { BrokerTally, SeenTally, UpstreamCounter } from './tally';
+
 
 const ACK_BATCH = 256;
 const ACK_DELAY_MS = 2;
 const RECONNECT_EVERY_MS = 20;
-
-function popcount8(b: number): number {
-  let n = b & 0xff;
-  n = n - ((n >> 1) & 0x55);
-  n = (n & 0x33) + ((n >> 2) & 0x33);
-  return (n + (n >> 4)) & 0x0f;
-}
-
-export interface GroupTally {
-  group: number;
-  expected: number;
-  distinct: number;
-  missing: number;
-  duplicates: number;
-  /** Wall-clock ms of the group's last new message; 0 if none. */
-  lastReceiveAt: number;
-  e2e: LatencySummary;
-}
-
-export interface BrokerTally {
-  broker: string;
-  expected: number;
-  /** PUBLISH packets carrying a load payload, duplicates included. */
-  received: number;
-  distinct: number;
-  missing: number;
-  duplicates: number;
-  /** Packets on the filter that are not ours (unparseable or out of range). */
-  foreign: number;
-  /** Wall-clock ms of the last new message; 0 if none. */
-  lastReceiveAt: number;
-  /** Times the subscriber lost its broker and connected again (broker-outage). */
-  reconnects: number;
-  e2e: LatencySummary;
-  /** Per publisher group (mixed: group = QoS); absent with a single group. */
-  groups?: GroupTally[];
-}
 
 export interface ReceiverOptions {
   broker: string;
@@ -64,39 +28,48 @@ export interface ReceiverOptions {
   survive?: boolean;
 }
 
-export class Receiver {
-  received = 0;
-  distinct = 0;
-  duplicates = 0;
-  foreign = 0;
-  lastReceiveAt = 0;
-  probeSeen = false;
+export class Receiver implements UpstreamCounter {
   reconnects = 0;
-  /** Wall-clock arrival of the first message sent at or after watchFrom (see watchSentAfter); 0 if none yet. */
-  firstAfterAt = 0;
-  readonly hist: Histogram = newHistogram();
-  private readonly groupCount: number;
-  private readonly groupDistinct: number[];
-  private readonly groupDuplicates: number[];
-  private readonly groupLast: number[];
-  private readonly groupHists: Histogram[];
-  private readonly seen: Uint8Array;
+  private readonly seen: SeenTally;
   private socket: net.Socket | null = null;
   private pendingAcks: number[] = [];
   private pendingRel: number[] = [];
   private ackTimer: NodeJS.Timeout | null = null;
   private onSuback: ((ok: boolean) => void) | null = null;
   private closing = false;
-  private watchFrom = Infinity;
   error: string | null = null;
 
   private constructor(readonly opts: ReceiverOptions) {
-    this.seen = new Uint8Array(Math.ceil((opts.devices * opts.messages) / 8));
-    this.groupCount = opts.groups ?? 1;
-    this.groupDistinct = new Array<number>(this.groupCount).fill(0);
-    this.groupDuplicates = new Array<number>(this.groupCount).fill(0);
-    this.groupLast = new Array<number>(this.groupCount).fill(0);
-    this.groupHists = this.groupCount > 1 ? Array.from({ length: this.groupCount }, newHistogram) : [];
+    this.seen = new SeenTally(opts);
+  }
+
+  get broker(): string {
+    return this.opts.broker;
+  }
+  get received(): number {
+    return this.seen.received;
+  }
+  get distinct(): number {
+    return this.seen.distinct;
+  }
+  get duplicates(): number {
+    return this.seen.duplicates;
+  }
+  get foreign(): number {
+    return this.seen.foreign;
+  }
+  get lastReceiveAt(): number {
+    return this.seen.lastReceiveAt;
+  }
+  get probeSeen(): boolean {
+    return this.seen.probeSeen;
+  }
+  /** Wall-clock arrival of the first message sent at or after watchFrom (see watchSentAfter); 0 if none yet. */
+  get firstAfterAt(): number {
+    return this.seen.firstAfterAt;
+  }
+  get hist(): Histogram {
+    return this.seen.hist;
   }
 
   /** Connects and resolves once the subscription is acknowledged. */
@@ -153,8 +126,7 @@ export class Receiver {
 
   /** From now on, note when the first message sent at or after `wallMs` arrives (firstAfterAt). */
   watchSentAfter(wallMs: number): void {
-    this.watchFrom = wallMs;
-    this.firstAfterAt = 0;
+    this.seen.watchSentAfter(wallMs);
   }
 
   private onFrame(header: number, buf: Buffer, start: number, length: number): void {
@@ -173,40 +145,7 @@ export class Receiver {
       this.pendingAcks.push(qos === 2 ? -buf.readUInt16BE(p) : buf.readUInt16BE(p));
       p += 2;
     }
-    if (end - p < PAYLOAD_HEADER_BYTES) {
-      this.foreign++;
-      return;
-    }
-    const pub = buf.readUInt32BE(p);
-    if (pub === PROBE_ID) {
-      this.probeSeen = true;
-      return;
-    }
-    const seq = buf.readUInt32BE(p + 4);
-    if (pub >= this.opts.devices || seq >= this.opts.messages) {
-      this.foreign++;
-      return;
-    }
-    this.received++;
-    const group = pub % this.groupCount;
-    const bit = pub * this.opts.messages + seq;
-    const byte = bit >>> 3;
-    const mask = 1 << (bit & 7);
-    if (this.seen[byte] & mask) {
-      this.duplicates++;
-      this.groupDuplicates[group]++;
-      return;
-    }
-    this.seen[byte] |= mask;
-    this.distinct++;
-    this.groupDistinct[group]++;
-    const now = performance.timeOrigin + performance.now();
-    this.lastReceiveAt = now;
-    this.groupLast[group] = now;
-    const sentAt = buf.readDoubleBE(p + 8);
-    if (sentAt >= this.watchFrom && this.firstAfterAt === 0) this.firstAfterAt = now;
-    recordMs(this.hist, now - sentAt);
-    if (this.groupCount > 1) recordMs(this.groupHists[group], now - sentAt);
+    this.seen.count(buf, p, end, performance.timeOrigin + performance.now());
   }
 
   /**
@@ -236,56 +175,17 @@ export class Receiver {
   }
 
   /** `expected` per group: messages the publishers sent (or were to send). */
-  tally(expected: number[]): BrokerTally {
-    const total = expected.reduce((a, b) => a + b, 0);
-    const t: BrokerTally = {
-      broker: this.opts.broker,
-      expected: total,
-      received: this.received,
-      distinct: this.distinct,
-      missing: total - this.distinct,
-      duplicates: this.duplicates,
-      foreign: this.foreign,
-      lastReceiveAt: this.lastReceiveAt,
-      reconnects: this.reconnects,
-      e2e: summarize(this.hist),
-    };
-    if (this.groupCount > 1) {
-      t.groups = this.groupHists.map((h, g) => ({
-        group: g,
-        expected: expected[g] ?? 0,
-        distinct: this.groupDistinct[g],
-        missing: (expected[g] ?? 0) - this.groupDistinct[g],
-        duplicates: this.groupDuplicates[g],
-        lastReceiveAt: this.groupLast[g],
-        e2e: summarize(h),
-      }));
-    }
-    return t;
+  tally(expected: number[]): Promise<BrokerTally> {
+    return Promise.resolve(this.seen.tally(this.opts.broker, expected, this.reconnects));
   }
 
-  /**
-   * Publisher 0's sequence numbers below `count` against the bitmap `expected`
-   * (same layout: bit n = sequence n): how many set there did not arrive, and
-   * how many arrived that it lacks.
-   */
+  /** See SeenTally.compare. */
   compare(expected: Uint8Array, count: number): { missing: number; extra: number } {
-    let missing = 0;
-    let extra = 0;
-    const bytes = Math.min(Math.ceil(count / 8), this.seen.length, expected.length);
-    for (let i = 0; i < bytes; i++) {
-      const valid = i === bytes - 1 && count % 8 !== 0 ? (1 << count % 8) - 1 : 0xff;
-      const want = expected[i] & valid;
-      const got = this.seen[i] & valid;
-      missing += popcount8(want & ~got);
-      extra += popcount8(got & ~want);
-    }
-    return { missing, extra };
+    return this.seen.compare(expected, count);
   }
 
   destroy(): void {
-    this.hist.destroy();
-    for (const h of this.groupHists) h.destroy();
+    this.seen.destroy();
   }
 
   async close(): Promise<void> {

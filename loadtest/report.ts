@@ -25,12 +25,15 @@ import type { ResourceReport } from './proc-usage';
 import type { TargetKind } from './targets';
 import type { ScenarioResult } from './uplink';
 import { goalLines, uplinkGoals } from './goals';
+import { sweepLines } from './report-sweep';
 
 export interface UplinkSummary {
   target: TargetKind;
   transport: Transport;
   qos: number | null;
   shards: number | null;
+  /** Offered msg/s (0: as fast as it goes). */
+  rate: number;
   runs: number;
   failed: number;
   msgPerSec: number;
@@ -40,6 +43,10 @@ export interface UplinkSummary {
   resources: ResourceReport | null;
   missing: Record<string, number>;
   duplicates: Record<string, number>;
+  /** Largest GC pause on a shard or writer thread (median over runs); NaN where not read (the bridge). */
+  gcMaxMs: number;
+  /** What the upstreams were. */
+  upstream: 'sink' | 'mosquitto';
 }
 
 const qosCell = (q: number | null): string => (q === null ? 'mix' : String(q));
@@ -47,7 +54,7 @@ const shardCell = (s: number | null): string => (s === null ? '-' : String(s));
 
 export function summarize(records: RunRecord<ScenarioResult>[]): UplinkSummary[] {
   const out: UplinkSummary[] = [];
-  const keyOf = (r: RunRecord<ScenarioResult>): string => `${r.target}|${r.transport}|${r.qos}|${r.shards}`;
+  const keyOf = (r: RunRecord<ScenarioResult>): string => `${r.rate ?? 0}|${r.target}|${r.transport}|${r.qos}|${r.shards}`;
   const keys = [...new Set(records.map(keyOf))];
   for (const key of keys) {
     const group = records.filter((r) => keyOf(r) === key);
@@ -61,6 +68,7 @@ export function summarize(records: RunRecord<ScenarioResult>[]): UplinkSummary[]
       transport: group[0].transport,
       qos,
       shards: group[0].shards,
+      rate: group[0].rate ?? 0,
       runs: group.length,
       failed: group.length - ok.length,
       msgPerSec: median(ok.map((r) => r.msgPerSec)),
@@ -70,6 +78,8 @@ export function summarize(records: RunRecord<ScenarioResult>[]): UplinkSummary[]
       resources: medianResources(ok.map((r) => r.resources)),
       missing: byBroker('missing'),
       duplicates: byBroker('duplicates'),
+      gcMaxMs: median(ok.map((r) => (r.gcPauseMaxMs ? Math.max(...Object.values(r.gcPauseMaxMs)) : NaN))),
+      upstream: ok[0]?.upstream ?? 'mosquitto',
     });
   }
   return out;
@@ -91,14 +101,14 @@ export function ratios(summaries: UplinkSummary[]): Record<string, number> {
   // With several shard counts (--shards 1,2) the one with the most shards stands for mqtt-fanout.
   const most = Math.max(0, ...summaries.map((x) => x.shards ?? 0));
   for (const s of summaries.filter((x) => x.target === 'fanout' && x.shards === most)) {
-    const base = summaries.find((x) => x.target === 'mosquitto' && x.transport === s.transport && x.qos === s.qos);
-    const key = `${s.transport === 'tcp' ? '' : `${s.transport} `}qos${qosCell(s.qos)}`;
+    const base = summaries.find((x) => x.target === 'mosquitto' && x.transport === s.transport && x.qos === s.qos && x.rate === s.rate);
+    const key = `${s.rate > 0 ? `rate ${s.rate} ` : ''}${s.transport === 'tcp' ? '' : `${s.transport} `}qos${qosCell(s.qos)}`;
     if (!base) continue;
     put(key, s.msgPerSec, base.msgPerSec);
     put(`${key} deliv`, s.deliveredPerSec, base.deliveredPerSec);
   }
   for (const s of summaries.filter((x) => x.transport !== 'tcp')) {
-    const base = summaries.find((x) => x.target === s.target && x.transport === 'tcp' && x.qos === s.qos && x.shards === s.shards);
+    const base = summaries.find((x) => x.target === s.target && x.transport === 'tcp' && x.qos === s.qos && x.shards === s.shards && x.rate === s.rate);
     const key = `${s.target} ${s.transport}/tcp qos${qosCell(s.qos)}`;
     if (!base) continue;
     put(key, s.msgPerSec, base.msgPerSec);
@@ -188,7 +198,8 @@ export function ceilingLines(sums: UplinkSummary[], cores = os.availableParallel
     const ceiling = (cores * 1e6) / upstreamUs;
     const bridge = mine.find((s) => s.target === 'mosquitto');
     const vs = bridge && bridge.deliveredPerSec > 0 ? `, ${(ceiling / bridge.deliveredPerSec).toFixed(2)}x the bridge's ${int(bridge.deliveredPerSec)} deliv/s` : '';
-    lines.push(`  ${qosCell(qos)}: the upstreams spend ${upstreamUs.toFixed(1)} µs CPU per message; ${cores} cores allow at most ${int(ceiling)} msg/s through any front end${vs}`);
+    const who = mine.every((s) => s.upstream === 'sink') ? "the sinks (loadtest/sink.ts; the sinks' CPU per message)" : 'the upstreams';
+    lines.push(`  ${qosCell(qos)}: ${who} spend ${upstreamUs.toFixed(1)} µs CPU per message; ${cores} cores allow at most ${int(ceiling)} msg/s through any front end${vs}`);
   }
   return lines.length === 0 ? [] : ['', 'Ceiling on this machine (upstream brokers alone, nothing else running):', ...lines];
 }
@@ -284,11 +295,13 @@ export function renderReport(records: RunRecord<ScenarioResult>[]): string {
     table(medLatHead, medLatRows, 4),
     ...ratioLines(ratios(sums)),
     ...ceilingLines(sums),
-    ...goalLines(uplinkGoals(sums), os.availableParallelism()),
+    // The older targets are of the unpaced run; a sweep's paced steps have their own (issue 15).
+    ...goalLines(uplinkGoals(sums.filter((s) => s.rate === 0)), os.availableParallelism()),
     ...pairedLines(records),
   ];
   const notes = problems(records);
   if (notes.length) parts.push('', 'Notes', ...notes);
+  parts.push(...sweepLines(sums));
   return parts.join('\n') + '\n';
 }
 

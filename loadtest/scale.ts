@@ -55,6 +55,7 @@ function clusterTarget(s: Setup): Target {
       return { transport, host: HOST, port: s.cluster.port, path: '/' };
     },
     upstreams: s.ups.map((m, i) => ({ name: `b${i + 1}`, port: m.port })),
+    upstreamKind: 'mosquitto', sink: () => null,
     dir: s.cluster.haproxy.dir, shards: null,
     watched: () => [
       ...instances.map((d, i) => ({ name: `fanout${i + 1}`, role: 'target' as const, pid: d.proc.pid! })),

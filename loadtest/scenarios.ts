@@ -21,7 +21,7 @@ import { renderIdle, renderStorm } from './report-connections';
 import { downlinkRatios, renderDownlink, summarizeDownlink } from './report-downlink';
 import { renderMixed } from './report-mixed';
 import { renderOutage } from './report-outage';
-import type { Target, TargetKind } from './targets';
+import { isFanout, Target, TargetKind, UpstreamKind } from './targets';
 import { Progress, runUplink, ScenarioResult, UplinkJob } from './uplink';
 
 /** Connection attempts without CONNACK after this long count as timeouts. */
@@ -48,6 +48,8 @@ export interface TargetSetup {
   tls?: boolean;
   /** fanout-auth's users and the topics its ACL lets them publish on. */
   auth?: { users: number; topicPattern: string } | null;
+  /** What the upstreams are (--upstream); mosquitto when absent. */
+  upstream?: UpstreamKind;
 }
 
 export interface ScenarioDef<R> {
@@ -136,7 +138,15 @@ const streamSuspicious = (r: ScenarioResult): boolean =>
 const uplink: ScenarioDef<ScenarioResult> = {
   variants: (opts) => opts.qos,
   // With several transports, every run's target has all their listeners, the unused ones idle: the runs differ only in the devices' transport.
-  targetSetup: (opts, qos) => ({ qos: qos ?? 1, recoverable: null, ws: opts.transports.includes('ws'), tls: opts.transports.includes('tls') }),
+  // mqtt-fanout with its HTTP listener: the run reads its threads' GC pauses from /metrics at the end.
+  targetSetup: (opts, qos, kind) => ({
+    qos: qos ?? 1,
+    recoverable: null,
+    ws: opts.transports.includes('ws'),
+    tls: opts.transports.includes('tls'),
+    http: isFanout(kind),
+    upstream: opts.upstream,
+  }),
   run: (target, opts, qos, ctx) => runUplink(target, { ...uplinkJob(opts, qos ?? 1, ctx.runTag), transport: ctx.transport }, streamProgress(ctx)),
   suspicious: streamSuspicious,
   line: (r) => `${int(r.msgPerSec)} msg/s, missing ${missingOf(r)}, cpu ${fixed(r.resources.targetCpuUs, 1)} µs/msg`,
@@ -150,7 +160,7 @@ const uplink: ScenarioDef<ScenarioResult> = {
 const mixed: ScenarioDef<ScenarioResult> = {
   variants: () => [null],
   // The bridge must forward QoS 2 as QoS 2: its topic QoS caps what passes.
-  targetSetup: () => ({ qos: 2, recoverable: null }),
+  targetSetup: (opts) => ({ qos: 2, recoverable: null, upstream: opts.upstream }),
   run: (target, opts, _qos, ctx) => runUplink(target, uplinkJob(opts, 'mixed', ctx.runTag), streamProgress(ctx)),
   suspicious: streamSuspicious,
   line: (r) => (r.byQos ?? []).map((q) => `qos${q.qos} ${int(q.msgPerSec)} msg/s`).join(', ') + `, missing ${missingOf(r)}`,

@@ -10,11 +10,15 @@
 // authenticating and authorising every device (FANOUT_PASSWORD_FILE and
 // FANOUT_ACL_FILE, written for the run). `fanout-per-device` is mqtt-fanout in per-device upstream
 // mode (FANOUT_UPSTREAM_MODE=per-device): every device has a session of its own at each upstream.
+// The upstreams are mosquittos or, with `upstream: 'sink'`, stand-ins that only acknowledge and
+// count (sink.ts), each a child process of its own; `sink-direct` is one sink serving the devices
+// itself (what a sink costs per message, measured alone).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { writeAuthFiles } from './auth-files';
 import { makeServerCerts } from './certs';
 import { bridgeConf, upstreamConf, UpstreamRef, writeConf } from './mosquitto-conf';
+import { startSink } from './sink';
 import type { Qos } from './mqtt-wire';
 import type { DeviceEndpoint, Transport } from './mqtt-ws';
 import type { WatchedProc } from './proc-usage';
@@ -35,7 +39,10 @@ import {
  * mosquitto: the bridge; mosquitto-direct: upstream b1 itself serving the devices (downlink's peer);
  * fanout-auth: mqtt-fanout with a password file and an ACL file (the auth scenario).
  */
-export type TargetKind = 'fanout' | 'fanout-auth' | 'fanout-per-device' | 'mosquitto' | 'mosquitto-direct';
+export type TargetKind = 'fanout' | 'fanout-auth' | 'fanout-per-device' | 'mosquitto' | 'mosquitto-direct' | 'sink-direct';
+
+/** What the upstreams are: mosquittos, or sinks (sink.ts) that only acknowledge and count. */
+export type UpstreamKind = 'sink' | 'mosquitto';
 
 /** The targets that are mqtt-fanout. */
 export function isFanout(kind: TargetKind): boolean {
@@ -44,6 +51,8 @@ export function isFanout(kind: TargetKind): boolean {
 
 export interface TargetOptions {
   upstreams: number;
+  /** mosquitto (the default) or sink; sink-direct is always a sink. */
+  upstream?: UpstreamKind;
   /** QoS the bridge forwards at (`topic # out Q`); mixed runs need 2. */
   qos: Qos;
   /** FANOUT_SHARDS of the daemon. */
@@ -85,8 +94,11 @@ export interface Target {
   tlsPort: number | null;
   /** Where devices connect over `transport`; throws if the target has no such listener. */
   endpoint(transport: Transport): DeviceEndpoint;
-  /** mosquitto-direct: b1 only, which is also the device port. */
+  /** mosquitto-direct, sink-direct: b1 only, which is also the device port. */
   upstreams: UpstreamRef[];
+  upstreamKind: UpstreamKind;
+  /** The sink process of upstream `name` (its tally is read over its IPC channel); null for a mosquitto. */
+  sink(name: string): Managed | null;
   dir: string;
   /** FANOUT_SHARDS of the daemon; null for the bridge. */
   shards: number | null;
@@ -161,9 +173,17 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
   };
   try {
     const recoverable = opts.recoverable ?? null;
-    const direct = kind === 'mosquitto-direct';
+    const direct = kind === 'mosquitto-direct' || kind === 'sink-direct';
+    const upstreamKind: UpstreamKind = kind === 'sink-direct' ? 'sink' : kind === 'mosquitto-direct' ? 'mosquitto' : (opts.upstream ?? 'mosquitto');
+    if (upstreamKind === 'sink' && recoverable !== null) throw new Error('a sink cannot be killed and restarted with its sessions: broker-outage needs mosquitto upstreams');
     const upstreams: UpstreamRef[] = [];
     for (let i = 1; i <= (direct ? 1 : opts.upstreams); i++) {
+      if (upstreamKind === 'sink') {
+        const { proc, port } = await startSink(`upstream-b${i}`, dir);
+        procs.push(proc);
+        upstreams.push({ name: `b${i}`, port });
+        continue;
+      }
       const ref = { name: `b${i}`, port: await allocatePort() };
       const persist = ref.name === recoverable ? { dir: persistDir(dir), file: `${ref.name}.db` } : null;
       const conf = writeConf(dir, `upstream-${ref.name}`, upstreamConf(ref.port, persist));
@@ -182,7 +202,7 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
     let httpPort: number | null = null;
     let tlsPort: number | null = null;
     const certs = opts.tls ? makeServerCerts(dir) : null;
-    // mosquitto-direct starts nothing in front: b1 is the target.
+    // mosquitto-direct and sink-direct start nothing in front: b1 is the target.
     if (isFanout(kind)) {
       const auth = opts.auth ? writeAuthFiles(dir, opts.auth.users, opts.auth.topicPattern) : null;
       const daemon = await startDaemon({
@@ -253,6 +273,7 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
       await proc.exited;
     };
     const restartUpstream = async (name: string): Promise<number> => {
+      if (upstreamKind === 'sink') throw new Error(`upstream ${name} is a sink: it cannot be restarted`);
       const { up, proc } = find(name);
       if (proc) throw new Error(`upstream ${name} is still running`);
       const started = await startMosquitto(`upstream-${name}`, up.conf, up.ref.port, dir);
@@ -270,6 +291,8 @@ export async function startTarget(kind: TargetKind, opts: TargetOptions): Promis
       tlsPort,
       endpoint,
       upstreams,
+      upstreamKind,
+      sink: (name) => (upstreamKind === 'sink' ? (procs.find((p) => p.name === `upstream-${name}`) ?? null) : null),
       dir,
       shards: isFanout(kind) ? opts.shards : null,
       watched,

@@ -10,8 +10,10 @@ import { disconnect, filterFor, PROBE_ID, ProtocolLevel, publishLayout, Qos, top
 import { connectLink, DeviceEndpoint, Transport } from './mqtt-ws';
 import { PublisherPool, PublisherResult, QosMode } from './publisher';
 import { ResourceReport, resourceReport, UsageMeter } from './proc-usage';
-import { BrokerTally, Receiver } from './receiver';
+import { Receiver } from './receiver';
 import { sleep } from './procs';
+import { SinkCounter } from './sink';
+import type { BrokerTally, UpstreamCounter } from './tally';
 import type { Target } from './targets';
 
 export interface UplinkJob {
@@ -52,7 +54,8 @@ export interface Progress {
 /** A run in progress, for hooks that act on it (broker-outage). */
 export interface RunningUplink {
   target: Target;
-  receivers: Receiver[];
+  /** What each upstream received: a subscriber on a mosquitto, or the sink's own tally. */
+  receivers: UpstreamCounter[];
   meter: UsageMeter | null;
   /** Wall-clock ms when the devices were told to start. */
   startedAt: number;
@@ -83,6 +86,8 @@ export interface QosBreakdown {
 export interface ScenarioResult {
   /** How the devices connected. */
   transport: Transport;
+  /** What the upstreams were: sinks (sink.ts) or mosquittos. */
+  upstream?: 'sink' | 'mosquitto';
   /** The target's WebSocket server (ws runs): uWebSockets.js, ws or mosquitto; null otherwise. */
   wsServer: string | null;
   /** tls runs: the protocol and cipher suite the devices' sessions use, e.g. `TLSv1.3 TLS_AES_256_GCM_SHA384`; null otherwise. */
@@ -106,6 +111,24 @@ export interface ScenarioResult {
   resources: ResourceReport;
   /** Per QoS, when devices published at different QoS (mixed). */
   byQos?: QosBreakdown[];
+  /** mqtt-fanout with its HTTP port: the longest GC pause of each shard and writer thread since start, ms (/metrics). */
+  gcPauseMaxMs?: Record<string, number> | null;
+}
+
+/** The threads' samples reach /metrics once a second: wait that long for the last one. */
+const VITALS_EVERY_MS = 1100;
+
+/** fanout_thread_gc_pause_max_seconds of the shard and writer threads, ms by thread; null if unreadable. */
+export async function readGcPauses(httpPort: number): Promise<Record<string, number> | null> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${httpPort}/metrics`);
+    const text = await res.text();
+    const out: Record<string, number> = {};
+    for (const m of text.matchAll(/^fanout_thread_gc_pause_max_seconds\{thread="((?:shard|writer)-[^"]*)"\} (\S+)$/gm)) out[m[1]] = Number(m[2]) * 1000;
+    return Object.keys(out).length > 0 ? out : null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -114,7 +137,7 @@ export interface ScenarioResult {
  * is live before the clock starts; a bridge still connecting upstream would
  * otherwise drop the first messages and look lossy.
  */
-async function probe(endpoint: DeviceEndpoint, job: UplinkJob, receivers: Receiver[], timeoutMs = 20_000): Promise<string | null> {
+async function probe(endpoint: DeviceEndpoint, job: UplinkJob, receivers: UpstreamCounter[], timeoutMs = 20_000): Promise<string | null> {
   const socket = await connectLink(endpoint, `${job.runTag}probe`, () => undefined, job.auth ? deviceCredentials('probe') : {});
   socket.on('error', () => undefined);
   // What the devices' TLS sessions are (they all make the same offer): protocol and cipher suite.
@@ -124,7 +147,7 @@ async function probe(endpoint: DeviceEndpoint, job: UplinkJob, receivers: Receiv
   try {
     while (!receivers.every((r) => r.probeSeen)) {
       if (Date.now() > deadline) {
-        const missing = receivers.filter((r) => !r.probeSeen).map((r) => r.opts.broker);
+        const missing = receivers.filter((r) => !r.probeSeen).map((r) => r.broker);
         throw new Error(`probe did not reach ${missing.join(', ')} within ${timeoutMs} ms`);
       }
       socket.write(template);
@@ -140,11 +163,16 @@ export async function runUplink(target: Target, job: UplinkJob, hooks: UplinkHoo
   const h: UplinkHooks = typeof hooks === 'function' ? { onProgress: hooks } : hooks;
   const groups = job.qos === 'mixed' ? 3 : 1;
   const timeBound = (job.durationS ?? 0) > 0;
-  const receivers: Receiver[] = [];
+  const receivers: UpstreamCounter[] = [];
   let pool: PublisherPool | null = null;
   let meter: UsageMeter | null = null;
   try {
     for (const up of target.upstreams) {
+      const sink = target.sink(up.name);
+      if (sink !== null) {
+        receivers.push(await SinkCounter.attach(up.name, sink, { devices: job.devices, messages: job.messages, groups }));
+        continue;
+      }
       receivers.push(
         await Receiver.connect({
           broker: up.name,
@@ -224,7 +252,7 @@ export async function runUplink(target: Target, job: UplinkJob, hooks: UplinkHoo
       if (broken) {
         // A dead broker usually shows as a closed socket first; give its exit event a moment to name the cause.
         await sleep(300);
-        throw new Error([`receiver ${broken.opts.broker}: ${broken.error}`, ...target.casualties()].join('; '));
+        throw new Error([`receiver ${broken.broker}: ${broken.error}`, ...target.casualties()].join('; '));
       }
       if (duringDone && Date.now() - lastProgressAt > job.idleTimeoutS * 1000) {
         endedBy = 'idle-timeout';
@@ -242,9 +270,9 @@ export async function runUplink(target: Target, job: UplinkJob, hooks: UplinkHoo
       return timeBound ? q.sent : q.devices * job.messages;
     };
     const expected = groups === 3 ? [expectedFor(0), expectedFor(1), expectedFor(2)] : [publisher.expected];
-    const brokers = receivers.map((r) => r.tally(expected));
+    const brokers = await Promise.all(receivers.map((r) => r.tally(expected)));
     const e2eHist = newHistogram();
-    for (const r of receivers) e2eHist.add(r.hist);
+    for (const b of brokers) if (b.e2e.hdr) mergeEncoded(e2eHist, b.e2e.hdr);
     const e2e = summarize(e2eHist);
     e2eHist.destroy();
     const deliveredPerSec = throughput(0, 0, publisher.firstSendAt, 0, brokers).msgPerSec;
@@ -256,8 +284,12 @@ export async function runUplink(target: Target, job: UplinkJob, hooks: UplinkHoo
     const delivered = brokers.reduce((n, b) => n + b.distinct, 0) / Math.max(1, brokers.length);
     const resources = resourceReport(procs, 'msg', delivered, windowS);
     const wsServer = transport === 'ws' ? target.wsServer : null;
-    const result: ScenarioResult = { transport, wsServer, tlsSession, msgPerSec, deliveredPerSec, endedBy, durationMs, publisher, brokers, e2e, resources };
+    const result: ScenarioResult = { upstream: target.upstreamKind, transport, wsServer, tlsSession, msgPerSec, deliveredPerSec, endedBy, durationMs, publisher, brokers, e2e, resources };
     if (job.qos === 'mixed') result.byQos = publisher.byQos.map((q) => breakdown(q, brokers));
+    if (target.httpPort !== null) {
+      await sleep(VITALS_EVERY_MS);
+      result.gcPauseMaxMs = await readGcPauses(target.httpPort);
+    }
     return result;
   } finally {
     meter?.stop();

@@ -82,7 +82,7 @@ export class MetricsCollector {
   private collecting = false;
   /** The supervisor's own thread (HTTP, registry, logs). */
   private readonly vitals = new ThreadVitals();
-  private mainVitals: Vitals = { loopDelayP99Ms: 0, loopDelayMaxMs: 0, heapUsedMb: 0, heapCommittedMb: 0, externalMb: 0 };
+  private mainVitals: Vitals = { loopDelayP99Ms: 0, loopDelayMaxMs: 0, heapUsedMb: 0, heapCommittedMb: 0, externalMb: 0, gcPauseMaxMs: 0, gcPauses: 0, gcPauseTotalMs: 0 };
 
   constructor(private readonly src: CollectorSources) {
     this.rtt = src.brokers.map(() => new Window());
@@ -237,6 +237,11 @@ export class MetricsCollector {
       threads.map(([thread, v]) => [{ thread }, v.heapCommittedMb * 1048576]));
     metric('fanout_thread_external_bytes', 'gauge', 'Memory outside the heap that JavaScript objects own (Buffers, ArrayBuffers), by thread.',
       threads.map(([thread, v]) => [{ thread }, v.externalMb * 1048576]));
+    metric('fanout_thread_gc_pause_max_seconds', 'gauge', 'Longest garbage-collection pause of each thread since it started (collections it forced when idle left out).',
+      threads.map(([thread, v]) => [{ thread }, v.gcPauseMaxMs / 1000]));
+    metric('fanout_thread_gc_pauses_total', 'counter', 'Garbage-collection pauses, by thread (forced idle collections left out).', threads.map(([thread, v]) => [{ thread }, v.gcPauses]));
+    metric('fanout_thread_gc_pause_seconds_total', 'counter', 'Time the garbage-collection pauses of each thread took in all (forced idle collections left out).',
+      threads.map(([thread, v]) => [{ thread }, v.gcPauseTotalMs / 1000]));
     metric('fanout_process_resident_bytes', 'gauge', 'Resident memory of the daemon process (every thread).', [[{}, process.memoryUsage.rss()]]);
 
     const own = this.src.ownership?.();

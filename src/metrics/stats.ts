@@ -6,7 +6,7 @@ export const SHARD_FIELDS = [
   'messagesOut', 'dropQueueFull', 'dropExpired', 'dropTooLarge', 'dropOfflineQos0', 'sessions', 'subscriptions', 'unrouted',
   'wsConnections', 'bytesIn', 'httpPublishes', 'tlsConnections', 'throttled', 'refusedRate', 'authRefused', 'aclDenied',
   'wssConnections', 'bytesOut', 'loopDelayP99Ms', 'loopDelayMaxMs', 'heapUsedMb', 'refusedMax', 'tlsHandshakes',
-  'heapCommittedMb', 'externalMb',
+  'heapCommittedMb', 'externalMb', 'gcPauseMaxMs', 'gcPauses', 'gcPauseTotalMs',
 ] as const;
 export type ShardField = (typeof SHARD_FIELDS)[number];
 
@@ -19,7 +19,7 @@ export const WRITER_FIELDS = [
   // Per-device upstream mode: the devices' own sessions at the broker.
   'deviceSessionsUp', 'deviceSessionsConnecting', 'deviceSessionsQueued', 'deviceSessionsDown', 'deviceConnects', 'deviceRefusals',
   'deviceLosses', 'deviceTimeouts', 'deviceReconnects', 'deviceParked', 'deviceNoSession',
-  'heapCommittedMb', 'externalMb',
+  'heapCommittedMb', 'externalMb', 'gcPauseMaxMs', 'gcPauses', 'gcPauseTotalMs',
 ] as const;
 export type WriterField = (typeof WRITER_FIELDS)[number];
 
@@ -57,10 +57,11 @@ export class StatsRow<F extends string> {
 }
 
 /** Writes a thread's vitals (src/metrics/vitals.ts) into its row. */
-type VitalField = 'loopDelayP99Ms' | 'loopDelayMaxMs' | 'heapUsedMb' | 'heapCommittedMb' | 'externalMb';
+const VITAL_FIELDS = ['loopDelayP99Ms', 'loopDelayMaxMs', 'heapUsedMb', 'heapCommittedMb', 'externalMb', 'gcPauseMaxMs', 'gcPauses', 'gcPauseTotalMs'] as const;
+type VitalField = (typeof VITAL_FIELDS)[number];
 
 export function setVitals(row: { set(field: VitalField, n: number): void }, v: Record<VitalField, number>): void {
-  for (const f of ['loopDelayP99Ms', 'loopDelayMaxMs', 'heapUsedMb', 'heapCommittedMb', 'externalMb'] as const) row.set(f, v[f]);
+  for (const f of VITAL_FIELDS) row.set(f, v[f]);
 }
 
 export class ShardStats extends StatsRow<ShardField> {

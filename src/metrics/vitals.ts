@@ -1,5 +1,6 @@
 // A thread's own health, sampled once a second into its stats row: how late its event loop ran
-// (p99 and worst over the second) and how much heap it uses. The soak run and /metrics read them.
+// (p99 and worst over the second), how much heap it uses and how long its garbage collections
+// stood it still (the longest since start, src/metrics/gc.ts). The soak run and /metrics read them.
 //
 // It also gives memory back after a load spike: V8 collects when allocating, so a thread that
 // goes quiet after a burst keeps its garbage, the heap pages the burst grew and the Buffers its
@@ -10,6 +11,7 @@
 import { monitorEventLoopDelay, performance, type EventLoopUtilization, type IntervalHistogram } from 'node:perf_hooks';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
+import { GcPauses } from './gc';
 
 export interface Vitals {
   loopDelayP99Ms: number;
@@ -19,6 +21,10 @@ export interface Vitals {
    *  (Buffers, ArrayBuffers): what the heap figure alone does not explain of the RSS. */
   heapCommittedMb: number;
   externalMb: number;
+  /** GC pauses since the thread started, forced collections left out (src/metrics/gc.ts). */
+  gcPauseMaxMs: number;
+  gcPauses: number;
+  gcPauseTotalMs: number;
 }
 
 /** Seconds of near-idle event loop before an idle collection. */
@@ -47,6 +53,7 @@ const heapMb = (): number => v8.getHeapStatistics().used_heap_size / 1048576;
 export class ThreadVitals {
   private readonly delay: IntervalHistogram;
   private readonly gc = collector();
+  private readonly pauses = new GcPauses();
   private elu: EventLoopUtilization = performance.eventLoopUtilization();
   private idleS = 0;
   /** Seconds with the loop busier than IDLE_UTILIZATION since the last idle collection. */
@@ -70,6 +77,9 @@ export class ThreadVitals {
       heapUsedMb: heapMb(),
       heapCommittedMb: v8.getHeapStatistics().total_heap_size / 1048576,
       externalMb: process.memoryUsage().external / 1048576,
+      gcPauseMaxMs: this.pauses.pauseMaxMs,
+      gcPauses: this.pauses.pauses,
+      gcPauseTotalMs: this.pauses.pauseTotalMs,
     };
     d.reset();
     this.reclaim(v.heapUsedMb);

@@ -4,6 +4,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { idleGoal, stormGoal, uplinkGoals } from '../../loadtest/goals';
+import { sinkGoal, sweepGoals, sweepTable } from '../../loadtest/report-sweep';
+import type { ResourceReport } from '../../loadtest/proc-usage';
 import { parseOptions } from '../../loadtest/options';
 import { readProfile } from '../../loadtest/profile';
 import type { UplinkSummary } from '../../loadtest/report';
@@ -14,7 +16,8 @@ const lat = (p99Ms: number): LatencySummary => ({ count: 1, p50Ms: 1, p90Ms: 1, 
 function summary(target: 'fanout' | 'mosquitto', qos: number, shards: number | null, deliveredPerSec: number, over: Partial<UplinkSummary> = {}): UplinkSummary {
   return {
     target, transport: 'tcp', qos, shards, runs: 1, failed: 0, msgPerSec: deliveredPerSec, deliveredPerSec,
-    ack: qos === 0 ? null : lat(10), e2e: lat(10), resources: null, missing: { b1: 0, b2: 0 }, duplicates: { b1: 0, b2: 0 }, ...over,
+    ack: qos === 0 ? null : lat(10), e2e: lat(10), resources: null, missing: { b1: 0, b2: 0 }, duplicates: { b1: 0, b2: 0 },
+    rate: 0, gcMaxMs: NaN, upstream: 'sink', ...over,
   };
 }
 
@@ -39,6 +42,40 @@ test('uplink targets: the ratio to the bridge, latency and loss, from the run wi
   assert.equal(by.has('QoS 0: FANOUT_SHARDS=2 >= 1.6x FANOUT_SHARDS=1'), false);
   const short = uplinkGoals([summary('fanout', 1, 2, 10_000), summary('mosquitto', 1, null, 5_000)]).find((g) => g.what.includes('bridge'))!;
   assert.deepEqual([short.met, short.gap], [false, '5.0x short']);
+});
+
+const res = (targetCpuUs: number, upstreamCpuUs = 1): ResourceReport =>
+  ({ unit: 'msg', units: 1, windowS: 1, processes: [], targetCpuUs, upstreamCpuUs, targetPeakRssKB: 1 });
+
+test('sweep targets (issue 15): per offered rate against the bridge at that rate; the sink check; what did not run says how to run it', () => {
+  const sums = [
+    summary('fanout', 1, 2, 5_000, { rate: 5000, resources: res(20), ack: lat(3), e2e: lat(4), gcMaxMs: 1 }),
+    summary('mosquitto', 1, null, 5_000, { rate: 5000, resources: res(50), e2e: lat(6) }),
+    summary('fanout', 1, 2, 20_000, { rate: 20_000, resources: res(30), ack: lat(7), e2e: lat(9), gcMaxMs: 3.5, missing: { b1: 2, b2: 0 } }),
+    summary('mosquitto', 1, null, 20_000, { rate: 20_000, resources: res(40), e2e: lat(8) }),
+    summary('fanout', 1, 2, 300_000, { rate: 0, resources: res(8, 1.2) }),
+    summary('fanout', 1, 1, 200_000, { rate: 0, resources: res(8) }),
+    summary('mosquitto', 1, null, 50_000, { rate: 0, resources: res(18) }),
+  ];
+  const by = new Map(sweepGoals(sums).map((g) => [g.what, g]));
+  const g = (what: string): [boolean, string, string] => {
+    const x = by.get(what);
+    assert.ok(x, `no goal '${what}' in ${[...by.keys()].join(' | ')}`);
+    return [x.met, x.measured, x.gap];
+  };
+  assert.deepEqual(g("5,000 msg/s: CPU per message <= 0.5x the bridge's"), [true, '0.40x (20.0 / 50.0 µs)', '']);
+  assert.deepEqual(g("20,000 msg/s: CPU per message <= 0.5x the bridge's"), [false, '0.75x (30.0 / 40.0 µs)', '1.5x over']);
+  assert.deepEqual(g('20,000 msg/s: ack p99 <= 5 ms'), [false, '7.0 ms', '+2.0 ms']);
+  assert.deepEqual(g("20,000 msg/s: e2e p99 <= the bridge's"), [false, '9.0 / 8.0 ms', '+1.0 ms']);
+  assert.deepEqual(g('20,000 msg/s: 0 missing'), [false, '2 missing', '']);
+  assert.deepEqual(g('20,000 msg/s: no GC pause over 2 ms on a shard or writer thread'), [false, '3.50 ms', '+1.50 ms']);
+  assert.deepEqual(g("max: >= 5x the bridge's lossless deliv/s"), [true, '6.00x (300,000 / 50,000)', '']);
+  assert.deepEqual(g('max: FANOUT_SHARDS=2 >= 1.6x FANOUT_SHARDS=1').slice(0, 2), [false, '1.50x (300,000 / 200,000 deliv/s)']);
+  assert.deepEqual(g('50,000 msg/s: CPU <= 0.6x bridge, ack p99 <= 10 ms'), [false, 'not run', '--rate 50000']);
+  // The sinks behind the fastest run: 1.2 µs for both per device message = 0.6 µs each, at 300k.
+  const sink = sinkGoal(sums)!;
+  assert.deepEqual([sink.met, sink.measured], [true, '0.60 µs/msg at 300,000 msg/s (fanout)']);
+  assert.match(sweepTable(sums), /^5,000\s+fanout\s+1\s+2\s+5,000\s.*\s0\.40$/m);
 });
 
 test('connection targets: 19,000 idle connections at <= 3.5 KB each, >= 10k conn/s', () => {
@@ -81,4 +118,19 @@ test('a CPU profile: self time by function and by file, idle left out, the threa
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('--rate takes a list in uplink (a load sweep): paced steps last 10 s, the unpaced one --messages; sinks by default', () => {
+  const o = parseOptions(['uplink', '--rate', '5000,20000,0', '--devices', '100'])!;
+  assert.deepEqual(o.rateSteps, [
+    { rate: 5000, messages: 500, timeBound: false },
+    { rate: 20_000, messages: 2000, timeBound: false },
+    { rate: 0, messages: 10_000, timeBound: false },
+  ]);
+  assert.equal(o.upstream, 'sink');
+  assert.equal(parseOptions(['uplink', '--rate', '5000,0', '--duration', '3'])!.rateSteps[1].timeBound, true);
+  assert.equal(parseOptions(['broker-outage'])!.upstream, 'mosquitto');
+  assert.throws(() => parseOptions(['downlink', '--rate', '1,2']), /uplink only/);
+  assert.throws(() => parseOptions(['downlink', '--upstream', 'sink']), /does not apply/);
+  assert.deepEqual(parseOptions(['uplink', '--target', 'sink-direct'])!.targets, ['sink-direct']);
 });
