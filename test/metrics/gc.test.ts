@@ -68,7 +68,7 @@ test('a thread\'s GC figures go into its stats row and out of /metrics by thread
   const rows = readShardStats(sab, 1);
   const collector = new MetricsCollector({
     brokers: [], shards: 1, shardStats: () => rows, writerStats: () => [], uplinkRings: [[]], downlinkRings: [[]],
-    pullLatency: () => Promise.resolve({ ack: [], rtt: [] }),
+    pullLatency: () => Promise.resolve({ ack: [], rtt: [] }), connectionAddresses: () => [], ready: () => true,
   });
   const text = collector.prometheus();
   assert.match(text, /^# TYPE fanout_thread_gc_pause_max_seconds gauge$/m);
