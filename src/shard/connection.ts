@@ -91,6 +91,8 @@ export class DeviceConnection implements AckTarget, SessionLink {
   private writeBlocked = false;
   /** The socket closed while input was still to handle: the close completes once it is. */
   private closing = false;
+  /** Date.now() when the socket closed with input still to handle; 0 otherwise. */
+  closingSince = 0;
 
   constructor(private readonly ctx: ShardContext, readonly transport: DeviceTransport, readonly id: number) {
     this.framer = new Framer(ctx.config.maxPacketSize);
@@ -181,12 +183,14 @@ export class DeviceConnection implements AckTarget, SessionLink {
   endOfInput(): boolean {
     if (this.state === CLOSED || (this.framer.buffered === 0 && this.pendingBuf === null)) return true;
     this.closing = true;
+    this.closingSince = Date.now();
     return false;
   }
 
   private finishClose(): void {
     if (!this.closing) return;
     this.closing = false;
+    this.closingSince = 0;
     this.state = CLOSED;
     this.ctx.closeDeferred(this);
   }

@@ -1168,7 +1168,11 @@ export class Shard implements ShardContext {
     this.stats.add('subscriptions', this.subs.size - this.stats.get('subscriptions'));
     const connectDeadline = now - this.config.connectTimeoutMs;
     for (const c of this.conns.values()) {
-      if (c.state === 0) {
+      if (c.closingSince > 0 && c.closingSince < connectDeadline) {
+        // Its socket closed with input still held (a device paused by backpressure, or waiting
+        // on something that never came): that input is handled while it can be, not forever.
+        c.destroy('input read before the close still unhandled after FANOUT_CONNECT_TIMEOUT_MS');
+      } else if (c.state === 0) {
         // From the accept, not the last byte: a CONNECT trickled a byte at a time is no CONNECT.
         if (c.openedAt < connectDeadline) c.destroy('no CONNECT in time');
       } else if (c.keepaliveMs > 0 && now - c.lastRx > c.keepaliveMs * 1.5) {
