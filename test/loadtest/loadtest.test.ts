@@ -398,7 +398,8 @@ test('broker-outage: b1 killed and restarted mid-stream, nothing missing, recove
     const r = await runBrokerOutage(target, { ...uplinkJob(o, 1, `ltout${process.pid}-`), killAtS: o.killAtS, downForS: o.downForS });
     assert.equal(r.endedBy, 'complete');
     assert.deepEqual(r.brokers.map((b) => [b.broker, b.expected, b.missing]), [['b1', 600, 0], ['b2', 600, 0]]);
-    assert.ok(r.outage.killedAtS >= 0.4 && r.outage.restartedAtS >= 0.8, JSON.stringify(r.outage));
+    // Timers and the run's clock differ by up to a millisecond: 0.7997 s has been seen for 0.8.
+    assert.ok(r.outage.killedAtS >= 0.399 && r.outage.restartedAtS >= 0.799, JSON.stringify(r.outage));
     assert.ok(r.outage.recoveryMs > 0, `recovery ${r.outage.recoveryMs}`);
     assert.equal(r.outage.reconnects, 1);
     // b1's CPU is accounted over both of its processes.
